@@ -1,0 +1,213 @@
+//! Daemon configuration: YAML file (or the bundled default) → validated `Config`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+/// The bundled default configuration (config/nhiwatch.yaml).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/nhiwatch.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sensors: SensorConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    pub ring_buffer_bytes: u32,
+    pub wakeup_bytes: u64,
+    pub poll_interval_ms: u64,
+    pub files: FilesConfig,
+    pub tls: TlsConfig,
+    pub process_table_capacity: usize,
+    pub exited_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    pub watch: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub capture_bytes: u32,
+    pub library_dirs: Vec<PathBuf>,
+    pub extra_targets: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            ring_buffer_bytes: 16 << 20,
+            wakeup_bytes: 256 << 10,
+            poll_interval_ms: 5,
+            files: FilesConfig::default(),
+            tls: TlsConfig::default(),
+            process_table_capacity: 65536,
+            exited_linger_ms: 30_000,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            capture_bytes: 4096,
+            library_dirs: Vec::new(),
+            extra_targets: Vec::new(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sensors: SensorConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The bundled defaults.
+    pub fn bundled() -> Config {
+        Config::parse(DEFAULT_CONFIG, "<bundled config>").expect("bundled config is valid")
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.sensors;
+        let rb = s.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(format!(
+                "sensors.ring_buffer_bytes must be a power of two of at least 4096 (page size), got {rb}"
+            ));
+        }
+        if s.wakeup_bytes >= u64::from(rb) {
+            return Err(format!(
+                "sensors.wakeup_bytes ({}) must be smaller than sensors.ring_buffer_bytes ({rb})",
+                s.wakeup_bytes
+            ));
+        }
+        if s.poll_interval_ms == 0 || s.poll_interval_ms > 1000 {
+            return Err(format!(
+                "sensors.poll_interval_ms must be 1..=1000, got {}",
+                s.poll_interval_ms
+            ));
+        }
+        let max = crate::probes::abi::NW_TLS_CAPTURE_MAX;
+        if s.tls.capture_bytes > max {
+            return Err(format!(
+                "sensors.tls.capture_bytes must be at most {max}, got {}",
+                s.tls.capture_bytes
+            ));
+        }
+        if s.process_table_capacity < 64 {
+            return Err("sensors.process_table_capacity must be at least 64".into());
+        }
+        for w in &s.files.watch {
+            crate::probes::watch::WatchPattern::parse(w)
+                .map_err(|e| format!("sensors.files.watch: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_config_is_valid_and_watches_secrets() {
+        let c = Config::bundled();
+        assert!(c
+            .sensors
+            .files
+            .watch
+            .iter()
+            .any(|w| w == "/var/run/secrets/"));
+        assert!(c
+            .sensors
+            .files
+            .watch
+            .iter()
+            .any(|w| w == "~/.aws/credentials"));
+        assert_eq!(c.sensors.tls.capture_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_location() {
+        let e = Config::parse("sensors:\n  ring_bufer_bytes: 4096\n", "x.yaml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("x.yaml"), "{msg}");
+        assert!(msg.contains("ring_bufer_bytes"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (yaml, needle) in [
+            ("sensors: {ring_buffer_bytes: 5000}", "power of two"),
+            ("sensors: {tls: {capture_bytes: 100000}}", "at most"),
+            ("sensors: {files: {watch: [relative/path]}}", "absolute"),
+            ("sensors: {poll_interval_ms: 0}", "poll_interval_ms"),
+        ] {
+            let msg = Config::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(msg.contains(needle), "{yaml}: {msg}");
+        }
+    }
+}

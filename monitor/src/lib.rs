@@ -1,0 +1,11 @@
+//! nhiwatch: runtime monitor for machine identities. Kernel sensors → typed events → context → outputs.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod pipeline;
+pub mod probes;
+
+/// Where the cgroup v2 hierarchy is mounted (hybrid hosts mount it under /unified).
+pub const CGROUP_V2_ROOT: &str = "/sys/fs/cgroup/unified";

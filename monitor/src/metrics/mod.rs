@@ -1,0 +1,266 @@
+//! Prometheus metrics: counters and gauges every stage updates, served over HTTP with health probes.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::events::EventKind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LostLabel {
+    pub kind: String,
+    pub cpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    pub probe: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+/// Every metric the daemon exports. Cheap to clone handles are taken out at
+/// start so the hot path only touches atomics.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<KindLabel, Counter>,
+    /// Pre-resolved per-kind counters, indexed like `EventKind::ALL`.
+    pub events_by_kind: Vec<Counter>,
+    pub kernel_lost: Family<LostLabel, Counter>,
+    pub kernel_anomalies: Family<ReasonLabel, Counter>,
+    pub decode_errors: Family<ReasonLabel, Counter>,
+    pub userspace_dropped: Family<ReasonLabel, Counter>,
+    pub probe_attached: Family<ProbeLabel, Gauge>,
+    pub tls_targets: Gauge,
+    pub processes: Gauge,
+    pub process_evictions: Counter,
+    pub flows: Gauge,
+    pub watched_inodes: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nhiwatch");
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Kernel events received and decoded, by kind",
+            events.clone(),
+        );
+        let events_by_kind = EventKind::ALL
+            .iter()
+            .map(|k| {
+                events
+                    .get_or_create(&KindLabel {
+                        kind: k.name().into(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let kernel_lost = Family::<LostLabel, Counter>::default();
+        registry.register(
+            "kernel_events_lost",
+            "Events the kernel could not queue because the ring buffer was full, by kind and CPU",
+            kernel_lost.clone(),
+        );
+        let kernel_anomalies = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "kernel_anomalies",
+            "Kernel-side conditions worth knowing (truncated TLS capture, failed reads, full maps, unattributed sockets)",
+            kernel_anomalies.clone(),
+        );
+        let decode_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "decode_errors",
+            "Ring-buffer records that failed to decode",
+            decode_errors.clone(),
+        );
+        let userspace_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "userspace_dropped",
+            "Work the daemon dropped because a queue was full",
+            userspace_dropped.clone(),
+        );
+        let probe_attached = Family::<ProbeLabel, Gauge>::default();
+        registry.register(
+            "probe_attached",
+            "1 if the probe is attached to the target, 0 if attaching failed",
+            probe_attached.clone(),
+        );
+        let tls_targets = Gauge::default();
+        registry.register(
+            "tls_targets",
+            "Distinct TLS library files with uprobes attached",
+            tls_targets.clone(),
+        );
+        let processes = Gauge::default();
+        registry.register(
+            "processes",
+            "Entries in the process table",
+            processes.clone(),
+        );
+        let process_evictions = Counter::default();
+        registry.register(
+            "process_table_evictions",
+            "Process table entries dropped because it was full",
+            process_evictions.clone(),
+        );
+        let flows = Gauge::default();
+        registry.register("flows", "Open outbound TCP flows tracked", flows.clone());
+        let watched_inodes = Gauge::default();
+        registry.register(
+            "watched_inodes",
+            "Watched directories and files matched by inode",
+            watched_inodes.clone(),
+        );
+        let build = Family::<VersionLabel, Gauge>::default();
+        registry.register("build", "Build information", build.clone());
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            events,
+            events_by_kind,
+            kernel_lost,
+            kernel_anomalies,
+            decode_errors,
+            userspace_dropped,
+            probe_attached,
+            tls_targets,
+            processes,
+            process_evictions,
+            flows,
+            watched_inodes,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn event(&self, kind: EventKind) -> &Counter {
+        &self.events_by_kind[kind as usize]
+    }
+
+    pub fn set_probe(&self, probe: &str, target: &str, attached: bool) {
+        self.probe_attached
+            .get_or_create(&ProbeLabel {
+                probe: probe.into(),
+                target: target.into(),
+            })
+            .set(i64::from(attached));
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get, Router};
+    let m = metrics.clone();
+    let r = metrics.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    if r.is_ready() {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics endpoint: cannot listen on {addr}: {e}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.event(EventKind::Exec).inc();
+        m.set_probe("exec", "kernel", true);
+        let text = m.render();
+        assert!(
+            text.contains("nhiwatch_events_total{kind=\"exec\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nhiwatch_probe_attached{probe=\"exec\",target=\"kernel\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nhiwatch_build_info") || text.contains("nhiwatch_build{"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The userspace pipeline for kernel records: decode → process/flow context → metrics and `--events` output.
+
+use std::{
+    borrow::Cow,
+    io::Write,
+    net::SocketAddr,
+    sync::{mpsc::SyncSender, Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::{
+    events::{
+        decode,
+        flows::{Flow, FlowTable},
+        process_table::ProcessTable,
+        Direction, Event, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
+    },
+    metrics::{Metrics, ReasonLabel},
+    probes::{reader::RecordHandler, watch::path_of, watch::WatchTarget},
+};
+
+/// Requests the pipeline sends to the sensor upkeep thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpkeepRequest {
+    /// A process exec'd: look for TLS libraries in its mappings.
+    ScanProcess(u32),
+}
+
+/// Converts kernel boot-clock timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    boot_to_unix_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let boot = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        Clock {
+            boot_to_unix_ns: unix - boot,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let unix = (i128::from(ktime_ns) + self.boot_to_unix_ns).max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(unix)
+    }
+}
+
+#[derive(Serialize)]
+struct ProcessView<'a> {
+    /// `known`, or `unknown` when neither an exec/fork event nor the /proc scan saw it.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exe: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ppid: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Detail<'a> {
+    Exec {
+        filename: Cow<'a, str>,
+        ppid: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Fork {
+        ppid: u32,
+        uid: u32,
+    },
+    Exit {
+        exit_code: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    FileOpen {
+        path: String,
+        result: i64,
+        flags: u32,
+        matched_by: &'static str,
+        watch: Cow<'a, str>,
+    },
+    Tcp {
+        flow: u64,
+        src: String,
+        dst: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes_sent: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes_received: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<f64>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        failed: bool,
+    },
+    /// Metadata only: the plaintext itself never reaches output.
+    Tls {
+        direction: &'static str,
+        library: &'static str,
+        len: u32,
+        captured: usize,
+        flow: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dst: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct EventRecord<'a> {
+    time: String,
+    kind: &'static str,
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    process: ProcessView<'a>,
+    #[serde(flatten)]
+    detail: Detail<'a>,
+}
+
+/// Stage state for everything above the kernel in issue A's scope.
+pub struct Pipeline {
+    pub procs: ProcessTable,
+    pub flows: FlowTable,
+    watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
+    metrics: Arc<Metrics>,
+    upkeep: Option<SyncSender<UpkeepRequest>>,
+    out: Option<Box<dyn Write + Send>>,
+    clock: Clock,
+}
+
+impl Pipeline {
+    pub fn new(
+        procs: ProcessTable,
+        watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
+        metrics: Arc<Metrics>,
+        upkeep: Option<SyncSender<UpkeepRequest>>,
+        out: Option<Box<dyn Write + Send>>,
+    ) -> Pipeline {
+        Pipeline {
+            procs,
+            flows: FlowTable::new(1 << 16),
+            watch_targets,
+            metrics,
+            upkeep,
+            out,
+            clock: Clock::now(),
+        }
+    }
+
+    fn handle(&mut self, ev: &Event<'_>) {
+        self.metrics.event(ev.kind()).inc();
+        self.procs.apply(ev);
+        let mut flow = None;
+        match ev {
+            Event::Exec(e) => {
+                if let Some(tx) = &self.upkeep {
+                    if tx.try_send(UpkeepRequest::ScanProcess(e.hdr.pid)).is_err() {
+                        self.metrics
+                            .userspace_dropped
+                            .get_or_create(&ReasonLabel {
+                                reason: "tls_scan_queue_full".into(),
+                            })
+                            .inc();
+                    }
+                }
+            }
+            Event::TcpConnect(t) => flow = Some(self.flows.connect(t)),
+            Event::TcpClose(t) => flow = Some(self.flows.close(t)),
+            _ => {}
+        }
+        if self.out.is_some() {
+            self.write_event(ev, flow);
+        }
+    }
+
+    fn write_event(&mut self, ev: &Event<'_>, flow: Option<Flow>) {
+        let hdr = *ev.header();
+        // Only file events need the watch table: don't lock it for the others.
+        let targets = match ev {
+            Event::FileOpen(_) => self
+                .watch_targets
+                .read()
+                .map(|t| t.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let detail = match ev {
+            Event::Exec(Exec {
+                filename,
+                ppid,
+                uid,
+                gid,
+                ..
+            }) => Detail::Exec {
+                filename: String::from_utf8_lossy(filename),
+                ppid: *ppid,
+                uid: *uid,
+                gid: *gid,
+            },
+            Event::Fork(f) => Detail::Fork {
+                ppid: f.ppid,
+                uid: f.uid,
+            },
+            Event::Exit(x) => Detail::Exit {
+                exit_code: (x.exit_code >> 8) & 0xff,
+                signal: (x.exit_code & 0x7f != 0).then_some(x.exit_code & 0x7f),
+            },
+            Event::FileOpen(FileOpen {
+                result,
+                open_flags,
+                watch_id,
+                path,
+                ..
+            }) => Detail::FileOpen {
+                path: path_of(&targets, *watch_id, path),
+                result: *result,
+                flags: *open_flags,
+                matched_by: match path {
+                    OpenPath::Argument(_) => "path",
+                    OpenPath::Dentries(_) => "inode",
+                },
+                watch: targets
+                    .get(*watch_id as usize)
+                    .map(|t| Cow::Owned(t.pattern.clone()))
+                    .unwrap_or(Cow::Borrowed("?")),
+            },
+            Event::TcpConnect(t) | Event::TcpClose(t) => {
+                let closing = matches!(ev, Event::TcpClose(_));
+                // At close the kernel has already unbound the local port: the
+                // tuple recorded at connect is the one users want.
+                let (src, dst) = match flow {
+                    Some(f) if !t.failed => (f.local, f.remote),
+                    _ => (
+                        SocketAddr::new(t.saddr, t.sport),
+                        SocketAddr::new(t.daddr, t.dport),
+                    ),
+                };
+                Detail::Tcp {
+                    flow: flow.map_or(0, |f| f.id),
+                    src: src.to_string(),
+                    dst: dst.to_string(),
+                    bytes_sent: closing.then_some(t.bytes_sent),
+                    bytes_received: closing.then_some(t.bytes_received),
+                    duration_ms: closing
+                        .then(|| hdr.ktime_ns.saturating_sub(t.start_ns) as f64 / 1e6),
+                    failed: t.failed,
+                }
+            }
+            Event::TlsData(TlsData {
+                sock,
+                direction,
+                library,
+                len,
+                plaintext,
+                ..
+            }) => {
+                let flow = self.flows.by_sock(*sock);
+                Detail::Tls {
+                    direction: match direction {
+                        Direction::Write => "write",
+                        Direction::Read => "read",
+                    },
+                    library: match library {
+                        TlsLibrary::OpenSsl => "openssl",
+                        TlsLibrary::GnuTls => "gnutls",
+                    },
+                    len: *len,
+                    captured: plaintext.len(),
+                    flow: flow.map(|f| f.id),
+                    dst: flow.map(|f| f.remote.to_string()),
+                }
+            }
+        };
+        let p = self.procs.get(hdr.pid);
+        let process = ProcessView {
+            status: if p.is_some() { "known" } else { "unknown" },
+            exe: p.map(|p| &*p.exe),
+            comm: p.map(|p| &*p.comm),
+            uid: p.map(|p| p.uid),
+            ppid: p.map(|p| p.ppid),
+        };
+        let rec = EventRecord {
+            time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
+            kind: ev.kind().name(),
+            pid: hdr.pid,
+            tid: hdr.tid,
+            cgroup_id: hdr.cgroup_id,
+            process,
+            detail,
+        };
+        if let Some(out) = self.out.as_mut() {
+            let ok = serde_json::to_writer(&mut *out, &rec).is_ok() && out.write_all(b"\n").is_ok();
+            if !ok {
+                self.metrics
+                    .userspace_dropped
+                    .get_or_create(&ReasonLabel {
+                        reason: "event_output".into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
+impl RecordHandler for Pipeline {
+    fn record(&mut self, rec: &[u8]) {
+        match decode(rec) {
+            Ok(ev) => self.handle(&ev),
+            Err(e) => {
+                self.metrics
+                    .decode_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                tracing::debug!(error = %e, "undecodable kernel record");
+            }
+        }
+    }
+
+    fn batch_done(&mut self) {
+        if let Some(out) = self.out.as_mut() {
+            let _ = out.flush();
+        }
+        self.metrics.processes.set(self.procs.len() as i64);
+        self.metrics.flows.set(self.flows.len() as i64);
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared harness for the privileged end-to-end tests.
