@@ -1,1 +1,380 @@
-//! Shared harness for the privileged end-to-end tests.
+//! Harness for the privileged end-to-end tests: runs the real daemon, real servers and real clients on loopback.
+//!
+//! Every helper owns what it starts (processes, directories) and removes it on drop,
+//! so tests can run twice in a row and next to CI on the same machine.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test run on this machine uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory under /tmp removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn nhiwatch_bin() -> PathBuf {
+    match std::env::var_os("NHIWATCH_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nhiwatch"),
+    }
+}
+
+/// Minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A running `nhiwatch run --events`, its JSON events collected as they arrive.
+pub struct Daemon {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stdout_raw: Arc<Mutex<String>>,
+    stderr_raw: Arc<Mutex<String>>,
+    pub metrics_port: u16,
+    _dir: TempDir,
+}
+
+/// Daemon configuration for tests: the bundled defaults with `watch` replaced.
+pub fn config_with(watch: &[String], extra_sensors: &str) -> String {
+    let mut s = String::from("sensors:\n  poll_interval_ms: 2\n");
+    s.push_str(extra_sensors);
+    s.push_str("  files:\n    watch:\n");
+    for w in watch {
+        s.push_str(&format!("      - {w}\n"));
+    }
+    s
+}
+
+impl Daemon {
+    pub fn start(config_yaml: &str) -> Daemon {
+        let dir = TempDir::new("nhiwatch-e2e-daemon");
+        let cfg = dir.path().join("nhiwatch.yaml");
+        std::fs::write(&cfg, config_yaml).unwrap();
+        let metrics_port = free_port();
+        let mut child = Command::new(nhiwatch_bin())
+            .args(["run", "--events", "--config"])
+            .arg(&cfg)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .env("NHIWATCH_LOG", "info,nhiwatch=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nhiwatch (build it first: cargo build -p nhiwatch)");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout_raw = Arc::new(Mutex::new(String::new()));
+        let stderr_raw = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let (ev, raw) = (events.clone(), stdout_raw.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+                // A non-JSON line is kept as a string so `stop` can fail on it.
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                ev.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let raw = stderr_raw.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child,
+            events,
+            stdout_raw,
+            stderr_raw,
+            metrics_port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("nhiwatch exited during start ({status}):\n{}", d.stderr());
+            }
+            if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nhiwatch not ready after 60 s:\n{}",
+                d.stderr()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout_raw.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr_raw.lock().unwrap().clone()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+
+    /// Sum of a metric's samples whose line contains every `needle`.
+    pub fn metric_sum(&self, name: &str, needles: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits for an event matching `pred`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                let evs = self.events();
+                let tail: Vec<String> = evs.iter().rev().take(30).map(|v| v.to_string()).collect();
+                panic!(
+                    "no event {what} within {timeout:?}; {} events, last ones:\n{}\nstderr:\n{}",
+                    evs.len(),
+                    tail.join("\n"),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits; asserts a clean exit.
+    pub fn stop(mut self) -> (String, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "nhiwatch ignored SIGTERM");
+            thread::sleep(Duration::from_millis(50));
+        };
+        thread::sleep(Duration::from_millis(200)); // let the readers finish
+        assert!(
+            status.success(),
+            "nhiwatch exited with {status}:\n{}",
+            self.stderr()
+        );
+        let bad: Vec<Value> = self.events().into_iter().filter(Value::is_string).collect();
+        assert!(
+            bad.is_empty(),
+            "nhiwatch printed non-JSON lines on stdout: {bad:?}"
+        );
+        (self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    &v[key]
+}
+
+pub fn kind_is(v: &Value, kind: &str) -> bool {
+    v["kind"] == kind
+}
+
+pub fn pid_is(v: &Value, pid: u32) -> bool {
+    v["pid"].as_u64() == Some(u64::from(pid))
+}
+
+/// Runs a command to completion; panics with its output on failure.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A self-signed certificate and key for `localhost` / 127.0.0.1.
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (cert, key)
+}
+
+/// nginx with TLS (HTTP/1.1 and HTTP/2) on a loopback port, in its own prefix directory.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+    pub cert: PathBuf,
+}
+
+impl Nginx {
+    /// `locations` is inserted into the server block (e.g. `location /x { return 200 "ok"; }`).
+    pub fn start(locations: &str) -> Nginx {
+        let dir = TempDir::new("nhiwatch-e2e-nginx");
+        let (cert, key) = make_cert(dir.path());
+        let port = free_port();
+        let root = dir.path().join("html");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("hello"), "hello from nginx\n").unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               default_type application/json;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl http2;\n\
+                 ssl_certificate {cert};\n    ssl_certificate_key {key};\n    root {root};\n    {locations}\n  }}\n}}\n",
+            d = dir.path().display(),
+            cert = cert.display(),
+            key = key.display(),
+            root = root.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nginx");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            port,
+            dir,
+            cert,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

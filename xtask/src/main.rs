@@ -1,1 +1,170 @@
-fn main() {}
+//! `cargo xtask`: installs what the project needs, then builds, runs, tests and benchmarks nhiwatch.
+
+mod bench;
+mod deps;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark nhiwatch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the system packages nhiwatch needs (clang, llvm, libbpf-dev, bpftool).
+    Deps {
+        /// Also install what the tests and benchmarks need (nginx, gnutls-bin, libbpf-tools, bpftrace …).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Install what is missing, build (release) and run the monitor on this host
+    /// with the bundled default configuration. Extra arguments go to `nhiwatch run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what tests need and run every test: formatting, lints, unit tests,
+    /// then the privileged end-to-end tests that load the real probes (root).
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure overhead and throughput side by side with peers; writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Deps { all } => deps::ensure(if all {
+            deps::Set::All
+        } else {
+            deps::Set::Build
+        }),
+        Cmd::Run { args } => {
+            deps::ensure(deps::Set::Build)?;
+            cargo(&["build", "--release", "-p", "nhiwatch"])?;
+            let bin = root.join("target/release/nhiwatch");
+            let mut cmd = privileged(&bin);
+            cmd.arg("run")
+                .arg("--config")
+                .arg(root.join("config/nhiwatch.yaml"))
+                .args(&args);
+            eprintln!("xtask: running {cmd:?}");
+            let status = cmd.status().context("starting nhiwatch")?;
+            if !status.success() {
+                bail!("nhiwatch exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { filter } => test(&root, filter),
+        Cmd::Bench(args) => {
+            deps::ensure(deps::Set::All)?;
+            bench::run(&root, args)
+        }
+    }
+}
+
+fn test(root: &Path, filter: Option<String>) -> Result<()> {
+    deps::ensure(deps::Set::All)?;
+    cargo(&["fmt", "--all", "--", "--check"])
+        .context("formatting differs: run `cargo fmt --all`")?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["build", "-p", "nhiwatch"])?;
+    // Unprivileged: unit tests, decoder, ABI and CO-RE object checks.
+    cargo(&["test", "-p", "nhiwatch", "-p", "xtask"])?;
+    // Privileged: the real probes against real clients and servers.
+    let bin = root.join("target/debug/nhiwatch");
+    let mut args = vec!["test", "-p", "nhiwatch-e2e", "--", "--test-threads=1"];
+    if let Some(f) = filter.as_deref() {
+        args.push(f);
+    }
+    let mut cmd = if is_root() {
+        let mut c = Command::new(cargo_bin());
+        c.args(&args);
+        c
+    } else if has_sudo() {
+        eprintln!("xtask: end-to-end tests load BPF programs: running them with sudo");
+        let mut c = Command::new("sudo");
+        c.args([
+            "-E",
+            "env",
+            &format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+        ]);
+        c.arg(cargo_bin()).args(&args);
+        c
+    } else {
+        bail!("the end-to-end tests load BPF programs and need root: run `sudo cargo xtask test`");
+    };
+    cmd.env("NHIWATCH_BIN", &bin);
+    run(&mut cmd)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(cargo_bin()).args(args))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn has_sudo() -> bool {
+    Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The command, through sudo when we are not root.
+pub fn privileged(bin: &Path) -> Command {
+    if is_root() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    }
+}

@@ -25,6 +25,8 @@ pub enum LoadError {
          to load its probes; run it with sudo or grant them (see deploy/)"
     )]
     NotPrivileged,
+    #[error("reading the BPF object {0}")]
+    Object(String),
     #[error("loading the BPF object into the kernel: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the BPF object lacks map {0}: the build is broken")]
@@ -157,12 +159,18 @@ impl Sensors {
         }
         let tracefs_problem = ensure_tracefs();
         let self_tgid = std::process::id();
+        // For debugging and the CO-RE canary test: load another build of the object.
+        let object_bytes = match std::env::var_os("NHIWATCH_BPF_OBJECT") {
+            Some(p) => std::fs::read(&p)
+                .map_err(|e| LoadError::Object(format!("{}: {e}", p.to_string_lossy())))?,
+            None => super::object::bytes().to_vec(),
+        };
         let mut bpf = EbpfLoader::new()
             .override_global("self_tgid", &self_tgid, true)
             .override_global("tls_capture_len", &cfg.tls.capture_bytes, true)
             .override_global("wakeup_bytes", &cfg.wakeup_bytes, true)
             .map_max_entries("events", cfg.ring_buffer_bytes)
-            .load(super::object::bytes())
+            .load(&object_bytes)
             .map_err(LoadError::Load)?;
 
         let mut statuses = Vec::new();
@@ -192,14 +200,12 @@ impl Sensors {
             record("files", prog, "kernel", r);
         }
 
-        let core = if tracefs_problem.is_none() {
-            Some(core_canary(&mut bpf))
-        } else {
-            None
+        // Wrong field offsets would make every event subtly wrong: refuse to run.
+        let canary = match &tracefs_problem {
+            Some(p) => Err(p.clone()),
+            None => core_canary(&mut bpf)?,
         };
-        if let Some(Err(e)) = core {
-            return Err(e);
-        }
+        record("core", "canary", "kernel", canary);
 
         let mut uprobes_loaded = true;
         for prog in UPROBE_PROGRAMS {
@@ -379,41 +385,39 @@ fn attach_uprobe(bpf: &mut Ebpf, prog: &str, symbol: &str, path: &Path) -> Resul
         .map_err(|e| format!("{e}"))
 }
 
-/// Runs the canary program once in this process and compares its CO-RE read with the helper.
-fn core_canary(bpf: &mut Ebpf) -> Result<(), LoadError> {
-    let link = {
-        let p: &mut TracePoint = match bpf
-            .program_mut("core_canary")
-            .and_then(|p| p.try_into().ok())
-        {
-            Some(p) => p,
-            None => return Err(LoadError::MissingMap("core_canary")),
-        };
-        if let Err(e) = p
-            .load()
-            .and_then(|()| p.attach("syscalls", "sys_enter_getppid"))
-        {
-            tracing::warn!(error = %e, "CO-RE canary could not run; field offsets are unchecked");
-            return Ok(());
-        }
-        // SAFETY: getppid has no preconditions; it only triggers the tracepoint.
-        unsafe { libc::getppid() };
+/// Runs the canary program once in this process and compares its CO-RE read
+/// with the helper's answer. `Ok(Err(_))`: the canary could not run (unchecked);
+/// `Err(_)`: it ran and the offsets are wrong.
+fn core_canary(bpf: &mut Ebpf) -> Result<Result<(), String>, LoadError> {
+    let p: &mut TracePoint = match bpf
+        .program_mut("core_canary")
+        .and_then(|p| p.try_into().ok())
+    {
+        Some(p) => p,
+        None => return Ok(Err("canary program missing from the object".into())),
     };
-    let _ = link;
-    let canary: Array<&MapData, nw_canary> = Array::try_from(
-        bpf.map("canary").ok_or(LoadError::MissingMap("canary"))?,
-    )
-    .map_err(|source| LoadError::Map {
-        name: "canary",
-        source,
-    })?;
+    if let Err(e) = p
+        .load()
+        .and_then(|()| p.attach("syscalls", "sys_enter_getppid").map(|_| ()))
+    {
+        return Ok(Err(format!(
+            "canary could not run, field offsets unchecked: {e}"
+        )));
+    }
+    // SAFETY: getppid has no preconditions; it only fires the tracepoint.
+    unsafe { libc::getppid() };
+    let map = bpf.map("canary").ok_or(LoadError::MissingMap("canary"))?;
+    let canary: Array<&MapData, nw_canary> =
+        Array::try_from(map).map_err(|source| LoadError::Map {
+            name: "canary",
+            source,
+        })?;
     let c = canary.get(&0, 0).map_err(|source| LoadError::Map {
         name: "canary",
         source,
     })?;
     if c.hits == 0 {
-        tracing::warn!("CO-RE canary did not fire; field offsets are unchecked");
-        return Ok(());
+        return Ok(Err("canary did not fire, field offsets unchecked".into()));
     }
     if c.tgid_core != c.tgid_helper {
         return Err(LoadError::CoreCanary {
@@ -421,6 +425,5 @@ fn core_canary(bpf: &mut Ebpf) -> Result<(), LoadError> {
             helper: c.tgid_helper,
         });
     }
-    tracing::debug!("CO-RE canary passed");
-    Ok(())
+    Ok(Ok(()))
 }

@@ -1,0 +1,231 @@
+//! End-to-end: TLS plaintext from real clients (curl, python3, node, openssl s_client, gnutls-cli)
+//! to a real nginx is seen for the right process and flow — and never printed.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use nhiwatch_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Distinctive secret sent in every request; it must never appear in nhiwatch's output.
+const SECRET: &str = "nhiwatchLEAKCANARY7f3a9c2e";
+
+fn locations() -> &'static str {
+    "location = /fhir/Patient { return 200 '{\"resourceType\":\"Bundle\"}'; }"
+}
+
+/// The TLS write carrying the request: right pid, tied to the client's flow to nginx.
+fn assert_request_seen(d: &Daemon, pid: u32, port: u16, min_len: u64, expect_flow: bool) -> Value {
+    let dst_suffix = format!(":{port}");
+    let tls = d.wait_for("TLS write of the request", WAIT, |v| {
+        kind_is(v, "tls_data")
+            && pid_is(v, pid)
+            && v["direction"] == "write"
+            && v["len"].as_u64() >= Some(min_len)
+    });
+    assert!(tls["captured"].as_u64().unwrap() > 0, "{tls}");
+    assert!(
+        tls.get("plaintext").is_none() && tls.get("data").is_none(),
+        "{tls}"
+    );
+    if expect_flow {
+        let conn = d.wait_for("client connect", WAIT, |v| {
+            kind_is(v, "tcp_connect")
+                && pid_is(v, pid)
+                && v["dst"].as_str().is_some_and(|s| s.ends_with(&dst_suffix))
+        });
+        assert_eq!(
+            tls["flow"], conn["flow"],
+            "TLS session tied to its TCP flow: {tls} vs {conn}"
+        );
+        assert!(tls["dst"].as_str().unwrap().ends_with(&dst_suffix), "{tls}");
+    }
+    // and the response came back through SSL_read in the same process
+    d.wait_for("TLS read of the response", WAIT, |v| {
+        kind_is(v, "tls_data") && pid_is(v, pid) && v["direction"] == "read"
+    });
+    tls
+}
+
+fn assert_no_leak(d: Daemon) {
+    let metrics = d.metrics();
+    let (stdout, stderr) = d.stop();
+    for (what, text) in [
+        ("events", &stdout),
+        ("logs", &stderr),
+        ("metrics", &metrics),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the secret leaked into nhiwatch {what}"
+        );
+        assert!(
+            !text.contains("resourceType"),
+            "a response body byte leaked into nhiwatch {what}"
+        );
+    }
+}
+
+fn spawn_pid(cmd: &mut Command) -> u32 {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pid
+}
+
+#[test]
+fn curl_http1_and_http2_requests_are_seen_with_pid_and_flow() {
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let url = format!("https://127.0.0.1:{}/fhir/Patient?name=Doe", nginx.port);
+    for proto in ["--http1.1", "--http2"] {
+        let pid = spawn_pid(
+            Command::new("curl")
+                .args(["-sS", "--fail", proto, "--cacert"])
+                .arg(&nginx.cert)
+                .args(["-H", &format!("Authorization: Bearer {SECRET}"), &url]),
+        );
+        assert_request_seen(&d, pid, nginx.port, 40, true);
+    }
+    assert_no_leak(d);
+}
+
+#[test]
+fn python_urllib_request_is_seen_with_pid_and_flow() {
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let script = format!(
+        "import ssl, urllib.request\nctx=ssl.create_default_context(cafile={cert:?})\n\
+         req=urllib.request.Request('https://127.0.0.1:{port}/fhir/Patient', headers={{'Authorization':'Bearer {SECRET}'}})\n\
+         print(urllib.request.urlopen(req, context=ctx).status)\n",
+        cert = nginx.cert.display().to_string(),
+        port = nginx.port
+    );
+    let pid = spawn_pid(Command::new("python3").args(["-c", &script]));
+    assert_request_seen(&d, pid, nginx.port, 40, true);
+    assert_no_leak(d);
+}
+
+#[test]
+fn openssl_s_client_request_is_seen() {
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let req = format!(
+        "GET /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SECRET}\r\nConnection: close\r\n\r\n"
+    );
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{}", nginx.port),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.as_bytes())
+            .unwrap();
+    }
+    let _ = child.wait_with_output().unwrap();
+    assert_request_seen(&d, pid, nginx.port, req.len() as u64, true);
+    assert_no_leak(d);
+}
+
+#[test]
+fn node_with_its_own_openssl_is_seen() {
+    let Ok(node) = which("node") else {
+        panic!("node is not installed: cargo xtask deps --all installs it");
+    };
+    let nginx = Nginx::start(locations());
+    // node links OpenSSL statically; its binary must be discovered as a TLS target.
+    let cfg = config_with(&[], &format!("  tls:\n    extra_targets: [{node}]\n"));
+    let d = Daemon::start(&cfg);
+    let script = format!(
+        "const https=require('https');const fs=require('fs');\
+         https.get({{host:'127.0.0.1',port:{port},path:'/fhir/Patient',ca:fs.readFileSync({cert:?}),servername:'localhost',\
+         headers:{{Authorization:'Bearer {SECRET}'}}}},r=>{{r.resume();r.on('end',()=>process.exit(r.statusCode==200?0:1))}})\
+         .on('error',e=>{{console.error(e);process.exit(2)}});",
+        port = nginx.port,
+        cert = nginx.cert.display().to_string()
+    );
+    let pid = spawn_pid(Command::new(&node).args(["-e", &script]));
+    // node's TLS sits on memory BIOs: the socket write happens outside SSL_write,
+    // so the flow cannot be tied in the kernel; pid and direction must still be right.
+    assert_request_seen(&d, pid, nginx.port, 40, false);
+    assert_no_leak(d);
+}
+
+#[test]
+fn gnutls_client_is_seen() {
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let req = format!(
+        "GET /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SECRET}\r\n\r\n"
+    );
+    let mut child = Command::new("gnutls-cli")
+        .args([
+            "--insecure",
+            "--logfile=/dev/null",
+            "-p",
+            &nginx.port.to_string(),
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(req.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let _ = child.wait_with_output();
+    let tls = d.wait_for("gnutls write", WAIT, |v| {
+        kind_is(v, "tls_data")
+            && pid_is(v, pid)
+            && v["direction"] == "write"
+            && v["library"] == "gnutls"
+    });
+    assert!(tls["len"].as_u64().unwrap() >= 40, "{tls}");
+    assert_no_leak(d);
+}
+
+fn which(cmd: &str) -> Result<String, ()> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map_err(|_| ())?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if p.is_empty() {
+        return Err(());
+    }
+    // uprobes go on the real file, not a symlink or shim
+    Ok(std::fs::canonicalize(&p)
+        .map(|p| p.display().to_string())
+        .unwrap_or(p))
+}
