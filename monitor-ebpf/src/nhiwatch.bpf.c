@@ -78,8 +78,9 @@ struct conn_owner {
 	u32 tid;
 	u64 cgroup_id;
 	u64 start_ns;
-	u32 established;
-	u32 _pad;
+	u8 established;
+	u8 peer_fin; /* the peer's FIN was received: it occupies one sequence number */
+	u8 _pad[6];
 };
 
 /* Outbound sockets by kernel address, from connect() until close. */
@@ -551,9 +552,14 @@ static __always_inline void emit_tcp(const struct sock *sk, struct conn_owner *o
 	t->bytes_sent = 0;
 	t->bytes_received = 0;
 	if (closing) {
+		/* Payload bytes only: bytes_acked would count SYN and FIN, so take
+		 * data sent minus retransmissions, and data received minus the FIN. */
 		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-		t->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
-		t->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		u64 sent = BPF_CORE_READ(tp, bytes_sent);
+		u64 retrans = BPF_CORE_READ(tp, bytes_retrans);
+		u64 rcvd = BPF_CORE_READ(tp, bytes_received);
+		t->bytes_sent = sent > retrans ? sent - retrans : 0;
+		t->bytes_received = rcvd > o->peer_fin ? rcvd - o->peer_fin : 0;
 		if (!o->established)
 			t->hdr.flags |= NW_F_TCP_FAILED;
 	}
@@ -591,7 +597,14 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 		emit_tcp(sk, o, NW_EVENT_TCP_CONNECT, false);
 		return 0;
 	}
-	if (newstate == 7 /* TCP_CLOSE */ && o) {
+	if (!o)
+		return 0;
+	/* CLOSE_WAIT / CLOSING follow the peer's FIN; FIN_WAIT2 -> CLOSE is the
+	 * time-wait hand-off, which happens when the peer's FIN arrives. */
+	if (newstate == 8 /* TCP_CLOSE_WAIT */ || newstate == 11 /* TCP_CLOSING */ ||
+	    (oldstate == 5 /* TCP_FIN_WAIT2 */ && newstate == 7))
+		o->peer_fin = 1;
+	if (newstate == 7 /* TCP_CLOSE */) {
 		emit_tcp(sk, o, NW_EVENT_TCP_CLOSE, true);
 		bpf_map_delete_elem(&conn_owners, &key);
 	}

@@ -117,11 +117,20 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
+    /// Parses a file on top of the bundled defaults: keys it leaves out keep the
+    /// bundled values (lists are replaced whole, not merged).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_err = |source| ConfigError::Parse {
             path: origin.to_owned(),
             source,
-        })?;
+        };
+        // First on its own, so that errors carry the file's own line and column.
+        let _: Config = serde_yaml_ng::from_str(text).map_err(parse_err)?;
+        let mut merged: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(DEFAULT_CONFIG).expect("bundled config is YAML");
+        let user: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse_err)?;
+        overlay(&mut merged, user);
+        let cfg: Config = serde_yaml_ng::from_value(merged).map_err(parse_err)?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: origin.to_owned(),
             message,
@@ -167,6 +176,24 @@ impl Config {
     }
 }
 
+/// Deep-merges `top` into `base`: mappings recursively, anything else replaced.
+fn overlay(base: &mut serde_yaml_ng::Value, top: serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match (base, top) {
+        (Value::Mapping(b), Value::Mapping(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +214,23 @@ mod tests {
             .iter()
             .any(|w| w == "~/.aws/credentials"));
         assert_eq!(c.sensors.tls.capture_bytes, 4096);
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_bundled_defaults() {
+        let c =
+            Config::parse("sensors:\n  files:\n    watch: [/srv/secrets/]\n", "p.yaml").unwrap();
+        assert_eq!(c.sensors.files.watch, ["/srv/secrets/"]);
+        assert!(
+            !c.sensors.tls.library_dirs.is_empty(),
+            "library dirs from the bundled file"
+        );
+        assert_eq!(
+            c.sensors.ring_buffer_bytes,
+            Config::bundled().sensors.ring_buffer_bytes
+        );
+        let c = Config::parse("metrics:\n  listen: null\n", "p.yaml").unwrap();
+        assert!(c.metrics.listen.is_none(), "null disables the endpoint");
     }
 
     #[test]

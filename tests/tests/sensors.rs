@@ -79,7 +79,11 @@ fn watched_files_by_absolute_relative_and_symlink_paths_unwatched_not() {
     assert_eq!(ev["path"], token_s.as_str(), "path rebuilt from dentries");
 
     // a symlink from outside the watched tree
-    let via = Command::new("cat").arg(&link).spawn().unwrap();
+    let via = Command::new("cat")
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let via_pid = via.id();
     assert!(via.wait_with_output().unwrap().status.success());
     let ev = d.wait_for("symlink open", WAIT, |v| {
@@ -97,7 +101,11 @@ fn watched_files_by_absolute_relative_and_symlink_paths_unwatched_not() {
     assert_eq!(ev["result"], -2, "ENOENT");
 
     // unwatched: opened before a watched sentinel, so once the sentinel is seen it would have been too
-    let unwatched = Command::new("cat").arg(&other).spawn().unwrap();
+    let unwatched = Command::new("cat")
+        .arg(&other)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let unwatched_pid = unwatched.id();
     unwatched.wait_with_output().unwrap();
     let _ = Command::new("cat").arg(&sentinel).output().unwrap();
