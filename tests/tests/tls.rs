@@ -141,12 +141,10 @@ fn openssl_s_client_request_is_seen() {
     let pid = child.id();
     {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(req.as_bytes())
-            .unwrap();
+        // keep stdin open until the response is in: s_client quits at EOF
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(req.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
     }
     let _ = child.wait_with_output().unwrap();
     assert_request_seen(&d, pid, nginx.port, req.len() as u64, true);
