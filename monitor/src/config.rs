@@ -23,7 +23,7 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sensors: SensorConfig,
@@ -90,15 +90,6 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sensors: SensorConfig::default(),
-            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -50,7 +50,7 @@ fn watched_files_by_absolute_relative_and_symlink_paths_unwatched_not() {
     std::fs::write(&sentinel, "x").unwrap();
 
     let watch = format!("{}/", secrets.display());
-    let d = Daemon::start(&config_with(&[watch.clone()], ""));
+    let d = Daemon::start(&config_with(std::slice::from_ref(&watch), ""));
     let token_s = token.display().to_string();
 
     // absolute path: matched by the path string in the kernel
