@@ -193,6 +193,8 @@ fn comm(rec: &[u8], offset: usize) -> &[u8] {
 }
 
 #[cfg(test)]
+// Records are built field by field, the way the kernel fills them.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

@@ -128,11 +128,11 @@ mod tests {
     #[test]
     fn connect_then_close_keeps_the_id() {
         let mut f = FlowTable::new(10);
-        let a = f.connect(&tcp(0xffff_1, 1));
-        assert_eq!(f.by_sock(0xffff_1).unwrap().id, a.id);
-        let c = f.close(&tcp(0xffff_1, 1));
+        let a = f.connect(&tcp(0xffff_0001, 1));
+        assert_eq!(f.by_sock(0xffff_0001).unwrap().id, a.id);
+        let c = f.close(&tcp(0xffff_0001, 1));
         assert_eq!(c.id, a.id);
-        assert!(f.by_sock(0xffff_1).is_none());
+        assert!(f.by_sock(0xffff_0001).is_none());
     }
 
     #[test]

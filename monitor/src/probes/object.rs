@@ -30,7 +30,7 @@ mod tests {
         let u32_at = |o: usize| u32::from_le_bytes(ext[o..o + 4].try_into().unwrap());
         assert_eq!(
             u16::from_le_bytes([ext[0], ext[1]]),
-            0xeB9F,
+            0xEB9F,
             "BTF.ext magic"
         );
         let hdr_len = u32_at(4) as usize;
