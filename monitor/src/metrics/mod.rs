@@ -38,11 +38,6 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabel {
-    pub version: String,
-}
-
 /// Every metric the daemon exports. Cheap to clone handles are taken out at
 /// start so the hot path only touches atomics.
 pub struct Metrics {
@@ -144,13 +139,14 @@ impl Metrics {
             "Watched directories and files matched by inode",
             watched_inodes.clone(),
         );
-        let build = Family::<VersionLabel, Gauge>::default();
-        registry.register("build", "Build information", build.clone());
-        build
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .set(1);
+        registry.register(
+            "build",
+            "Build information",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
         Metrics {
             registry,
             events,
