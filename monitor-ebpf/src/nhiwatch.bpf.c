@@ -80,7 +80,8 @@ struct conn_owner {
 	u64 start_ns;
 	u8 established;
 	u8 peer_fin; /* the peer's FIN was received: it occupies one sequence number */
-	u8 _pad[6];
+	u8 is_self;  /* the daemon's own connection: tracked only to be ignored */
+	u8 _pad[5];
 };
 
 /* Outbound sockets by kernel address, from connect() until close. */
@@ -575,9 +576,8 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 	if (newstate == 2 /* TCP_SYN_SENT */) {
 		/* connect() runs in the caller's context: remember who it was */
 		u64 pid_tgid = bpf_get_current_pid_tgid();
-		if (is_self(pid_tgid))
-			return 0;
 		struct conn_owner o = {
+			.is_self = is_self(pid_tgid),
 			.pid = pid_tgid >> 32,
 			.tid = (u32)pid_tgid,
 			.cgroup_id = bpf_get_current_cgroup_id(),
@@ -588,6 +588,11 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 		return 0;
 	}
 	struct conn_owner *o = bpf_map_lookup_elem(&conn_owners, &key);
+	if (o && o->is_self) {
+		if (newstate == 7 /* TCP_CLOSE */)
+			bpf_map_delete_elem(&conn_owners, &key);
+		return 0;
+	}
 	if (newstate == 1 /* TCP_ESTABLISHED */ && oldstate == 2) {
 		if (!o) {
 			count(NW_CNT_TCP_UNATTRIBUTED);
