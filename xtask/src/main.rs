@@ -92,8 +92,11 @@ fn test(root: &Path, filter: Option<String>) -> Result<()> {
         "warnings",
     ])?;
     cargo(&["build", "-p", "nhiwatch"])?;
+    let mut tally = Tally::default();
     // Unprivileged: unit tests, decoder, ABI and CO-RE object checks.
-    cargo(&["test", "-p", "nhiwatch", "-p", "xtask"])?;
+    let mut unit = Command::new(cargo_bin());
+    unit.args(["test", "-p", "nhiwatch", "-p", "xtask"]);
+    run_counted(&mut unit, &mut tally)?;
     // Privileged: the real probes against real clients and servers.
     let bin = root.join("target/debug/nhiwatch");
     let mut args = vec!["test", "-p", "nhiwatch-e2e", "--", "--test-threads=1"];
@@ -118,7 +121,61 @@ fn test(root: &Path, filter: Option<String>) -> Result<()> {
         bail!("the end-to-end tests load BPF programs and need root: run `sudo cargo xtask test`");
     };
     cmd.env("NHIWATCH_BIN", &bin);
-    run(&mut cmd)
+    let r = run_counted(&mut cmd, &mut tally);
+    // One closing line over every test binary, so a reader of the log's end sees the whole run.
+    println!(
+        "xtask test: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    r
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a `cargo test`, echoing its output, and adds up its "test result" lines.
+fn run_counted(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            tally.passed += num("passed");
+            tally.failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "xtask test: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
 }
 
 pub fn workspace_root() -> PathBuf {
