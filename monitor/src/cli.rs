@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::{
     config::Config,
     events::process_table::ProcessTable,
+    identity::{cgroups::CgroupResolver, IdentityResolver},
     metrics::Metrics,
     pipeline::Pipeline,
     probes::{reader, upkeep::Upkeep, Sensors},
@@ -162,7 +163,17 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
             std::io::stdout(),
         )) as _
     });
-    let mut pipeline = Pipeline::new(procs, watch_targets, metrics.clone(), Some(tx), out);
+    let identity = start_identity(&cfg, &metrics)?;
+    let hold = Duration::from_millis(cfg.identity.pending_hold_ms);
+    let mut pipeline = Pipeline::new(
+        procs,
+        watch_targets,
+        metrics.clone(),
+        Some(tx),
+        out,
+        identity,
+        hold,
+    );
     metrics.set_ready();
     tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
 
@@ -177,6 +188,69 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
     let _ = upkeep_thread.join();
     tracing::info!("nhiwatch stopped");
     Ok(())
+}
+
+/// Builds the identity resolver and, on Kubernetes, starts the pod metadata source.
+fn start_identity(cfg: &Config, metrics: &Metrics) -> anyhow::Result<IdentityResolver> {
+    use crate::identity::kubernetes::{
+        PodSource, PodSourceConfig, PodSourceKind, PodStore, PodStoreHandle,
+    };
+    let id = &cfg.identity;
+    let node = crate::identity::node_name(id.node_name.as_deref());
+    let cgroups = CgroupResolver::new(std::path::Path::new(crate::CGROUP_V2_ROOT), 16384);
+    let k = &id.kubernetes;
+    let (pods, refresh) = if k.source == PodSourceKind::None {
+        (None, None)
+    } else {
+        const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let existing = |p: &str| std::path::Path::new(p).exists().then(|| PathBuf::from(p));
+        let url = match (&k.url, k.source) {
+            (Some(u), _) => u.clone(),
+            (None, PodSourceKind::Kubelet) => "https://127.0.0.1:10250".into(),
+            (None, _) => match (std::env::var("KUBERNETES_SERVICE_HOST"), std::env::var("KUBERNETES_SERVICE_PORT")) {
+                (Ok(h), Ok(p)) => format!("https://{h}:{p}"),
+                _ => anyhow::bail!(
+                    "identity.kubernetes.source is apiserver but no url is set and KUBERNETES_SERVICE_HOST is not in the environment"
+                ),
+            },
+        };
+        let handle = PodStoreHandle::new(PodStore::new(
+            Duration::from_secs(k.deleted_pod_retention_seconds),
+            65536,
+        ));
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let source = PodSource::new(
+            PodSourceConfig {
+                kind: k.source,
+                url: url.clone(),
+                node_name: node.clone(),
+                token_file: k
+                    .token_file
+                    .clone()
+                    .or_else(|| existing(&format!("{SA}/token"))),
+                ca_file: k
+                    .ca_file
+                    .clone()
+                    .or_else(|| existing(&format!("{SA}/ca.crt"))),
+                insecure_skip_verify: k.insecure_skip_verify,
+                refresh: Duration::from_secs(k.refresh_seconds.max(1)),
+            },
+            handle.clone(),
+            rx,
+            metrics.pod_source_errors.clone(),
+        )
+        .context("pod metadata source")?;
+        tracing::info!(source = ?k.source, %url, node = %node, "pod metadata source starting");
+        tokio::spawn(source.run());
+        (Some(handle), Some(tx))
+    };
+    Ok(IdentityResolver::new(
+        id.clone(),
+        node,
+        cgroups,
+        pods,
+        refresh,
+    ))
 }
 
 async fn shutdown() {

@@ -27,7 +27,87 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sensors: SensorConfig,
+    pub identity: IdentityConfig,
     pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub trust_domain: String,
+    /// Defaults to `NODE_NAME`, then the hostname.
+    pub node_name: Option<String>,
+    pub templates: IdentityTemplates,
+    /// How long an event of a pod whose metadata has not arrived is held back.
+    pub pending_hold_ms: u64,
+    pub kubernetes: KubernetesConfig,
+    pub selectors: Vec<SelectorRuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityTemplates {
+    pub kubernetes: String,
+    pub systemd: String,
+    pub unix: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    pub source: crate::identity::kubernetes::PodSourceKind,
+    /// Kubelet base URL (kubelet source) or API server URL (apiserver source;
+    /// default from KUBERNETES_SERVICE_HOST/PORT).
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub refresh_seconds: u64,
+    pub deleted_pod_retention_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorRuleConfig {
+    pub selectors: Vec<String>,
+    pub id: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            trust_domain: "cluster.local".into(),
+            node_name: None,
+            templates: IdentityTemplates::default(),
+            pending_hold_ms: 5000,
+            kubernetes: KubernetesConfig::default(),
+            selectors: Vec::new(),
+        }
+    }
+}
+
+impl Default for IdentityTemplates {
+    fn default() -> Self {
+        IdentityTemplates {
+            kubernetes: "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}".into(),
+            systemd: "spiffe://{trust_domain}/node/{node}/unit/{unit}".into(),
+            unix: "spiffe://{trust_domain}/node/{node}/uid/{uid}{exe}".into(),
+        }
+    }
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            source: Default::default(),
+            url: None,
+            token_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            refresh_seconds: 10,
+            deleted_pod_retention_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -159,6 +239,42 @@ impl Config {
         if s.process_table_capacity < 64 {
             return Err("sensors.process_table_capacity must be at least 64".into());
         }
+        let id = &self.identity;
+        if id.trust_domain.is_empty() || id.trust_domain.contains(['/', ':', ' ']) {
+            return Err(format!(
+                "identity.trust_domain must be a DNS-like name, got {:?}",
+                id.trust_domain
+            ));
+        }
+        for (name, t) in [
+            ("kubernetes", &id.templates.kubernetes),
+            ("systemd", &id.templates.systemd),
+            ("unix", &id.templates.unix),
+        ] {
+            if !t.starts_with("spiffe://") {
+                return Err(format!(
+                    "identity.templates.{name} must start with spiffe://, got {t:?}"
+                ));
+            }
+            let mut rest = t.as_str();
+            while let Some(open) = rest.find('{') {
+                let close = rest[open..]
+                    .find('}')
+                    .ok_or_else(|| format!("identity.templates.{name}: unclosed '{{'"))?;
+                let var = &rest[open + 1..open + close];
+                if !crate::identity::TEMPLATE_VARS.contains(&var) {
+                    return Err(format!(
+                        "identity.templates.{name}: unknown placeholder {{{var}}}; known: {}",
+                        crate::identity::TEMPLATE_VARS.join(", ")
+                    ));
+                }
+                rest = &rest[open + close..];
+            }
+        }
+        for (i, r) in id.selectors.iter().enumerate() {
+            crate::identity::selectors::SelectorRule::parse(&r.selectors, &r.id)
+                .map_err(|e| format!("identity.selectors[{i}]: {e}"))?;
+        }
         for w in &s.files.watch {
             crate::probes::watch::WatchPattern::parse(w)
                 .map_err(|e| format!("sensors.files.watch: {e}"))?;
@@ -231,6 +347,25 @@ mod tests {
         assert!(msg.contains("x.yaml"), "{msg}");
         assert!(msg.contains("ring_bufer_bytes"), "{msg}");
         assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn identity_settings_are_checked() {
+        for (yaml, needle) in [
+            (
+                "identity: {templates: {kubernetes: 'spiffe://{trust_domain}/{nope}'}}",
+                "unknown placeholder {nope}",
+            ),
+            ("identity: {templates: {systemd: 'http://x'}}", "spiffe://"),
+            (
+                "identity: {selectors: [{selectors: ['k8s:bogus:x'], id: 'spiffe://a/b'}]}",
+                "selectors[0]",
+            ),
+            ("identity: {kubernetes: {source: kubelat}}", "kubelat"),
+        ] {
+            let msg = Config::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(msg.contains(needle), "{yaml}: {msg}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

@@ -2,10 +2,11 @@
 
 use std::{
     borrow::Cow,
+    collections::VecDeque,
     io::Write,
     net::SocketAddr,
     sync::{mpsc::SyncSender, Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
@@ -14,9 +15,11 @@ use crate::{
     events::{
         decode,
         flows::{Flow, FlowTable},
+        process_table::ProcessInfo,
         process_table::ProcessTable,
-        Direction, Event, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
+        Direction, Event, EventKind, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
     },
+    identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, IdentityView},
     metrics::{Metrics, ReasonLabel},
     probes::{reader::RecordHandler, watch::path_of, watch::WatchTarget},
 };
@@ -129,6 +132,7 @@ struct EventRecord<'a> {
     pid: u32,
     tid: u32,
     cgroup_id: u64,
+    identity: IdentityView<'a>,
     process: ProcessView<'a>,
     #[serde(flatten)]
     detail: Detail<'a>,
@@ -143,7 +147,27 @@ pub struct Pipeline {
     upkeep: Option<SyncSender<UpkeepRequest>>,
     out: Option<Box<dyn Write + Send>>,
     clock: Clock,
+    pub identity: IdentityResolver,
+    pub inventory: Inventory,
+    held: VecDeque<Held>,
+    hold: Duration,
+    held_generation: u64,
 }
+
+/// An event whose pod metadata has not arrived, waiting to be re-attributed.
+struct Held {
+    deadline: Instant,
+    cgroup_id: u64,
+    proc: Option<ProcessInfo>,
+    kind: EventKind,
+    ktime_ns: u64,
+    file: Option<String>,
+    dest: Option<String>,
+    record: Option<serde_json::Value>,
+}
+
+/// Held events at most; beyond this they go out as `pending` rather than pile up.
+const HELD_MAX: usize = 65536;
 
 impl Pipeline {
     pub fn new(
@@ -152,8 +176,15 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         upkeep: Option<SyncSender<UpkeepRequest>>,
         out: Option<Box<dyn Write + Send>>,
+        identity: IdentityResolver,
+        hold: Duration,
     ) -> Pipeline {
         Pipeline {
+            identity,
+            inventory: Inventory::new(16384),
+            held: VecDeque::new(),
+            hold,
+            held_generation: 0,
             procs,
             flows: FlowTable::new(1 << 16),
             watch_targets,
@@ -185,12 +216,118 @@ impl Pipeline {
             Event::TcpClose(t) => flow = Some(self.flows.close(t)),
             _ => {}
         }
-        if self.out.is_some() {
-            self.write_event(ev, flow);
+        let hdr = *ev.header();
+        let attributed = self
+            .identity
+            .resolve(hdr.cgroup_id, self.procs.get(hdr.pid));
+        self.metrics.attribution(attributed.status).inc();
+        // What the identity touched, for the inventory (file events are rare; connects name a destination).
+        let file = match ev {
+            Event::FileOpen(f) => {
+                let t = self
+                    .watch_targets
+                    .read()
+                    .map(|t| t.clone())
+                    .unwrap_or_default();
+                Some(path_of(&t, f.watch_id, &f.path))
+            }
+            _ => None,
+        };
+        let dest = match ev {
+            Event::TcpConnect(t) => Some(SocketAddr::new(t.daddr, t.dport).to_string()),
+            _ => None,
+        };
+        if attributed.status == Attribution::Pending
+            && !self.hold.is_zero()
+            && self.held.len() < HELD_MAX
+        {
+            let record = self.out.is_some().then(|| {
+                let rec = self.event_record(ev, flow, &attributed);
+                serde_json::to_value(&rec).unwrap_or_default()
+            });
+            self.held.push_back(Held {
+                deadline: Instant::now() + self.hold,
+                cgroup_id: hdr.cgroup_id,
+                proc: self.procs.get(hdr.pid).cloned(),
+                kind: ev.kind(),
+                ktime_ns: hdr.ktime_ns,
+                file,
+                dest,
+                record,
+            });
+            return;
+        }
+        if let Some(id) = &attributed.identity {
+            self.inventory.record(
+                &id.id,
+                ev.kind(),
+                hdr.ktime_ns,
+                file.as_deref(),
+                dest.as_deref(),
+            );
+        }
+        // The record borrows the tables; the writer is taken out meanwhile.
+        if let Some(mut out) = self.out.take() {
+            let rec = self.event_record(ev, flow, &attributed);
+            write_json(&mut out, &self.metrics, &rec);
+            self.out = Some(out);
         }
     }
 
-    fn write_event(&mut self, ev: &Event<'_>, flow: Option<Flow>) {
+    /// Re-attributes held events once pod metadata changed, and lets go of
+    /// those whose hold expired (reported `unknown`, with the pod they belong to).
+    pub fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let generation = self.identity.pods_generation();
+        let changed = generation != self.held_generation;
+        let now = Instant::now();
+        if !changed && self.held.front().is_none_or(|h| h.deadline > now) {
+            return;
+        }
+        self.held_generation = generation;
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        while let Some(mut h) = self.held.pop_front() {
+            let mut a = self.identity.resolve(h.cgroup_id, h.proc.as_ref());
+            if a.status == Attribution::Pending {
+                if h.deadline > now {
+                    keep.push_back(h);
+                    continue;
+                }
+                a.status = Attribution::Unknown;
+                self.metrics.identity_hold_expired.inc();
+            }
+            self.metrics.attribution_after_hold(a.status).inc();
+            if let Some(id) = &a.identity {
+                self.inventory.record(
+                    &id.id,
+                    h.kind,
+                    h.ktime_ns,
+                    h.file.as_deref(),
+                    h.dest.as_deref(),
+                );
+            }
+            if let Some(mut rec) = h.record.take() {
+                rec["identity"] = serde_json::to_value(a.view()).unwrap_or_default();
+                self.write(&rec);
+            }
+        }
+        self.held = keep;
+    }
+
+    fn write<T: Serialize>(&mut self, rec: &T) {
+        if let Some(out) = self.out.as_mut() {
+            write_json(out, &self.metrics, rec);
+        }
+    }
+
+    fn event_record<'a>(
+        &'a self,
+        ev: &'a Event<'_>,
+        flow: Option<Flow>,
+        attributed: &'a Attributed,
+    ) -> EventRecord<'a> {
         let hdr = *ev.header();
         // Only file events need the watch table: don't lock it for the others.
         let targets = match ev {
@@ -296,26 +433,28 @@ impl Pipeline {
             uid: p.map(|p| p.uid),
             ppid: p.map(|p| p.ppid),
         };
-        let rec = EventRecord {
+        EventRecord {
             time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
             kind: ev.kind().name(),
             pid: hdr.pid,
             tid: hdr.tid,
             cgroup_id: hdr.cgroup_id,
+            identity: attributed.view(),
             process,
             detail,
-        };
-        if let Some(out) = self.out.as_mut() {
-            let ok = serde_json::to_writer(&mut *out, &rec).is_ok() && out.write_all(b"\n").is_ok();
-            if !ok {
-                self.metrics
-                    .userspace_dropped
-                    .get_or_create(&ReasonLabel {
-                        reason: "event_output".into(),
-                    })
-                    .inc();
-            }
         }
+    }
+}
+
+fn write_json<T: Serialize>(out: &mut Box<dyn Write + Send>, metrics: &Metrics, rec: &T) {
+    let ok = serde_json::to_writer(&mut *out, rec).is_ok() && out.write_all(b"\n").is_ok();
+    if !ok {
+        metrics
+            .userspace_dropped
+            .get_or_create(&ReasonLabel {
+                reason: "event_output".into(),
+            })
+            .inc();
     }
 }
 
@@ -336,10 +475,19 @@ impl RecordHandler for Pipeline {
     }
 
     fn batch_done(&mut self) {
+        self.release_held();
         if let Some(out) = self.out.as_mut() {
             let _ = out.flush();
         }
         self.metrics.processes.set(self.procs.len() as i64);
         self.metrics.flows.set(self.flows.len() as i64);
+        self.metrics.identities.set(self.inventory.len() as i64);
+        self.metrics.held_events.set(self.held.len() as i64);
+    }
+
+    fn tick(&mut self) {
+        if !self.held.is_empty() {
+            self.batch_done();
+        }
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::events::EventKind;
+use crate::{events::EventKind, identity::Attribution};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -55,7 +55,27 @@ pub struct Metrics {
     pub process_evictions: Counter,
     pub flows: Gauge,
     pub watched_inodes: Gauge,
+    /// Events by attribution status, indexed like `ATTRIBUTIONS`.
+    attributions: Vec<Counter>,
+    /// Held events by the status they ended with.
+    attributions_after_hold: Vec<Counter>,
+    pub identity_hold_expired: Counter,
+    pub identities: Gauge,
+    pub held_events: Gauge,
+    pub pod_source_errors: Counter,
     ready: AtomicBool,
+}
+
+const ATTRIBUTIONS: [Attribution; 4] = [
+    Attribution::Resolved,
+    Attribution::Pending,
+    Attribution::Host,
+    Attribution::Unknown,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
 }
 
 impl Default for Metrics {
@@ -139,6 +159,62 @@ impl Metrics {
             "Watched directories and files matched by inode",
             watched_inodes.clone(),
         );
+        let attr_family = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "attributions",
+            "Events by identity attribution status when first seen",
+            attr_family.clone(),
+        );
+        let attributions = ATTRIBUTIONS
+            .iter()
+            .map(|s| {
+                attr_family
+                    .get_or_create(&StatusLabel {
+                        status: s.name().into(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let after_family = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "held_attributions",
+            "Events held for pod metadata, by the status they were finally reported with",
+            after_family.clone(),
+        );
+        let attributions_after_hold = ATTRIBUTIONS
+            .iter()
+            .map(|s| {
+                after_family
+                    .get_or_create(&StatusLabel {
+                        status: s.name().into(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let identity_hold_expired = Counter::default();
+        registry.register(
+            "identity_hold_expired",
+            "Held events whose pod metadata never arrived within identity.pending_hold_ms",
+            identity_hold_expired.clone(),
+        );
+        let identities = Gauge::default();
+        registry.register(
+            "identities",
+            "Distinct identities in the inventory",
+            identities.clone(),
+        );
+        let held_events = Gauge::default();
+        registry.register(
+            "held_events",
+            "Events waiting for pod metadata",
+            held_events.clone(),
+        );
+        let pod_source_errors = Counter::default();
+        registry.register(
+            "pod_source_errors",
+            "Failed requests to the kubelet or API server for pod metadata",
+            pod_source_errors.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -161,12 +237,26 @@ impl Metrics {
             process_evictions,
             flows,
             watched_inodes,
+            attributions,
+            attributions_after_hold,
+            identity_hold_expired,
+            identities,
+            held_events,
+            pod_source_errors,
             ready: AtomicBool::new(false),
         }
     }
 
     pub fn event(&self, kind: EventKind) -> &Counter {
         &self.events_by_kind[kind as usize]
+    }
+
+    pub fn attribution(&self, s: Attribution) -> &Counter {
+        &self.attributions[s as usize]
+    }
+
+    pub fn attribution_after_hold(&self, s: Attribution) -> &Counter {
+        &self.attributions_after_hold[s as usize]
     }
 
     pub fn set_probe(&self, probe: &str, target: &str, attached: bool) {

@@ -9,6 +9,8 @@ use tokio::io::{unix::AsyncFd, Interest};
 pub trait RecordHandler {
     fn record(&mut self, rec: &[u8]);
     fn batch_done(&mut self) {}
+    /// Called on every poll tick, records or not.
+    fn tick(&mut self) {}
 }
 
 /// Reads until `stop` resolves. The kernel only wakes us once `wakeup_bytes` are
@@ -34,7 +36,10 @@ pub async fn run<H: RecordHandler>(
                 drain(guard.get_inner_mut(), handler);
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(afd.get_mut(), handler),
+            _ = tick.tick() => {
+                drain(afd.get_mut(), handler);
+                handler.tick();
+            }
             () = &mut stop => {
                 drain(afd.get_mut(), handler);
                 return Ok(());
