@@ -36,6 +36,8 @@ pub struct ProcessTable {
     linger_ns: u64,
     capacity: usize,
     evicted: u64,
+    /// exec path → path with symlinks resolved.
+    canonical: HashMap<String, Arc<str>>,
 }
 
 impl ProcessTable {
@@ -46,6 +48,7 @@ impl ProcessTable {
             linger_ns,
             capacity,
             evicted: 0,
+            canonical: HashMap::new(),
         }
     }
 
@@ -127,7 +130,21 @@ impl ProcessTable {
     fn exec(&mut self, e: &Exec<'_>) {
         let filename = String::from_utf8_lossy(e.filename);
         let exe: Arc<str> = if filename.starts_with('/') {
-            Arc::from(filename.as_ref())
+            // /bin/ls and /usr/bin/ls are one program: resolve symlinks once per path.
+            // (Not /proc/PID/exe: by now the process may have exec'd something else.)
+            match self.canonical.get(filename.as_ref()) {
+                Some(c) => c.clone(),
+                None => {
+                    let c: Arc<str> = fs::canonicalize(filename.as_ref())
+                        .map(|p| Arc::from(p.to_string_lossy().as_ref()))
+                        .unwrap_or_else(|_| Arc::from(filename.as_ref()));
+                    if self.canonical.len() >= 4096 {
+                        self.canonical.clear();
+                    }
+                    self.canonical.insert(filename.to_string(), c.clone());
+                    c
+                }
+            }
         } else {
             // execve("./tool"): the kernel's view is the truth, if the process is still there.
             fs::read_link(format!("/proc/{}/exe", e.hdr.pid))
