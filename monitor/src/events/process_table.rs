@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn fork_inherits_exe_then_exec_replaces_it() {
         let mut t = ProcessTable::new(100, 1_000);
-        t.apply(&exec(10, 1, b"/bin/bash", 1));
+        t.apply(&exec(10, 1, b"/nonexistent/bash", 1));
         t.apply(&Event::Fork(Fork {
             hdr: hdr(11, 2),
             ppid: 10,
@@ -305,11 +305,19 @@ mod tests {
             start_time_ns: 2,
             comm: b"bash",
         }));
-        assert_eq!(&*t.get(11).unwrap().exe, "/bin/bash");
+        assert_eq!(&*t.get(11).unwrap().exe, "/nonexistent/bash");
         assert_eq!(t.get(11).unwrap().ppid, 10);
-        t.apply(&exec(11, 10, b"/usr/bin/curl", 3));
-        assert_eq!(&*t.get(11).unwrap().exe, "/usr/bin/curl");
+        t.apply(&exec(11, 10, b"/nonexistent/curl", 3));
+        assert_eq!(&*t.get(11).unwrap().exe, "/nonexistent/curl");
         assert_eq!(t.get(11).unwrap().ppid, 10);
+    }
+
+    #[test]
+    fn exec_paths_are_canonical() {
+        let mut t = ProcessTable::new(100, 1_000);
+        t.apply(&exec(10, 1, b"/bin/sh", 1));
+        let want = std::fs::canonicalize("/bin/sh").unwrap();
+        assert_eq!(&*t.get(10).unwrap().exe, want.to_str().unwrap());
     }
 
     #[test]
