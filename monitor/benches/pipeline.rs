@@ -39,6 +39,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+// Records are filled field by field, as the kernel does.
+#[allow(clippy::field_reassign_with_default)]
 fn main() {
     // Cached identity of a known process in the root cgroup.
     let mut procs = ProcessTable::new(1 << 16, 1);
