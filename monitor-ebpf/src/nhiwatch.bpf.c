@@ -694,12 +694,13 @@ static __always_inline int tls_exit(long ret, bool ex)
 	}
 	if (len == 0)
 		return 0;
-	if (call.sock)
-		bpf_map_update_elem(&tls_session_socks, &call.session, &call.sock, BPF_ANY);
-	else {
-		u64 *s = bpf_map_lookup_elem(&tls_session_socks, &call.session);
-		if (s)
-			call.sock = *s;
+	/* LRU updates are costly: write only when the session's socket is new or changed. */
+	u64 *known = bpf_map_lookup_elem(&tls_session_socks, &call.session);
+	if (call.sock) {
+		if (!known || *known != call.sock)
+			bpf_map_update_elem(&tls_session_socks, &call.session, &call.sock, BPF_ANY);
+	} else if (known) {
+		call.sock = *known;
 	}
 
 	struct nw_tls_data *t = scratch_buf();

@@ -286,10 +286,22 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-/// A self-signed certificate and key for `localhost` / 127.0.0.1.
-pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+/// A CA and a server certificate it signed for `localhost` / 127.0.0.1 / ::1:
+/// `(ca, cert, key)`. Clients trust `ca`, as in a real deployment (rustls refuses a
+/// self-signed CA certificate used as a server certificate).
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
+    let csr = dir.join("server.csr");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
     run_ok(
         Command::new("openssl")
             .args([
@@ -301,18 +313,43 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
                 "-days",
                 "1",
                 "-subj",
-                "/CN=localhost",
+                "/CN=nhiwatch-e2e-ca",
             ])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+    );
+    run_ok(
+        Command::new("openssl")
             .args([
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
             ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
+            .arg(&csr),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-set_serial", "2"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
             .arg(&cert),
     );
-    (cert, key)
+    (ca, cert, key)
 }
 
 /// nginx with TLS (HTTP/1.1 and HTTP/2) on a loopback port, in its own prefix directory.
@@ -320,6 +357,7 @@ pub struct Nginx {
     child: Child,
     pub port: u16,
     pub dir: TempDir,
+    /// The CA clients should trust.
     pub cert: PathBuf,
 }
 
@@ -327,7 +365,7 @@ impl Nginx {
     /// `locations` is inserted into the server block (e.g. `location /x { return 200 "ok"; }`).
     pub fn start(locations: &str) -> Nginx {
         let dir = TempDir::new("nhiwatch-e2e-nginx");
-        let (cert, key) = make_cert(dir.path());
+        let (ca, cert, key) = make_cert(dir.path());
         let port = free_port();
         let root = dir.path().join("html");
         std::fs::create_dir_all(&root).unwrap();
@@ -365,7 +403,7 @@ impl Nginx {
             child,
             port,
             dir,
-            cert,
+            cert: ca,
         }
     }
 

@@ -116,12 +116,26 @@ fn pods_scenario(source: &str) {
     // Two pods exist before the daemon starts, two are created after.
     api.add(&pods[0]);
     api.add(&pods[1]);
-    let d = Daemon::start(&identity_config(
-        &s.watch,
-        source,
-        &api.url(),
-        &s.token_file,
-    ));
+    // The API server is reached over TLS (nginx terminating it in front of the fake API,
+    // the daemon trusting its CA), the kubelet over plain HTTP as its read-only port is.
+    let front = (source == "apiserver").then(|| {
+        Nginx::start(&format!(
+            "location / {{ proxy_pass http://127.0.0.1:{}; proxy_buffering off; proxy_http_version 1.1; proxy_read_timeout 3600s; }}",
+            api.port
+        ))
+    });
+    let cfg = match &front {
+        Some(n) => {
+            identity_config(
+                &s.watch,
+                source,
+                &format!("https://127.0.0.1:{}", n.port),
+                &s.token_file,
+            ) + &format!("    ca_file: {}\n", n.cert.display())
+        }
+        None => identity_config(&s.watch, source, &api.url(), &s.token_file),
+    };
+    let d = Daemon::start(&cfg);
     api.add(&pods[2]);
     api.add(&pods[3]);
     let nginx = Nginx::start("location = /x { return 200 'ok'; }");
@@ -142,6 +156,11 @@ fn pods_scenario(source: &str) {
                 && pid_is(v, cat)
                 && v["filename"].as_str().is_some_and(|f| f.ends_with("cat"))
         });
+        assert!(
+            ev["identity"]["status"] == "resolved",
+            "{ev}\ndaemon log:\n{}",
+            d.stderr()
+        );
         assert_identity(&ev, pod);
         let ev = d.wait_for("secret read in pod", WAIT, |v| {
             kind_is(v, "file_open") && pid_is(v, cat)

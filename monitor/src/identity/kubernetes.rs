@@ -324,7 +324,7 @@ pub enum PodSourceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}: {}", chain(source))]
     Http { url: String, source: reqwest::Error },
     #[error("GET {url}: HTTP {status}")]
     Status { url: String, status: u16 },
@@ -335,6 +335,18 @@ pub enum PodSourceError {
     },
     #[error("watch expired (410 Gone): relisting")]
     Gone,
+}
+
+/// An error with its causes: reqwest's own message hides the TLS or connect reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Pulls pod metadata into the store until the process ends; failures are logged
