@@ -271,6 +271,42 @@ pub fn pid_is(v: &Value, pid: u32) -> bool {
     v["pid"].as_u64() == Some(u64::from(pid))
 }
 
+/// Runs a command to completion and returns its pid; panics with its output on failure.
+pub fn spawn_pid(cmd: &mut Command) -> u32 {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pid
+}
+
+/// Starts an interactive client, writes `input`, keeps stdin open for `linger`
+/// (clients quit at EOF, before the response), then waits; returns its pid.
+pub fn converse(cmd: &mut Command, input: &str, linger: Duration) -> u32 {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    thread::sleep(linger);
+    drop(stdin);
+    let _ = child.wait_with_output();
+    pid
+}
+
 /// Runs a command to completion; panics with its output on failure.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let out = cmd

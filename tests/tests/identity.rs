@@ -45,22 +45,6 @@ fn setup() -> Setup {
     }
 }
 
-fn pid_of(mut cmd: Command) -> u32 {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pid
-}
-
 fn assert_identity(ev: &Value, pod: &FakePod) {
     let id = &ev["identity"];
     assert_eq!(id["status"], "resolved", "{ev}");
@@ -149,7 +133,7 @@ fn pods_scenario(source: &str) {
         }
     });
     for pod in &pods {
-        let cat = pid_of(pod.command(&format!("exec cat {}", s.secret.display())));
+        let cat = spawn_pid(&mut pod.command(&format!("exec cat {}", s.secret.display())));
         // the first exec (sh) happens before the process moves itself into the pod
         let ev = d.wait_for("exec in pod", WAIT, |v| {
             kind_is(v, "exec")
@@ -167,7 +151,7 @@ fn pods_scenario(source: &str) {
         });
         assert_identity(&ev, pod);
 
-        let py = pid_of(pod.command(&format!(
+        let py = spawn_pid(&mut pod.command(&format!(
             "exec python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\",{port})); s.recv(2); s.close()'"
         )));
         let ev = d.wait_for("connect in pod", WAIT, |v| {
@@ -179,7 +163,7 @@ fn pods_scenario(source: &str) {
         });
         assert_identity(&ev, pod);
 
-        let curl = pid_of(pod.command(&format!(
+        let curl = spawn_pid(&mut pod.command(&format!(
             "exec curl -sS --fail --cacert {} https://127.0.0.1:{}/x",
             nginx.cert.display(),
             nginx.port
@@ -213,7 +197,7 @@ fn systemd_unit_and_uid_exe_identities() {
     let s = setup();
     let d = Daemon::start(&config_with(std::slice::from_ref(&s.watch), ""));
     let unit = FakeUnit::new(&unique("nhiwatch-e2e"));
-    let pid = pid_of(unit.command(&format!("exec cat {}", s.secret.display())));
+    let pid = spawn_pid(&mut unit.command(&format!("exec cat {}", s.secret.display())));
     let ev = d.wait_for("file read in unit", WAIT, |v| {
         kind_is(v, "file_open") && pid_is(v, pid)
     });
@@ -245,7 +229,7 @@ fn systemd_unit_and_uid_exe_identities() {
         "/bin/ls",
         "/",
     ]);
-    let pid = pid_of(cmd);
+    let pid = spawn_pid(&mut cmd);
     let ev = d.wait_for("exec as uid 4242", WAIT, |v| {
         kind_is(v, "exec") && pid_is(v, pid) && v["filename"] == "/bin/ls"
     });

@@ -1,10 +1,7 @@
 //! End-to-end: TLS plaintext from real clients (curl, python3, node, openssl s_client, gnutls-cli)
 //! to a real nginx is seen for the right process and flow — and never printed.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use nhiwatch_e2e::*;
 
@@ -68,23 +65,6 @@ fn assert_no_leak(d: Daemon) {
     }
 }
 
-fn spawn_pid(cmd: &mut Command) -> u32 {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pid
-}
-
 #[test]
 fn curl_http1_and_http2_requests_are_seen_with_pid_and_flow() {
     let nginx = Nginx::start(locations());
@@ -125,28 +105,17 @@ fn openssl_s_client_request_is_seen() {
     let req = format!(
         "GET /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SECRET}\r\nConnection: close\r\n\r\n"
     );
-    let mut child = Command::new("openssl")
-        .args([
+    let pid = converse(
+        Command::new("openssl").args([
             "s_client",
             "-quiet",
             "-no_ign_eof",
             "-connect",
             &format!("127.0.0.1:{}", nginx.port),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    {
-        use std::io::Write;
-        // keep stdin open until the response is in: s_client quits at EOF
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(req.as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-    }
-    let _ = child.wait_with_output().unwrap();
+        ]),
+        &req,
+        Duration::from_millis(1500),
+    );
     assert_request_seen(&d, pid, nginx.port, req.len() as u64, true);
     assert_no_leak(d);
 }
@@ -182,27 +151,17 @@ fn gnutls_client_is_seen() {
     let req = format!(
         "GET /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SECRET}\r\n\r\n"
     );
-    let mut child = Command::new("gnutls-cli")
-        .args([
+    let pid = converse(
+        Command::new("gnutls-cli").args([
             "--insecure",
             "--logfile=/dev/null",
             "-p",
             &nginx.port.to_string(),
             "127.0.0.1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(req.as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-    }
-    let _ = child.wait_with_output();
+        ]),
+        &req,
+        Duration::from_millis(1500),
+    );
     let tls = d.wait_for("gnutls write", WAIT, |v| {
         kind_is(v, "tls_data")
             && pid_is(v, pid)
