@@ -134,11 +134,17 @@ fn render(ctx: &Ctx, storms: &[Storm], ceiling_rate: f64, idle_share: f64) -> Re
         .iter()
         .filter(|s| s.zero_loss())
         .max_by(|a, b| a.achieved.total_cmp(&b.achieved));
-    // CPU the events cost: the window's CPU time minus what the idle daemon would have used.
-    let net_ns = |s: &Storm| (s.daemon_cpu_ns as f64 - idle_share * s.window_secs * 1e9).max(0.0);
+    // What one event costs the daemon: the slope of CPU time against events received, with
+    // the window length as a second regressor for the fixed (timer, upkeep) part. The idle
+    // measurement alone is too noisy here to subtract. Falls back to the gross average.
     let total_received: u64 = storms.iter().map(|s| s.received).sum();
-    let total_net: f64 = storms.iter().map(net_ns).sum();
-    let ns_per_event = total_net / total_received.max(1) as f64;
+    let total_cpu: u64 = storms.iter().map(|s| s.daemon_cpu_ns).sum();
+    let gross = total_cpu as f64 / total_received.max(1) as f64;
+    let fit = fit_cpu(storms);
+    let (ns_per_event, how) = match fit {
+        Some((a, _)) if a > 0.0 && a <= gross => (a, "marginal cost from a least-squares fit"),
+        _ => (gross, "gross average, idle time included"),
+    };
     let capacity = 1e9 / ns_per_event;
 
     let measured = match best {
@@ -214,16 +220,16 @@ fn render(ctx: &Ctx, storms: &[Storm], ceiling_rate: f64, idle_share: f64) -> Re
          could not queue) from the daemon's Prometheus endpoint, after waiting {:.1} s (the lost \
          counters are exported every second) and until the received count stops moving. The \
          `map_full` anomaly counter is checked too. Daemon CPU is the sum of its threads' \
-         `schedstat` run time over the same window (run + wait); \"net\" subtracts what the idle \
-         daemon uses in that time ({:.1}% of a CPU, measured for 3 s before the first run: \
-         reader poll timer and upkeep).\n",
+         `schedstat` run time over the same window (run + wait), idle time included: the idle \
+         daemon (reader poll timer, upkeep) used {:.1}% of a CPU over 3 s before the first \
+         run.\n",
         SETTLE.as_secs_f64(),
         100.0 * idle_share
     );
     let _ = writeln!(
         body,
         "| Run | Target rate | Achieved rate | Opens | Received | Lost | Daemon CPU (window) | \
-         Net CPU per event | Zero loss |"
+         Daemon CPU per event | Zero loss |"
     );
     let _ = writeln!(body, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for s in storms {
@@ -245,7 +251,7 @@ fn render(ctx: &Ctx, storms: &[Storm], ceiling_rate: f64, idle_share: f64) -> Re
             },
             s.daemon_cpu_ns as f64 / 1e9,
             s.window_secs,
-            net_ns(s) / s.received.max(1) as f64,
+            s.daemon_cpu_ns as f64 / s.received.max(1) as f64,
             if s.zero_loss() { "yes" } else { "**no**" },
         );
         if s.failed > 0 {
@@ -263,9 +269,9 @@ fn render(ctx: &Ctx, storms: &[Storm], ceiling_rate: f64, idle_share: f64) -> Re
         "\nThe generator alone (no nhiwatch) reaches {}/s on one CPU ({:.2} µs per open+close); \
          with nhiwatch reporting every open it reaches {}/s ({:.2} µs): the kernel side of one \
          watched open — path copy and trie match at entry, file lookup and a ring-buffer record \
-         at exit — costs ≈ {:.2} µs on the producer's CPU here. Over all runs the daemon spent \
-         {:.0} ns of CPU (net of idle) per received event, i.e. one CPU could drain ≈ {} \
-         events/s (extrapolated from CPU time, not measured).\n",
+         at exit — costs ≈ {:.2} µs on the producer's CPU here. The daemon spends ≈ {:.0} ns of \
+         CPU per received event ({how}, over all runs), so one CPU could drain ≈ {} events/s \
+         (extrapolated from CPU time, not measured).\n",
         stats::count(ceiling_rate),
         1e6 / ceiling_rate,
         stats::count(with_daemon),
@@ -292,6 +298,24 @@ fn render(ctx: &Ctx, storms: &[Storm], ceiling_rate: f64, idle_share: f64) -> Re
             verdict,
         }],
     })
+}
+
+/// Least-squares fit of CPU ns = a × events + b × window seconds over the runs: (a, b).
+fn fit_cpu(storms: &[Storm]) -> Option<(f64, f64)> {
+    let (mut xx, mut xw, mut ww, mut xy, mut wy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for s in storms {
+        let (x, w, y) = (s.received as f64, s.window_secs, s.daemon_cpu_ns as f64);
+        xx += x * x;
+        xw += x * w;
+        ww += w * w;
+        xy += x * y;
+        wy += w * y;
+    }
+    let det = xx * ww - xw * xw;
+    if storms.len() < 3 || det.abs() < f64::EPSILON * xx * ww {
+        return None;
+    }
+    Some(((xy * ww - wy * xw) / det, (xx * wy - xw * xy) / det))
 }
 
 /// Runs generators (one per CPU in `cpus`) and reads what the daemon got.
@@ -486,6 +510,29 @@ fn watch_config(base: &str, dir: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_cpu_per_event_and_per_second() {
+        let storm = |received: u64, window_secs: f64| Storm {
+            label: String::new(),
+            producers: 1,
+            target: None,
+            opens: received,
+            failed: 0,
+            achieved: 0.0,
+            received,
+            lost: 0,
+            map_full: 0,
+            // 400 ns per event plus 20 ms of CPU per second
+            daemon_cpu_ns: (400.0 * received as f64 + 2e7 * window_secs) as u64,
+            window_secs,
+        };
+        let (a, b) =
+            fit_cpu(&[storm(1000, 5.0), storm(500_000, 5.2), storm(900_000, 6.0)]).unwrap();
+        assert!((a - 400.0).abs() < 0.01, "{a}");
+        assert!((b - 2e7).abs() < 1e3, "{b}");
+        assert!(fit_cpu(&[storm(1, 1.0)]).is_none());
+    }
 
     #[test]
     fn sums_labelled_samples() {
