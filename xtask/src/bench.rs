@@ -15,6 +15,7 @@ mod open_loop;
 mod stats;
 mod sys;
 mod tls_loop;
+mod userspace;
 
 use std::{
     collections::BTreeSet,
@@ -54,6 +55,8 @@ enum Which {
     Tls,
     /// Zero-loss event rate of the daemon on one CPU.
     Rate,
+    /// Userspace stage costs without the kernel (identity resolution, drain).
+    Userspace,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -125,7 +128,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 3] = [
+    let benches: [(Which, &str, Bench); 4] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -140,6 +143,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             Which::Rate,
             "3. Event rate drained with zero loss (daemon on one CPU)",
             event_rate::run,
+        ),
+        (
+            Which::Userspace,
+            "4. Userspace stages without the kernel",
+            userspace::run,
         ),
     ];
     let mut sections = Vec::new();
@@ -756,7 +764,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate`.",
+         {}), `--only open,tls,rate,userspace`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(
