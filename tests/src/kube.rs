@@ -233,6 +233,9 @@ struct ApiState {
     resource_version: u64,
     watchers: Vec<TcpStream>,
     requests: Vec<String>,
+    /// Every ADDED event with its resourceVersion: a watch from version R gets those after R
+    /// replayed first, as the API server does for changes between a list and its watch.
+    history: Vec<(u64, String)>,
 }
 
 /// A node's view of Kubernetes over real HTTP: `GET /pods` (kubelet) and
@@ -253,6 +256,7 @@ impl FakeKubeApi {
             resource_version: 100,
             watchers: Vec::new(),
             requests: Vec::new(),
+            history: Vec::new(),
         }));
         let st = state.clone();
         let (node_s, token_s) = (node.to_owned(), token.to_owned());
@@ -284,6 +288,8 @@ impl FakeKubeApi {
         s.pods.push(obj.clone());
         let line = format!("{}\n", json!({"type": "ADDED", "object": obj}));
         let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+        let rv = s.resource_version;
+        s.history.push((rv, chunk.clone()));
         s.watchers.retain_mut(|w| {
             w.write_all(chunk.as_bytes())
                 .and_then(|()| w.flush())
@@ -349,8 +355,20 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<ApiState>>, node: &str, token: &str)
         } else if target.starts_with("/api/v1/pods?") && target.contains(&selector) {
             if target.contains("watch=1") {
                 let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let from: u64 = target
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("resourceVersion="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut s = st.lock().unwrap();
+                for (rv, chunk) in &s.history {
+                    if *rv > from {
+                        let _ = conn.write_all(chunk.as_bytes());
+                    }
+                }
                 let _ = conn.flush();
-                st.lock().unwrap().watchers.push(conn.try_clone().unwrap());
+                s.watchers.push(conn.try_clone().unwrap());
+                drop(s);
                 // The watch stays open until the test ends.
                 let mut sink = [0u8; 64];
                 while reader.get_mut().read(&mut sink).unwrap_or(0) > 0 {}

@@ -265,7 +265,6 @@ impl IdentityResolver {
             CgroupKind::Other => match proc {
                 Some(p) if !p.exe.is_empty() => Ok(self.unix_identity(p)),
                 Some(_) => Err(Attributed::bare(Attribution::Host)),
-                None if cg.is_some() => Err(Attributed::bare(Attribution::Unknown)),
                 None => Err(Attributed::bare(Attribution::Unknown)),
             },
         };
