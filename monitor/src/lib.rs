@@ -7,6 +7,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
+pub mod protocol;
 
 /// Where the cgroup v2 hierarchy is mounted (hybrid hosts mount it under /unified).
 pub const CGROUP_V2_ROOT: &str = "/sys/fs/cgroup/unified";
