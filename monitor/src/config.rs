@@ -23,12 +23,46 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Where nhiwatch keeps what must survive restarts (the fingerprint key).
+    pub state_dir: PathBuf,
     pub sensors: SensorConfig,
     pub identity: IdentityConfig,
+    pub api_calls: ApiCallConfig,
     pub metrics: MetricsConfig,
+}
+
+/// Turning TLS plaintext into API calls.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiCallConfig {
+    /// TLS sessions followed at once; the least recently active is dropped beyond it.
+    pub max_sessions: usize,
+    /// Head bytes buffered per session and direction (HTTP/1 heads, HTTP/2 header blocks).
+    pub max_head_bytes: usize,
+    /// Bytes buffered by all sessions together.
+    pub max_buffered_bytes: usize,
+    /// Requests in flight per connection (pipelining, HTTP/2 streams).
+    pub max_in_flight: usize,
+    /// A session quiet this long is closed; its open exchanges leave as `timeout`.
+    pub session_idle_seconds: u64,
+    /// Destination names remembered from DNS answers.
+    pub max_dns_names: usize,
+}
+
+impl Default for ApiCallConfig {
+    fn default() -> Self {
+        ApiCallConfig {
+            max_sessions: 16384,
+            max_head_bytes: 32 * 1024,
+            max_buffered_bytes: 64 << 20,
+            max_in_flight: 128,
+            session_idle_seconds: 300,
+            max_dns_names: 65536,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -82,6 +116,18 @@ impl Default for IdentityConfig {
             pending_hold_ms: 5000,
             kubernetes: KubernetesConfig::default(),
             selectors: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/nhiwatch"),
+            sensors: SensorConfig::default(),
+            identity: IdentityConfig::default(),
+            api_calls: ApiCallConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -275,6 +321,27 @@ impl Config {
             crate::identity::selectors::SelectorRule::parse(&r.selectors, &r.id)
                 .map_err(|e| format!("identity.selectors[{i}]: {e}"))?;
         }
+        if !self.state_dir.is_absolute() {
+            return Err(format!(
+                "state_dir must be an absolute path, got {:?}",
+                self.state_dir
+            ));
+        }
+        let a = &self.api_calls;
+        if a.max_sessions == 0 || a.max_in_flight == 0 || a.max_dns_names == 0 {
+            return Err(
+                "api_calls.max_sessions, max_in_flight and max_dns_names must be at least 1".into(),
+            );
+        }
+        if a.max_head_bytes < 1024 || a.max_buffered_bytes < a.max_head_bytes * 2 {
+            return Err(format!(
+                "api_calls.max_head_bytes must be at least 1024 and max_buffered_bytes at least twice it, got {} and {}",
+                a.max_head_bytes, a.max_buffered_bytes
+            ));
+        }
+        if a.session_idle_seconds == 0 {
+            return Err("api_calls.session_idle_seconds must be at least 1".into());
+        }
         for w in &s.files.watch {
             crate::probes::watch::WatchPattern::parse(w)
                 .map_err(|e| format!("sensors.files.watch: {e}"))?;
@@ -375,6 +442,9 @@ mod tests {
             ("sensors: {tls: {capture_bytes: 100000}}", "at most"),
             ("sensors: {files: {watch: [relative/path]}}", "absolute"),
             ("sensors: {poll_interval_ms: 0}", "poll_interval_ms"),
+            ("state_dir: var/lib", "absolute"),
+            ("api_calls: {max_head_bytes: 10}", "max_head_bytes"),
+            ("api_calls: {max_sesions: 10}", "max_sesions"),
         ] {
             let msg = Config::parse(yaml, "c.yaml").unwrap_err().to_string();
             assert!(msg.contains(needle), "{yaml}: {msg}");
