@@ -16,8 +16,6 @@ use super::{
 
 /// Headers handed to httparse per head; a head with more is an anomaly, not a reallocation.
 const MAX_HEADERS: usize = 128;
-/// A head buffer that grew beyond this is freed after its head instead of kept for the next one.
-const KEEP_HEAD_CAPACITY: usize = 4096;
 
 pub struct Http1Conn {
     limits: Limits,
@@ -942,12 +940,10 @@ fn append(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {
     buf.extend_from_slice(bytes);
 }
 
+/// Frees a head buffer: most heads arrive whole and never need one, so an
+/// idle connection should hold nothing.
 fn release(buf: &mut Vec<u8>) {
-    if buf.capacity() > KEEP_HEAD_CAPACITY {
-        *buf = Vec::new();
-    } else {
-        buf.clear();
-    }
+    *buf = Vec::new();
 }
 
 fn parse_request(buf: &[u8], sink: &mut dyn CallSink) -> Parsed<ReqInfo> {
@@ -1144,4 +1140,1048 @@ fn emit(p: Pending, end: ExchangeEnd, sink: &mut dyn CallSink) {
         response_bytes: p.response_bytes,
         end,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Records what the parser emits; the summary keeps the raw method and
+    /// path (minimisation is not this module's job).
+    #[derive(Default)]
+    struct Rec {
+        exchanges: Vec<Exchange>,
+        anomalies: Vec<&'static str>,
+        header_names: Vec<String>,
+    }
+
+    impl CallSink for Rec {
+        fn request(&mut self, head: &RequestHead<'_>) -> RequestSummary {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            self.header_names = head.headers.iter().map(|h| text(h.name)).collect();
+            RequestSummary {
+                method: text(head.method),
+                authority: head.authority.map(text),
+                path: text(head.path),
+                ..RequestSummary::default()
+            }
+        }
+        fn exchange(&mut self, ex: Exchange) {
+            assert_eq!(ex.protocol, Protocol::Http1);
+            self.exchanges.push(ex);
+        }
+        fn anomaly(&mut self, anomaly: Anomaly) {
+            self.anomalies.push(anomaly.reason);
+        }
+    }
+
+    fn chunk(ktime_ns: u64, direction: Direction, data: &[u8]) -> Chunk<'_> {
+        Chunk {
+            ktime_ns,
+            direction,
+            len: data.len() as u32,
+            data,
+        }
+    }
+    fn w(ktime_ns: u64, data: &[u8]) -> Chunk<'_> {
+        chunk(ktime_ns, Direction::Write, data)
+    }
+    fn r(ktime_ns: u64, data: &[u8]) -> Chunk<'_> {
+        chunk(ktime_ns, Direction::Read, data)
+    }
+    /// A call of which only the first `captured` bytes were captured.
+    fn cut(ktime_ns: u64, direction: Direction, data: &[u8], captured: usize) -> Chunk<'_> {
+        Chunk {
+            ktime_ns,
+            direction,
+            len: data.len() as u32,
+            data: &data[..captured],
+        }
+    }
+
+    fn summary(method: &str, authority: &str, path: &str) -> RequestSummary {
+        RequestSummary {
+            method: method.into(),
+            authority: Some(authority.into()),
+            path: path.into(),
+            ..RequestSummary::default()
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ex(
+        request: Option<RequestSummary>,
+        request_ns: u64,
+        request_bytes: usize,
+        status: Option<u16>,
+        response_ns: Option<u64>,
+        response_bytes: usize,
+        end: ExchangeEnd,
+    ) -> Exchange {
+        Exchange {
+            protocol: Protocol::Http1,
+            stream: 0,
+            request,
+            request_ns,
+            request_bytes: request_bytes as u64,
+            status,
+            response_ns,
+            response_bytes: response_bytes as u64,
+            end,
+        }
+    }
+
+    fn run(limits: Limits, chunks: &[Chunk<'_>]) -> (Http1Conn, Rec) {
+        let mut conn = Http1Conn::new(limits);
+        let mut rec = Rec::default();
+        for c in chunks {
+            conn.feed(c, &mut rec);
+            assert!(conn.buffered() <= 2 * limits.max_head_bytes);
+        }
+        (conn, rec)
+    }
+
+    const CURL_GET: &[u8] = b"GET /fhir/R4/Patient/8812 HTTP/1.1\r\nHost: fhir.example.org\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nAuthorization: Bearer eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiYmlsbGluZy1zdmMifQ.c2lnbmF0dXJl\r\n\r\n";
+    const NGINX_200: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 04 Jun 2024 10:00:00 GMT\r\nContent-Type: application/fhir+json\r\nContent-Length: 45\r\nConnection: keep-alive\r\n\r\n{\"resourceType\":\"Patient\",\"id\":\"8812\",\"a\":1}\n";
+    const CURL_GET_2: &[u8] = b"GET /fhir/R4/Observation?patient=8812&code=8867-4 HTTP/1.1\r\nHost: fhir.example.org\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
+    const NGINX_404: &[u8] = b"HTTP/1.1 404 Not Found\r\nServer: nginx/1.22.1\r\nDate: Tue, 04 Jun 2024 10:00:01 GMT\r\nContent-Type: text/html\r\nContent-Length: 19\r\nConnection: keep-alive\r\n\r\n<h1>Not Found</h1>\n";
+    const NGINX_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nTrailer: X-Checksum\r\n\r\n7\r\n{\"a\":1}\r\n1A;name=value\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Checksum: 0badc0de\r\n\r\n";
+
+    fn fhir_get() -> RequestSummary {
+        summary("GET", "fhir.example.org", "/fhir/R4/Patient/8812")
+    }
+    fn fhir_get_2() -> RequestSummary {
+        summary(
+            "GET",
+            "fhir.example.org",
+            "/fhir/R4/Observation?patient=8812&code=8867-4",
+        )
+    }
+
+    #[test]
+    fn curl_get_nginx_content_length() {
+        let (conn, rec) = run(Limits::default(), &[w(100, CURL_GET), r(250, NGINX_200)]);
+        assert_eq!(
+            rec.exchanges,
+            [ex(
+                Some(fhir_get()),
+                100,
+                CURL_GET.len(),
+                Some(200),
+                Some(250),
+                NGINX_200.len(),
+                ExchangeEnd::Complete
+            )]
+        );
+        assert!(rec.anomalies.is_empty());
+        assert_eq!(
+            rec.header_names,
+            ["Host", "User-Agent", "Accept", "Authorization"]
+        );
+        assert_eq!(conn.buffered(), 0);
+        assert!(!conn.is_done());
+    }
+
+    #[test]
+    fn python_post_head_and_body_in_separate_writes() {
+        // http.client sends the head with one write and the body with another.
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.example\r\nAccept-Encoding: identity\r\nContent-Length: {}\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-proj-AAAAAAAAAAAAAAAAAAAAAAAA\r\n\r\n",
+            body.len()
+        );
+        let resp = b"HTTP/1.1 201 Created\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"id\":\"c1\"}\n";
+        let (_, rec) = run(
+            Limits::default(),
+            &[w(10, head.as_bytes()), w(11, body), r(40, resp)],
+        );
+        assert_eq!(
+            rec.exchanges,
+            [ex(
+                Some(summary(
+                    "POST",
+                    "api.openai.example",
+                    "/v1/chat/completions"
+                )),
+                10,
+                head.len() + body.len(),
+                Some(201),
+                Some(40),
+                resp.len(),
+                ExchangeEnd::Complete
+            )]
+        );
+    }
+
+    #[test]
+    fn node_chunked_request_body_and_keep_alive() {
+        // node's http module with no Content-Length streams the body chunked.
+        let head = b"POST /api/v2/events HTTP/1.1\r\nContent-Type: application/json\r\nx-api-key: k_live_0123456789\r\nHost: events.example.com\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let part = b"1b\r\n{\"event\":\"login\",\"ok\":true}\r\n";
+        let last = b"0\r\n\r\n";
+        let resp = b"HTTP/1.1 204 No Content\r\nServer: nginx\r\nConnection: keep-alive\r\n\r\n";
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, head),
+                w(2, part),
+                w(3, last),
+                r(9, resp),
+                w(20, CURL_GET),
+                r(30, NGINX_200),
+            ],
+        );
+        assert!(rec.anomalies.is_empty(), "{:?}", rec.anomalies);
+        assert_eq!(
+            rec.exchanges,
+            [
+                ex(
+                    Some(summary("POST", "events.example.com", "/api/v2/events")),
+                    1,
+                    head.len() + part.len() + last.len(),
+                    Some(204),
+                    Some(9),
+                    resp.len(),
+                    ExchangeEnd::Complete
+                ),
+                ex(
+                    Some(fhir_get()),
+                    20,
+                    CURL_GET.len(),
+                    Some(200),
+                    Some(30),
+                    NGINX_200.len(),
+                    ExchangeEnd::Complete
+                ),
+            ]
+        );
+    }
+
+    fn chunked_then_404(parts: &[&[u8]]) -> Rec {
+        let mut chunks = vec![w(1, CURL_GET)];
+        chunks.extend(parts.iter().map(|p| r(5, p)));
+        chunks.push(w(10, CURL_GET_2));
+        chunks.push(r(20, NGINX_404));
+        run(Limits::default(), &chunks).1
+    }
+
+    fn chunked_then_404_expected() -> Vec<Exchange> {
+        vec![
+            ex(
+                Some(fhir_get()),
+                1,
+                CURL_GET.len(),
+                Some(200),
+                Some(5),
+                NGINX_CHUNKED.len(),
+                ExchangeEnd::Complete,
+            ),
+            ex(
+                Some(fhir_get_2()),
+                10,
+                CURL_GET_2.len(),
+                Some(404),
+                Some(20),
+                NGINX_404.len(),
+                ExchangeEnd::Complete,
+            ),
+        ]
+    }
+
+    #[test]
+    fn chunked_response_with_trailers_split_anywhere() {
+        for at in 0..=NGINX_CHUNKED.len() {
+            let (a, b) = NGINX_CHUNKED.split_at(at);
+            let rec = chunked_then_404(&[a, b]);
+            assert!(
+                rec.anomalies.is_empty(),
+                "split at {at}: {:?}",
+                rec.anomalies
+            );
+            assert_eq!(rec.exchanges, chunked_then_404_expected(), "split at {at}");
+        }
+        let bytes: Vec<&[u8]> = NGINX_CHUNKED.chunks(1).collect();
+        let rec = chunked_then_404(&bytes);
+        assert_eq!(rec.exchanges, chunked_then_404_expected());
+    }
+
+    #[test]
+    fn head_request_response_has_no_body() {
+        let head_req = b"HEAD /models/llama-3-8b.gguf HTTP/1.1\r\nHost: cdn.example.net\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
+        let head_resp = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/octet-stream\r\nContent-Length: 4920000000\r\nAccept-Ranges: bytes\r\n\r\n";
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, head_req),
+                r(2, head_resp),
+                w(3, CURL_GET),
+                r(4, NGINX_200),
+            ],
+        );
+        assert_eq!(rec.exchanges.len(), 2);
+        assert_eq!(rec.exchanges[0].response_bytes, head_resp.len() as u64);
+        assert_eq!(rec.exchanges[0].end, ExchangeEnd::Complete);
+        assert_eq!(rec.exchanges[1].status, Some(200));
+        assert_eq!(rec.exchanges[1].request, Some(fhir_get()));
+        assert_eq!(rec.exchanges[1].end, ExchangeEnd::Complete);
+    }
+
+    #[test]
+    fn expect_100_continue() {
+        let body = vec![b'x'; 2048];
+        let head = b"POST /upload HTTP/1.1\r\nHost: files.example.com\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nContent-Length: 2048\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\n";
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let done = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\nok";
+        let (_, rec) = run(
+            Limits::default(),
+            &[w(1, head), r(2, cont), w(3, &body), r(7, done)],
+        );
+        assert_eq!(
+            rec.exchanges,
+            [ex(
+                Some(summary("POST", "files.example.com", "/upload")),
+                1,
+                head.len() + body.len(),
+                Some(200),
+                Some(7),
+                cont.len() + done.len(),
+                ExchangeEnd::Complete
+            )]
+        );
+    }
+
+    #[test]
+    fn no_body_for_204_and_304_even_with_content_length() {
+        let r204 = b"HTTP/1.1 204 No Content\r\nServer: nginx\r\n\r\n";
+        let r304 = b"HTTP/1.1 304 Not Modified\r\nServer: nginx\r\nETag: \"6650a1-2e\"\r\nContent-Length: 5120\r\n\r\n";
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                r(2, r204),
+                w(3, CURL_GET),
+                r(4, r304),
+                w(5, CURL_GET_2),
+                r(6, NGINX_404),
+            ],
+        );
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.status, e.response_bytes, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(204), r204.len() as u64, ExchangeEnd::Complete),
+                (Some(304), r304.len() as u64, ExchangeEnd::Complete),
+                (Some(404), NGINX_404.len() as u64, ExchangeEnd::Complete),
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_alive_three_requests() {
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                r(2, NGINX_200),
+                w(3, CURL_GET_2),
+                r(4, NGINX_404),
+                w(5, CURL_GET),
+                r(6, NGINX_CHUNKED),
+            ],
+        );
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.request_ns, e.status, e.response_ns, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some(200), Some(2), ExchangeEnd::Complete),
+                (3, Some(404), Some(4), ExchangeEnd::Complete),
+                (5, Some(200), Some(6), ExchangeEnd::Complete),
+            ]
+        );
+    }
+
+    #[test]
+    fn pipelining_two_pairs_fifo() {
+        let both = [CURL_GET, CURL_GET_2].concat();
+        let answers = [NGINX_200, NGINX_404].concat();
+        let (_, rec) = run(Limits::default(), &[w(1, &both), r(2, &answers)]);
+        assert_eq!(
+            rec.exchanges,
+            [
+                ex(
+                    Some(fhir_get()),
+                    1,
+                    CURL_GET.len(),
+                    Some(200),
+                    Some(2),
+                    NGINX_200.len(),
+                    ExchangeEnd::Complete
+                ),
+                ex(
+                    Some(fhir_get_2()),
+                    1,
+                    CURL_GET_2.len(),
+                    Some(404),
+                    Some(2),
+                    NGINX_404.len(),
+                    ExchangeEnd::Complete
+                ),
+            ]
+        );
+    }
+
+    const CLOSE_DELIMITED: &[u8] =
+        b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3.11.2\r\nContent-type: text/plain\r\n\r\n";
+
+    #[test]
+    fn read_until_close_is_complete_when_the_connection_closes() {
+        for (end, expect) in [
+            (ExchangeEnd::Aborted, ExchangeEnd::Complete),
+            (ExchangeEnd::Timeout, ExchangeEnd::Timeout),
+        ] {
+            let (mut conn, mut rec) = run(
+                Limits::default(),
+                &[
+                    w(1, CURL_GET),
+                    r(2, CLOSE_DELIMITED),
+                    r(3, b"line one\n"),
+                    r(4, b"line two\n"),
+                ],
+            );
+            assert!(rec.exchanges.is_empty());
+            conn.finish(end, &mut rec);
+            assert_eq!(
+                rec.exchanges,
+                [ex(
+                    Some(fhir_get()),
+                    1,
+                    CURL_GET.len(),
+                    Some(200),
+                    Some(2),
+                    CLOSE_DELIMITED.len() + 18,
+                    expect
+                )]
+            );
+            // Nothing is left to leave twice.
+            conn.finish(end, &mut rec);
+            assert_eq!(rec.exchanges.len(), 1);
+        }
+    }
+
+    #[test]
+    fn finish_aborts_exchanges_in_flight() {
+        let (mut conn, mut rec) = run(Limits::default(), &[w(1, CURL_GET), r(2, &NGINX_200[..60])]);
+        conn.finish(ExchangeEnd::Aborted, &mut rec);
+        assert_eq!(
+            rec.exchanges,
+            [ex(
+                Some(fhir_get()),
+                1,
+                CURL_GET.len(),
+                None,
+                None,
+                0,
+                ExchangeEnd::Aborted
+            )]
+        );
+    }
+
+    #[test]
+    fn gap_in_content_length_body_stays_in_sync() {
+        let mut big = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000\r\n\r\n".to_vec();
+        let head_len = big.len();
+        big.resize(head_len + 10_000, b'z');
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                cut(2, Direction::Read, &big, 4096),
+                w(3, CURL_GET_2),
+                r(4, NGINX_404),
+            ],
+        );
+        assert!(rec.anomalies.is_empty());
+        assert_eq!(rec.exchanges.len(), 2);
+        assert_eq!(rec.exchanges[0].response_bytes, big.len() as u64);
+        assert_eq!(rec.exchanges[0].end, ExchangeEnd::Complete);
+        assert_eq!(rec.exchanges[1].status, Some(404));
+        assert_eq!(rec.exchanges[1].end, ExchangeEnd::Complete);
+    }
+
+    #[test]
+    fn gap_in_request_head_desyncs_then_recovers_on_next_request() {
+        let big = format!(
+            "GET /dashboard HTTP/1.1\r\nHost: app.example.com\r\nCookie: session={}\r\nAccept: */*\r\n\r\n",
+            "s".repeat(6000)
+        );
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                cut(1, Direction::Write, big.as_bytes(), 4096),
+                r(2, NGINX_200),
+                w(3, CURL_GET_2),
+                r(4, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["truncated_head"]);
+        assert_eq!(
+            rec.exchanges,
+            [
+                ex(
+                    None,
+                    1,
+                    big.len(),
+                    Some(200),
+                    Some(2),
+                    NGINX_200.len(),
+                    ExchangeEnd::Desync
+                ),
+                ex(
+                    Some(fhir_get_2()),
+                    3,
+                    CURL_GET_2.len(),
+                    Some(404),
+                    Some(4),
+                    NGINX_404.len(),
+                    ExchangeEnd::Complete
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn lost_request_body_is_skipped_until_a_request_line() {
+        // The head is cut, so the body that follows cannot be framed; it is
+        // skipped, and its bytes (JSON, form data) never pass for a request.
+        let head = b"POST /v1/embeddings HTTP/1.1\r\nHost: api.example.ai\r\nContent-Type: application/json\r\nContent-Length: 25\r\nAuthorization: Bearer sk-ant-api03-AAAAAAAAAAAAAAAAAAAA\r\n\r\n";
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                cut(1, Direction::Write, head, 40),
+                w(2, br#"{"input":"hello","n":1}  "#),
+                w(3, b"POSTAL=1&code=2"),
+                r(4, NGINX_200),
+                w(5, CURL_GET_2),
+                r(6, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["truncated_head"]);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.request.is_some(), e.status, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (false, Some(200), ExchangeEnd::Desync),
+                (true, Some(404), ExchangeEnd::Complete)
+            ]
+        );
+    }
+
+    #[test]
+    fn gap_in_response_head_desyncs_then_recovers() {
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                cut(2, Direction::Read, NGINX_200, 30),
+                // More of something nobody can frame any more: skipped.
+                r(3, b"more body bytes"),
+                w(4, CURL_GET_2),
+                r(5, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["truncated_head"]);
+        assert_eq!(
+            rec.exchanges,
+            [
+                ex(
+                    Some(fhir_get()),
+                    1,
+                    CURL_GET.len(),
+                    None,
+                    None,
+                    NGINX_200.len(),
+                    ExchangeEnd::Desync
+                ),
+                ex(
+                    Some(fhir_get_2()),
+                    4,
+                    CURL_GET_2.len(),
+                    Some(404),
+                    Some(5),
+                    NGINX_404.len(),
+                    ExchangeEnd::Complete
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn gap_across_chunked_framing_desyncs_then_recovers() {
+        // Captured up to the middle of the first chunk's data; the gap then
+        // runs past it, over the next size line.
+        let at = NGINX_CHUNKED
+            .windows(4)
+            .position(|w| w == b"{\"a\"")
+            .unwrap()
+            + 2;
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                cut(2, Direction::Read, NGINX_CHUNKED, at),
+                r(3, b"1\r\nx\r\n0\r\n\r\n"),
+                w(4, CURL_GET_2),
+                r(5, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["chunked_framing"]);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.status, e.response_bytes, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(200), NGINX_CHUNKED.len() as u64, ExchangeEnd::Desync),
+                (Some(404), NGINX_404.len() as u64, ExchangeEnd::Complete)
+            ]
+        );
+    }
+
+    #[test]
+    fn gap_inside_chunk_data_stays_in_sync() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut resp = head.to_vec();
+        resp.extend_from_slice(b"1000\r\n");
+        resp.resize(resp.len() + 0x1000, b'q');
+        let end = resp.len();
+        resp.extend_from_slice(b"\r\n0\r\n\r\n");
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                cut(2, Direction::Read, &resp[..end], head.len() + 100),
+                r(3, &resp[end..]),
+            ],
+        );
+        assert!(rec.anomalies.is_empty());
+        assert_eq!(rec.exchanges.len(), 1);
+        assert_eq!(rec.exchanges[0].response_bytes, resp.len() as u64);
+        assert_eq!(rec.exchanges[0].end, ExchangeEnd::Complete);
+    }
+
+    #[test]
+    fn head_too_large_is_skipped_and_bounded() {
+        let limits = Limits {
+            max_head_bytes: 200,
+            max_in_flight: 8,
+        };
+        let big = format!(
+            "GET /x HTTP/1.1\r\nHost: a.example\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(300)
+        );
+        let (conn, rec) = run(
+            limits,
+            &[
+                w(1, &big.as_bytes()[..100]),
+                w(2, &big.as_bytes()[100..]),
+                r(
+                    3,
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+                ),
+                w(4, CURL_GET_2),
+                r(5, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["head_too_large"]);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.request.is_some(), e.status, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (false, Some(431), ExchangeEnd::Desync),
+                (true, Some(404), ExchangeEnd::Complete)
+            ]
+        );
+        assert_eq!(conn.buffered(), 0);
+    }
+
+    #[test]
+    fn too_many_in_flight_aborts_oldest_and_drops_its_response() {
+        let limits = Limits {
+            max_head_bytes: 4096,
+            max_in_flight: 2,
+        };
+        let reqs = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n";
+        let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nbHTTP/1.1 202 Accepted\r\nContent-Length: 1\r\n\r\nc";
+        let (_, rec) = run(limits, &[w(1, reqs), r(2, resps)]);
+        assert_eq!(rec.anomalies, ["too_many_in_flight"]);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.request.as_ref().unwrap().path.clone(), e.status, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a".to_string(), None, ExchangeEnd::Aborted),
+                ("/b".to_string(), Some(201), ExchangeEnd::Complete),
+                ("/c".to_string(), Some(202), ExchangeEnd::Complete),
+            ]
+        );
+    }
+
+    #[test]
+    fn switching_protocols_ends_http1() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05hello";
+        let (mut conn, mut rec) = run(
+            Limits::default(),
+            &[w(1, upgrade), r(2, switch), w(3, CURL_GET), r(4, NGINX_200)],
+        );
+        assert!(conn.is_done());
+        conn.finish(ExchangeEnd::Aborted, &mut rec);
+        assert!(rec.anomalies.is_empty());
+        assert_eq!(rec.exchanges.len(), 1);
+        assert_eq!(rec.exchanges[0].status, Some(101));
+        assert_eq!(rec.exchanges[0].end, ExchangeEnd::Complete);
+        assert_eq!(conn.buffered(), 0);
+    }
+
+    #[test]
+    fn connect_tunnel_ends_http1_but_a_refused_connect_does_not() {
+        let connect = b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n";
+        let refused =
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 4\r\n\r\nnope";
+        let ok = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        let (conn, rec) = run(
+            Limits::default(),
+            &[w(1, connect), r(2, refused), w(3, connect), r(4, ok)],
+        );
+        assert!(conn.is_done());
+        let got: Vec<_> = rec.exchanges.iter().map(|e| (e.status, e.end)).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(407), ExchangeEnd::Complete),
+                (Some(200), ExchangeEnd::Complete)
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_at_connection_start_means_not_http1() {
+        let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        let (mut conn, mut rec) = run(Limits::default(), &[w(1, client_hello)]);
+        assert!(conn.is_done());
+        assert_eq!(rec.anomalies, ["bad_request_line"]);
+        conn.finish(ExchangeEnd::Aborted, &mut rec);
+        assert!(rec.exchanges.is_empty());
+    }
+
+    #[test]
+    fn garbage_mid_connection_resyncs_at_next_request() {
+        let (conn, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                r(2, NGINX_200),
+                w(3, b"GET /\x01bad HTTP/1.1\r\n\r\n"),
+                r(4, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+                w(5, CURL_GET_2),
+                r(6, NGINX_404),
+            ],
+        );
+        assert!(!conn.is_done());
+        assert_eq!(rec.anomalies, ["bad_request_line"]);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| (e.request.is_some(), e.status, e.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (true, Some(200), ExchangeEnd::Complete),
+                (false, Some(400), ExchangeEnd::Desync),
+                (true, Some(404), ExchangeEnd::Complete)
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_response_resyncs_at_http1_read() {
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                r(2, b"SSH-2.0-OpenSSH_9.2\r\n"),
+                w(3, CURL_GET_2),
+                r(4, NGINX_404),
+            ],
+        );
+        assert_eq!(rec.anomalies, ["bad_status_line"]);
+        let got: Vec<_> = rec.exchanges.iter().map(|e| (e.status, e.end)).collect();
+        assert_eq!(
+            got,
+            [
+                (None, ExchangeEnd::Desync),
+                (Some(404), ExchangeEnd::Complete)
+            ]
+        );
+    }
+
+    #[test]
+    fn response_nobody_asked_for_is_dropped() {
+        let (_, rec) = run(
+            Limits::default(),
+            &[r(1, NGINX_404), w(2, CURL_GET), r(3, NGINX_200)],
+        );
+        assert_eq!(rec.anomalies, ["unexpected_response"]);
+        assert_eq!(rec.exchanges.len(), 1);
+        assert_eq!(rec.exchanges[0].status, Some(200));
+        assert_eq!(rec.exchanges[0].request, Some(fhir_get()));
+    }
+
+    #[test]
+    fn early_response_waits_for_the_request_body() {
+        let head =
+            b"PUT /bucket/big.bin HTTP/1.1\r\nHost: s3.example.com\r\nContent-Length: 100\r\n\r\n";
+        let denied = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        let body = [b'b'; 100];
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, head),
+                w(2, &body[..50]),
+                r(3, denied),
+                w(4, &body[50..]),
+            ],
+        );
+        assert_eq!(rec.exchanges.len(), 1);
+        assert_eq!(rec.exchanges[0].request_bytes, (head.len() + 100) as u64);
+        assert_eq!(rec.exchanges[0].status, Some(403));
+    }
+
+    #[test]
+    fn bad_framing_is_an_anomaly() {
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 12, 13\r\n\r\n",
+                "bad_content_length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+                "chunked_framing",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcdXY",
+                "chunked_framing",
+            ),
+        ];
+        for (resp, reason) in cases {
+            let (_, rec) = run(Limits::default(), &[w(1, CURL_GET), r(2, resp)]);
+            assert_eq!(rec.anomalies, [reason]);
+        }
+        // Repeated, agreeing lengths are fine.
+        let (_, rec) = run(
+            Limits::default(),
+            &[
+                w(1, CURL_GET),
+                r(
+                    2,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok",
+                ),
+            ],
+        );
+        assert!(rec.anomalies.is_empty());
+        assert_eq!(rec.exchanges.len(), 1);
+    }
+
+    #[test]
+    fn debug_shows_no_plaintext() {
+        let mut conn = Http1Conn::new(Limits::default());
+        let mut rec = Rec::default();
+        conn.feed(&w(1, &CURL_GET[..150]), &mut rec);
+        assert!(conn.buffered() > 0);
+        let shown = format!("{conn:?}");
+        assert!(
+            !shown.contains("Bearer") && !shown.contains("eyJ"),
+            "{shown}"
+        );
+    }
+
+    /// One exchange of the conversation below: request bytes, response bytes,
+    /// and where the final response head starts (after any 100 Continue).
+    struct Turn {
+        req: Vec<u8>,
+        resp: Vec<u8>,
+        final_at: usize,
+        summary: RequestSummary,
+        status: u16,
+    }
+
+    fn conversation() -> Vec<Turn> {
+        let post_body = br#"{"model":"gpt-4o","messages":[]}"#;
+        let mut post = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.example\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n",
+            post_body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(post_body);
+        let upload = b"PUT /upload HTTP/1.1\r\nHost: files.example.com\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello".to_vec();
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let mut upload_resp = cont.to_vec();
+        upload_resp.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let node = b"POST /api/v2/events HTTP/1.1\r\nHost: events.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
+        let head = b"HEAD /big HTTP/1.1\r\nHost: cdn.example.net\r\n\r\n".to_vec();
+        let mut close = CLOSE_DELIMITED.to_vec();
+        close.extend_from_slice(b"until the very end\n");
+        let turn = |req: Vec<u8>, resp: &[u8], final_at, summary, status| Turn {
+            req,
+            resp: resp.to_vec(),
+            final_at,
+            summary,
+            status,
+        };
+        vec![
+            turn(CURL_GET.to_vec(), NGINX_200, 0, fhir_get(), 200),
+            turn(
+                post,
+                NGINX_CHUNKED,
+                0,
+                summary("POST", "api.openai.example", "/v1/chat/completions"),
+                200,
+            ),
+            turn(
+                head,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n",
+                0,
+                summary("HEAD", "cdn.example.net", "/big"),
+                200,
+            ),
+            turn(
+                upload,
+                &upload_resp,
+                cont.len(),
+                summary("PUT", "files.example.com", "/upload"),
+                200,
+            ),
+            turn(
+                node,
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                0,
+                summary("POST", "events.example.com", "/api/v2/events"),
+                204,
+            ),
+            turn(
+                CURL_GET_2.to_vec(),
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                0,
+                fhir_get_2(),
+                304,
+            ),
+            turn(CURL_GET.to_vec(), NGINX_404, 0, fhir_get(), 404),
+            turn(CURL_GET_2.to_vec(), &close, 0, fhir_get_2(), 200),
+        ]
+    }
+
+    /// Cuts `len` bytes at the given points into (start, end) pieces.
+    fn pieces(len: usize, cuts: &[prop::sample::Index]) -> Vec<(usize, usize)> {
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(len + 1)).collect();
+        at.push(0);
+        at.push(len);
+        at.sort_unstable();
+        at.dedup();
+        at.windows(2).map(|w| (w[0], w[1])).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn split_and_interleaved_conversation_matches(
+            write_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+            read_cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+            order in prop::collection::vec(any::<bool>(), 0..120),
+        ) {
+            let turns = conversation();
+            let writes: Vec<u8> = turns.iter().flat_map(|t| t.req.clone()).collect();
+            let reads: Vec<u8> = turns.iter().flat_map(|t| t.resp.clone()).collect();
+            let mut req_start = vec![];
+            let mut resp_start = vec![];
+            let (mut wo, mut ro) = (0, 0);
+            for t in &turns {
+                req_start.push(wo);
+                resp_start.push(ro);
+                wo += t.req.len();
+                ro += t.resp.len();
+            }
+            let wp = pieces(writes.len(), &write_cuts);
+            let rp = pieces(reads.len(), &read_cuts);
+            // A read can only hold response bytes whose request was fully written.
+            let needs = |end: usize| {
+                let i = resp_start.iter().rposition(|&s| s < end).unwrap_or(0);
+                req_start[i] + turns[i].req.len()
+            };
+            let mut order = order.into_iter();
+            let (mut wi, mut ri, mut written) = (0, 0, 0);
+            let mut feed: Vec<(Direction, (usize, usize))> = vec![];
+            while wi < wp.len() || ri < rp.len() {
+                let can_read = ri < rp.len() && needs(rp[ri].1) <= written;
+                let can_write = wi < wp.len();
+                let read = if can_read && can_write { order.next().unwrap_or(false) } else { can_read };
+                if read {
+                    feed.push((Direction::Read, rp[ri]));
+                    ri += 1;
+                } else {
+                    feed.push((Direction::Write, wp[wi]));
+                    written = wp[wi].1;
+                    wi += 1;
+                }
+            }
+            let ktime = |dir: Direction, offset: usize| {
+                feed.iter()
+                    .position(|&(d, (s, e))| d == dir && s <= offset && offset < e)
+                    .map_or(0, |i| 1000 + 10 * i as u64)
+            };
+            let mut conn = Http1Conn::new(Limits::default());
+            let mut rec = Rec::default();
+            for (i, &(dir, (s, e))) in feed.iter().enumerate() {
+                let bytes = if dir == Direction::Write { &writes[s..e] } else { &reads[s..e] };
+                conn.feed(&chunk(1000 + 10 * i as u64, dir, bytes), &mut rec);
+            }
+            conn.finish(ExchangeEnd::Aborted, &mut rec);
+            let expected: Vec<Exchange> = turns
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ex(
+                    Some(t.summary.clone()),
+                    ktime(Direction::Write, req_start[i]),
+                    t.req.len(),
+                    Some(t.status),
+                    Some(ktime(Direction::Read, resp_start[i] + t.final_at)),
+                    t.resp.len(),
+                    ExchangeEnd::Complete,
+                ))
+                .collect();
+            prop_assert!(rec.anomalies.is_empty(), "{:?}", rec.anomalies);
+            prop_assert_eq!(rec.exchanges, expected);
+        }
+    }
 }
