@@ -165,6 +165,14 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
     });
     let identity = start_identity(&cfg, &metrics)?;
     let hold = Duration::from_millis(cfg.identity.pending_hold_ms);
+    let fingerprints = crate::protocol::credentials::Fingerprinter::load_or_create(&cfg.state_dir)
+        .with_context(|| {
+            format!(
+                "credential fingerprint key in state_dir {}",
+                cfg.state_dir.display()
+            )
+        })?;
+    let api = crate::pipeline::api_calls::ApiCallStage::new(&cfg.api_calls, fingerprints);
     let mut pipeline = Pipeline::new(
         procs,
         watch_targets,
@@ -173,7 +181,8 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
         out,
         identity,
         hold,
-    );
+    )
+    .with_api_calls(api);
     metrics.set_ready();
     tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
 

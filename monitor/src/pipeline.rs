@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     events::{
+        api_call::{self, ApiCall},
         decode,
         flows::{Flow, FlowTable},
         process_table::ProcessInfo,
@@ -23,6 +24,10 @@ use crate::{
     metrics::{Metrics, ReasonLabel},
     probes::{reader::RecordHandler, watch::path_of, watch::WatchTarget},
 };
+
+pub mod api_calls;
+
+use api_calls::{ApiCallStage, Finished};
 
 /// Requests the pipeline sends to the sensor upkeep thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +143,20 @@ struct EventRecord<'a> {
     detail: Detail<'a>,
 }
 
-/// Stage state for everything above the kernel in issue A's scope.
+/// An API call as `--events` prints it: the common fields, then the call.
+#[derive(Serialize)]
+struct ApiCallRecord<'a> {
+    time: String,
+    kind: &'static str,
+    pid: u32,
+    cgroup_id: u64,
+    identity: IdentityView<'a>,
+    process: ProcessView<'a>,
+    #[serde(flatten)]
+    call: &'a ApiCall,
+}
+
+/// Stage state for everything above the kernel.
 pub struct Pipeline {
     pub procs: ProcessTable,
     pub flows: FlowTable,
@@ -152,6 +170,10 @@ pub struct Pipeline {
     held: VecDeque<Held>,
     hold: Duration,
     held_generation: u64,
+    /// TLS plaintext → API calls; None leaves plaintext unparsed.
+    api: Option<ApiCallStage>,
+    /// Scratch: exchanges finished by the event being handled.
+    finished: Vec<Finished>,
 }
 
 /// An event whose pod metadata has not arrived, waiting to be re-attributed.
@@ -159,7 +181,8 @@ struct Held {
     deadline: Instant,
     cgroup_id: u64,
     proc: Option<ProcessInfo>,
-    kind: EventKind,
+    /// None for API calls, which are not kernel events.
+    kind: Option<EventKind>,
     ktime_ns: u64,
     file: Option<String>,
     dest: Option<String>,
@@ -180,6 +203,8 @@ impl Pipeline {
         hold: Duration,
     ) -> Pipeline {
         Pipeline {
+            api: None,
+            finished: Vec::new(),
             identity,
             inventory: Inventory::new(16384),
             held: VecDeque::new(),
@@ -193,6 +218,12 @@ impl Pipeline {
             out,
             clock: Clock::now(),
         }
+    }
+
+    /// Parses TLS plaintext into API calls with this stage.
+    pub fn with_api_calls(mut self, api: ApiCallStage) -> Pipeline {
+        self.api = Some(api);
+        self
     }
 
     fn handle(&mut self, ev: &Event<'_>) {
@@ -213,7 +244,38 @@ impl Pipeline {
                 }
             }
             Event::TcpConnect(t) => flow = Some(self.flows.connect(t)),
-            Event::TcpClose(t) => flow = Some(self.flows.close(t)),
+            Event::TcpClose(t) => {
+                // Calls still open on this connection end with it; they need
+                // the flow, which closing forgets.
+                let mut done = std::mem::take(&mut self.finished);
+                if let Some(api) = self.api.as_mut() {
+                    api.sock_closed(t.sock, &mut done);
+                }
+                self.emit_calls(&mut done);
+                self.finished = done;
+                flow = Some(self.flows.close(t));
+            }
+            Event::Exit(_) => {
+                let mut done = std::mem::take(&mut self.finished);
+                if let Some(api) = self.api.as_mut() {
+                    api.process_exited(ev.header().pid, &mut done);
+                }
+                self.emit_calls(&mut done);
+                self.finished = done;
+            }
+            Event::TlsData(t) => {
+                let now_unix = self
+                    .clock
+                    .wall(t.hdr.ktime_ns)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let mut done = std::mem::take(&mut self.finished);
+                if let Some(api) = self.api.as_mut() {
+                    api.tls(t, now_unix, &mut done);
+                }
+                self.emit_calls(&mut done);
+                self.finished = done;
+            }
             _ => {}
         }
         let hdr = *ev.header();
@@ -249,7 +311,7 @@ impl Pipeline {
                 deadline: Instant::now() + self.hold,
                 cgroup_id: hdr.cgroup_id,
                 proc: self.procs.get(hdr.pid).cloned(),
-                kind: ev.kind(),
+                kind: Some(ev.kind()),
                 ktime_ns: hdr.ktime_ns,
                 file,
                 dest,
@@ -271,6 +333,88 @@ impl Pipeline {
             let rec = self.event_record(ev, flow, &attributed);
             write_json(&mut out, &self.metrics, &rec);
             self.out = Some(out);
+        }
+    }
+
+    /// Turns finished exchanges into API calls: flow, destination name, identity, output.
+    fn emit_calls(&mut self, done: &mut Vec<Finished>) {
+        for Finished { info, exchange } in done.drain(..) {
+            let flow = self.flows.by_sock(info.sock).map(|f| (f.id, f.remote));
+            let now_ns = info.last_ns;
+            let authority = exchange
+                .request
+                .as_ref()
+                .and_then(|r| r.authority.as_deref());
+            let names = self.api.as_ref().map(|a| &a.names);
+            let destination = api_call::destination(
+                authority,
+                names.and_then(|n| n.sni(info.key.pid, info.key.session)),
+                |ip| {
+                    names?
+                        .resolve(info.cgroup_id, ip, now_ns)
+                        .map(str::to_owned)
+                },
+                flow.map(|f| f.1),
+            );
+            let call = ApiCall::new(exchange, flow, destination);
+            self.metrics.api_call(&call);
+            let proc = self.procs.get(info.key.pid);
+            let attributed = self.identity.resolve(info.cgroup_id, proc);
+            if attributed.status == Attribution::Pending
+                && !self.hold.is_zero()
+                && self.held.len() < HELD_MAX
+            {
+                let record = self.out.is_some().then(|| {
+                    let rec =
+                        self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
+                    serde_json::to_value(&rec).unwrap_or_default()
+                });
+                self.held.push_back(Held {
+                    deadline: Instant::now() + self.hold,
+                    cgroup_id: info.cgroup_id,
+                    proc: proc.cloned(),
+                    kind: None,
+                    ktime_ns: call.ktime_ns,
+                    file: None,
+                    dest: None,
+                    record,
+                });
+                continue;
+            }
+            if let Some(mut out) = self.out.take() {
+                let rec = self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
+                write_json(&mut out, &self.metrics, &rec);
+                self.out = Some(out);
+            }
+        }
+    }
+
+    fn api_call_record<'a>(
+        &'a self,
+        pid: u32,
+        cgroup_id: u64,
+        call: &'a ApiCall,
+        attributed: &'a Attributed,
+    ) -> ApiCallRecord<'a> {
+        ApiCallRecord {
+            time: humantime::format_rfc3339_nanos(self.clock.wall(call.ktime_ns)).to_string(),
+            kind: "api_call",
+            pid,
+            cgroup_id,
+            identity: attributed.view(),
+            process: self.process_view(pid),
+            call,
+        }
+    }
+
+    fn process_view(&self, pid: u32) -> ProcessView<'_> {
+        let p = self.procs.get(pid);
+        ProcessView {
+            status: if p.is_some() { "known" } else { "unknown" },
+            exe: p.map(|p| &*p.exe),
+            comm: p.map(|p| &*p.comm),
+            uid: p.map(|p| p.uid),
+            ppid: p.map(|p| p.ppid),
         }
     }
 
@@ -299,10 +443,10 @@ impl Pipeline {
                 self.metrics.identity_hold_expired.inc();
             }
             self.metrics.attribution_after_hold(a.status).inc();
-            if let Some(id) = &a.identity {
+            if let (Some(id), Some(kind)) = (&a.identity, h.kind) {
                 self.inventory.record(
                     &id.id,
-                    h.kind,
+                    kind,
                     h.ktime_ns,
                     h.file.as_deref(),
                     h.dest.as_deref(),
@@ -425,14 +569,7 @@ impl Pipeline {
                 }
             }
         };
-        let p = self.procs.get(hdr.pid);
-        let process = ProcessView {
-            status: if p.is_some() { "known" } else { "unknown" },
-            exe: p.map(|p| &*p.exe),
-            comm: p.map(|p| &*p.comm),
-            uid: p.map(|p| p.uid),
-            ppid: p.map(|p| p.ppid),
-        };
+        let process = self.process_view(hdr.pid);
         EventRecord {
             time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
             kind: ev.kind().name(),
@@ -444,6 +581,17 @@ impl Pipeline {
             detail,
         }
     }
+}
+
+/// CLOCK_BOOTTIME, the clock of the kernel's timestamps.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn write_json<T: Serialize>(out: &mut Box<dyn Write + Send>, metrics: &Metrics, rec: &T) {
@@ -475,6 +623,15 @@ impl RecordHandler for Pipeline {
     }
 
     fn batch_done(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            let mut done = std::mem::take(&mut self.finished);
+            api.expire(boot_ns(), &mut done);
+            self.emit_calls(&mut done);
+            self.finished = done;
+        }
+        if let Some(api) = self.api.as_mut() {
+            self.metrics.api_stage(api);
+        }
         self.release_held();
         if let Some(out) = self.out.as_mut() {
             let _ = out.flush();
@@ -486,8 +643,7 @@ impl RecordHandler for Pipeline {
     }
 
     fn tick(&mut self) {
-        if !self.held.is_empty() {
-            self.batch_done();
-        }
+        // Idle sessions must close even when no events arrive.
+        self.batch_done();
     }
 }

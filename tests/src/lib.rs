@@ -98,6 +98,8 @@ pub struct Daemon {
     stdout_raw: Arc<Mutex<String>>,
     stderr_raw: Arc<Mutex<String>>,
     pub metrics_port: u16,
+    /// The daemon's state directory (fingerprint key): part of what leak tests grep.
+    pub state_dir: PathBuf,
     _dir: TempDir,
 }
 
@@ -113,10 +115,19 @@ pub fn config_with(watch: &[String], extra_sensors: &str) -> String {
 }
 
 impl Daemon {
+    /// Starts the daemon with its own state directory, removed with it.
     pub fn start(config_yaml: &str) -> Daemon {
+        Daemon::start_with_state(config_yaml, None)
+    }
+
+    /// Starts the daemon; `state_dir` (kept by the caller, e.g. across restarts)
+    /// or, if None, one of its own inside the daemon's temp dir.
+    pub fn start_with_state(config_yaml: &str, state_dir: Option<&Path>) -> Daemon {
         let dir = TempDir::new("nhiwatch-e2e-daemon");
         let cfg = dir.path().join("nhiwatch.yaml");
-        std::fs::write(&cfg, config_yaml).unwrap();
+        let state_dir = state_dir.map_or_else(|| dir.path().join("state"), Path::to_owned);
+        let yaml = format!("state_dir: {}\n{config_yaml}", state_dir.display());
+        std::fs::write(&cfg, yaml).unwrap();
         let metrics_port = free_port();
         let mut child = Command::new(nhiwatch_bin())
             .args(["run", "--events", "--config"])
@@ -157,6 +168,7 @@ impl Daemon {
             stdout_raw,
             stderr_raw,
             metrics_port,
+            state_dir,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -226,7 +238,14 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and waits; asserts a clean exit.
-    pub fn stop(mut self) -> (String, String) {
+    pub fn stop(self) -> (String, String) {
+        let (out, err, _) = self.stop_with_state();
+        (out, err)
+    }
+
+    /// Like `stop`, and also returns every file of the state directory as it
+    /// was left after exit (read before the directory is removed).
+    pub fn stop_with_state(mut self) -> (String, String, Vec<(PathBuf, Vec<u8>)>) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -248,7 +267,14 @@ impl Daemon {
             bad.is_empty(),
             "nhiwatch printed non-JSON lines on stdout: {bad:?}"
         );
-        (self.stdout(), self.stderr())
+        let state = files_under(&self.state_dir)
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                (p, bytes)
+            })
+            .collect();
+        (self.stdout(), self.stderr(), state)
     }
 }
 
@@ -257,6 +283,20 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every regular file beneath `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 pub fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
@@ -322,7 +362,7 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-/// A CA and a server certificate it signed for `localhost` / 127.0.0.1 / ::1:
+/// A CA and a server certificate it signed for `localhost`, `*.nhiwatch.test`, 127.0.0.1 and ::1:
 /// `(ca, cert, key)`. Clients trust `ca`, as in a real deployment (rustls refuses a
 /// self-signed CA certificate used as a server certificate).
 pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -334,7 +374,7 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ext = dir.join("server.ext");
     std::fs::write(
         &ext,
-        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n\
+        "subjectAltName=DNS:localhost,DNS:*.nhiwatch.test,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n\
          keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod deps;
+mod fuzz;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +44,14 @@ enum Cmd {
     },
     /// Measure overhead and throughput side by side with peers; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Fuzz the protocol parsers (HTTP/1, HTTP/2 + HPACK, JWT, DNS) with cargo-fuzz.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only this target.
+        target: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,6 +81,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { filter } => test(&root, filter),
+        Cmd::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
         Cmd::Bench(args) => {
             deps::ensure(deps::Set::All)?;
             bench::run(&root, args)
@@ -97,6 +107,8 @@ fn test(root: &Path, filter: Option<String>) -> Result<()> {
     let mut unit = Command::new(cargo_bin());
     unit.args(["test", "-p", "nhiwatch", "-p", "xtask"]);
     run_counted(&mut unit, &mut tally)?;
+    // Each parser's fuzz target, briefly: a crash fails the run.
+    fuzz::run(root, 15, None)?;
     // Privileged: the real probes against real clients and servers.
     let bin = root.join("target/debug/nhiwatch");
     let mut args = vec!["test", "-p", "nhiwatch-e2e", "--", "--test-threads=1"];

@@ -1,5 +1,6 @@
 //! Typed domain events decoded from kernel records, and the tables that give them context.
 
+pub mod api_call;
 pub mod decode;
 pub mod flows;
 pub mod process_table;

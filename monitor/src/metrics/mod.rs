@@ -63,7 +63,83 @@ pub struct Metrics {
     pub identities: Gauge,
     pub held_events: Gauge,
     pub pod_source_errors: Counter,
+    pub api: ApiMetrics,
     ready: AtomicBool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    pub protocol: String,
+    pub end: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnomalyLabel {
+    pub protocol: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    pub role: String,
+}
+
+/// The TLS → API call stage's counters.
+#[derive(Default)]
+pub struct ApiMetrics {
+    pub calls: Family<CallLabel, Counter>,
+    pub anomalies: Family<AnomalyLabel, Counter>,
+    pub credentials: Family<KindLabel, Counter>,
+    pub sessions: Family<RoleLabel, Gauge>,
+    pub sessions_evicted: Counter,
+    pub sessions_expired: Counter,
+    pub skipped_chunks: Counter,
+    pub buffered_bytes: Gauge,
+}
+
+impl ApiMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "api_calls",
+            "API calls parsed from TLS plaintext, by protocol and how they ended",
+            self.calls.clone(),
+        );
+        registry.register(
+            "protocol_anomalies",
+            "TLS plaintext the HTTP parsers could not follow (truncated heads, lost HPACK state, framing), by protocol and reason",
+            self.anomalies.clone(),
+        );
+        registry.register(
+            "api_call_credentials",
+            "Credentials seen in API calls, by kind",
+            self.credentials.clone(),
+        );
+        registry.register(
+            "tls_sessions",
+            "TLS sessions followed, by role (HTTP client, server, other)",
+            self.sessions.clone(),
+        );
+        registry.register(
+            "tls_sessions_evicted",
+            "TLS sessions dropped to stay within api_calls.max_sessions or max_buffered_bytes",
+            self.sessions_evicted.clone(),
+        );
+        registry.register(
+            "tls_sessions_expired",
+            "TLS sessions closed after api_calls.session_idle_seconds without traffic",
+            self.sessions_expired.clone(),
+        );
+        registry.register(
+            "tls_chunks_skipped",
+            "TLS reads and writes not parsed (server side, non-HTTP protocols)",
+            self.skipped_chunks.clone(),
+        );
+        registry.register(
+            "api_parser_buffered_bytes",
+            "Bytes the HTTP parsers hold (heads, header blocks)",
+            self.buffered_bytes.clone(),
+        );
+    }
 }
 
 const ATTRIBUTIONS: [Attribution; 4] = [
@@ -215,6 +291,8 @@ impl Metrics {
             "Failed requests to the kubelet or API server for pod metadata",
             pod_source_errors.clone(),
         );
+        let api = ApiMetrics::default();
+        api.register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -243,6 +321,7 @@ impl Metrics {
             identities,
             held_events,
             pod_source_errors,
+            api,
             ready: AtomicBool::new(false),
         }
     }
@@ -266,6 +345,56 @@ impl Metrics {
                 target: target.into(),
             })
             .set(i64::from(attached));
+    }
+
+    pub fn api_call(&self, call: &crate::events::api_call::ApiCall) {
+        let end = serde_json::to_value(call.end)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.api
+            .calls
+            .get_or_create(&CallLabel {
+                protocol: call.protocol.name().into(),
+                end,
+            })
+            .inc();
+        for c in call.request.iter().flat_map(|r| &r.credentials) {
+            let kind = serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            self.api
+                .credentials
+                .get_or_create(&KindLabel { kind })
+                .inc();
+        }
+    }
+
+    /// Takes the API call stage's anomalies and sizes.
+    pub fn api_stage(&self, stage: &mut crate::pipeline::api_calls::ApiCallStage) {
+        for a in stage.take_anomalies() {
+            self.api
+                .anomalies
+                .get_or_create(&AnomalyLabel {
+                    protocol: a.protocol.name().into(),
+                    reason: a.reason.into(),
+                })
+                .inc();
+        }
+        let d = stage.take_stats_delta();
+        self.api.sessions_evicted.inc_by(d.evicted);
+        self.api.sessions_expired.inc_by(d.expired);
+        self.api.skipped_chunks.inc_by(d.skipped_chunks);
+        for (role, n) in stage.roles() {
+            self.api
+                .sessions
+                .get_or_create(&RoleLabel {
+                    role: role.name().into(),
+                })
+                .set(n as i64);
+        }
+        self.api.buffered_bytes.set(stage.buffered() as i64);
     }
 
     pub fn set_ready(&self) {

@@ -1,0 +1,62 @@
+//! Runs the protocol parsers' cargo-fuzz targets (monitor/fuzz) for a while each; installs cargo-fuzz when missing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Every target in monitor/fuzz/Cargo.toml.
+pub const TARGETS: [&str; 4] = ["http1", "http2", "jwt", "dns"];
+
+/// The toolchain that builds the fuzz targets (sanitizers need nightly).
+const TOOLCHAIN: &str = "+nightly";
+
+fn cargo_fuzz_present() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn ensure_tools() -> Result<()> {
+    let nightly = Command::new("cargo")
+        .args([TOOLCHAIN, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        bail!("fuzzing needs a nightly toolchain (`rustup toolchain install nightly`)");
+    }
+    if !cargo_fuzz_present() {
+        eprintln!("xtask: installing cargo-fuzz");
+        crate::run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz@0.13.2"]))?;
+    }
+    Ok(())
+}
+
+/// Fuzzes each target for `seconds`; any crash fails the run (its input is in
+/// monitor/fuzz/artifacts/<target>/).
+pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    ensure_tools()?;
+    let dir = root.join("monitor");
+    for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&dir)
+            .args([TOOLCHAIN, "fuzz", "run", target])
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ]);
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        let status = cmd
+            .status()
+            .with_context(|| format!("starting cargo fuzz for {target}"))?;
+        if !status.success() {
+            bail!("fuzz target {target} failed ({status}): see monitor/fuzz/artifacts/{target}/");
+        }
+    }
+    Ok(())
+}
