@@ -1,5 +1,7 @@
 //! Userspace costs without the kernel: cached identity resolution per event, and decode +
 //! pipeline throughput on synthetic records (the daemon's drain capacity on one core).
+//! Also TLS plaintext → API calls (sessions, HTTP/1 and HTTP/2 parsers, minimisation, credential
+//! fingerprints) in MB/s of plaintext and calls/s.
 //! Prints `name: value unit` lines; `cargo xtask bench` copies them into BENCHMARKS.md.
 
 use std::{
@@ -11,12 +13,14 @@ use std::{
 };
 
 use nhiwatch::{
-    config::IdentityConfig,
+    config::{ApiCallConfig, IdentityConfig},
     events::process_table::ProcessTable,
     identity::{cgroups::CgroupResolver, IdentityResolver},
     metrics::Metrics,
+    pipeline::api_calls::ApiCallStage,
     pipeline::Pipeline,
     probes::{abi::*, reader::RecordHandler},
+    protocol::credentials::Fingerprinter,
 };
 
 fn bytes<T>(v: &T) -> Vec<u8> {
@@ -49,6 +53,10 @@ fn main() {
         .get(std::process::id())
         .cloned()
         .expect("self in /proc");
+    // NHIWATCH_BENCH=api_calls runs only the API call part (for profiling).
+    if std::env::var("NHIWATCH_BENCH").is_ok_and(|v| v == "api_calls") {
+        return api_call_benches(&me);
+    }
     let mut r = resolver();
     r.resolve(me.cgroup_id, Some(&me));
     const N: u32 = 2_000_000;
@@ -108,4 +116,165 @@ fn main() {
         runs.push((100 * recs.len()) as f64 / t.elapsed().as_secs_f64());
     }
     println!("pipeline_drain_one_core: {:.0} events/s", median(runs));
+    api_call_benches(&me);
+}
+
+fn api_call_benches(me: &nhiwatch::events::process_table::ProcessInfo) {
+    for (name, conversation) in [
+        ("http1", http1_conversation()),
+        ("http2", http2_conversation()),
+    ] {
+        let (mb_s, calls_s) = api_calls(me, &conversation);
+        println!("api_calls_{name}_mb: {mb_s:.1} MB/s");
+        println!("api_calls_{name}_calls: {calls_s:.0} calls/s");
+    }
+}
+
+/// One TLS call of a client: (is_read, plaintext).
+type Conversation = Vec<(bool, Vec<u8>)>;
+
+const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2t1YmVybmV0ZXMuZGVmYXVsdC5zdmMiLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6Y2xpbmljYWwtYWk6bWVkLXN1bW1hcml6ZXIiLCJhdWQiOlsiZmhpciJdLCJleHAiOjQxMDI0NDQ4MDAsImlhdCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl";
+
+/// 64 keep-alive requests with a JWT, answered with a 1 KiB JSON body.
+fn http1_conversation() -> Conversation {
+    let mut c = Vec::new();
+    for i in 0..64 {
+        c.push((
+            false,
+            format!(
+                "GET /fhir/R4/Patient/{}/Observation?code=8867-4&_count=50 HTTP/1.1\r\nHost: fhir.clinic.example\r\n\
+                 User-Agent: python-requests/2.31.0\r\nAccept: application/fhir+json\r\nAuthorization: Bearer {JWT}\r\n\r\n",
+                8800 + i
+            )
+            .into_bytes(),
+        ));
+        let mut resp = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/fhir+json\r\nContent-Length: 1024\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 1024));
+        c.push((true, resp));
+    }
+    c
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HTTP/2 connection with 64 requests (HPACK dynamic table in use), each answered with 1 KiB of DATA.
+fn http2_conversation() -> Conversation {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let mut c = vec![(
+        false,
+        [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            frame(4, 0, 0, &[]),
+        ]
+        .concat(),
+    )];
+    c.push((true, frame(4, 0, 0, &[])));
+    for i in 0..64u32 {
+        let stream = 1 + 2 * i;
+        let path = format!("/v1/projects/p-{}/messages?beta=true", 1000 + i);
+        let block = req.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"api.llm.example"),
+            (b":path", path.as_bytes()),
+            (b"content-type", b"application/json"),
+            (b"x-api-key", b"sk-ant-api03-benchmarkbenchmarkbenchmark"),
+        ]);
+        let mut w = frame(1, 0x4, stream, &block);
+        w.extend(frame(0, 0x1, stream, &[b'{'; 512]));
+        c.push((false, w));
+        let block = resp.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-type", b"application/json"),
+        ]);
+        let mut r = frame(1, 0x4, stream, &block);
+        r.extend(frame(0, 0x1, stream, &[b'x'; 1024]));
+        c.push((true, r));
+    }
+    c
+}
+
+/// Runs `conversation` over 16 concurrent sessions through the whole pipeline
+/// (decode → sessions → parser → summary → ApiCall → metrics, no output).
+/// One warm-up pass, then 7 timed passes, each over fresh sessions.
+fn api_calls(
+    me: &nhiwatch::events::process_table::ProcessInfo,
+    conversation: &Conversation,
+) -> (f64, f64) {
+    const SESSIONS: u64 = 16;
+    let records = |pass: u64| {
+        let mut recs = Vec::new();
+        for (i, (read, data)) in conversation.iter().enumerate() {
+            for session in 0..SESSIONS {
+                let mut t = nw_tls_data::default();
+                t.hdr = nw_header {
+                    kind: NW_EVENT_TLS_DATA as u16,
+                    flags: if *read { NW_F_TLS_READ as u16 } else { 0 },
+                    size: (size_of::<nw_tls_data>() + data.len()) as u32,
+                    ktime_ns: pass * 1_000_000_000 + (i as u64) * 1000 + session,
+                    pid: me.pid,
+                    tid: me.pid,
+                    cgroup_id: me.cgroup_id,
+                };
+                t.session = 0x5000 + pass * SESSIONS + session;
+                t.len = data.len() as u32;
+                t.captured = data.len() as u32;
+                t.lib = NW_TLS_OPENSSL as u8;
+                let mut r = bytes(&t);
+                r.extend_from_slice(data);
+                recs.push(r);
+            }
+        }
+        recs
+    };
+    let plaintext: usize =
+        conversation.iter().map(|(_, d)| d.len()).sum::<usize>() * SESSIONS as usize;
+    // Both conversations hold 64 exchanges per session.
+    let calls = 64 * SESSIONS as usize;
+    let mut procs = ProcessTable::new(1 << 16, 1);
+    procs.scan_proc(Path::new("/proc"), Path::new(nhiwatch::CGROUP_V2_ROOT));
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::new(
+        procs,
+        Arc::new(RwLock::new(Vec::new())),
+        metrics.clone(),
+        None,
+        None,
+        resolver(),
+        Duration::ZERO,
+    )
+    .with_api_calls(ApiCallStage::new(
+        &ApiCallConfig::default(),
+        Fingerprinter::from_key([7; 32]),
+    ));
+    let mut runs = Vec::new();
+    let mut call_runs = Vec::new();
+    for pass in 0..8u64 {
+        let recs = records(pass);
+        let t = Instant::now();
+        for r in &recs {
+            p.record(black_box(r));
+        }
+        p.batch_done();
+        let secs = t.elapsed().as_secs_f64();
+        if pass > 0 {
+            runs.push(plaintext as f64 / 1e6 / secs);
+            call_runs.push(calls as f64 / secs);
+        }
+    }
+    let seen: f64 = metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("nhiwatch_api_calls_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(seen as usize, calls * 8, "every call parsed");
+    (median(runs), median(call_runs))
 }
