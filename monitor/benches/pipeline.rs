@@ -204,6 +204,7 @@ fn http2_conversation() -> Conversation {
 /// Runs `conversation` over 16 concurrent sessions through the whole pipeline
 /// (decode → sessions → parser → summary → ApiCall → metrics, no output).
 /// One warm-up pass, then 7 timed passes, each over fresh sessions.
+#[allow(clippy::field_reassign_with_default)] // filled field by field, as the kernel does
 fn api_calls(
     me: &nhiwatch::events::process_table::ProcessInfo,
     conversation: &Conversation,
