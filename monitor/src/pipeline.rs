@@ -123,6 +123,8 @@ enum Detail<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         dst: Option<String>,
     },
+    /// DNS answers and SNI: not output yet (handle() returns before).
+    Names {},
 }
 
 #[derive(Serialize)]
@@ -197,6 +199,10 @@ impl Pipeline {
 
     fn handle(&mut self, ev: &Event<'_>) {
         self.metrics.event(ev.kind()).inc();
+        // Destination-name records are only counted until the pipeline uses them.
+        if matches!(ev, Event::DnsAnswer(_) | Event::TlsSni(_)) {
+            return;
+        }
         self.procs.apply(ev);
         let mut flow = None;
         match ev {
@@ -424,6 +430,7 @@ impl Pipeline {
                     dst: flow.map(|f| f.remote.to_string()),
                 }
             }
+            Event::DnsAnswer(_) | Event::TlsSni(_) => Detail::Names {},
         };
         let p = self.procs.get(hdr.pid);
         let process = ProcessView {
