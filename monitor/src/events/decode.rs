@@ -194,7 +194,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 });
             }
             let start = std::mem::offset_of!(nw_dns_answer, data);
-            Event::DnsAnswer(DnsAnswer {
+            Event::DnsAnswer(DnsMessage {
                 hdr: header(&d.hdr),
                 ipv6: u32::from(d.hdr.flags) & NW_F_DNS_IPV6 != 0,
                 len: d.len,

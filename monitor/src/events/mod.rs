@@ -138,7 +138,7 @@ impl std::fmt::Debug for TlsData<'_> {
 /// arrives in softirq): `hdr.pid`/`hdr.tid` are 0, `hdr.cgroup_id` is the
 /// receiving socket's cgroup.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DnsAnswer<'a> {
+pub struct DnsMessage<'a> {
     pub hdr: Header,
     /// Whether it came over IPv6.
     pub ipv6: bool,
@@ -147,10 +147,10 @@ pub struct DnsAnswer<'a> {
     pub message: &'a [u8],
 }
 
-impl std::fmt::Debug for DnsAnswer<'_> {
+impl std::fmt::Debug for DnsMessage<'_> {
     // Lengths only, like every type that borrows captured bytes.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsAnswer")
+        f.debug_struct("DnsMessage")
             .field("hdr", &self.hdr)
             .field("ipv6", &self.ipv6)
             .field("len", &self.len)
@@ -179,7 +179,7 @@ pub enum Event<'a> {
     TcpConnect(Tcp),
     TcpClose(Tcp),
     TlsData(TlsData<'a>),
-    DnsAnswer(DnsAnswer<'a>),
+    DnsAnswer(DnsMessage<'a>),
     TlsSni(TlsSni<'a>),
 }
 
