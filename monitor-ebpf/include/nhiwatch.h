@@ -23,7 +23,7 @@ typedef __s64 s64;
 #endif
 
 /* Bumped whenever a record changes shape; the daemon refuses a mismatching object. */
-#define NW_ABI_VERSION 1
+#define NW_ABI_VERSION 2
 
 #define NW_COMM_LEN 16
 #define NW_PATH_MAX 256
@@ -32,6 +32,11 @@ typedef __s64 s64;
 #define NW_WATCH_SUFFIX_LEN 16
 /* Dentry levels walked above an opened file when matching watched directories by inode. */
 #define NW_DENTRY_DEPTH 8
+/* DNS message bytes captured per UDP response (the classic UDP limit; larger EDNS
+ * answers arrive cut and are rejected by the parser). */
+#define NW_DNS_CAPTURE_MAX 512
+/* Server name captured per SNI call (RFC 1035 names are at most 253 bytes). */
+#define NW_SNI_MAX 256
 
 enum nw_event_kind {
 	NW_EVENT_EXEC = 1,
@@ -41,8 +46,10 @@ enum nw_event_kind {
 	NW_EVENT_TCP_CONNECT = 5,
 	NW_EVENT_TCP_CLOSE = 6,
 	NW_EVENT_TLS_DATA = 7,
+	NW_EVENT_DNS_ANSWER = 8,
+	NW_EVENT_TLS_SNI = 9,
 	/* One past the last kind: sizes the loss counters. */
-	NW_EVENT_KIND_COUNT = 8,
+	NW_EVENT_KIND_COUNT = 10,
 };
 
 /* Every record starts with this header. */
@@ -138,6 +145,29 @@ struct nw_tls_data {
 	/* u8 data[captured]; */
 };
 
+#define NW_F_DNS_IPV6 0x1 /* the response came over IPv6 */
+
+/* A UDP datagram from source port 53 delivered to a socket on this host. Fixed
+ * size; hdr.pid/tid are 0 (it arrives in softirq), hdr.cgroup_id is the receiving
+ * socket's cgroup. */
+struct nw_dns_answer {
+	struct nw_header hdr;
+	u32 len;      /* DNS message length (UDP payload) */
+	u32 captured; /* bytes of data that are valid (a prefix of len) */
+	u8 data[NW_DNS_CAPTURE_MAX];
+};
+
+/* A TLS client named its server (OpenSSL SSL_ctrl(SSL_CTRL_SET_TLSEXT_HOSTNAME),
+ * GnuTLS gnutls_server_name_set). Fixed size. */
+struct nw_tls_sni {
+	struct nw_header hdr;
+	u64 session;  /* same key as nw_tls_data.session */
+	u32 name_len; /* bytes of name that are valid (no NUL) */
+	u8 lib;       /* enum nw_tls_lib */
+	u8 _pad[3];
+	char name[NW_SNI_MAX];
+};
+
 /* Value of the watch map (keyed by path prefix or by inode). */
 #define NW_WATCH_DIR 0x1    /* matches the entry and everything beneath */
 #define NW_WATCH_EXACT 0x2  /* matches only this exact path */
@@ -167,12 +197,12 @@ struct nw_inode_key {
 /* Loss and self-check counters, one u64 slot each in a per-CPU array. */
 enum nw_counter {
 	/* slots 0..NW_EVENT_KIND_COUNT-1: records lost because the ring buffer was full, by kind */
-	NW_CNT_TLS_TRUNCATED = 8,  /* TLS calls whose plaintext exceeded the capture prefix */
-	NW_CNT_TLS_READ_FAIL = 9,  /* bpf_probe_read_user of TLS plaintext failed */
-	NW_CNT_PATH_READ_FAIL = 10,
-	NW_CNT_TCP_UNATTRIBUTED = 11, /* established socket with no connect() owner */
-	NW_CNT_MAP_FULL = 12,     /* a bookkeeping map was full */
-	NW_CNT_COUNT = 16,
+	NW_CNT_TLS_TRUNCATED = 16,  /* TLS calls whose plaintext exceeded the capture prefix */
+	NW_CNT_TLS_READ_FAIL = 17,  /* bpf_probe_read_user of TLS plaintext failed */
+	NW_CNT_PATH_READ_FAIL = 18,
+	NW_CNT_TCP_UNATTRIBUTED = 19, /* established socket with no connect() owner */
+	NW_CNT_MAP_FULL = 20,     /* a bookkeeping map was full */
+	NW_CNT_COUNT = 32,
 };
 
 /* Written by the CO-RE canary program: the daemon checks both agree. */

@@ -786,6 +786,130 @@ int BPF_KPROBE(gnutls_recv, void *session, void *data, size_t size)
 	return tls_enter((u64)session, data, 0, NW_TLS_GNUTLS, 1);
 }
 
+/* ---- destination names: TLS SNI ---- */
+
+static __always_inline void emit_sni(u64 session, const void *name, u64 name_len, bool nul_terminated, u8 lib)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (is_self(pid_tgid) || !name)
+		return;
+	struct nw_tls_sni *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(NW_EVENT_TLS_SNI);
+		return;
+	}
+	long n;
+	if (nul_terminated) {
+		n = bpf_probe_read_user_str(r->name, sizeof(r->name), name);
+		n = n > 0 ? n - 1 : 0;
+	} else {
+		u32 want = name_len < NW_SNI_MAX ? (u32)name_len : NW_SNI_MAX;
+		/* name_len >= 1: (want - 1) & mask + 1 is want, bounded for the verifier */
+		want = ((want - 1) & (NW_SNI_MAX - 1)) + 1;
+		n = bpf_probe_read_user(r->name, want, name) ? 0 : want;
+	}
+	if (n <= 0) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	fill_header(&r->hdr, NW_EVENT_TLS_SNI, sizeof(*r), pid_tgid);
+	r->session = session;
+	r->name_len = (u32)n;
+	r->lib = lib;
+	__builtin_memset(r->_pad, 0, sizeof(r->_pad));
+	bpf_ringbuf_submit(r, wakeup_flags());
+}
+
+/* SSL_set_tlsext_host_name(s, name) is SSL_ctrl(s, SSL_CTRL_SET_TLSEXT_HOSTNAME (55),
+ * TLSEXT_NAMETYPE_host_name (0), name): everything else SSL_ctrl does is ignored here. */
+SEC("uprobe")
+int BPF_KPROBE(ssl_ctrl_sni, void *ssl, int cmd, long larg, const char *parg)
+{
+	if (cmd != 55 || larg != 0)
+		return 0;
+	emit_sni((u64)ssl, parg, 0, true, NW_TLS_OPENSSL);
+	return 0;
+}
+
+/* gnutls_server_name_set(session, GNUTLS_NAME_DNS (1), name, name_length) */
+SEC("uprobe")
+int BPF_KPROBE(gnutls_sni, void *session, int type, const void *name, size_t name_length)
+{
+	if (type != 1 || name_length == 0)
+		return 0;
+	emit_sni((u64)session, name, name_length, false, NW_TLS_GNUTLS);
+	return 0;
+}
+
+/* ---- destination names: DNS answers ---- */
+
+/* Runs on every packet delivered to a socket in the attached cgroup subtree, in
+ * softirq: must stay cheap and must always let the packet through (return 1). */
+SEC("cgroup_skb/ingress")
+int dns_ingress(struct __sk_buff *skb)
+{
+	u32 off;
+	u8 v6 = 0;
+	if (skb->protocol == bpf_htons(0x0800 /* ETH_P_IP */)) {
+		u8 vihl, proto;
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
+			return 1;
+		if (proto != 17 /* IPPROTO_UDP */)
+			return 1;
+		off = (vihl & 0xf) * 4;
+	} else if (skb->protocol == bpf_htons(0x86DD /* ETH_P_IPV6 */)) {
+		u8 next;
+		/* Extension headers before UDP are rare on DNS replies: not followed. */
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || next != 17)
+			return 1;
+		off = 40;
+		v6 = 1;
+	} else {
+		return 1;
+	}
+	struct {
+		u16 source;
+		u16 dest;
+		u16 len;
+		u16 check;
+	} udp;
+	if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)))
+		return 1;
+	if (udp.source != bpf_htons(53))
+		return 1;
+	u32 ulen = bpf_ntohs(udp.len);
+	if (ulen <= sizeof(udp))
+		return 1;
+	u32 len = ulen - sizeof(udp);
+	u32 avail = skb->len > off + sizeof(udp) ? skb->len - off - sizeof(udp) : 0;
+	if (len > avail)
+		len = avail;
+	u32 n = len < NW_DNS_CAPTURE_MAX ? len : NW_DNS_CAPTURE_MAX;
+	if (n < 12) /* not even a DNS header */
+		return 1;
+	struct nw_dns_answer *d = bpf_ringbuf_reserve(&events, sizeof(*d), 0);
+	if (!d) {
+		count(NW_EVENT_DNS_ANSWER);
+		return 1;
+	}
+	/* (n - 1) & mask + 1 is n itself (12..512) in a form the verifier can bound on both ends */
+	if (bpf_skb_load_bytes(skb, off + sizeof(udp), d->data, ((n - 1) & (NW_DNS_CAPTURE_MAX - 1)) + 1)) {
+		bpf_ringbuf_discard(d, BPF_RB_NO_WAKEUP);
+		return 1;
+	}
+	d->hdr.kind = NW_EVENT_DNS_ANSWER;
+	d->hdr.flags = v6 ? NW_F_DNS_IPV6 : 0;
+	d->hdr.size = sizeof(*d);
+	d->hdr.ktime_ns = bpf_ktime_get_boot_ns();
+	d->hdr.pid = 0;
+	d->hdr.tid = 0;
+	d->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
+	d->len = len;
+	d->captured = n;
+	bpf_ringbuf_submit(d, wakeup_flags());
+	return 1;
+}
+
 /* ---- CO-RE canary ----
  * A flavour of task_struct whose only field sits at the wrong offset on purpose:
  * the read is right only if the loader applied the CO-RE relocation. */

@@ -109,6 +109,9 @@ enum Detail<'a> {
         flow: u64,
         src: String,
         dst: String,
+        /// The name this cgroup resolved through DNS for `dst`'s address.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dst_name: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         bytes_sent: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +131,34 @@ enum Detail<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         dst: Option<String>,
     },
+    /// DNS answers and SNI are output by `names_record`, never through here.
+    Names {},
+}
+
+/// What a DNS answer or a TLS SNI taught about destination names.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NameDetail {
+    Dns {
+        query: String,
+        addresses: Vec<std::net::IpAddr>,
+        ttl: u32,
+    },
+    Sni {
+        server_name: String,
+    },
+}
+
+#[derive(Serialize)]
+struct NameRecord<'a> {
+    time: String,
+    kind: &'static str,
+    pid: u32,
+    cgroup_id: u64,
+    identity: IdentityView<'a>,
+    process: ProcessView<'a>,
+    #[serde(flatten)]
+    detail: NameDetail,
 }
 
 #[derive(Serialize)]
@@ -228,6 +259,9 @@ impl Pipeline {
 
     fn handle(&mut self, ev: &Event<'_>) {
         self.metrics.event(ev.kind()).inc();
+        if matches!(ev, Event::DnsAnswer(_) | Event::TlsSni(_)) {
+            return self.learn_names(ev);
+        }
         self.procs.apply(ev);
         let mut flow = None;
         match ev {
@@ -334,6 +368,80 @@ impl Pipeline {
             write_json(&mut out, &self.metrics, &rec);
             self.out = Some(out);
         }
+    }
+
+    /// DNS answers and TLS server names: remembered for naming destinations, and output.
+    fn learn_names(&mut self, ev: &Event<'_>) {
+        let Some(api) = self.api.as_mut() else {
+            return;
+        };
+        let hdr = *ev.header();
+        let detail = match ev {
+            Event::DnsAnswer(d) => {
+                match crate::protocol::dns::parse_response(d.message, d.len as usize) {
+                    Ok(answer) => {
+                        api.names.record_dns(hdr.cgroup_id, hdr.ktime_ns, &answer);
+                        NameDetail::Dns {
+                            ttl: answer.addrs.iter().map(|a| a.ttl).min().unwrap_or(0),
+                            addresses: answer.addrs.iter().map(|a| a.ip).collect(),
+                            query: answer.query,
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .api
+                            .anomalies
+                            .get_or_create(&crate::metrics::AnomalyLabel {
+                                protocol: "dns".into(),
+                                reason: e.reason().into(),
+                            })
+                            .inc();
+                        return;
+                    }
+                }
+            }
+            Event::TlsSni(t) => {
+                let name = String::from_utf8_lossy(t.name);
+                if !api.names.record_sni(hdr.pid, t.session, &name) {
+                    self.metrics
+                        .api
+                        .anomalies
+                        .get_or_create(&crate::metrics::AnomalyLabel {
+                            protocol: "tls".into(),
+                            reason: "bad_server_name".into(),
+                        })
+                        .inc();
+                    return;
+                }
+                NameDetail::Sni {
+                    server_name: api
+                        .names
+                        .sni(hdr.pid, t.session)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }
+            }
+            _ => return,
+        };
+        let Some(mut out) = self.out.take() else {
+            return;
+        };
+        // DNS answers arrive in softirq: no pid, the receiving socket's cgroup.
+        let attributed = self.identity.resolve(
+            hdr.cgroup_id,
+            self.procs.get(hdr.pid).filter(|_| hdr.pid != 0),
+        );
+        let rec = NameRecord {
+            time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
+            kind: ev.kind().name(),
+            pid: hdr.pid,
+            cgroup_id: hdr.cgroup_id,
+            identity: attributed.view(),
+            process: self.process_view(hdr.pid),
+            detail,
+        };
+        write_json(&mut out, &self.metrics, &rec);
+        self.out = Some(out);
     }
 
     /// Turns finished exchanges into API calls: flow, destination name, identity, output.
@@ -537,6 +645,10 @@ impl Pipeline {
                     flow: flow.map_or(0, |f| f.id),
                     src: src.to_string(),
                     dst: dst.to_string(),
+                    dst_name: self
+                        .api
+                        .as_ref()
+                        .and_then(|a| a.names.resolve(hdr.cgroup_id, dst.ip(), hdr.ktime_ns)),
                     bytes_sent: closing.then_some(t.bytes_sent),
                     bytes_received: closing.then_some(t.bytes_received),
                     duration_ms: closing
@@ -568,6 +680,7 @@ impl Pipeline {
                     dst: flow.map(|f| f.remote.to_string()),
                 }
             }
+            Event::DnsAnswer(_) | Event::TlsSni(_) => Detail::Names {},
         };
         let process = self.process_view(hdr.pid);
         EventRecord {

@@ -185,6 +185,51 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 plaintext: tail::<nw_tls_data>(rec, t.captured, kind)?,
             })
         }
+        EventKind::DnsAnswer => {
+            let d: nw_dns_answer = read(rec, kind)?;
+            if d.captured > d.len || d.captured as usize > d.data.len() {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len: d.captured,
+                });
+            }
+            let start = std::mem::offset_of!(nw_dns_answer, data);
+            Event::DnsAnswer(DnsMessage {
+                hdr: header(&d.hdr),
+                ipv6: u32::from(d.hdr.flags) & NW_F_DNS_IPV6 != 0,
+                len: d.len,
+                message: rec.get(start..start + d.captured as usize).ok_or(
+                    DecodeError::BadLength {
+                        kind,
+                        len: d.captured,
+                    },
+                )?,
+            })
+        }
+        EventKind::TlsSni => {
+            let t: nw_tls_sni = read(rec, kind)?;
+            if t.name_len as usize > t.name.len() {
+                return Err(DecodeError::BadLength {
+                    kind,
+                    len: t.name_len,
+                });
+            }
+            let start = std::mem::offset_of!(nw_tls_sni, name);
+            Event::TlsSni(TlsSni {
+                hdr: header(&t.hdr),
+                session: t.session,
+                library: match u32::from(t.lib) {
+                    NW_TLS_GNUTLS => TlsLibrary::GnuTls,
+                    _ => TlsLibrary::OpenSsl,
+                },
+                name: rec.get(start..start + t.name_len as usize).ok_or(
+                    DecodeError::BadLength {
+                        kind,
+                        len: t.name_len,
+                    },
+                )?,
+            })
+        }
     })
 }
 
@@ -338,6 +383,83 @@ mod tests {
             f.path,
             OpenPath::Dentries(vec![&b"token"[..], &b"..data"[..]])
         );
+    }
+
+    fn dns_record(message: &[u8], len: u32) -> Vec<u8> {
+        let mut d = nw_dns_answer::default();
+        d.hdr = hdr(NW_EVENT_DNS_ANSWER, size_of::<nw_dns_answer>());
+        d.hdr.pid = 0;
+        d.hdr.tid = 0;
+        d.hdr.flags = NW_F_DNS_IPV6 as u16;
+        d.len = len;
+        d.captured = message.len() as u32;
+        d.data[..message.len()].copy_from_slice(message);
+        bytes(&d)
+    }
+
+    #[test]
+    fn decodes_dns_answer_prefix() {
+        let msg = b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00";
+        let rec = dns_record(msg, 700);
+        let Ok(Event::DnsAnswer(d)) = decode(&rec) else {
+            panic!("not a dns answer")
+        };
+        assert_eq!(d.message, msg);
+        assert_eq!(d.len, 700);
+        assert!(d.ipv6);
+        assert_eq!(d.hdr.cgroup_id, 7);
+        assert_eq!(d.hdr.pid, 0);
+        let shown = format!("{d:?}");
+        assert!(shown.contains("captured: 12"), "{shown}");
+        assert!(!shown.contains("18, 52"), "{shown}");
+    }
+
+    #[test]
+    fn dns_answer_lengths_are_checked() {
+        let mut d = nw_dns_answer::default();
+        d.hdr = hdr(NW_EVENT_DNS_ANSWER, size_of::<nw_dns_answer>());
+        d.len = 10;
+        d.captured = 20; // more than the message
+        assert!(matches!(
+            decode(&bytes(&d)),
+            Err(DecodeError::BadLength { .. })
+        ));
+        d.len = 4096;
+        d.captured = NW_DNS_CAPTURE_MAX + 1; // more than the record holds
+        assert!(matches!(
+            decode(&bytes(&d)),
+            Err(DecodeError::BadLength { .. })
+        ));
+        let rec = dns_record(b"abcdefghijkl", 12);
+        for cut in 0..rec.len() {
+            assert!(decode(&rec[..cut]).is_err(), "cut at {cut} decoded");
+        }
+    }
+
+    #[test]
+    fn decodes_tls_sni() {
+        let mut t = nw_tls_sni::default();
+        t.hdr = hdr(NW_EVENT_TLS_SNI, size_of::<nw_tls_sni>());
+        t.session = 0xdead_beef;
+        t.lib = NW_TLS_GNUTLS as u8;
+        let name = b"api.example.com";
+        for (i, &b) in name.iter().enumerate() {
+            t.name[i] = b as _;
+        }
+        t.name_len = name.len() as u32;
+        let rec = bytes(&t);
+        let Ok(Event::TlsSni(s)) = decode(&rec) else {
+            panic!("not sni")
+        };
+        assert_eq!(s.name, name);
+        assert_eq!(s.session, 0xdead_beef);
+        assert_eq!(s.library, TlsLibrary::GnuTls);
+        assert_eq!(s.hdr.pid, 100);
+        t.name_len = NW_SNI_MAX + 1;
+        assert!(matches!(
+            decode(&bytes(&t)),
+            Err(DecodeError::BadLength { .. })
+        ));
     }
 
     proptest::proptest! {

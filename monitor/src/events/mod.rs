@@ -134,6 +134,43 @@ impl std::fmt::Debug for TlsData<'_> {
     }
 }
 
+/// A UDP datagram from port 53 delivered to a socket on this host: a DNS
+/// response as some process received it. Not attributed to a process (it
+/// arrives in softirq): `hdr.pid`/`hdr.tid` are 0, `hdr.cgroup_id` is the
+/// receiving socket's cgroup.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DnsMessage<'a> {
+    pub hdr: Header,
+    /// Whether it came over IPv6.
+    pub ipv6: bool,
+    /// Full DNS message length; `message` may be a prefix of it.
+    pub len: u32,
+    pub message: &'a [u8],
+}
+
+impl std::fmt::Debug for DnsMessage<'_> {
+    // Lengths only, like every type that borrows captured bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsMessage")
+            .field("hdr", &self.hdr)
+            .field("ipv6", &self.ipv6)
+            .field("len", &self.len)
+            .field("captured", &self.message.len())
+            .finish()
+    }
+}
+
+/// A TLS client set the server name (SNI) of a session. The name is what the
+/// process passed, unvalidated: check it before use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSni<'a> {
+    pub hdr: Header,
+    /// Same key as [`TlsData::session`].
+    pub session: u64,
+    pub library: TlsLibrary,
+    pub name: &'a [u8],
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<'a> {
     Exec(Exec<'a>),
@@ -143,6 +180,8 @@ pub enum Event<'a> {
     TcpConnect(Tcp),
     TcpClose(Tcp),
     TlsData(TlsData<'a>),
+    DnsAnswer(DnsMessage<'a>),
+    TlsSni(TlsSni<'a>),
 }
 
 /// Event kinds, in the order of the kernel's enum (checked in decode's tests).
@@ -155,10 +194,12 @@ pub enum EventKind {
     TcpConnect,
     TcpClose,
     TlsData,
+    DnsAnswer,
+    TlsSni,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -166,6 +207,8 @@ impl EventKind {
         EventKind::TcpConnect,
         EventKind::TcpClose,
         EventKind::TlsData,
+        EventKind::DnsAnswer,
+        EventKind::TlsSni,
     ];
 
     pub fn name(self) -> &'static str {
@@ -177,6 +220,8 @@ impl EventKind {
             EventKind::TcpConnect => "tcp_connect",
             EventKind::TcpClose => "tcp_close",
             EventKind::TlsData => "tls_data",
+            EventKind::DnsAnswer => "dns_answer",
+            EventKind::TlsSni => "tls_sni",
         }
     }
 
@@ -191,6 +236,8 @@ impl EventKind {
             EventKind::TcpConnect => NW_EVENT_TCP_CONNECT,
             EventKind::TcpClose => NW_EVENT_TCP_CLOSE,
             EventKind::TlsData => NW_EVENT_TLS_DATA,
+            EventKind::DnsAnswer => NW_EVENT_DNS_ANSWER,
+            EventKind::TlsSni => NW_EVENT_TLS_SNI,
         }
     }
 
@@ -209,6 +256,8 @@ impl Event<'_> {
             Event::TcpConnect(_) => EventKind::TcpConnect,
             Event::TcpClose(_) => EventKind::TcpClose,
             Event::TlsData(_) => EventKind::TlsData,
+            Event::DnsAnswer(_) => EventKind::DnsAnswer,
+            Event::TlsSni(_) => EventKind::TlsSni,
         }
     }
 
@@ -220,6 +269,8 @@ impl Event<'_> {
             Event::FileOpen(e) => &e.hdr,
             Event::TcpConnect(e) | Event::TcpClose(e) => &e.hdr,
             Event::TlsData(e) => &e.hdr,
+            Event::DnsAnswer(e) => &e.hdr,
+            Event::TlsSni(e) => &e.hdr,
         }
     }
 }

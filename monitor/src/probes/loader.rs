@@ -7,7 +7,10 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, BtfTracePoint, TracePoint, UProbe},
+    programs::{
+        links::CgroupAttachMode, uprobe::UProbeScope, BtfTracePoint, CgroupSkb,
+        CgroupSkbAttachType, TracePoint, UProbe,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -74,7 +77,7 @@ const TCP_PROBES: [(&str, &str); 3] = [
     ("handle_sock_send", "sock_send_length"),
     ("handle_sock_recv", "sock_recv_length"),
 ];
-const UPROBE_PROGRAMS: [&str; 9] = [
+const UPROBE_PROGRAMS: [&str; 11] = [
     "ssl_write",
     "ssl_read",
     "ssl_write_ex",
@@ -84,7 +87,11 @@ const UPROBE_PROGRAMS: [&str; 9] = [
     "gnutls_send",
     "gnutls_recv",
     "gnutls_ret",
+    "ssl_ctrl_sni",
+    "gnutls_sni",
 ];
+/// Sees DNS responses delivered to any socket below the cgroup v2 root.
+const DNS_PROGRAM: &str = "dns_ingress";
 
 /// The loaded, attached sensors and the maps the daemon keeps talking to.
 pub struct Sensors {
@@ -207,6 +214,9 @@ impl Sensors {
         };
         record("core", "canary", "kernel", canary);
 
+        let (cgroup_root, r) = attach_dns(&mut bpf);
+        record("dns", DNS_PROGRAM, &cgroup_root, r);
+
         let mut uprobes_loaded = true;
         for prog in UPROBE_PROGRAMS {
             if let Err(e) = load_uprobe(&mut bpf, prog) {
@@ -256,7 +266,7 @@ impl Sensors {
             }
         }
 
-        let attached_groups: Vec<&str> = ["process/", "files/", "tcp/", "tls/"]
+        let attached_groups: Vec<&str> = ["process/", "files/", "tcp/", "tls/", "dns/"]
             .into_iter()
             .filter(|g| {
                 sensors
@@ -299,6 +309,15 @@ impl Sensors {
             any |= r.is_ok();
             self.statuses.push(ProbeStatus {
                 probe: format!("tls/{sym}"),
+                target: target.clone(),
+                error: r.err(),
+            });
+        }
+        let (sni_sym, sni_prog) = t.family.sni_probe();
+        if any && t.symbols.contains(&sni_sym) {
+            let r = attach_uprobe(&mut self.bpf, sni_prog, sni_sym, &t.path);
+            self.statuses.push(ProbeStatus {
+                probe: format!("tls/{sni_sym}"),
                 target: target.clone(),
                 error: r.err(),
             });
@@ -363,6 +382,46 @@ fn attach_tracepoint(bpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> 
     p.attach(category, name)
         .map_err(|e| format!("attach {category}/{name}: {e}"))?;
     Ok(())
+}
+
+/// The cgroup v2 hierarchy: hybrid hosts mount it at [`crate::CGROUP_V2_ROOT`],
+/// unified ones at /sys/fs/cgroup.
+fn cgroup_v2_root() -> Option<PathBuf> {
+    [crate::CGROUP_V2_ROOT, "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+}
+
+/// Attaches the DNS answer sensor to the root cgroup, so it sees every socket on
+/// the host, alongside (never instead of) programs others attached there.
+fn attach_dns(bpf: &mut Ebpf) -> (String, Result<(), String>) {
+    let Some(root) = cgroup_v2_root() else {
+        return (
+            crate::CGROUP_V2_ROOT.into(),
+            Err("no cgroup v2 hierarchy mounted: DNS answers are not seen".into()),
+        );
+    };
+    let shown = root.display().to_string();
+    let r = (|| {
+        let p: &mut CgroupSkb = bpf
+            .program_mut(DNS_PROGRAM)
+            .ok_or("program missing from object")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        p.load().map_err(|e| format!("load: {e}"))?;
+        let dir = std::fs::File::open(&root).map_err(|e| format!("open: {e}"))?;
+        p.attach(
+            &dir,
+            CgroupSkbAttachType::Ingress,
+            // Links (kernel >= 5.7) always coexist with other programs on the
+            // cgroup and take no flags: ALLOW_MULTI makes bpf_link_create fail.
+            CgroupAttachMode::Single,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("attach cgroup_skb/ingress: {e}"))
+    })();
+    (shown, r)
 }
 
 fn load_uprobe(bpf: &mut Ebpf, prog: &str) -> Result<(), String> {

@@ -28,6 +28,12 @@ pub const GNUTLS_PROBES: [(&str, &str, &str); 2] = [
     ("gnutls_record_recv", "gnutls_recv", "gnutls_ret"),
 ];
 
+/// (symbol, entry program) that report the server name a client sets (SNI).
+/// Entry only: the name is an argument. `SSL_set_tlsext_host_name` is a macro
+/// for `SSL_ctrl`, so `SSL_ctrl` is probed and the kernel keeps only that command.
+pub const OPENSSL_SNI_PROBE: (&str, &str) = ("SSL_ctrl", "ssl_ctrl_sni");
+pub const GNUTLS_SNI_PROBE: (&str, &str) = ("gnutls_server_name_set", "gnutls_sni");
+
 impl TlsFamily {
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +48,14 @@ impl TlsFamily {
             TlsFamily::GnuTls => &GNUTLS_PROBES,
         }
     }
+
+    /// The function that sets the SNI name, and the program that reports it.
+    pub fn sni_probe(self) -> (&'static str, &'static str) {
+        match self {
+            TlsFamily::OpenSsl => OPENSSL_SNI_PROBE,
+            TlsFamily::GnuTls => GNUTLS_SNI_PROBE,
+        }
+    }
 }
 
 /// A file to put uprobes on, and which of the probed symbols it defines.
@@ -50,10 +64,13 @@ pub struct TlsTarget {
     /// Path usable from the daemon's mount namespace (may go through /proc/PID/root).
     pub path: PathBuf,
     pub family: TlsFamily,
+    /// Data symbols first, then the SNI setter when defined.
     pub symbols: Vec<&'static str>,
 }
 
 /// Which probed symbols an ELF file defines (exported, not merely imported).
+/// A file counts as a TLS library only if it defines a data function; its SNI
+/// setter is then listed too.
 pub fn exported_tls_symbols(path: &Path) -> Option<(TlsFamily, Vec<&'static str>)> {
     let file = fs::File::open(path).ok()?;
     // SAFETY: read-only private mapping; a concurrent truncation could SIGBUS, which
@@ -66,13 +83,17 @@ pub fn exported_tls_symbols(path: &Path) -> Option<(TlsFamily, Vec<&'static str>
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect();
     for family in [TlsFamily::OpenSsl, TlsFamily::GnuTls] {
-        let syms: Vec<&'static str> = family
+        let mut syms: Vec<&'static str> = family
             .probes()
             .iter()
             .map(|p| p.0)
             .filter(|s| defined.iter().any(|d| d == s))
             .collect();
         if !syms.is_empty() {
+            let sni = family.sni_probe().0;
+            if defined.iter().any(|d| d == sni) {
+                syms.push(sni);
+            }
             return Some((family, syms));
         }
     }
@@ -211,6 +232,7 @@ mod tests {
             .collect();
         assert!(!ssl.is_empty(), "libssl present on this machine");
         assert!(ssl[0].symbols.contains(&"SSL_write"));
+        assert!(ssl[0].symbols.contains(&"SSL_ctrl"), "SNI setter found");
         let again = d.scan_dirs(&[PathBuf::from("/usr/lib")]);
         assert!(again.is_empty());
     }
