@@ -406,7 +406,6 @@ impl Http1Conn {
             p.desync = true;
             p.request_bytes = p.request_bytes.saturating_add(seen);
         }
-        self.req.state = ReqState::Lost;
         self.request_ended(seq, sink);
         self.req.state = ReqState::Lost;
     }
