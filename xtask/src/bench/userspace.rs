@@ -33,6 +33,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
     };
     let resolve_ns = value("identity_resolve_cached")?;
     let drain = value("pipeline_drain_one_core")?;
+    let h1_mb = value("api_calls_http1_mb")?;
+    let h1_calls = value("api_calls_http1_calls")?;
+    let h2_mb = value("api_calls_http2_mb")?;
+    let h2_calls = value("api_calls_http2_calls")?;
+    let slowest = h1_calls.min(h2_calls);
     let body = format!(
         "Source: `monitor/benches/pipeline.rs`, run as `cargo bench -p nhiwatch --bench pipeline` (release, one thread, \
          median of 7 runs, no kernel involved, so this measures the daemon's own code).\n\n\
@@ -40,7 +45,16 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          | Cached identity resolution (cgroup id + uid + exe → SPIFFE identity) | {resolve_ns:.0} ns/event |\n\
          | Decode + process/flow tables + identity + metrics, TCP records, no output | {drain:.0} events/s |\n\n\
          The second line is the daemon's drain capacity on one core when the kernel is not the limit: compare \
-         benchmark 3, where the producer saturates first.\n"
+         benchmark 3, where the producer saturates first.\n\n\
+         **TLS plaintext → API calls** (decode → session table → HTTP parser → path template, query keys, \
+         credential kind, JWT claims and HMAC fingerprint → `ApiCall` → metrics; no output), 16 concurrent \
+         sessions × 64 keep-alive exchanges, full plaintext captured:\n\n\
+         | Conversation | Plaintext | API calls |\n|---|---:|---:|\n\
+         | HTTP/1.1: FHIR GETs with a JWT bearer, 1 KiB JSON responses | {h1_mb:.1} MB/s | {h1_calls:.0} calls/s |\n\
+         | HTTP/2: LLM-style POSTs with an API key (HPACK dynamic table in use), 1 KiB DATA responses | {h2_mb:.1} MB/s | {h2_calls:.0} calls/s |\n\n\
+         For scale: in benchmark 2 one core issues a traced HTTPS request every ≈ 105 µs (≈ 9,500 requests/s \
+         per core, ≈ 19,000/s on both cores of this machine), so parsing on one core keeps up with several \
+         times what the traced clients can produce here.\n"
     );
     Ok(Section {
         title: String::new(),
@@ -61,6 +75,19 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
                         .into(),
                 measured: format!("{drain:.0} events/s"),
                 verdict: if drain >= 300_000.0 {
+                    "**met**".into()
+                } else {
+                    "**missed**".into()
+                },
+            },
+            SummaryRow {
+                target: "4c. API call parsing not the bottleneck (≥ 50,000 calls/s on one core, \
+                         > 2.5× the traced HTTPS request rate of both cores in benchmark 2)"
+                    .into(),
+                measured: format!(
+                    "HTTP/1.1 {h1_calls:.0} calls/s ({h1_mb:.0} MB/s), HTTP/2 {h2_calls:.0} calls/s ({h2_mb:.0} MB/s)"
+                ),
+                verdict: if slowest >= 50_000.0 {
                     "**met**".into()
                 } else {
                     "**missed**".into()
