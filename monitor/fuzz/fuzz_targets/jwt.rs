@@ -76,14 +76,20 @@ fn no_echo(secret: &[u8], c: &CredentialSummary) {
         jwt: c.jwt.as_ref().map(|_| JwtClaims::default()),
         ..c.clone()
     };
-    let fixed = [serde_json::to_vec(&skeleton).unwrap(), format!("{skeleton:?}").into_bytes()];
+    let fixed = [
+        serde_json::to_vec(&skeleton).unwrap(),
+        format!("{skeleton:?}").into_bytes(),
+    ];
     if fixed.iter().any(|f| contains(f, secret)) {
         return;
     }
     let json = serde_json::to_vec(c).unwrap();
     let debug = format!("{c:?}");
     assert!(!contains(&json, secret), "secret echoed in JSON");
-    assert!(!contains(debug.as_bytes(), secret), "secret echoed in Debug");
+    assert!(
+        !contains(debug.as_bytes(), secret),
+        "secret echoed in Debug"
+    );
     // Escaping in JSON/Debug could hide an echo: check the raw strings too.
     let mut strings: Vec<&str> = c.jwt.as_ref().map(check_claims).unwrap_or_default();
     strings.extend(c.username.as_deref());
@@ -108,19 +114,33 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let name = NAMES[usize::from(sel.first().copied().unwrap_or(0)) % NAMES.len()];
     let scheme = SCHEMES[usize::from(sel.get(1).copied().unwrap_or(0)) % SCHEMES.len()];
     let value = [scheme, token].concat();
-    let out = classify(&[Header { name, value: &value }], &fp, NOW);
+    let out = classify(
+        &[Header {
+            name,
+            value: &value,
+        }],
+        &fp,
+        NOW,
+    );
     assert!(out.len() <= 1);
     if name == b"cookie" {
         assert!(out.is_empty(), "cookies are out of scope");
     }
     for c in &out {
-        let hex = c.fingerprint.strip_prefix("hmac-sha256:").expect("fingerprint prefix");
+        let hex = c
+            .fingerprint
+            .strip_prefix("hmac-sha256:")
+            .expect("fingerprint prefix");
         assert!(hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-        assert!(c.username.as_ref().is_none_or(|u| u.chars().count() <= MAX_CLAIM_CHARS));
+        assert!(c
+            .username
+            .as_ref()
+            .is_none_or(|u| u.chars().count() <= MAX_CLAIM_CHARS));
         assert_eq!(c.kind == CredentialKind::Jwt, c.jwt.is_some());
         // The only free-text field besides the checked ones: it must be the header name.
         assert_eq!(c.header.as_bytes(), name.to_ascii_lowercase());
-        let bearer = name.eq_ignore_ascii_case(b"authorization") && scheme.eq_ignore_ascii_case(b"bearer ");
+        let bearer =
+            name.eq_ignore_ascii_case(b"authorization") && scheme.eq_ignore_ascii_case(b"bearer ");
         if bearer {
             // The fingerprint covers the token and nothing else, so every client sending it agrees.
             assert_eq!(c.fingerprint, fp.fingerprint(trim(token)));
