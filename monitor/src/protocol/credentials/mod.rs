@@ -254,7 +254,8 @@ fn basic(header: &'static str, value: &[u8], fp: &Fingerprinter) -> CredentialSu
     let Some(colon) = decoded.iter().position(|&b| b == b':') else {
         return c;
     };
-    let (user, pass) = (&decoded[..colon], &decoded[colon + 1..]);
+    let (user, pass) = decoded.split_at(colon);
+    let pass = pass.get(1..).unwrap_or_default();
     if let Some(f) = vendor::by_prefix(pass) {
         // e.g. git over HTTPS: `x-access-token:ghs_…`, registries: `oauth2accesstoken:ya29.…`.
         c.set_format(f);
@@ -283,10 +284,9 @@ fn sigv4(header: &'static str, value: &[u8], fp: &Fingerprinter) -> CredentialSu
         .split(|&b| b == b',')
         .map(trim)
         .find_map(|p| {
-            let eq = p.iter().position(|&b| b == b'=')?;
-            p[..eq]
-                .eq_ignore_ascii_case(b"credential")
-                .then(|| &p[eq + 1..])
+            let (key, value) = p.split_at(p.iter().position(|&b| b == b'=')?);
+            key.eq_ignore_ascii_case(b"credential")
+                .then(|| value.get(1..).unwrap_or_default())
         })
         .unwrap_or_default();
     let akid = credential.split(|&b| b == b'/').next().unwrap_or_default();
