@@ -882,8 +882,16 @@ impl Http2Conn {
                 }
                 return; // otherwise reset or evicted already
             }
-            // Its request fell into a write-side gap: count the call, guess nothing.
+            // Its request fell into a write-side gap: count the call, guess
+            // nothing. Raising the bounds keeps one exchange per stream id.
             self.last_client_stream = self.last_client_stream.max(id);
+            for w in self
+                .lost_windows
+                .iter_mut()
+                .filter(|w| w.0 < id && id < w.1)
+            {
+                w.0 = id;
+            }
             self.open(
                 id,
                 Stream {
@@ -976,10 +984,8 @@ impl Http2Conn {
 fn status_of(list: &HeaderList) -> Option<u16> {
     let (_, v) = list.iter().find(|(n, _)| n == b":status")?;
     let s = std::str::from_utf8(v).ok()?;
-    if s.len() != 3 {
-        return None;
-    }
-    s.parse().ok()
+    let code: u16 = s.parse().ok()?;
+    (s.len() == 3 && code >= 100).then_some(code)
 }
 
 /// Hands the head to the sink; None when the pseudo-headers are unusable.
