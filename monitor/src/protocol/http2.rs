@@ -459,6 +459,8 @@ impl Http2Conn {
             self.emit(id, end, sink);
         }
         for s in &mut self.sides {
+            s.hdr_len = 0;
+            s.remaining = 0;
             wipe(&mut s.payload);
             if let Some(mut b) = s.block.take() {
                 wipe(&mut b.buf);
@@ -2183,6 +2185,18 @@ mod tests {
             paths,
             vec![Some("/".into()), None, Some("/still-in-sync".into())]
         );
+    }
+
+    #[test]
+    fn finish_drops_a_partial_frame_header() {
+        // Found by the fuzzer: 8 bytes of a frame header outlived finish().
+        let mut w = client_start();
+        w.extend(&frame(HEADERS, FLAG_END_HEADERS, 1, &[0x82])[..8]);
+        let (mut conn, mut sink) = run(&[(W, 1, w)]);
+        assert_eq!(conn.buffered(), 8);
+        conn.finish(ExchangeEnd::Aborted, &mut sink);
+        assert_eq!(conn.buffered(), 0);
+        assert!(conn.is_done());
     }
 
     #[test]
