@@ -459,6 +459,8 @@ impl Http2Conn {
             self.emit(id, end, sink);
         }
         for s in &mut self.sides {
+            s.hdr_len = 0;
+            s.remaining = 0;
             wipe(&mut s.payload);
             if let Some(mut b) = s.block.take() {
                 wipe(&mut b.buf);
@@ -882,8 +884,16 @@ impl Http2Conn {
                 }
                 return; // otherwise reset or evicted already
             }
-            // Its request fell into a write-side gap: count the call, guess nothing.
+            // Its request fell into a write-side gap: count the call, guess
+            // nothing. Raising the bounds keeps one exchange per stream id.
             self.last_client_stream = self.last_client_stream.max(id);
+            for w in self
+                .lost_windows
+                .iter_mut()
+                .filter(|w| w.0 < id && id < w.1)
+            {
+                w.0 = id;
+            }
             self.open(
                 id,
                 Stream {
@@ -976,10 +986,8 @@ impl Http2Conn {
 fn status_of(list: &HeaderList) -> Option<u16> {
     let (_, v) = list.iter().find(|(n, _)| n == b":status")?;
     let s = std::str::from_utf8(v).ok()?;
-    if s.len() != 3 {
-        return None;
-    }
-    s.parse().ok()
+    let code: u16 = s.parse().ok()?;
+    (s.len() == 3 && code >= 100).then_some(code)
 }
 
 /// Hands the head to the sink; None when the pseudo-headers are unusable.
@@ -2177,6 +2185,18 @@ mod tests {
             paths,
             vec![Some("/".into()), None, Some("/still-in-sync".into())]
         );
+    }
+
+    #[test]
+    fn finish_drops_a_partial_frame_header() {
+        // Found by the fuzzer: 8 bytes of a frame header outlived finish().
+        let mut w = client_start();
+        w.extend(&frame(HEADERS, FLAG_END_HEADERS, 1, &[0x82])[..8]);
+        let (mut conn, mut sink) = run(&[(W, 1, w)]);
+        assert_eq!(conn.buffered(), 8);
+        conn.finish(ExchangeEnd::Aborted, &mut sink);
+        assert_eq!(conn.buffered(), 0);
+        assert!(conn.is_done());
     }
 
     #[test]
