@@ -163,10 +163,17 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An HTTP/2 connection with 64 requests (HPACK dynamic table in use), each answered with 1 KiB of DATA.
+/// An HPACK string literal, Huffman-encoded as curl/nghttp2, Go and gRPC send them.
+fn hstr(s: &[u8]) -> Vec<u8> {
+    let e = loona_hpack::huffman::encode(s);
+    assert!(e.len() < 127, "one-byte length prefix");
+    [vec![0x80 | e.len() as u8], e].concat()
+}
+
+/// An HTTP/2 connection with 64 requests, each answered with 1 KiB of DATA. Header
+/// blocks are shaped like nghttp2's: Huffman strings, the first request's authority,
+/// content type and API key added to the dynamic table and referenced by index after.
 fn http2_conversation() -> Conversation {
-    let mut req = loona_hpack::Encoder::new();
-    let mut resp = loona_hpack::Encoder::new();
     let mut c = vec![(
         false,
         [
@@ -179,21 +186,33 @@ fn http2_conversation() -> Conversation {
     for i in 0..64u32 {
         let stream = 1 + 2 * i;
         let path = format!("/v1/projects/p-{}/messages?beta=true", 1000 + i);
-        let block = req.encode([
-            (&b":method"[..], &b"POST"[..]),
-            (b":scheme", b"https"),
-            (b":authority", b"api.llm.example"),
-            (b":path", path.as_bytes()),
-            (b"content-type", b"application/json"),
-            (b"x-api-key", b"sk-ant-api03-benchmarkbenchmarkbenchmark"),
-        ]);
+        // :method POST, :scheme https (static), then the rest.
+        let mut block = vec![0x83, 0x87];
+        if i == 0 {
+            block.push(0x41); // :authority, incremental indexing → dynamic 64 after three inserts
+            block.extend(hstr(b"api.llm.example"));
+            block.push(0x04); // :path, without indexing
+            block.extend(hstr(path.as_bytes()));
+            block.push(0x5f); // content-type → 63
+            block.extend(hstr(b"application/json"));
+            block.push(0x40); // x-api-key, new name → 62
+            block.extend(hstr(b"x-api-key"));
+            block.extend(hstr(b"sk-ant-api03-benchmarkbenchmarkbenchmark"));
+        } else {
+            block.push(0x80 | 64);
+            block.push(0x04);
+            block.extend(hstr(path.as_bytes()));
+            block.extend([0x80 | 63, 0x80 | 62]);
+        }
         let mut w = frame(1, 0x4, stream, &block);
         w.extend(frame(0, 0x1, stream, &[b'{'; 512]));
         c.push((false, w));
-        let block = resp.encode([
-            (&b":status"[..], &b"200"[..]),
-            (b"content-type", b"application/json"),
-        ]);
+        // :status 200 (static), content-type (dynamic 62 after the first response).
+        let block = if i == 0 {
+            [vec![0x88, 0x5f], hstr(b"application/json")].concat()
+        } else {
+            vec![0x88, 0x80 | 62]
+        };
         let mut r = frame(1, 0x4, stream, &block);
         r.extend(frame(0, 0x1, stream, &[b'x'; 1024]));
         c.push((true, r));
