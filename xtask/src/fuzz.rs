@@ -51,11 +51,30 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
                 "-print_final_stats=1",
             ]);
         eprintln!("xtask: fuzzing {target} for {seconds} s");
+        // libFuzzer reports every new input; keep that in a log and show the totals.
+        let log_path = root.join("target/fuzz-logs").join(format!("{target}.log"));
+        std::fs::create_dir_all(log_path.parent().expect("has a parent"))?;
+        let log = std::fs::File::create(&log_path)?;
         let status = cmd
+            .stderr(log)
             .status()
             .with_context(|| format!("starting cargo fuzz for {target}"))?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         if !status.success() {
-            bail!("fuzz target {target} failed ({status}): see monitor/fuzz/artifacts/{target}/");
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            bail!(
+                "fuzz target {target} failed ({status}): input in monitor/fuzz/artifacts/{target}/, log {}",
+                log_path.display()
+            );
+        }
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("stat::") || l.starts_with("Done "))
+        {
+            eprintln!("xtask: {target}: {l}");
         }
     }
     Ok(())
