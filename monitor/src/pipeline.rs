@@ -150,18 +150,6 @@ enum NameDetail {
 }
 
 #[derive(Serialize)]
-struct NameRecord<'a> {
-    time: String,
-    kind: &'static str,
-    pid: u32,
-    cgroup_id: u64,
-    identity: IdentityView<'a>,
-    process: ProcessView<'a>,
-    #[serde(flatten)]
-    detail: NameDetail,
-}
-
-#[derive(Serialize)]
 struct EventRecord<'a> {
     time: String,
     kind: &'static str,
@@ -174,9 +162,10 @@ struct EventRecord<'a> {
     detail: Detail<'a>,
 }
 
-/// An API call as `--events` prints it: the common fields, then the call.
+/// What `--events` prints for observations derived from kernel records (API
+/// calls, names learnt): the common fields, then the observation's own.
 #[derive(Serialize)]
-struct ApiCallRecord<'a> {
+struct ObservationRecord<'a, D: Serialize> {
     time: String,
     kind: &'static str,
     pid: u32,
@@ -184,7 +173,7 @@ struct ApiCallRecord<'a> {
     identity: IdentityView<'a>,
     process: ProcessView<'a>,
     #[serde(flatten)]
-    call: &'a ApiCall,
+    detail: D,
 }
 
 /// Stage state for everything above the kernel.
@@ -431,7 +420,7 @@ impl Pipeline {
             hdr.cgroup_id,
             self.procs.get(hdr.pid).filter(|_| hdr.pid != 0),
         );
-        let rec = NameRecord {
+        let rec = ObservationRecord {
             time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
             kind: ev.kind().name(),
             pid: hdr.pid,
@@ -503,15 +492,15 @@ impl Pipeline {
         cgroup_id: u64,
         call: &'a ApiCall,
         attributed: &'a Attributed,
-    ) -> ApiCallRecord<'a> {
-        ApiCallRecord {
+    ) -> ObservationRecord<'a, &'a ApiCall> {
+        ObservationRecord {
             time: humantime::format_rfc3339_nanos(self.clock.wall(call.ktime_ns)).to_string(),
             kind: "api_call",
             pid,
             cgroup_id,
             identity: attributed.view(),
             process: self.process_view(pid),
-            call,
+            detail: call,
         }
     }
 
