@@ -108,7 +108,7 @@ fn test(root: &Path, filter: Option<String>) -> Result<()> {
     unit.args(["test", "-p", "nhiwatch", "-p", "xtask"]);
     run_counted(&mut unit, &mut tally)?;
     // Each parser's fuzz target, briefly: a crash fails the run.
-    fuzz::run(root, 15, None)?;
+    fuzz::run_brief(root, 15)?;
     // Privileged: the real probes against real clients and servers.
     let bin = root.join("target/debug/nhiwatch");
     let mut args = vec!["test", "-p", "nhiwatch-e2e", "--", "--test-threads=1"];
