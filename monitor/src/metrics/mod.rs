@@ -84,9 +84,14 @@ pub struct RoleLabel {
     pub role: String,
 }
 
-/// The TLS → API call stage's counters.
+/// The TLS → API call stage's counters; the per-call ones are resolved once so
+/// that counting a call touches one atomic, not a label map.
 #[derive(Default)]
 pub struct ApiMetrics {
+    /// `calls` by protocol × end, in `Protocol::ALL` × `ExchangeEnd::ALL` order.
+    calls_by_label: Vec<Counter>,
+    /// `credentials` in `CredentialKind::ALL` order.
+    credentials_by_kind: Vec<Counter>,
     pub calls: Family<CallLabel, Counter>,
     pub anomalies: Family<AnomalyLabel, Counter>,
     pub credentials: Family<KindLabel, Counter>,
@@ -98,6 +103,33 @@ pub struct ApiMetrics {
 }
 
 impl ApiMetrics {
+    fn new() -> ApiMetrics {
+        use crate::protocol::{CredentialKind, ExchangeEnd, Protocol};
+        let mut m = ApiMetrics::default();
+        for p in Protocol::ALL {
+            for e in ExchangeEnd::ALL {
+                let c = m
+                    .calls
+                    .get_or_create(&CallLabel {
+                        protocol: p.name().into(),
+                        end: e.name().into(),
+                    })
+                    .clone();
+                m.calls_by_label.push(c);
+            }
+        }
+        for k in CredentialKind::ALL {
+            let c = m
+                .credentials
+                .get_or_create(&KindLabel {
+                    kind: k.name().into(),
+                })
+                .clone();
+            m.credentials_by_kind.push(c);
+        }
+        m
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "api_calls",
@@ -291,7 +323,7 @@ impl Metrics {
             "Failed requests to the kubelet or API server for pod metadata",
             pod_source_errors.clone(),
         );
-        let api = ApiMetrics::default();
+        let api = ApiMetrics::new();
         api.register(&mut registry);
         registry.register(
             "build",

@@ -18,7 +18,7 @@ pub mod sessions;
 use serde::Serialize;
 
 pub use crate::events::Direction;
-pub use credentials::CredentialSummary;
+pub use credentials::{CredentialKind, CredentialSummary};
 
 /// One TLS library call's plaintext, as the sensors delivered it.
 #[derive(Clone, Copy)]
@@ -105,6 +105,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
@@ -148,6 +150,25 @@ pub enum ExchangeEnd {
     Timeout,
 }
 
+impl ExchangeEnd {
+    pub const ALL: [ExchangeEnd; 4] = [
+        ExchangeEnd::Complete,
+        ExchangeEnd::Aborted,
+        ExchangeEnd::Desync,
+        ExchangeEnd::Timeout,
+    ];
+
+    /// The serialized name, for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeEnd::Complete => "complete",
+            ExchangeEnd::Aborted => "aborted",
+            ExchangeEnd::Desync => "desync",
+            ExchangeEnd::Timeout => "timeout",
+        }
+    }
+}
+
 /// Something a parser could not handle: counted, never guessed around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Anomaly {
@@ -180,6 +201,25 @@ impl Default for Limits {
         Limits {
             max_head_bytes: 32 * 1024,
             max_in_flight: 128,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_are_the_serialized_names() {
+        let json = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        for e in ExchangeEnd::ALL {
+            assert_eq!(json(serde_json::to_value(e).unwrap()), e.name());
+        }
+        for k in CredentialKind::ALL {
+            assert_eq!(json(serde_json::to_value(k).unwrap()), k.name());
+        }
+        for p in Protocol::ALL {
+            assert_eq!(json(serde_json::to_value(p).unwrap()), p.name());
         }
     }
 }

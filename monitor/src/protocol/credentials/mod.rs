@@ -54,6 +54,27 @@ pub enum CredentialKind {
     AwsSigv4,
 }
 
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 5] = [
+        CredentialKind::Jwt,
+        CredentialKind::Bearer,
+        CredentialKind::Basic,
+        CredentialKind::ApiKey,
+        CredentialKind::AwsSigv4,
+    ];
+
+    /// The serialized name, for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::Jwt => "jwt",
+            CredentialKind::Bearer => "bearer",
+            CredentialKind::Basic => "basic",
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::AwsSigv4 => "aws_sigv4",
+        }
+    }
+}
+
 /// Non-secret JWT claims. Strings are length-capped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct JwtClaims {
