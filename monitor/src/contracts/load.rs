@@ -605,10 +605,12 @@ impl Loader {
                             _ => None,
                         };
                         if let Some((mine, theirs, scope)) = clash {
-                            let at = doc_b.locate(
-                                Some(if mb.file.is_some() { "file" } else { "paths" }),
-                                Some(&mine),
-                            );
+                            let at = match (&mb.file, &mb.host, &mb.paths) {
+                                (Some(_), _, _) => doc_b.locate(Some("file"), Some(&mine)),
+                                (None, _, Some(_)) => doc_b.locate(Some("paths"), Some(&mine)),
+                                // No paths: the whole host is claimed, so point at the host.
+                                (None, host, None) => doc_b.locate(Some("host"), host.as_deref()),
+                            };
                             self.errors.push(doc_b.error(
                                 at,
                                 format!("data source {:?} matches {mine:?} on {scope}, which overlaps {theirs:?} of data source {:?}", b.metadata.name, a.metadata.name),

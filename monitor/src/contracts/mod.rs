@@ -131,3 +131,6 @@ impl fmt::Display for RuleError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
