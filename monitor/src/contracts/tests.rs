@@ -443,3 +443,69 @@ fn paths_directories_and_missing_files() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The editor schema is written by hand: check it parses and that its enums are exactly what the
+/// loader accepts (a schema value the loader rejects fails here; the counts come from exhaustive
+/// matches, so a variant added in Rust breaks the build of this test until the schema follows). Full validation of the shipped
+/// rules against it was done with Python's jsonschema; no light Rust validator was added for it.
+#[test]
+fn json_schema_agrees_with_the_loader() {
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rules/schema/nhiwatch-rules.schema.json"
+    ));
+    let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+    let values = |def: &str| -> Vec<String> {
+        schema["$defs"][def]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("$defs.{def}.enum"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    fn all_parse<T: serde::de::DeserializeOwned + serde::Serialize>(vals: &[String], n: usize) {
+        for v in vals {
+            let t: T = serde_json::from_value(serde_json::Value::String(v.clone()))
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(
+                serde_json::to_value(&t).unwrap(),
+                serde_json::Value::String(v.clone())
+            );
+        }
+        assert_eq!(vals.len(), n, "{vals:?}");
+    }
+    use Classification as C;
+    use CredentialKind as K;
+    let classes = |c: C| match c {
+        C::Phi
+        | C::Pii
+        | C::Financial
+        | C::Credentials
+        | C::Telemetry
+        | C::Internal
+        | C::Public => 7,
+    };
+    let methods = |m: Method| match m {
+        Method::Get
+        | Method::Head
+        | Method::Post
+        | Method::Put
+        | Method::Patch
+        | Method::Delete
+        | Method::Options => 7,
+    };
+    let kinds = |k: K| match k {
+        K::Jwt | K::Bearer | K::Basic | K::ApiKey | K::AwsSigv4 => 5,
+    };
+    let sharing = |s: Sharing| match s {
+        Sharing::Forbidden | Sharing::Allowed => 2,
+    };
+    all_parse::<Classification>(&values("classification"), classes(C::Phi));
+    all_parse::<Method>(&values("method"), methods(Method::Get));
+    all_parse::<CredentialKind>(&values("credentialKind"), kinds(K::Jwt));
+    all_parse::<Sharing>(&values("sharing"), sharing(Sharing::Allowed));
+    assert_eq!(
+        schema["properties"]["apiVersion"]["const"],
+        schema::API_VERSION
+    );
+}
