@@ -51,6 +51,13 @@ pub enum Command {
         /// Configuration file (YAML).
         file: PathBuf,
     },
+    /// Validate access contracts and data sources (files, or directories of *.yaml/*.yml).
+    /// Prints every error as FILE:LINE:COLUMN and exits with status 2 if there is any.
+    Check {
+        /// Rules files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +101,30 @@ pub fn main() -> anyhow::Result<()> {
                 cfg.sensors.files.watch.len()
             );
             Ok(())
+        }
+        Command::Check { paths } => check(&paths),
+    }
+}
+
+/// `nhiwatch check`: exit status 2 on invalid rules, like a compiler, so scripts can tell it
+/// from a crash (1).
+fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
+    match crate::contracts::load_paths(paths) {
+        Ok(set) => {
+            println!(
+                "ok: {} data sources, {} contracts",
+                set.data_sources.len(),
+                set.contracts.len()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors {
+                let _ = writeln!(err, "{e}");
+            }
+            let _ = writeln!(err, "{} error(s)", errors.len());
+            std::process::exit(2);
         }
     }
 }

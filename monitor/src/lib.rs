@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contracts;
 pub mod events;
 pub mod identity;
 pub mod metrics;

@@ -1,0 +1,136 @@
+//! Access contracts and the data-source catalogue: takes rules YAML files, gives a validated `RuleSet` or every error with its place.
+
+mod load;
+pub mod schema;
+mod values;
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use globset::GlobMatcher;
+
+pub use load::{load_paths, load_str, load_texts};
+pub use schema::{Classification, CredentialKindSpec as CredentialKind, Method, Sharing};
+pub use values::Date;
+
+use crate::identity::selectors::SelectorRule;
+
+/// Where a rule came from, so later findings can name the file and line that decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// Every data source and contract of a rules directory, names resolved and globs compiled.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    pub data_sources: Vec<DataSource>,
+    pub contracts: Vec<AccessContract>,
+}
+
+#[derive(Debug)]
+pub struct DataSource {
+    pub name: String,
+    pub classification: Classification,
+    pub matchers: Vec<Matcher>,
+    pub origin: Origin,
+}
+
+#[derive(Debug)]
+pub enum Matcher {
+    /// An HTTP API: the host (a glob, lowercased) and the request paths (globs) it serves.
+    Http {
+        host: String,
+        host_glob: GlobMatcher,
+        paths: Vec<GlobMatcher>,
+    },
+    /// Files on the host, by path glob.
+    File { glob: GlobMatcher },
+}
+
+#[derive(Debug)]
+pub enum Subject {
+    Identity(String),
+    Selectors(SelectorRule),
+}
+
+#[derive(Debug)]
+pub struct AccessContract {
+    pub name: String,
+    pub subject: Subject,
+    pub owner: String,
+    pub purpose: String,
+    pub expires: Option<Date>,
+    pub allow: Allow,
+    pub credentials: CredentialPolicy,
+    pub limits: Vec<Limit>,
+    pub break_glass: bool,
+    pub origin: Origin,
+}
+
+/// Data-source names refer to `RuleSet::data_sources` by name (validated to exist).
+#[derive(Debug, Default)]
+pub struct Allow {
+    pub data_sources: Vec<String>,
+    pub combinations: Vec<Vec<String>>,
+    pub endpoints: Vec<Endpoint>,
+    pub secrets: Vec<SecretGrant>,
+    pub destinations: Vec<GlobMatcher>,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub data_source: String,
+    pub methods: Vec<Method>,
+}
+
+#[derive(Debug)]
+pub struct SecretGrant {
+    pub path: GlobMatcher,
+    /// Empty: any executable of the identity may read it.
+    pub executables: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct CredentialPolicy {
+    /// Empty: no restriction on the kind.
+    pub kinds: Vec<CredentialKind>,
+    pub max_token_ttl: Option<Duration>,
+    pub shared: Sharing,
+}
+
+#[derive(Debug)]
+pub struct Limit {
+    pub data_source: String,
+    pub requests_per_minute: Option<u64>,
+    pub bytes_per_hour: Option<u64>,
+}
+
+/// One problem in a rules file, shown as `FILE:LINE:COLUMN: what; expected …; hint: …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub what: String,
+    pub expected: String,
+    pub hint: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}; expected {}; hint: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.what,
+            self.expected,
+            self.hint
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
