@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod contracts;
+pub mod detect;
 pub mod events;
 pub mod identity;
 pub mod metrics;

@@ -3,6 +3,7 @@
 pub mod api_call;
 pub mod decode;
 pub mod flows;
+pub mod observation;
 pub mod process_table;
 
 use std::net::IpAddr;

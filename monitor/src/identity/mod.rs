@@ -8,7 +8,7 @@ pub mod selectors;
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::{
     cgroup_path::CgroupKind,
@@ -43,7 +43,7 @@ impl Attribution {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentityKind {
     Kubernetes,
@@ -52,7 +52,7 @@ pub enum IdentityKind {
 }
 
 /// A machine identity and the attributes it was formed from (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadIdentity {
     /// SPIFFE ID.
     pub id: String,
