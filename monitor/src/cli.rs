@@ -111,6 +111,9 @@ pub fn main() -> anyhow::Result<()> {
 fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     match crate::contracts::load_paths(paths) {
         Ok(set) => {
+            for w in &set.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "ok: {} data sources, {} contracts",
                 set.data_sources.len(),

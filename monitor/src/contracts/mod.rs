@@ -26,6 +26,8 @@ pub struct Origin {
 pub struct RuleSet {
     pub data_sources: Vec<DataSource>,
     pub contracts: Vec<AccessContract>,
+    /// Accepted, but worth telling (a contract without an owner).
+    pub warnings: Vec<RuleError>,
 }
 
 #[derive(Debug)]
@@ -58,7 +60,10 @@ pub enum Subject {
 pub struct AccessContract {
     pub name: String,
     pub subject: Subject,
+    /// Empty: nobody owns it (NHI-003 on its activity).
     pub owner: String,
+    /// `sha256:` + 12 hex digits of the contract's document text.
+    pub version: String,
     pub purpose: String,
     pub expires: Option<Date>,
     pub allow: Allow,
