@@ -315,6 +315,16 @@ fn glob(p: &str) -> Result<GlobMatcher, String> {
         .map_err(|e| e.kind().to_string())
 }
 
+/// Request paths are matched by prefix-style globs as people write them (`/R4/Patient*` covers
+/// `/R4/Patient/{id}`), so `*` crosses `/` here, unlike in file paths.
+fn path_glob(p: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(p)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
+}
+
 fn host_glob(p: &str) -> Result<GlobMatcher, String> {
     GlobBuilder::new(&p.to_ascii_lowercase())
         .case_insensitive(true)
@@ -487,7 +497,7 @@ impl Loader {
                             ));
                             continue;
                         }
-                        match glob(p) {
+                        match path_glob(p) {
                             Ok(g) => paths.push(g),
                             Err(e) => self.errors.push(doc.error(
                                 at(),

@@ -10,7 +10,7 @@ use globset::GlobMatcher;
 
 pub use load::{load_paths, load_str, load_texts};
 pub use schema::{Classification, CredentialKindSpec as CredentialKind, Method, Sharing};
-pub use values::Date;
+pub use values::{parse_duration, parse_size, Date};
 
 use crate::identity::selectors::SelectorRule;
 
