@@ -3,6 +3,7 @@
 mod load;
 pub mod schema;
 mod values;
+pub mod watch;
 
 use std::{fmt, path::PathBuf, time::Duration};
 

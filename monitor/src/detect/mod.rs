@@ -162,6 +162,15 @@ impl Engine {
         self.classify_cache.clear();
     }
 
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    /// Open findings closed early to stay within `max_open_findings`.
+    pub fn evicted_findings(&self) -> u64 {
+        self.dedup.evicted + self.identity_dedup.evicted
+    }
+
     pub fn rules(&self) -> &RuleSet {
         &self.rules.set
     }
