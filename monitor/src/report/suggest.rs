@@ -621,3 +621,58 @@ fn escape_glob(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_are_quoted_when_yaml_could_misread_them() {
+        for plain in ["ehr-medications", "/app/summarizer", "pypi.org", "GET"] {
+            assert_eq!(q(plain), plain);
+        }
+        for quoted in [
+            "*.svc.cluster.local",
+            "yes",
+            "No",
+            "null",
+            "1h",
+            "10.0.0.5",
+            "a b",
+            "x: y",
+            "",
+            "spiffe://a/b",
+        ] {
+            let out = q(quoted);
+            assert!(out.starts_with('"'), "{quoted} -> {out}");
+            let back: String = serde_yaml_ng::from_str(&out).unwrap();
+            assert_eq!(back, quoted);
+        }
+        assert_eq!(flow(&["a", "*b"]), "[a, \"*b\"]");
+    }
+
+    #[test]
+    fn escaped_globs_match_only_the_literal_path() {
+        let raw = "/etc/keys/[prod]{a,b}*?.pem\\x";
+        let g = globset::GlobBuilder::new(&escape_glob(raw))
+            .literal_separator(true)
+            .build()
+            .unwrap()
+            .compile_matcher();
+        assert!(g.is_match(raw));
+        assert!(!g.is_match("/etc/keys/p{a,b}*?.pem\\x"));
+        assert!(!g.is_match("/etc/keys/[prod]a-long.pem\\x"));
+    }
+
+    #[test]
+    fn token_lifetimes_round_up_to_the_minute() {
+        assert_eq!(ttl_text(3600), "1h");
+        assert_eq!(ttl_text(3599), "1h");
+        assert_eq!(ttl_text(3601), "1h 1m");
+        assert_eq!(ttl_text(1), "1m");
+        assert_eq!(ttl_text(86_400 * 2), "2days");
+        for s in [3601, 1, 86_400 * 2, 400 * 86_400] {
+            assert!(humantime::parse_duration(&ttl_text(s)).unwrap().as_secs() >= s as u64);
+        }
+    }
+}

@@ -1,3 +1,5 @@
+//! Tests of inventory and suggest with realistic hospital records and the shipped rules.
+
 use std::time::Duration;
 
 use super::fixtures::*;

@@ -1,3 +1,5 @@
+//! Tests of the state database on real files in temporary directories.
+
 use std::{collections::BTreeMap, os::unix::fs::PermissionsExt};
 
 use super::*;
@@ -139,6 +141,10 @@ fn read_only_sees_the_writers_commits_and_cannot_write() {
     assert!(matches!(err, StoreError::Sqlite { .. }), "{err}");
     assert!(r.prune(0, 0).is_err());
     assert_eq!(ids(&w.load_identities().unwrap()).len(), 2);
+    // After the writer closed (its WAL checkpointed and removed) a new reader still opens.
+    drop((w, r));
+    let r = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(ids(&r.load_identities().unwrap()).len(), 2);
 }
 
 #[test]
