@@ -62,6 +62,45 @@ pub enum Command {
     /// contracts → detectors, with time taken from the records, and print the findings as JSON
     /// lines. For forensics, for trying a contract before deploying it, and for tests.
     Replay(ReplayArgs),
+    /// Monitor this host like `run` and append every observation (metadata only: identities,
+    /// secret paths, destinations, API call templates, credential kinds and fingerprints) to FILE.
+    Record {
+        /// Observation file (JSON lines), appended to.
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List the identities seen (from the state database): contract status, owner, data sources,
+    /// credentials, first and last seen.
+    Inventory {
+        /// Configuration file (for state_dir and rules).
+        #[arg(long, short, env = "NHIWATCH_CONFIG")]
+        config: Option<PathBuf>,
+        /// State directory (default: the configuration's state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Rules to judge contract status by (default: the configuration's rules).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a draft contract for an ungoverned identity from what it actually did, or, for a
+    /// governed one, the grants it has not used for DAYS days (least-privilege shrink).
+    Suggest {
+        /// SPIFFE ID of the identity.
+        identity: String,
+        #[arg(long, short, env = "NHIWATCH_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// A grant unused for this many days is proposed for removal.
+        #[arg(long, default_value_t = 30)]
+        unused_days: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +114,10 @@ pub struct ReplayArgs {
     /// Configuration file for the `detectors` settings (default: the bundled one).
     #[arg(long, short, env = "NHIWATCH_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Start from, and write learned state back to, this state directory (default: start empty,
+    /// keep nothing). Then `nhiwatch inventory --state-dir` shows what the replay saw.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +132,9 @@ pub struct RunArgs {
     /// Prometheus endpoint address, overriding `metrics.listen` (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Also append every observation (metadata only) to this file, for `nhiwatch replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 pub fn init_logging(cli: &Cli) {
@@ -121,7 +167,115 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Check { paths } => check(&paths),
         Command::Replay(args) => replay(args),
+        Command::Record {
+            file,
+            run: mut args,
+        } => {
+            args.record = Some(file);
+            run(args)
+        }
+        Command::Inventory {
+            config,
+            state_dir,
+            rules,
+            json,
+        } => inventory(config, state_dir, rules, json),
+        Command::Suggest {
+            identity,
+            config,
+            state_dir,
+            rules,
+            unused_days,
+        } => suggest(&identity, config, state_dir, rules, unused_days),
     }
+}
+
+fn config_or_bundled(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::bundled(),
+    })
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Reads the learned state the daemon (or a replay) wrote.
+fn load_state(
+    cfg: &Config,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<(
+    Vec<crate::detect::state::IdentityRecord>,
+    Vec<crate::detect::state::CredentialRecord>,
+)> {
+    let dir = state_dir.unwrap_or_else(|| cfg.state_dir.clone());
+    let store = crate::store::Store::open_read_only(&dir)?;
+    let ids = store.load_identities()?;
+    let creds = store.load_credentials()?;
+    if ids.skipped + creds.skipped > 0 {
+        eprintln!(
+            "warning: {} unreadable rows in {} skipped",
+            ids.skipped + creds.skipped,
+            store.path().display()
+        );
+    }
+    Ok((ids.items, creds.items))
+}
+
+fn inventory(
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    rules: Vec<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = config_or_bundled(&config)?;
+    let (ids, creds) = load_state(&cfg, state_dir)?;
+    let paths = if rules.is_empty() {
+        cfg.rules.clone()
+    } else {
+        rules
+    };
+    let present: Vec<PathBuf> = paths.into_iter().filter(|p| p.exists()).collect();
+    let set = if present.is_empty() {
+        None
+    } else {
+        Some(load_rules(&present)?)
+    };
+    let rows = crate::report::inventory(&ids, &creds, set.as_ref(), now_unix());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", crate::report::render_inventory_table(&rows));
+    }
+    Ok(())
+}
+
+fn suggest(
+    identity: &str,
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    rules: Vec<PathBuf>,
+    unused_days: u32,
+) -> anyhow::Result<()> {
+    let cfg = config_or_bundled(&config)?;
+    let (ids, _) = load_state(&cfg, state_dir)?;
+    let paths = if rules.is_empty() {
+        cfg.rules.clone()
+    } else {
+        rules
+    };
+    let set = load_rules(&paths)?;
+    let Some(record) = ids.iter().find(|r| r.identity.id == identity) else {
+        anyhow::bail!(
+            "identity {identity:?} has not been seen; `nhiwatch inventory` lists the ones that have"
+        );
+    };
+    let s = crate::report::suggest(record, &set, now_unix(), unused_days);
+    print!("{}", s.yaml);
+    Ok(())
 }
 
 fn load_rules(paths: &[PathBuf]) -> anyhow::Result<crate::contracts::RuleSet> {
@@ -144,10 +298,23 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let rules = load_rules(&rules_paths)?;
     let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
+    let mut store = match &args.state_dir {
+        Some(dir) => {
+            let store = crate::store::Store::open(dir)?;
+            let ids = store.load_identities()?;
+            let creds = store.load_credentials()?;
+            engine.restore(ids.items, creds.items);
+            Some(store)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let stats = crate::detect::replay::replay(&mut engine, &args.files, &mut out)?;
     drop(out);
+    if let Some(store) = store.as_mut() {
+        engine.persist(|ids, creds| store.save(ids, creds, &[], &[]))?;
+    }
     for (file, line, e) in &stats.bad_lines {
         eprintln!("{}:{line}: not an observation: {e}", file.display());
     }
@@ -201,11 +368,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .thread_name("nhiwatch")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, args.events))
+    rt.block_on(run_async(cfg, args.events, args.record))
 }
 
-async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
+async fn run_async(cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Rules first: invalid contracts stop the start before any probe is loaded.
+    let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
+    })?;
+    // Installed before anything else so SIGHUP never takes the default action (terminate).
+    let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut s = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let hup = hup.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading rules");
+                hup.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     if let Some(addr) = cfg.metrics.listen {
         // Bind before loading probes so a port clash is reported before anything attaches.
         let m = metrics.clone();
@@ -262,6 +447,7 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
             )
         })?;
     let api = crate::pipeline::api_calls::ApiCallStage::new(&cfg.api_calls, fingerprints);
+    let findings = start_findings(&cfg, rules, record, &metrics, hup)?;
     let mut pipeline = Pipeline::new(
         procs,
         watch_targets,
@@ -271,7 +457,8 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
         identity,
         hold,
     )
-    .with_api_calls(api);
+    .with_api_calls(api)
+    .with_findings(findings.stage);
     metrics.set_ready();
     tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
 
@@ -282,10 +469,70 @@ async fn run_async(cfg: Config, events: bool) -> anyhow::Result<()> {
         shutdown(),
     )
     .await?;
+    pipeline.finish();
     drop(pipeline);
+    findings
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = upkeep_thread.join();
     tracing::info!("nhiwatch stopped");
     Ok(())
+}
+
+struct Findings {
+    stage: crate::pipeline::findings::FindingsStage,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The detectors with their learned state, outputs and rules watcher.
+fn start_findings(
+    cfg: &Config,
+    rules: crate::contracts::RuleSet,
+    record: Option<PathBuf>,
+    metrics: &Arc<Metrics>,
+    hup: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Findings> {
+    let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
+    let store = crate::store::Store::open(&cfg.state_dir)
+        .with_context(|| format!("state database in {}", cfg.state_dir.display()))?;
+    let ids = store.load_identities()?;
+    let creds = store.load_credentials()?;
+    if ids.skipped + creds.skipped > 0 {
+        tracing::warn!(
+            rows = ids.skipped + creds.skipped,
+            "unreadable rows in the state database skipped"
+        );
+    }
+    tracing::info!(
+        identities = ids.items.len(),
+        credentials = creds.items.len(),
+        "learned state restored"
+    );
+    engine.restore(ids.items, creds.items);
+    let file =
+        (!cfg.findings.file.as_os_str().is_empty()).then(|| cfg.state_dir.join(&cfg.findings.file));
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::contracts::watch::spawn(
+        cfg.rules.clone(),
+        Duration::from_secs(2),
+        hup,
+        stop.clone(),
+        metrics.clone(),
+        tx,
+    )
+    .context("starting the rules watcher")?;
+    let stage = crate::pipeline::findings::FindingsStage::new(
+        engine,
+        metrics.clone(),
+        cfg.findings.stdout,
+        file,
+        record,
+    )
+    .context("opening the findings or record file")?
+    .with_reloads(rx)
+    .with_store(store);
+    Ok(Findings { stage, stop })
 }
 
 /// Builds the identity resolver and, on Kubernetes, starts the pod metadata source.
