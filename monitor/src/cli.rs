@@ -58,6 +58,23 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run recorded observations (from `nhiwatch record` or `run --record`) through identity →
+    /// contracts → detectors, with time taken from the records, and print the findings as JSON
+    /// lines. For forensics, for trying a contract before deploying it, and for tests.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Observation files (JSON lines); `-` reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Rules files or directories (default: the configuration's `rules`).
+    #[arg(long = "rules")]
+    pub rules: Vec<PathBuf>,
+    /// Configuration file for the `detectors` settings (default: the bundled one).
+    #[arg(long, short, env = "NHIWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +120,45 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { paths } => check(&paths),
+        Command::Replay(args) => replay(args),
     }
+}
+
+fn load_rules(paths: &[PathBuf]) -> anyhow::Result<crate::contracts::RuleSet> {
+    crate::contracts::load_paths(paths).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
+    })
+}
+
+/// `nhiwatch replay`: findings to stdout, a summary and bad lines to stderr.
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::bundled(),
+    };
+    let rules_paths = if args.rules.is_empty() {
+        cfg.rules.clone()
+    } else {
+        args.rules.clone()
+    };
+    let rules = load_rules(&rules_paths)?;
+    let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let stats = crate::detect::replay::replay(&mut engine, &args.files, &mut out)?;
+    drop(out);
+    for (file, line, e) in &stats.bad_lines {
+        eprintln!("{}:{line}: not an observation: {e}", file.display());
+    }
+    eprintln!(
+        "replayed {} observations ({} unreadable lines skipped): {} findings, {} identities",
+        stats.observations,
+        stats.bad_total,
+        stats.findings,
+        engine.identities()
+    );
+    Ok(())
 }
 
 /// `nhiwatch check`: exit status 2 on invalid rules, like a compiler, so scripts can tell it
@@ -111,6 +166,9 @@ pub fn main() -> anyhow::Result<()> {
 fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     match crate::contracts::load_paths(paths) {
         Ok(set) => {
+            for w in &set.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "ok: {} data sources, {} contracts",
                 set.data_sources.len(),

@@ -32,6 +32,29 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub api_calls: ApiCallConfig,
     pub metrics: MetricsConfig,
+    /// Rules files or directories (access contracts and data sources); relative to the config file.
+    pub rules: Vec<PathBuf>,
+    pub findings: FindingsConfig,
+    pub detectors: crate::detect::DetectConfig,
+}
+
+/// Where findings go (SIEM sinks come on top of these).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FindingsConfig {
+    /// One JSON object per line on standard output.
+    pub stdout: bool,
+    /// A JSON-lines file, relative to `state_dir`; empty disables it.
+    pub file: PathBuf,
+}
+
+impl Default for FindingsConfig {
+    fn default() -> Self {
+        FindingsConfig {
+            stdout: true,
+            file: PathBuf::from("findings.jsonl"),
+        }
+    }
 }
 
 /// Turning TLS plaintext into API calls.
@@ -128,6 +151,9 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             api_calls: ApiCallConfig::default(),
             metrics: MetricsConfig::default(),
+            rules: vec![PathBuf::from("/etc/nhiwatch/rules")],
+            findings: FindingsConfig::default(),
+            detectors: crate::detect::DetectConfig::default(),
         }
     }
 }
@@ -231,7 +257,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        // Rules next to the config file are found wherever nhiwatch is started from.
+        if let Some(dir) = path.parent() {
+            for r in &mut cfg.rules {
+                if r.is_relative() {
+                    *r = dir.join(&*r);
+                }
+            }
+        }
+        Ok(cfg)
     }
 
     /// Parses a file on top of the bundled defaults: keys it leaves out keep the

@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod protocol;
+pub mod report;
+pub mod store;
 
 /// Where the cgroup v2 hierarchy is mounted (hybrid hosts mount it under /unified).
 pub const CGROUP_V2_ROOT: &str = "/sys/fs/cgroup/unified";

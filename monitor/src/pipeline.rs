@@ -16,16 +16,21 @@ use crate::{
         api_call::{self, ApiCall},
         decode,
         flows::{Flow, FlowTable},
+        observation::{Activity, ApiCallSeen, CredentialSeen, Observation},
         process_table::ProcessInfo,
         process_table::ProcessTable,
         Direction, Event, EventKind, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
     },
-    identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, IdentityView},
+    identity::{
+        inventory::Inventory, Attributed, Attribution, IdentityResolver, IdentityView,
+        WorkloadIdentity,
+    },
     metrics::{Metrics, ReasonLabel},
     probes::{reader::RecordHandler, watch::path_of, watch::WatchTarget},
 };
 
 pub mod api_calls;
+pub mod findings;
 
 use api_calls::{ApiCallStage, Finished};
 
@@ -194,6 +199,10 @@ pub struct Pipeline {
     api: Option<ApiCallStage>,
     /// Scratch: exchanges finished by the event being handled.
     finished: Vec<Finished>,
+    /// Observations → contracts and detectors → findings; None judges nothing.
+    findings: Option<findings::FindingsStage>,
+    /// Standard output for findings when `--events` is off (with it, findings share `out`).
+    findings_out: Option<Box<dyn Write + Send>>,
 }
 
 /// An event whose pod metadata has not arrived, waiting to be re-attributed.
@@ -207,6 +216,9 @@ struct Held {
     file: Option<String>,
     dest: Option<String>,
     record: Option<serde_json::Value>,
+    /// What the detectors are to judge once the identity is known.
+    pid: u32,
+    activity: Option<Activity>,
 }
 
 /// Held events at most; beyond this they go out as `pending` rather than pile up.
@@ -225,6 +237,8 @@ impl Pipeline {
         Pipeline {
             api: None,
             finished: Vec::new(),
+            findings: None,
+            findings_out: None,
             identity,
             inventory: Inventory::new(16384),
             held: VecDeque::new(),
@@ -237,6 +251,105 @@ impl Pipeline {
             upkeep,
             out,
             clock: Clock::now(),
+        }
+    }
+
+    /// Judges observations against the contracts with this stage.
+    pub fn with_findings(mut self, stage: findings::FindingsStage) -> Pipeline {
+        if stage.stdout && self.out.is_none() {
+            self.findings_out = Some(Box::new(std::io::LineWriter::new(std::io::stdout())));
+        }
+        self.findings = Some(stage);
+        self
+    }
+
+    pub fn findings_stage(&mut self) -> Option<&mut findings::FindingsStage> {
+        self.findings.as_mut()
+    }
+
+    /// Hands one attributed activity to the detectors and prints what they found.
+    fn observe(
+        &mut self,
+        identity: &Arc<WorkloadIdentity>,
+        pid: u32,
+        ktime_ns: u64,
+        activity: Activity,
+    ) {
+        let Some(stage) = self.findings.as_mut() else {
+            return;
+        };
+        let time = self
+            .clock
+            .wall(ktime_ns)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let o = Observation {
+            time,
+            identity: identity.clone(),
+            labels: None,
+            pid,
+            exe: self.procs.get(pid).map(|p| Arc::<str>::from(&*p.exe)),
+            activity,
+        };
+        stage.observe(&o);
+        self.print_findings();
+    }
+
+    fn print_findings(&mut self) {
+        let Some(stage) = self.findings.as_mut() else {
+            return;
+        };
+        if stage.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut stage.pending);
+        let out = match (self.out.as_mut(), self.findings_out.as_mut()) {
+            (Some(o), _) | (None, Some(o)) => Some(o),
+            _ => None,
+        };
+        if let Some(out) = out {
+            for f in &pending {
+                write_json(out, &self.metrics, f);
+            }
+        }
+        if let Some(stage) = self.findings.as_mut() {
+            stage.pending = pending;
+            stage.pending.clear();
+        }
+    }
+
+    /// Shutdown: open findings close (summaries are printed) and learned state is written.
+    pub fn finish(&mut self) {
+        if let Some(stage) = self.findings.as_mut() {
+            stage.finish();
+        }
+        self.print_findings();
+        for out in [self.out.as_mut(), self.findings_out.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = out.flush();
+        }
+    }
+
+    /// What a kernel event means to the detectors, if anything.
+    fn activity(&self, ev: &Event<'_>, file: Option<&str>) -> Option<Activity> {
+        match ev {
+            Event::Exec(_) => Some(Activity::Exec),
+            Event::FileOpen(f) => Some(Activity::FileOpen {
+                path: file?.to_owned(),
+                result: f.result,
+            }),
+            Event::TcpConnect(t) if !t.failed => {
+                let address = SocketAddr::new(t.daddr, t.dport);
+                let name = self.api.as_ref().and_then(|a| {
+                    a.names
+                        .resolve(t.hdr.cgroup_id, t.daddr, t.hdr.ktime_ns)
+                        .map(str::to_owned)
+                });
+                Some(Activity::Connect { address, name })
+            }
+            _ => None,
         }
     }
 
@@ -330,6 +443,11 @@ impl Pipeline {
                 let rec = self.event_record(ev, flow, &attributed);
                 serde_json::to_value(&rec).unwrap_or_default()
             });
+            let activity = self
+                .findings
+                .is_some()
+                .then(|| self.activity(ev, file.as_deref()))
+                .flatten();
             self.held.push_back(Held {
                 deadline: Instant::now() + self.hold,
                 cgroup_id: hdr.cgroup_id,
@@ -339,6 +457,8 @@ impl Pipeline {
                 file,
                 dest,
                 record,
+                pid: hdr.pid,
+                activity,
             });
             return;
         }
@@ -350,6 +470,11 @@ impl Pipeline {
                 file.as_deref(),
                 dest.as_deref(),
             );
+            if self.findings.is_some() {
+                if let Some(a) = self.activity(ev, file.as_deref()) {
+                    self.observe(id, hdr.pid, hdr.ktime_ns, a);
+                }
+            }
         }
         // The record borrows the tables; the writer is taken out meanwhile.
         if let Some(mut out) = self.out.take() {
@@ -475,8 +600,13 @@ impl Pipeline {
                     file: None,
                     dest: None,
                     record,
+                    pid: info.key.pid,
+                    activity: self.findings.is_some().then(|| api_call_activity(&call)),
                 });
                 continue;
+            }
+            if let (Some(id), true) = (&attributed.identity, self.findings.is_some()) {
+                self.observe(id, info.key.pid, call.ktime_ns, api_call_activity(&call));
             }
             if let Some(mut out) = self.out.take() {
                 let rec = self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
@@ -552,6 +682,9 @@ impl Pipeline {
             if let Some(mut rec) = h.record.take() {
                 rec["identity"] = serde_json::to_value(a.view()).unwrap_or_default();
                 self.write(&rec);
+            }
+            if let (Some(id), Some(activity)) = (&a.identity, h.activity.take()) {
+                self.observe(id, h.pid, h.ktime_ns, activity);
             }
         }
         self.held = keep;
@@ -685,6 +818,44 @@ impl Pipeline {
     }
 }
 
+/// An API call as the detectors see it: destination host (no port), method, template, sizes, credentials.
+fn api_call_activity(call: &ApiCall) -> Activity {
+    let host = call
+        .destination
+        .name
+        .as_deref()
+        .map(|n| strip_port(n).to_ascii_lowercase())
+        .or_else(|| call.destination.address.map(|a| a.ip().to_string()));
+    let req = call.request.as_ref();
+    Activity::ApiCall(ApiCallSeen {
+        host,
+        method: req.map(|r| r.method.clone()),
+        path: req.map(|r| r.path.clone()).unwrap_or_default(),
+        status: call.status,
+        request_bytes: call.request_bytes,
+        response_bytes: call.response_bytes,
+        credentials: req
+            .map(|r| {
+                r.credentials
+                    .iter()
+                    .map(CredentialSeen::from_summary)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// `host:443` → `host`, `[::1]:443` → `::1`; a bare IPv6 address stays whole.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 /// CLOCK_BOOTTIME, the clock of the kernel's timestamps.
 fn boot_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -735,7 +906,17 @@ impl RecordHandler for Pipeline {
             self.metrics.api_stage(api);
         }
         self.release_held();
-        if let Some(out) = self.out.as_mut() {
+        if let Some(stage) = self.findings.as_mut() {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            stage.tick(now);
+        }
+        self.print_findings();
+        for out in [self.out.as_mut(), self.findings_out.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = out.flush();
         }
         self.metrics.processes.set(self.procs.len() as i64);

@@ -281,12 +281,21 @@ fn yaml_error(doc: &Doc, e: &serde_yaml_ng::Error) -> RuleError {
 #[derive(Default)]
 struct Loader {
     errors: Vec<RuleError>,
+    warnings: Vec<RuleError>,
     sources: Vec<(Doc, Document<DataSourceSpec>)>,
     contracts: Vec<(Doc, Document<AccessContractSpec>)>,
 }
 
 fn typed<T: DeserializeOwned>(doc: &Doc) -> Result<T, RuleError> {
     serde_yaml_ng::from_str(&doc.text).map_err(|e| yaml_error(doc, &e))
+}
+
+/// A contract's version: a digest of its document, so a finding names exactly the text that decided.
+fn version_of(text: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(text.trim().as_bytes());
+    let hex: String = d.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 fn valid_name(n: &str) -> bool {
@@ -301,6 +310,16 @@ fn valid_name(n: &str) -> bool {
 fn glob(p: &str) -> Result<GlobMatcher, String> {
     GlobBuilder::new(p)
         .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
+}
+
+/// Request paths are matched by prefix-style globs as people write them (`/R4/Patient*` covers
+/// `/R4/Patient/{id}`), so `*` crosses `/` here, unlike in file paths.
+fn path_glob(p: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(p)
+        .literal_separator(false)
         .build()
         .map(|g| g.compile_matcher())
         .map_err(|e| e.kind().to_string())
@@ -431,6 +450,7 @@ impl Loader {
             }
         }
         if self.errors.is_empty() {
+            set.warnings = std::mem::take(&mut self.warnings);
             Ok(set)
         } else {
             Err(self.errors)
@@ -477,7 +497,7 @@ impl Loader {
                             ));
                             continue;
                         }
-                        match glob(p) {
+                        match path_glob(p) {
                             Ok(g) => paths.push(g),
                             Err(e) => self.errors.push(doc.error(
                                 at(),
@@ -691,13 +711,15 @@ impl Loader {
                 }
             }
         };
+        // Not an error: an ownerless contract still governs, and its activity is a finding
+        // (NHI-003) until someone takes ownership.
         if s.owner.trim().is_empty() {
-            let at = doc.locate(Some("owner"), None);
-            self.errors.push(doc.error(
+            let at = doc.locate(Some("owner"), Some("spec"));
+            self.warnings.push(doc.error(
                 at,
-                format!("contract {name:?} has an empty owner"),
+                format!("contract {name:?} has no owner"),
                 "a team or person to ask, e.g. an e-mail address",
-                "every identity needs someone accountable for it",
+                "every identity needs someone accountable for it; its activity is reported as NHI-003 until then",
             ));
         }
         if s.purpose.trim().is_empty() {
@@ -909,7 +931,8 @@ impl Loader {
         Some(AccessContract {
             name: name.clone(),
             subject: subject?,
-            owner: s.owner.clone(),
+            owner: s.owner.trim().to_owned(),
+            version: version_of(&doc.text),
             purpose: s.purpose.clone(),
             expires,
             allow: Allow {

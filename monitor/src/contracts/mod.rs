@@ -3,6 +3,7 @@
 mod load;
 pub mod schema;
 mod values;
+pub mod watch;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
@@ -10,7 +11,7 @@ use globset::GlobMatcher;
 
 pub use load::{load_paths, load_str, load_texts};
 pub use schema::{Classification, CredentialKindSpec as CredentialKind, Method, Sharing};
-pub use values::Date;
+pub use values::{parse_duration, parse_size, Date};
 
 use crate::identity::selectors::SelectorRule;
 
@@ -26,6 +27,8 @@ pub struct Origin {
 pub struct RuleSet {
     pub data_sources: Vec<DataSource>,
     pub contracts: Vec<AccessContract>,
+    /// Accepted, but worth telling (a contract without an owner).
+    pub warnings: Vec<RuleError>,
 }
 
 #[derive(Debug)]
@@ -58,7 +61,10 @@ pub enum Subject {
 pub struct AccessContract {
     pub name: String,
     pub subject: Subject,
+    /// Empty: nobody owns it (NHI-003 on its activity).
     pub owner: String,
+    /// `sha256:` + 12 hex digits of the contract's document text.
+    pub version: String,
     pub purpose: String,
     pub expires: Option<Date>,
     pub allow: Allow,

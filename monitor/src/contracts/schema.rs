@@ -66,6 +66,7 @@ pub struct MatcherSpec {
 pub struct AccessContractSpec {
     pub identity: Option<String>,
     pub selectors: Option<Vec<String>>,
+    #[serde(default)]
     pub owner: String,
     pub purpose: String,
     pub expires: Option<String>,

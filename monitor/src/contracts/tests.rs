@@ -144,17 +144,11 @@ fn every_error_is_collected_across_files() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
         e[0].starts_with("a.yaml:5:19: ") && e[0].contains("unknown variant `secret`"),
         "{}",
         e[0]
-    );
-    // The contract still resolves against `ehr` although a.yaml's copy failed: only b.yaml's own copy counts.
-    assert!(
-        e.iter()
-            .any(|m| m.starts_with("b.yaml:15:3: ") && m.contains("empty owner")),
-        "{e:#?}"
     );
     assert!(
         e.iter()
@@ -410,12 +404,26 @@ fn identity_errors() {
         "TYPE:KEY:VALUE",
     );
     assert!(load_str("r.yaml", &sel("[k8s:ns:a, \"k8s:pod-label:app:x\"]")).is_ok());
-    one(
-        &contract("").replace("team@example.org", "\"\""),
-        "15:3",
-        "empty owner",
-        "accountable",
-    );
+    // An ownerless contract loads (its activity becomes NHI-003) and is reported as a warning.
+    for text in [
+        contract("").replace("team@example.org", "\"\""),
+        contract("").replace("  owner: team@example.org\n", ""),
+    ] {
+        let set = load_str("r.yaml", &text).unwrap();
+        assert_eq!(set.contracts[0].owner, "");
+        let w: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].contains("has no owner") && w[0].contains("accountable"),
+            "{w:#?}"
+        );
+    }
+    let set = load_str("r.yaml", &contract("")).unwrap();
+    assert!(set.warnings.is_empty());
+    assert!(set.contracts[0].version.starts_with("sha256:"));
+    assert_eq!(set.contracts[0].version.len(), 19);
+    let other = load_str("r.yaml", &contract("").replace("team@", "other@")).unwrap();
+    assert_ne!(other.contracts[0].version, set.contracts[0].version);
 }
 
 #[test]

@@ -1,3 +1,1153 @@
 //! Access contracts and detectors: takes observations and the rules, gives findings, and keeps per-identity state for the inventory.
 
+pub mod compiled;
+pub mod finding;
+pub mod replay;
 pub mod state;
+pub mod volume;
+
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+
+use self::{
+    compiled::{method_matches, Compiled, CompiledContract, DsId},
+    finding::{Candidate, ContractRef, CredentialRef, Deduper, Evidence, Finding, Rule},
+    state::{CredentialRecord, CredentialUse, IdentityRecord, SecretUsage, Usage, MAX_SHARERS},
+    volume::{Excess, VolumeConfig},
+};
+use crate::{
+    contracts::{Classification, RuleSet},
+    events::observation::{rfc3339_ns, Activity, ApiCallSeen, CredentialSeen, Observation},
+    identity::WorkloadIdentity,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Repeats of one finding within this window only count.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Identity-level findings (ungoverned, expired, ownerless, break-glass) at most once per window.
+    #[serde(with = "humantime_serde")]
+    pub ungoverned_window: Duration,
+    pub combination: CombinationConfig,
+    pub volume: VolumeConfig,
+    /// Identities and credentials kept in memory; the least recently seen are evicted beyond these.
+    pub max_identities: usize,
+    pub max_credentials: usize,
+    /// Open (deduplicating) findings kept at once.
+    pub max_open_findings: usize,
+    /// How often learned state is written to the state database.
+    #[serde(with = "humantime_serde")]
+    pub persist_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CombinationConfig {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// From an identity's first sighting, pairs of data sources are learned, not reported.
+    #[serde(with = "humantime_serde")]
+    pub learning: Duration,
+}
+
+impl Default for CombinationConfig {
+    fn default() -> Self {
+        CombinationConfig {
+            window: Duration::from_secs(600),
+            learning: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            dedup_window: Duration::from_secs(600),
+            ungoverned_window: Duration::from_secs(3600),
+            combination: CombinationConfig::default(),
+            volume: VolumeConfig::default(),
+            max_identities: 65_536,
+            max_credentials: 262_144,
+            max_open_findings: 65_536,
+            persist_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        N(u64),
+        S(String),
+    }
+    match S::deserialize(d)? {
+        S::N(n) => Ok(n),
+        S::S(s) => crate::contracts::parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("bad size {s:?}: expected e.g. 10MiB"))
+        }),
+    }
+}
+
+/// Entries kept per map of an identity record; more are counted in `dropped`.
+const MAX_KEYS: usize = 512;
+
+/// Classification results remembered (host + path template → data source).
+const CLASSIFY_CACHE: usize = 1 << 16;
+
+struct IdState {
+    /// None only while the identity's observation is being judged.
+    record: Option<IdentityRecord>,
+    /// Index into the compiled contracts, for `rules_generation`.
+    contract: Option<usize>,
+    rules_generation: u64,
+    /// Data sources touched within the combination window: (data source, last touch).
+    window: Vec<(DsId, i64)>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default, Clone)]
+pub struct EngineStats {
+    pub observations: u64,
+    pub identities_evicted: u64,
+    pub credentials_evicted: u64,
+    pub findings: u64,
+}
+
+pub struct Engine {
+    cfg: DetectConfig,
+    rules: Compiled,
+    rules_generation: u64,
+    ids: HashMap<Arc<str>, IdState>,
+    creds: HashMap<String, CredentialRecord>,
+    dedup: Deduper,
+    identity_dedup: Deduper,
+    classify_cache: HashMap<(String, String), Option<DsId>>,
+    dirty_ids: HashSet<Arc<str>>,
+    dirty_creds: HashSet<String>,
+    now: i64,
+    pub stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(rules: RuleSet, cfg: DetectConfig) -> Engine {
+        let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Engine {
+            dedup: Deduper::new(ns(cfg.dedup_window), cfg.max_open_findings),
+            identity_dedup: Deduper::new(ns(cfg.ungoverned_window), cfg.max_open_findings),
+            rules: Compiled::new(rules),
+            rules_generation: 1,
+            ids: HashMap::new(),
+            creds: HashMap::new(),
+            classify_cache: HashMap::new(),
+            dirty_ids: HashSet::new(),
+            dirty_creds: HashSet::new(),
+            now: 0,
+            stats: EngineStats::default(),
+            cfg,
+        }
+    }
+
+    /// New rules take over at once; learned state stays.
+    pub fn set_rules(&mut self, rules: RuleSet) {
+        self.rules = Compiled::new(rules);
+        self.rules_generation += 1;
+        self.classify_cache.clear();
+    }
+
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    /// Open findings closed early to stay within `max_open_findings`.
+    pub fn evicted_findings(&self) -> u64 {
+        self.dedup.evicted + self.identity_dedup.evicted
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules.set
+    }
+
+    pub fn identities(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn credentials(&self) -> usize {
+        self.creds.len()
+    }
+
+    pub fn open_findings(&self) -> usize {
+        self.dedup.len() + self.identity_dedup.len()
+    }
+
+    /// Restores learned state (from the state database), newest first up to the limits.
+    pub fn restore(&mut self, mut ids: Vec<IdentityRecord>, mut creds: Vec<CredentialRecord>) {
+        ids.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
+        ids.truncate(self.cfg.max_identities);
+        for r in ids {
+            let key: Arc<str> = r.identity.id.as_str().into();
+            self.ids.insert(
+                key,
+                IdState {
+                    record: Some(r),
+                    contract: None,
+                    rules_generation: 0,
+                    window: Vec::new(),
+                },
+            );
+        }
+        creds.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
+        creds.truncate(self.cfg.max_credentials);
+        for c in creds {
+            self.creds.insert(c.fingerprint.clone(), c);
+        }
+    }
+
+    /// Hands what changed since the last call to `save` (the state database).
+    pub fn persist<E>(
+        &mut self,
+        save: impl FnOnce(&[&IdentityRecord], &[&CredentialRecord]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let ids: Vec<&IdentityRecord> = self
+            .dirty_ids
+            .iter()
+            .filter_map(|k| self.ids.get(k).and_then(|s| s.record.as_ref()))
+            .collect();
+        let creds: Vec<&CredentialRecord> = self
+            .dirty_creds
+            .iter()
+            .filter_map(|k| self.creds.get(k))
+            .collect();
+        save(&ids, &creds)?;
+        self.dirty_ids.clear();
+        self.dirty_creds.clear();
+        Ok(())
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &IdentityRecord> {
+        self.ids.values().filter_map(|s| s.record.as_ref())
+    }
+
+    pub fn credential_records(&self) -> impl Iterator<Item = &CredentialRecord> {
+        self.creds.values()
+    }
+
+    /// Closes dedup windows that ended by `now` (ns); repeated findings leave summaries.
+    pub fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
+        self.now = self.now.max(now);
+        let before = out.len();
+        self.dedup.advance(self.now, out);
+        self.identity_dedup.advance(self.now, out);
+        self.stats.findings += (out.len() - before) as u64;
+    }
+
+    /// Closes every window: the end of a replay, or shutdown.
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        let before = out.len();
+        self.dedup.finish(out);
+        self.identity_dedup.finish(out);
+        self.stats.findings += (out.len() - before) as u64;
+    }
+
+    /// Judges one observation; findings it raises are appended to `out`.
+    pub fn observe(&mut self, o: &Observation, out: &mut Vec<Finding>) {
+        self.stats.observations += 1;
+        self.advance(o.time, out);
+        let before = out.len();
+        let t = o.time;
+        let secs = t.div_euclid(1_000_000_000);
+        let key = self.identity_state(o, secs);
+        // The record leaves the map while it is judged, so the others stay readable.
+        let Some((contract, mut record, mut window)) = self
+            .ids
+            .get_mut(&key)
+            .and_then(|s| Some((s.contract, s.record.take()?, std::mem::take(&mut s.window))))
+        else {
+            return;
+        };
+        let mut cx = Cx {
+            rules: &self.rules,
+            cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            identity_dedup: &mut self.identity_dedup,
+            creds: &mut self.creds,
+            dirty_creds: &mut self.dirty_creds,
+            ids: &self.ids,
+            classify_cache: &mut self.classify_cache,
+            out,
+            t,
+            secs,
+            identity: &o.identity,
+        };
+        cx.identity_level(contract);
+        match &o.activity {
+            Activity::Exec => {}
+            Activity::FileOpen { path, result } => cx.file_open(
+                contract,
+                &mut record,
+                &mut window,
+                o.exe.as_deref(),
+                path,
+                *result,
+            ),
+            Activity::Connect { name, .. } => {
+                if let Some(host) = name {
+                    cx.destination(contract, &mut record, host);
+                }
+            }
+            Activity::ApiCall(call) => cx.api_call(contract, &mut record, &mut window, call),
+        }
+        if let Some(s) = self.ids.get_mut(&key) {
+            s.record = Some(record);
+            s.window = window;
+        }
+        self.dirty_ids.insert(key);
+        self.stats.findings += (out.len() - before) as u64;
+        self.evict();
+    }
+
+    /// Finds or creates the identity's state, refreshes its attributes and contract.
+    fn identity_state(&mut self, o: &Observation, secs: i64) -> Arc<str> {
+        let id = o.identity.id.as_str();
+        let key: Arc<str> = match self.ids.get_key_value(id) {
+            Some((k, _)) => k.clone(),
+            None => id.into(),
+        };
+        let st = match self.ids.entry(key.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(IdState {
+                record: Some(IdentityRecord {
+                    identity: (*o.identity).clone(),
+                    contract: None,
+                    first_seen: secs,
+                    last_seen: secs,
+                    executables: Default::default(),
+                    data_sources: Default::default(),
+                    methods: Default::default(),
+                    secrets: Default::default(),
+                    destinations: Default::default(),
+                    credentials: Default::default(),
+                    peak_requests_per_minute: Default::default(),
+                    pairs: Default::default(),
+                    volume: Default::default(),
+                    dropped: 0,
+                }),
+                contract: None,
+                rules_generation: 0,
+                window: Vec::new(),
+            }),
+        };
+        let Some(record) = st.record.as_mut() else {
+            return key;
+        };
+        if record.identity != *o.identity {
+            record.identity = (*o.identity).clone();
+            st.rules_generation = 0;
+        }
+        record.last_seen = record.last_seen.max(secs);
+        record.first_seen = record.first_seen.min(secs);
+        if let Some(exe) = o.exe.as_deref() {
+            touch(&mut record.executables, &mut record.dropped, exe, secs);
+        }
+        if st.rules_generation != self.rules_generation {
+            st.contract = self.rules.contract_for(&o.identity, o.labels.as_deref());
+            st.rules_generation = self.rules_generation;
+            record.contract = st
+                .contract
+                .map(|i| self.rules.contracts[i].reference.name.clone());
+        }
+        key
+    }
+
+    /// Keeps memory bounded: beyond the limits the least recently seen eighth goes.
+    fn evict(&mut self) {
+        if self.ids.len() > self.cfg.max_identities {
+            let mut ages: Vec<(i64, Arc<str>)> = self
+                .ids
+                .iter()
+                .map(|(k, s)| (s.record.as_ref().map_or(0, |r| r.last_seen), k.clone()))
+                .collect();
+            ages.sort();
+            let n = (self.ids.len() - self.cfg.max_identities) + self.cfg.max_identities / 8;
+            for (_, k) in ages.into_iter().take(n) {
+                self.ids.remove(&k);
+                self.dirty_ids.remove(&k);
+                self.stats.identities_evicted += 1;
+            }
+        }
+        if self.creds.len() > self.cfg.max_credentials {
+            let mut ages: Vec<(i64, String)> = self
+                .creds
+                .iter()
+                .map(|(k, c)| (c.last_seen, k.clone()))
+                .collect();
+            ages.sort();
+            let n = (self.creds.len() - self.cfg.max_credentials) + self.cfg.max_credentials / 8;
+            for (_, k) in ages.into_iter().take(n) {
+                self.creds.remove(&k);
+                self.dirty_creds.remove(&k);
+                self.stats.credentials_evicted += 1;
+            }
+        }
+    }
+}
+
+fn touch(
+    map: &mut std::collections::BTreeMap<String, Usage>,
+    dropped: &mut u64,
+    key: &str,
+    t: i64,
+) {
+    if let Some(u) = map.get_mut(key) {
+        u.touch(t);
+    } else if map.len() < MAX_KEYS {
+        map.insert(key.to_owned(), Usage::new(t));
+    } else {
+        *dropped += 1;
+    }
+}
+
+/// One observation's context while it is judged.
+struct Cx<'a> {
+    rules: &'a Compiled,
+    cfg: &'a DetectConfig,
+    dedup: &'a mut Deduper,
+    identity_dedup: &'a mut Deduper,
+    creds: &'a mut HashMap<String, CredentialRecord>,
+    dirty_creds: &'a mut HashSet<String>,
+    ids: &'a HashMap<Arc<str>, IdState>,
+    classify_cache: &'a mut HashMap<(String, String), Option<DsId>>,
+    out: &'a mut Vec<Finding>,
+    t: i64,
+    secs: i64,
+    identity: &'a Arc<WorkloadIdentity>,
+}
+
+impl Cx<'_> {
+    fn contract(&self, c: Option<usize>) -> Option<&CompiledContract> {
+        c.and_then(|i| self.rules.contracts.get(i))
+    }
+
+    fn reference(&self, c: Option<usize>) -> Option<ContractRef> {
+        self.contract(c).map(|c| c.reference.clone())
+    }
+
+    fn raise(
+        &mut self,
+        rule: Rule,
+        key: String,
+        summary: String,
+        contract: Option<usize>,
+        evidence: Evidence,
+    ) {
+        let c = Candidate {
+            rule,
+            key,
+            summary,
+            contract: self.reference(contract),
+            evidence,
+        };
+        self.dedup.raise(self.t, self.identity, c, self.out);
+    }
+
+    fn who(&self) -> &str {
+        &self.identity.id
+    }
+
+    /// Findings about the identity itself rather than one access.
+    fn identity_level(&mut self, contract: Option<usize>) {
+        let who = self.identity.id.clone();
+        let Some(c) = self.contract(contract) else {
+            let cand = Candidate {
+                rule: Rule::Ungoverned,
+                key: String::new(),
+                summary: format!("{who} is active but no access contract governs it"),
+                contract: None,
+                evidence: Evidence::default(),
+            };
+            return self
+                .identity_dedup
+                .raise(self.t, self.identity, cand, self.out);
+        };
+        let mut found = Vec::new();
+        if c.expires_at.is_some_and(|e| self.t >= e) {
+            let day = c.expires.map(|d| d.to_string()).unwrap_or_default();
+            found.push((
+                Rule::ContractExpired,
+                format!(
+                    "{who} is active under contract {} which expired on {day}",
+                    c.reference.name
+                ),
+                Evidence {
+                    expired_on: Some(day),
+                    ..Evidence::default()
+                },
+            ));
+        }
+        if c.ownerless {
+            found.push((
+                Rule::ContractWithoutOwner,
+                format!(
+                    "{who} is active under contract {} which names no owner",
+                    c.reference.name
+                ),
+                Evidence::default(),
+            ));
+        }
+        if c.break_glass {
+            found.push((
+                Rule::BreakGlass,
+                format!(
+                    "break-glass identity {who} is active (contract {})",
+                    c.reference.name
+                ),
+                Evidence::default(),
+            ));
+        }
+        let reference = c.reference.clone();
+        for (rule, summary, evidence) in found {
+            let cand = Candidate {
+                rule,
+                key: reference.version.clone(),
+                summary,
+                contract: Some(reference.clone()),
+                evidence,
+            };
+            self.identity_dedup
+                .raise(self.t, self.identity, cand, self.out);
+        }
+    }
+
+    fn file_open(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        window: &mut Vec<(DsId, i64)>,
+        exe: Option<&str>,
+        path: &str,
+        result: i64,
+    ) {
+        // A failed open read nothing: it is in the events, not a finding.
+        if result < 0 {
+            return;
+        }
+        let exe_s = exe.unwrap_or("?");
+        let su = record.secrets.entry(path.to_owned());
+        match su {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let s = e.get_mut();
+                s.usage.touch(self.secs);
+                if s.executables.len() < 16 {
+                    s.executables.insert(exe_s.to_owned());
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if record.dropped < u64::MAX && e.key().len() < 4096 {
+                    e.insert(SecretUsage {
+                        usage: Usage::new(self.secs),
+                        executables: [exe_s.to_owned()].into(),
+                    });
+                }
+            }
+        }
+        let ds = self.rules.classify_file(path);
+        let who = self.who().to_owned();
+        let c = self.contract(contract);
+        let grant = c.and_then(|c| c.secrets.iter().find(|(g, _)| g.is_match(path)));
+        if let Some((_, exes)) = grant {
+            if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
+                let allowed = exes.clone();
+                self.raise(
+                    Rule::SecretReadUnexpectedExecutable,
+                    format!("{path}\0{exe_s}"),
+                    format!(
+                        "{exe_s} read {path} as {who}; the contract allows only {}",
+                        allowed.join(", ")
+                    ),
+                    contract,
+                    Evidence {
+                        file: Some(path.to_owned()),
+                        executable: Some(exe_s.to_owned()),
+                        allowed,
+                        data_source: ds.map(|d| self.rules.ds_name(d).to_owned()),
+                        ..Evidence::default()
+                    },
+                );
+            }
+        } else {
+            let data_access = ds
+                .is_some_and(|d| self.rules.classification(d) != Some(Classification::Credentials));
+            match (ds, c) {
+                (Some(d), Some(c)) if data_access && c.is_allowed(d) => {}
+                (Some(d), Some(_)) if data_access => {
+                    let name = self.rules.ds_name(d).to_owned();
+                    self.raise(
+                        Rule::UndeclaredDataSource,
+                        name.clone(),
+                        format!("{who} read {path} of data source {name}, which its contract does not allow"),
+                        contract,
+                        Evidence {
+                            data_source: Some(name),
+                            classification: self.rules.classification(d).map(class_name),
+                            file: Some(path.to_owned()),
+                            executable: Some(exe_s.to_owned()),
+                            ..Evidence::default()
+                        },
+                    );
+                }
+                // Ungoverned identities reading data files are covered by NHI-001.
+                (Some(_), None) if data_access => {}
+                _ => {
+                    let what = if c.is_some() {
+                        "its contract grants no such secret"
+                    } else {
+                        "no contract governs it"
+                    };
+                    self.raise(
+                        Rule::SecretReadNotAllowed,
+                        format!("{path}\0{exe_s}"),
+                        format!("{exe_s} read secret {path} as {who}; {what}"),
+                        contract,
+                        Evidence {
+                            file: Some(path.to_owned()),
+                            executable: Some(exe_s.to_owned()),
+                            data_source: ds.map(|d| self.rules.ds_name(d).to_owned()),
+                            ..Evidence::default()
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(d) = ds {
+            touch(
+                &mut record.data_sources,
+                &mut record.dropped,
+                self.rules.ds_name(d),
+                self.secs,
+            );
+            if self.rules.classification(d) != Some(Classification::Credentials) {
+                self.combination(contract, record, window, d);
+            }
+        }
+    }
+
+    fn destination(&mut self, contract: Option<usize>, record: &mut IdentityRecord, host: &str) {
+        let in_ds = self.rules.host_data_sources(host).next().is_some();
+        if !in_ds {
+            touch(
+                &mut record.destinations,
+                &mut record.dropped,
+                host,
+                self.secs,
+            );
+        }
+        let Some(c) = self.contract(contract) else {
+            return;
+        };
+        if !c.host_allowed(self.rules, host) {
+            let who = self.who().to_owned();
+            self.raise(
+                Rule::UndeclaredDestination,
+                host.to_owned(),
+                format!("{who} reached {host}, which its contract does not allow"),
+                contract,
+                Evidence {
+                    destination: Some(host.to_owned()),
+                    ..Evidence::default()
+                },
+            );
+        }
+    }
+
+    fn classify(&mut self, host: &str, path: &str) -> Option<DsId> {
+        let key = (host.to_owned(), path.to_owned());
+        if let Some(d) = self.classify_cache.get(&key) {
+            return *d;
+        }
+        let d = self.rules.classify_http(host, path);
+        if self.classify_cache.len() >= CLASSIFY_CACHE {
+            self.classify_cache.clear();
+        }
+        self.classify_cache.insert(key, d);
+        d
+    }
+
+    fn api_call(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        window: &mut Vec<(DsId, i64)>,
+        call: &ApiCallSeen,
+    ) {
+        for cred in &call.credentials {
+            self.credential(contract, record, cred);
+        }
+        let Some(host) = call.host.as_deref() else {
+            return;
+        };
+        let Some(ds) = self.classify(host, &call.path) else {
+            return self.destination(contract, record, host);
+        };
+        let name = self.rules.ds_name(ds).to_owned();
+        touch(
+            &mut record.data_sources,
+            &mut record.dropped,
+            &name,
+            self.secs,
+        );
+        let method = call.method.as_deref().unwrap_or("?");
+        touch(
+            &mut record.methods,
+            &mut record.dropped,
+            &format!("{name} {method}"),
+            self.secs,
+        );
+        let who = self.who().to_owned();
+        if let Some(c) = self.contract(contract) {
+            if !c.is_allowed(ds) {
+                self.raise(
+                    Rule::UndeclaredDataSource,
+                    name.clone(),
+                    format!("{who} called {method} {host}{} of data source {name}, which its contract does not allow", call.path),
+                    contract,
+                    Evidence {
+                        data_source: Some(name.clone()),
+                        classification: self.rules.classification(ds).map(class_name),
+                        method: call.method.clone(),
+                        path: Some(call.path.clone()),
+                        destination: Some(host.to_owned()),
+                        ..Evidence::default()
+                    },
+                );
+            } else if let Some(ms) = c.methods.get(&ds) {
+                if !ms.iter().any(|m| method_matches(*m, method)) {
+                    let allowed: Vec<String> = ms
+                        .iter()
+                        .map(|m| format!("{m:?}").to_ascii_uppercase())
+                        .collect();
+                    self.raise(
+                        Rule::UndeclaredMethod,
+                        format!("{name}\0{method}"),
+                        format!(
+                            "{who} called {method} on {name}; its contract allows {}",
+                            allowed.join(", ")
+                        ),
+                        contract,
+                        Evidence {
+                            data_source: Some(name.clone()),
+                            method: Some(method.to_owned()),
+                            path: Some(call.path.clone()),
+                            destination: Some(host.to_owned()),
+                            allowed,
+                            ..Evidence::default()
+                        },
+                    );
+                }
+            }
+        }
+        self.combination(contract, record, window, ds);
+        self.volume(
+            contract,
+            record,
+            ds,
+            &name,
+            call.request_bytes + call.response_bytes,
+        );
+    }
+
+    fn combination(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        window: &mut Vec<(DsId, i64)>,
+        ds: DsId,
+    ) {
+        let span = i64::try_from(self.cfg.combination.window.as_nanos()).unwrap_or(i64::MAX);
+        let t = self.t;
+        window.retain(|&(_, last)| t.saturating_sub(last) < span);
+        if let Some(e) = window.iter_mut().find(|(d, _)| *d == ds) {
+            e.1 = e.1.max(t);
+            return;
+        }
+        let others: Vec<DsId> = window.iter().map(|(d, _)| *d).collect();
+        window.push((ds, t));
+        if others.is_empty() {
+            return;
+        }
+        let mut set: Vec<DsId> = window.iter().map(|(d, _)| *d).collect();
+        set.sort_unstable();
+        let names = |s: &[DsId]| -> Vec<String> {
+            s.iter()
+                .map(|d| self.rules.ds_name(*d).to_owned())
+                .collect()
+        };
+        let set_names = names(&set);
+        let who = self.who().to_owned();
+        let new_name = self.rules.ds_name(ds).to_owned();
+        if let Some(c) = self.contract(contract) {
+            if !c.combinations.is_empty()
+                && !c
+                    .combinations
+                    .iter()
+                    .any(|combo| set.iter().all(|d| combo.binary_search(d).is_ok()))
+            {
+                let allowed: Vec<String> = c
+                    .combinations
+                    .iter()
+                    .map(|combo| names(combo).join("+"))
+                    .collect();
+                self.raise(
+                    Rule::CombinationNotAllowed,
+                    set_names.join("+"),
+                    format!(
+                        "{who} touched {new_name} together with {} within {}; no combination of its contract allows that",
+                        names(&others).join(", "),
+                        humantime::format_duration(self.cfg.combination.window)
+                    ),
+                    contract,
+                    Evidence {
+                        data_sources: set_names.clone(),
+                        data_source: Some(new_name.clone()),
+                        window_seconds: Some(self.cfg.combination.window.as_secs()),
+                        allowed,
+                        ..Evidence::default()
+                    },
+                );
+            }
+        }
+        let learning = i64::try_from(self.cfg.combination.learning.as_secs()).unwrap_or(i64::MAX);
+        let learned = self.secs >= record.first_seen.saturating_add(learning);
+        for o in others {
+            let (a, b) = if self.rules.ds_name(o) < new_name.as_str() {
+                (self.rules.ds_name(o).to_owned(), new_name.clone())
+            } else {
+                (new_name.clone(), self.rules.ds_name(o).to_owned())
+            };
+            let pair = (a, b);
+            if record.pairs.contains(&pair) {
+                continue;
+            }
+            if learned {
+                self.raise(
+                    Rule::CombinationUnseen,
+                    format!("{}+{}", pair.0, pair.1),
+                    format!(
+                        "{who} touched {} and {} within {}, a combination not seen in its history",
+                        pair.0,
+                        pair.1,
+                        humantime::format_duration(self.cfg.combination.window)
+                    ),
+                    contract,
+                    Evidence {
+                        data_sources: vec![pair.0.clone(), pair.1.clone()],
+                        window_seconds: Some(self.cfg.combination.window.as_secs()),
+                        ..Evidence::default()
+                    },
+                );
+            }
+            if record.pairs.len() < MAX_KEYS {
+                record.pairs.insert(pair);
+            } else {
+                record.dropped += 1;
+            }
+        }
+    }
+
+    fn volume(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        ds: DsId,
+        name: &str,
+        bytes: u64,
+    ) {
+        let limits = self
+            .contract(contract)
+            .and_then(|c| c.limits.get(&ds).copied());
+        if !record.volume.contains_key(name) {
+            if record.volume.len() >= MAX_KEYS {
+                record.dropped += 1;
+                return;
+            }
+            record.volume.insert(name.to_owned(), Default::default());
+        }
+        let Some(v) = record.volume.get_mut(name) else {
+            return;
+        };
+        let spikes = v.add(&self.cfg.volume, self.t, 1, bytes);
+        let over = match limits {
+            Some((rpm, bph)) => v.limits(self.t, 1, bytes, rpm, bph),
+            None => Vec::new(),
+        };
+        let current = v.current_requests();
+        let peak = record
+            .peak_requests_per_minute
+            .entry(name.to_owned())
+            .or_default();
+        // Per-minute peaks: with another bucket size the current bucket still approximates it.
+        *peak = (*peak).max(current);
+        let who = self.who().to_owned();
+        for e in spikes {
+            let Excess {
+                metric,
+                observed,
+                expected,
+                threshold,
+                window_seconds,
+            } = e;
+            self.raise(
+                Rule::VolumeSpike,
+                format!("{name}\0{}", metric.name()),
+                format!(
+                    "{who} made {observed} {} to {name} within {window_seconds}s; its baseline is {expected:.0} (threshold {threshold})",
+                    if metric == volume::Metric::Requests { "requests" } else { "bytes of traffic" }
+                ),
+                contract,
+                Evidence {
+                    data_source: Some(name.to_owned()),
+                    metric: Some(metric.name().into()),
+                    observed: Some(observed as f64),
+                    expected: Some(expected),
+                    limit: Some(threshold as f64),
+                    window_seconds: Some(window_seconds),
+                    ..Evidence::default()
+                },
+            );
+        }
+        for e in over {
+            let Excess {
+                metric,
+                observed,
+                threshold,
+                window_seconds,
+                ..
+            } = e;
+            self.raise(
+                Rule::LimitExceeded,
+                format!("{name}\0{}", metric.name()),
+                format!(
+                    "{who} exceeded its contract's limit of {threshold} {} per {} on {name}",
+                    metric.name(),
+                    if window_seconds == 60 {
+                        "minute"
+                    } else {
+                        "hour"
+                    }
+                ),
+                contract,
+                Evidence {
+                    data_source: Some(name.to_owned()),
+                    metric: Some(metric.name().into()),
+                    observed: Some(observed as f64),
+                    expected: Some(threshold as f64),
+                    limit: Some(threshold as f64),
+                    window_seconds: Some(window_seconds),
+                    ..Evidence::default()
+                },
+            );
+        }
+    }
+
+    fn credential(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        cred: &CredentialSeen,
+    ) {
+        let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
+        let full = record.credentials.len() >= MAX_KEYS;
+        match record.credentials.get_mut(&cred.fingerprint) {
+            Some(u) => {
+                u.usage.touch(self.secs);
+                u.max_ttl_seconds = u.max_ttl_seconds.max(ttl);
+            }
+            None if !full => {
+                record.credentials.insert(
+                    cred.fingerprint.clone(),
+                    CredentialUse {
+                        kind: cred.kind.clone(),
+                        vendor: cred.vendor.clone(),
+                        long_lived: cred.long_lived,
+                        max_ttl_seconds: ttl,
+                        usage: Usage::new(self.secs),
+                    },
+                );
+            }
+            None => record.dropped += 1,
+        }
+        let who = self.who().to_owned();
+        let cref = CredentialRef {
+            kind: cred.kind.clone(),
+            fingerprint: cred.fingerprint.clone(),
+            vendor: cred.vendor.clone(),
+            token_type: cred.token_type.clone(),
+            ttl_seconds: ttl,
+            expires_at: cred
+                .jwt
+                .as_ref()
+                .and_then(|j| j.exp)
+                .map(|e| rfc3339_ns::format(e.saturating_mul(1_000_000_000))),
+        };
+        let ev = |extra: Evidence| Evidence {
+            credential: Some(cref.clone()),
+            ..extra
+        };
+        let fp = cred.fingerprint.clone();
+        let kinds = self
+            .contract(contract)
+            .map(|c| c.kinds.clone())
+            .unwrap_or_default();
+        let kind = cred.kind.as_str();
+        let kind_listed = kinds.contains(&kind);
+        if !kinds.is_empty() && !kind_listed {
+            self.raise(
+                Rule::CredentialKindNotAllowed,
+                kind.to_owned(),
+                format!(
+                    "{who} presented a credential of kind {kind}; its contract allows {}",
+                    kinds.join(", ")
+                ),
+                contract,
+                ev(Evidence {
+                    allowed: kinds.iter().map(|k| k.to_string()).collect(),
+                    ..Evidence::default()
+                }),
+            );
+        } else {
+            let legacy = match kind {
+                "basic" => Some("HTTP Basic authentication (a static password)"),
+                "aws_sigv4" if cred.long_lived == Some(true) => Some("a long-term AWS access key"),
+                _ => None,
+            };
+            if let (Some(what), false) = (legacy, kind_listed) {
+                self.raise(
+                    Rule::LegacyCredential,
+                    fp.clone(),
+                    format!("{who} authenticates with {what}"),
+                    contract,
+                    ev(Evidence::default()),
+                );
+            }
+        }
+        if let (Some(ttl), Some(max)) = (
+            ttl,
+            self.contract(contract)
+                .and_then(|c| c.max_token_ttl_seconds()),
+        ) {
+            if ttl > max {
+                self.raise(
+                    Rule::TokenTtlTooLong,
+                    fp.clone(),
+                    format!("{who} presented a token valid for {ttl}s; its contract allows at most {max}s"),
+                    contract,
+                    ev(Evidence {
+                        observed: Some(ttl as f64),
+                        limit: Some(max as f64),
+                        ..Evidence::default()
+                    }),
+                );
+            }
+        }
+        if let Some(exp) = cred.jwt.as_ref().and_then(|j| j.exp) {
+            if exp < self.secs {
+                self.raise(
+                    Rule::ExpiredToken,
+                    fp.clone(),
+                    format!(
+                        "{who} presented a token that expired {}s earlier",
+                        self.secs - exp
+                    ),
+                    contract,
+                    ev(Evidence::default()),
+                );
+            }
+        }
+        // Sightings across identities.
+        let others: Vec<String> = {
+            let r = self
+                .creds
+                .entry(fp.clone())
+                .or_insert_with(|| CredentialRecord {
+                    fingerprint: fp.clone(),
+                    kind: cred.kind.clone(),
+                    vendor: cred.vendor.clone(),
+                    long_lived: cred.long_lived,
+                    first_seen: self.secs,
+                    last_seen: self.secs,
+                    identities: Default::default(),
+                });
+            r.last_seen = r.last_seen.max(self.secs);
+            if r.identities.len() < MAX_SHARERS || r.identities.contains_key(&who) {
+                r.identities.insert(who.clone(), self.secs);
+            }
+            r.identities
+                .keys()
+                .filter(|k| **k != who)
+                .cloned()
+                .collect()
+        };
+        self.dirty_creds.insert(fp.clone());
+        if others.is_empty() {
+            return;
+        }
+        if kind == "jwt" {
+            self.raise(
+                Rule::TokenReplayed,
+                fp.clone(),
+                format!(
+                    "{who} presented a token already used by {}",
+                    others.join(", ")
+                ),
+                contract,
+                ev(Evidence {
+                    identities: others,
+                    ..Evidence::default()
+                }),
+            );
+            return;
+        }
+        let allowed_here = self.contract(contract).is_some_and(|c| c.shared_allowed);
+        let allowed_there = others.iter().all(|o| {
+            self.ids
+                .get(o.as_str())
+                .and_then(|s| s.contract)
+                .and_then(|i| self.rules.contracts.get(i))
+                .is_some_and(|c| c.shared_allowed)
+        });
+        if !(allowed_here && allowed_there) {
+            self.raise(
+                Rule::SharedCredential,
+                fp.clone(),
+                format!(
+                    "{who} uses a credential (kind {kind}) also used by {}",
+                    others.join(", ")
+                ),
+                contract,
+                ev(Evidence {
+                    identities: others,
+                    ..Evidence::default()
+                }),
+            );
+        }
+    }
+}
+
+impl CompiledContract {
+    pub fn max_token_ttl_seconds(&self) -> Option<i64> {
+        self.max_ttl_seconds
+    }
+}
+
+fn class_name(c: Classification) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub held_events: Gauge,
     pub pod_source_errors: Counter,
     pub api: ApiMetrics,
+    pub detect: DetectMetrics,
     ready: AtomicBool,
 }
 
@@ -170,6 +171,139 @@ impl ApiMetrics {
             "api_parser_buffered_bytes",
             "Bytes the HTTP parsers hold (heads, header blocks)",
             self.buffered_bytes.clone(),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabel {
+    pub rule: String,
+    pub name: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    pub what: String,
+}
+
+/// Contracts and detectors: findings, rule reloads, learned state.
+#[derive(Default)]
+pub struct DetectMetrics {
+    pub observations: Family<KindLabel, Counter>,
+    pub findings: Family<FindingLabel, Counter>,
+    pub rules_reloads: Family<ResultLabel, Counter>,
+    pub rules_loaded: Family<KindLabel, Gauge>,
+    pub rules_last_success: Gauge,
+    pub identities: Gauge,
+    pub credentials: Gauge,
+    pub open_findings: Gauge,
+    pub evictions: Family<WhatLabel, Counter>,
+    pub state_writes: Family<ResultLabel, Counter>,
+}
+
+impl DetectMetrics {
+    fn new() -> DetectMetrics {
+        let m = DetectMetrics::default();
+        // Every rule has a series from the start, so dashboards and alerts see zeros, not gaps.
+        for r in crate::detect::finding::Rule::ALL {
+            m.finding(*r);
+        }
+        for result in ["ok", "error"] {
+            let _ = m.rules_reloads.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
+        m
+    }
+
+    pub fn finding(&self, r: crate::detect::finding::Rule) -> Counter {
+        self.findings
+            .get_or_create(&FindingLabel {
+                rule: r.id().into(),
+                name: r.name().into(),
+                severity: r.severity().name().into(),
+            })
+            .clone()
+    }
+
+    pub fn reload(&self, ok: bool, set: Option<&crate::contracts::RuleSet>) {
+        self.rules_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        if let Some(set) = set {
+            for (kind, n) in [
+                ("contracts", set.contracts.len()),
+                ("data_sources", set.data_sources.len()),
+            ] {
+                self.rules_loaded
+                    .get_or_create(&KindLabel { kind: kind.into() })
+                    .set(n as i64);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            self.rules_last_success.set(now);
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "observations",
+            "Observations judged by the detectors, by kind (exec, file_open, connect, api_call)",
+            self.observations.clone(),
+        );
+        registry.register(
+            "findings",
+            "Findings raised (first occurrences; repeats within the dedup window are counted in the finding), by rule and severity",
+            self.findings.clone(),
+        );
+        registry.register(
+            "rules_reloads",
+            "Rule (contract and data source) loads, by result; a failed reload keeps the last good rules",
+            self.rules_reloads.clone(),
+        );
+        registry.register(
+            "rules_loaded",
+            "Rules in force, by kind (contracts, data_sources)",
+            self.rules_loaded.clone(),
+        );
+        registry.register(
+            "rules_last_success_timestamp_seconds",
+            "When the rules in force were loaded",
+            self.rules_last_success.clone(),
+        );
+        registry.register(
+            "detector_identities",
+            "Identities whose history the detectors keep in memory",
+            self.identities.clone(),
+        );
+        registry.register(
+            "detector_credentials",
+            "Credential fingerprints tracked across identities",
+            self.credentials.clone(),
+        );
+        registry.register(
+            "detector_open_findings",
+            "Findings inside their dedup window",
+            self.open_findings.clone(),
+        );
+        registry.register(
+            "detector_evictions",
+            "Entries dropped to keep detector memory bounded, by what (identity, credential, open_finding)",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "state_writes",
+            "Writes of learned state to the state database, by result",
+            self.state_writes.clone(),
         );
     }
 }
@@ -325,6 +459,8 @@ impl Metrics {
         );
         let api = ApiMetrics::new();
         api.register(&mut registry);
+        let detect = DetectMetrics::new();
+        detect.register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -354,6 +490,7 @@ impl Metrics {
             held_events,
             pod_source_errors,
             api,
+            detect,
             ready: AtomicBool::new(false),
         }
     }

@@ -1,0 +1,410 @@
+//! Findings: the rule catalogue (stable ids, severities), the finding record, and deduplication per (identity, rule, evidence key) with counts.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{events::observation::rfc3339_ns, identity::WorkloadIdentity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+macro_rules! rules {
+    ($($v:ident = $id:literal, $name:literal, $sev:ident, $title:literal;)*) => {
+        /// Every rule nhiwatch can raise. Ids never change meaning.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Rule { $($v,)* }
+
+        impl Rule {
+            pub const ALL: &'static [Rule] = &[$(Rule::$v,)*];
+            pub fn id(self) -> &'static str { match self { $(Rule::$v => $id,)* } }
+            pub fn name(self) -> &'static str { match self { $(Rule::$v => $name,)* } }
+            pub fn severity(self) -> Severity { match self { $(Rule::$v => Severity::$sev,)* } }
+            pub fn title(self) -> &'static str { match self { $(Rule::$v => $title,)* } }
+            pub fn from_id(id: &str) -> Option<Rule> {
+                match id { $($id => Some(Rule::$v),)* _ => None }
+            }
+        }
+    };
+}
+
+rules! {
+    Ungoverned = "NHI-001", "ungoverned-identity", Medium, "Identity without an access contract";
+    ContractExpired = "NHI-002", "contract-expired", High, "Access contract expired";
+    ContractWithoutOwner = "NHI-003", "contract-without-owner", Low, "Access contract without an owner";
+    UndeclaredDataSource = "NHI-010", "undeclared-data-source", High, "Data source not declared in the contract";
+    UndeclaredMethod = "NHI-011", "undeclared-method", Medium, "Method not declared for the data source";
+    UndeclaredDestination = "NHI-012", "undeclared-destination", Medium, "Destination not declared in the contract";
+    SecretReadNotAllowed = "NHI-020", "secret-read-not-allowed", High, "Secret read without a grant";
+    SecretReadUnexpectedExecutable = "NHI-021", "secret-read-unexpected-executable", Critical, "Secret read by an executable the contract does not name";
+    CombinationNotAllowed = "NHI-030", "combination-not-allowed", High, "Data sources combined beyond the contract";
+    CombinationUnseen = "NHI-031", "combination-unseen", Medium, "Data-source combination never seen before";
+    VolumeSpike = "NHI-040", "volume-spike", Medium, "Volume far above the learned baseline";
+    LimitExceeded = "NHI-041", "limit-exceeded", High, "Contract limit exceeded";
+    SharedCredential = "NHI-050", "shared-credential", High, "Credential shared by several identities";
+    CredentialKindNotAllowed = "NHI-051", "credential-kind-not-allowed", Medium, "Credential kind not allowed by the contract";
+    LegacyCredential = "NHI-052", "legacy-credential", Medium, "Legacy credential in use";
+    TokenTtlTooLong = "NHI-053", "token-ttl-too-long", Medium, "Token lifetime above the contract's maximum";
+    ExpiredToken = "NHI-054", "expired-token", High, "Expired token presented";
+    TokenReplayed = "NHI-055", "token-replayed", Critical, "Token presented by a second identity";
+    BreakGlass = "NHI-060", "break-glass-activity", High, "Break-glass identity active";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// The contract that decided, pinned to the text in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractRef {
+    pub name: String,
+    pub version: String,
+    pub file: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRef {
+    pub kind: String,
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// What was seen, metadata only. Which fields are set depends on the rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_sources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRef>,
+    /// Other identities seen with the same credential.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_on: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The first occurrence, emitted at once.
+    Opened,
+    /// The dedup window of a finding that repeated closed: `count` occurrences in all.
+    Summary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: String,
+    /// First occurrence.
+    #[serde(with = "rfc3339_ns")]
+    pub time: i64,
+    #[serde(with = "rfc3339_ns")]
+    pub last_seen: i64,
+    pub rule: RuleRef,
+    pub severity: Severity,
+    pub summary: String,
+    pub identity: Arc<WorkloadIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractRef>,
+    pub evidence: Evidence,
+    pub count: u64,
+    pub phase: Phase,
+    pub dedup_key: String,
+}
+
+/// A candidate finding before deduplication. `key` names what makes two occurrences the same.
+pub struct Candidate {
+    pub rule: Rule,
+    pub key: String,
+    pub summary: String,
+    pub contract: Option<ContractRef>,
+    pub evidence: Evidence,
+}
+
+struct Open {
+    finding: Finding,
+}
+
+/// Keeps one open finding per (identity, rule, key) for a window; repeats only count.
+pub struct Deduper {
+    window_ns: i64,
+    capacity: usize,
+    open: HashMap<u64, Open>,
+    /// (closes_at, hash) in arrival order; windows are equal so this is time order too.
+    order: VecDeque<(i64, u64)>,
+    pub evicted: u64,
+}
+
+impl Deduper {
+    pub fn new(window_ns: i64, capacity: usize) -> Deduper {
+        Deduper {
+            window_ns: window_ns.max(1),
+            capacity: capacity.max(1),
+            open: HashMap::new(),
+            order: VecDeque::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Records an occurrence at `t`; pushes the finding to `out` when it is new.
+    pub fn raise(
+        &mut self,
+        t: i64,
+        identity: &Arc<WorkloadIdentity>,
+        c: Candidate,
+        out: &mut Vec<Finding>,
+    ) {
+        let dedup_key = dedup_key(&identity.id, c.rule, &c.key);
+        if let Some(o) = self.open.get_mut(&dedup_key) {
+            o.finding.count += 1;
+            o.finding.last_seen = o.finding.last_seen.max(t);
+            return;
+        }
+        if self.open.len() >= self.capacity {
+            // Close the oldest early rather than grow: its summary still goes out.
+            if let Some((_, h)) = self.order.pop_front() {
+                if let Some(o) = self.open.remove(&h) {
+                    self.evicted += 1;
+                    summary(o, out);
+                }
+            }
+        }
+        let finding = Finding {
+            kind: "finding".into(),
+            time: t,
+            last_seen: t,
+            rule: RuleRef {
+                id: c.rule.id().into(),
+                name: c.rule.name().into(),
+            },
+            severity: c.rule.severity(),
+            summary: c.summary,
+            identity: identity.clone(),
+            contract: c.contract,
+            evidence: c.evidence,
+            count: 1,
+            phase: Phase::Opened,
+            dedup_key: format!("{dedup_key:016x}"),
+        };
+        out.push(finding.clone());
+        let closes_at = t.saturating_add(self.window_ns);
+        self.open.insert(dedup_key, Open { finding });
+        self.order.push_back((closes_at, dedup_key));
+    }
+
+    /// Closes the windows that ended by `now`; repeated findings leave a summary.
+    pub fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
+        while let Some(&(at, h)) = self.order.front() {
+            if at > now {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(o) = self.open.remove(&h) {
+                summary(o, out);
+            }
+        }
+    }
+
+    /// Closes every window (end of a replay, shutdown).
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        self.advance(i64::MAX, out);
+    }
+}
+
+fn summary(o: Open, out: &mut Vec<Finding>) {
+    if o.finding.count > 1 {
+        let mut f = o.finding;
+        f.phase = Phase::Summary;
+        out.push(f);
+    }
+}
+
+/// Stable across runs and hosts (FNV-1a, not the std hasher's random seed), so SIEMs can drop repeats.
+fn dedup_key(identity: &str, rule: Rule, key: &str) -> u64 {
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    identity.hash(&mut h);
+    rule.id().hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Counts by rule for metrics and reports.
+pub fn count_by_rule(findings: &[Finding]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for f in findings {
+        *m.entry(f.rule.id.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityKind;
+
+    fn ident(id: &str) -> Arc<WorkloadIdentity> {
+        Arc::new(WorkloadIdentity {
+            id: id.into(),
+            kind: IdentityKind::Unix,
+            namespace: None,
+            service_account: None,
+            pod: None,
+            pod_uid: None,
+            container: None,
+            container_id: None,
+            image: None,
+            owner: None,
+            unit: None,
+            uid: Some(1),
+            user: None,
+            exe: None,
+            node: "n".into(),
+        })
+    }
+
+    fn cand(key: &str) -> Candidate {
+        Candidate {
+            rule: Rule::UndeclaredDestination,
+            key: key.into(),
+            summary: "s".into(),
+            contract: None,
+            evidence: Evidence::default(),
+        }
+    }
+
+    #[test]
+    fn catalogue_is_consistent() {
+        let mut ids: Vec<_> = Rule::ALL.iter().map(|r| r.id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), Rule::ALL.len());
+        for r in Rule::ALL {
+            assert_eq!(Rule::from_id(r.id()), Some(*r));
+        }
+    }
+
+    #[test]
+    fn repeats_count_and_summarise_once() {
+        let a = ident("spiffe://x/a");
+        let mut d = Deduper::new(10, 100);
+        let mut out = Vec::new();
+        for t in 0..5 {
+            d.raise(t, &a, cand("k"), &mut out);
+        }
+        d.raise(3, &a, cand("other"), &mut out);
+        d.raise(3, &ident("spiffe://x/b"), cand("k"), &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|f| f.phase == Phase::Opened && f.count == 1));
+        assert_ne!(out[0].dedup_key, out[1].dedup_key);
+        assert_ne!(out[0].dedup_key, out[2].dedup_key);
+        out.clear();
+        d.advance(9, &mut out);
+        assert!(out.is_empty());
+        d.advance(10, &mut out);
+        assert_eq!(out.len(), 1, "only the repeated one summarises");
+        assert_eq!((out[0].count, out[0].last_seen), (5, 4));
+        assert_eq!(out[0].phase, Phase::Summary);
+        // A new window opens a new finding with the same key.
+        out.clear();
+        d.raise(20, &a, cand("k"), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].dedup_key,
+            format!(
+                "{:016x}",
+                dedup_key("spiffe://x/a", Rule::UndeclaredDestination, "k")
+            )
+        );
+    }
+
+    #[test]
+    fn bounded() {
+        let a = ident("spiffe://x/a");
+        let mut d = Deduper::new(1_000, 4);
+        let mut out = Vec::new();
+        for i in 0..10 {
+            d.raise(i, &a, cand(&i.to_string()), &mut out);
+        }
+        assert_eq!(d.len(), 4);
+        assert_eq!(d.evicted, 6);
+    }
+}

@@ -1,0 +1,242 @@
+//! Observations → detectors → findings in the daemon: runs the engine, writes findings (stdout, JSON-lines file), records observations, applies rule reloads.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::{mpsc::Receiver, Arc},
+    time::Instant,
+};
+
+use crate::{
+    contracts::RuleSet,
+    detect::{finding::Finding, Engine, EngineStats},
+    events::observation::Observation,
+    metrics::{KindLabel, Metrics, ReasonLabel, WhatLabel},
+};
+
+pub struct FindingsStage {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    file: Option<BufWriter<File>>,
+    /// Findings waiting for the pipeline to print them (it owns standard output).
+    pub pending: Vec<Finding>,
+    pub stdout: bool,
+    record: Option<BufWriter<File>>,
+    reloads: Option<Receiver<RuleSet>>,
+    reported: EngineStats,
+    last_evicted_findings: u64,
+    store: Option<crate::store::Store>,
+    last_persist: Instant,
+}
+
+/// Opens a file for appending, created 0600: findings and recordings describe what identities did.
+fn append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl FindingsStage {
+    /// `findings_file` and `record` are opened here so a bad path fails the start, not later.
+    pub fn new(
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        stdout: bool,
+        findings_file: Option<PathBuf>,
+        record: Option<PathBuf>,
+    ) -> std::io::Result<FindingsStage> {
+        let open = |p: &PathBuf| {
+            append(p)
+                .map(|f| BufWriter::with_capacity(64 << 10, f))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(FindingsStage {
+            file: findings_file.as_ref().map(open).transpose()?,
+            record: record.as_ref().map(open).transpose()?,
+            engine,
+            metrics,
+            pending: Vec::new(),
+            stdout,
+            reloads: None,
+            reported: EngineStats::default(),
+            last_evicted_findings: 0,
+            store: None,
+            last_persist: Instant::now(),
+        })
+    }
+
+    pub fn with_reloads(mut self, rx: Receiver<RuleSet>) -> FindingsStage {
+        self.reloads = Some(rx);
+        self
+    }
+
+    /// Learned state is restored from and written to this store.
+    pub fn with_store(mut self, store: crate::store::Store) -> FindingsStage {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    pub fn observe(&mut self, o: &Observation) {
+        self.metrics
+            .detect
+            .observations
+            .get_or_create(&KindLabel {
+                kind: o.kind().into(),
+            })
+            .inc();
+        if let Some(rec) = self.record.as_mut() {
+            let ok = serde_json::to_writer(&mut *rec, o).is_ok() && rec.write_all(b"\n").is_ok();
+            if !ok {
+                self.dropped("record_output");
+            }
+        }
+        let before = self.pending.len();
+        self.engine.observe(o, &mut self.pending);
+        self.written(before);
+    }
+
+    fn dropped(&self, reason: &str) {
+        self.metrics
+            .userspace_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts and files the findings from `pending[from..]`.
+    fn written(&mut self, from: usize) {
+        for f in self.pending.get(from..).unwrap_or_default() {
+            if f.phase == crate::detect::finding::Phase::Opened {
+                if let Some(r) = crate::detect::finding::Rule::from_id(&f.rule.id) {
+                    self.metrics.detect.finding(r).inc();
+                }
+            }
+            if let Some(file) = self.file.as_mut() {
+                let ok =
+                    serde_json::to_writer(&mut *file, f).is_ok() && file.write_all(b"\n").is_ok();
+                if !ok {
+                    self.metrics
+                        .userspace_dropped
+                        .get_or_create(&ReasonLabel {
+                            reason: "findings_file".into(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        if !self.stdout {
+            self.pending.truncate(from);
+        }
+    }
+
+    /// Once per batch: new rules, closed dedup windows, metrics, flushes, periodic persistence.
+    pub fn tick(&mut self, now_ns: i64) {
+        if let Some(rx) = &self.reloads {
+            let mut latest = None;
+            while let Ok(set) = rx.try_recv() {
+                latest = Some(set);
+            }
+            if let Some(set) = latest {
+                self.engine.set_rules(set);
+            }
+        }
+        let before = self.pending.len();
+        self.engine.advance(now_ns, &mut self.pending);
+        self.written(before);
+        self.update_metrics();
+        for w in [self.file.as_mut(), self.record.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = w.flush();
+        }
+        if self.last_persist.elapsed() >= self.engine_persist_interval() {
+            self.persist();
+        }
+    }
+
+    fn engine_persist_interval(&self) -> std::time::Duration {
+        self.engine.config().persist_interval
+    }
+
+    fn update_metrics(&mut self) {
+        let d = &self.metrics.detect;
+        d.identities.set(self.engine.identities() as i64);
+        d.credentials.set(self.engine.credentials() as i64);
+        d.open_findings.set(self.engine.open_findings() as i64);
+        let s = self.engine.stats.clone();
+        let evicted_findings = self.engine.evicted_findings();
+        for (what, now, before) in [
+            (
+                "identity",
+                s.identities_evicted,
+                self.reported.identities_evicted,
+            ),
+            (
+                "credential",
+                s.credentials_evicted,
+                self.reported.credentials_evicted,
+            ),
+            ("open_finding", evicted_findings, self.last_evicted_findings),
+        ] {
+            if now > before {
+                d.evictions
+                    .get_or_create(&WhatLabel { what: what.into() })
+                    .inc_by(now - before);
+            }
+        }
+        self.reported = s;
+        self.last_evicted_findings = evicted_findings;
+    }
+
+    /// Writes what changed to the state database; a failure is logged and counted, and retried next time.
+    pub fn persist(&mut self) {
+        self.last_persist = Instant::now();
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let r = self
+            .engine
+            .persist(|ids, creds| store.save(ids, creds, &[], &[]));
+        let result = match r {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, "writing learned state failed; retrying at the next interval");
+                "error"
+            }
+        };
+        self.metrics
+            .detect
+            .state_writes
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Shutdown: close every open finding (summaries go out), persist, flush.
+    pub fn finish(&mut self) {
+        let before = self.pending.len();
+        self.engine.finish(&mut self.pending);
+        self.written(before);
+        self.persist();
+        for w in [self.file.as_mut(), self.record.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = w.flush();
+        }
+    }
+}
