@@ -384,11 +384,11 @@ def s01_benign_med_summarizer_day():
     rec.connect(day + timedelta(seconds=2), MED, 4242, "/app/summarizer", "10.20.0.5:443")  # no name: only an address
     for hour in range(7, 19):
         start = T(f"2026-11-23T{hour:02d}:00:00")
-        # kubelet rotates the projected token; the app re-reads it every hour.
-        jwt = sa_jwt(MED, start - timedelta(minutes=5))
+        # kubelet rotates the projected token; the app re-reads it every hour, before the old one expires.
+        jwt = sa_jwt(MED, start - timedelta(minutes=2))
         rec.open(start, MED, 4242, "/app/summarizer", SA_TOKEN)
         t = start + timedelta(seconds=rng.randrange(5, 60))
-        while t < start + timedelta(minutes=58):
+        while t < start + timedelta(minutes=50):
             path = rng.choice(["/R4/MedicationRequest", "/R4/MedicationStatement", "/R4/MedicationRequest"])
             t = summarize(rec, t, jwt, MED_KEY, rng=rng, meds_path=path)
             t += timedelta(seconds=rng.randrange(60, 420))
