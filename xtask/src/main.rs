@@ -68,11 +68,18 @@ fn main() -> Result<()> {
             deps::ensure(deps::Set::Build)?;
             cargo(&["build", "--release", "-p", "nhiwatch"])?;
             let bin = root.join("target/release/nhiwatch");
+            // The bundled defaults, with the repository's example contracts as the rules.
+            let cfg = root.join("target/xtask-run.yaml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "# Written by `cargo xtask run`: the bundled defaults plus the repository's rules.\nrules: [{}]\n",
+                    root.join("rules").display()
+                ),
+            )
+            .with_context(|| format!("writing {}", cfg.display()))?;
             let mut cmd = privileged(&bin);
-            cmd.arg("run")
-                .arg("--config")
-                .arg(root.join("config/nhiwatch.yaml"))
-                .args(&args);
+            cmd.arg("run").arg("--config").arg(&cfg).args(&args);
             eprintln!("xtask: running {cmd:?}");
             let status = cmd.status().context("starting nhiwatch")?;
             if !status.success() {

@@ -582,47 +582,49 @@ impl Cx<'_> {
                 );
             }
         } else {
+            // A file of an allowed data source is allowed to any executable of the identity;
+            // `secrets` grants are what restrict by executable.
             let data_access = ds
                 .is_some_and(|d| self.rules.classification(d) != Some(Classification::Credentials));
-            match (ds, c) {
-                (Some(d), Some(c)) if data_access && c.is_allowed(d) => {}
-                (Some(d), Some(_)) if data_access => {
-                    let name = self.rules.ds_name(d).to_owned();
-                    self.raise(
-                        Rule::UndeclaredDataSource,
-                        name.clone(),
-                        format!("{who} read {path} of data source {name}, which its contract does not allow"),
-                        contract,
-                        Evidence {
-                            data_source: Some(name),
-                            classification: self.rules.classification(d).map(class_name),
-                            file: Some(path.to_owned()),
-                            executable: Some(exe_s.to_owned()),
-                            ..Evidence::default()
-                        },
-                    );
-                }
-                // Ungoverned identities reading data files are covered by NHI-001.
-                (Some(_), None) if data_access => {}
-                _ => {
-                    let what = if c.is_some() {
-                        "its contract grants no such secret"
-                    } else {
-                        "no contract governs it"
-                    };
-                    self.raise(
-                        Rule::SecretReadNotAllowed,
-                        format!("{path}\0{exe_s}"),
-                        format!("{exe_s} read secret {path} as {who}; {what}"),
-                        contract,
-                        Evidence {
-                            file: Some(path.to_owned()),
-                            executable: Some(exe_s.to_owned()),
-                            data_source: ds.map(|d| self.rules.ds_name(d).to_owned()),
-                            ..Evidence::default()
-                        },
-                    );
-                }
+            let allowed = matches!((ds, c), (Some(d), Some(c)) if c.is_allowed(d));
+            let governed = c.is_some();
+            if let (Some(d), true, false) = (ds, governed, allowed) {
+                let name = self.rules.ds_name(d).to_owned();
+                self.raise(
+                    Rule::UndeclaredDataSource,
+                    name.clone(),
+                    format!("{who} read {path} of data source {name}, which its contract does not allow"),
+                    contract,
+                    Evidence {
+                        data_source: Some(name),
+                        classification: self.rules.classification(d).map(class_name),
+                        file: Some(path.to_owned()),
+                        executable: Some(exe_s.to_owned()),
+                        ..Evidence::default()
+                    },
+                );
+            }
+            // Data files are secrets only when they hold credentials (or belong to no data
+            // source: then they are watched because they are secrets). Ungoverned identities
+            // reading data files are covered by NHI-001.
+            if !allowed && !data_access {
+                let what = if governed {
+                    "its contract grants no such secret"
+                } else {
+                    "no contract governs it"
+                };
+                self.raise(
+                    Rule::SecretReadNotAllowed,
+                    format!("{path}\0{exe_s}"),
+                    format!("{exe_s} read secret {path} as {who}; {what}"),
+                    contract,
+                    Evidence {
+                        file: Some(path.to_owned()),
+                        executable: Some(exe_s.to_owned()),
+                        data_source: ds.map(|d| self.rules.ds_name(d).to_owned()),
+                        ..Evidence::default()
+                    },
+                );
             }
         }
         if let Some(d) = ds {
@@ -1020,21 +1022,20 @@ impl Cx<'_> {
                     ..Evidence::default()
                 }),
             );
-        } else {
-            let legacy = match kind {
-                "basic" => Some("HTTP Basic authentication (a static password)"),
-                "aws_sigv4" if cred.long_lived == Some(true) => Some("a long-term AWS access key"),
-                _ => None,
-            };
-            if let (Some(what), false) = (legacy, kind_listed) {
-                self.raise(
-                    Rule::LegacyCredential,
-                    fp.clone(),
-                    format!("{who} authenticates with {what}"),
-                    contract,
-                    ev(Evidence::default()),
-                );
-            }
+        }
+        let legacy = match kind {
+            "basic" => Some("HTTP Basic authentication (a static password)"),
+            "aws_sigv4" if cred.long_lived == Some(true) => Some("a long-term AWS access key"),
+            _ => None,
+        };
+        if let (Some(what), false) = (legacy, kind_listed) {
+            self.raise(
+                Rule::LegacyCredential,
+                fp.clone(),
+                format!("{who} authenticates with {what}"),
+                contract,
+                ev(Evidence::default()),
+            );
         }
         if let (Some(ttl), Some(max)) = (
             ttl,
@@ -1151,3 +1152,6 @@ fn class_name(c: Classification) -> String {
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

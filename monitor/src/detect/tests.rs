@@ -1,0 +1,218 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    events::observation::{ApiCallSeen, CredentialSeen},
+    identity::IdentityKind,
+};
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_795_000_000 * S;
+
+fn shipped() -> RuleSet {
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"));
+    crate::contracts::load_paths(&[dir]).unwrap()
+}
+
+fn k8s(ns: &str, sa: &str) -> Arc<WorkloadIdentity> {
+    Arc::new(WorkloadIdentity {
+        id: format!("spiffe://clinic.example/ns/{ns}/sa/{sa}"),
+        kind: IdentityKind::Kubernetes,
+        namespace: Some(ns.into()),
+        service_account: Some(sa.into()),
+        pod: Some(format!("{sa}-0")),
+        pod_uid: None,
+        container: None,
+        container_id: None,
+        image: None,
+        owner: None,
+        unit: None,
+        uid: None,
+        user: None,
+        exe: None,
+        node: "n1".into(),
+    })
+}
+
+fn call(id: &Arc<WorkloadIdentity>, t: i64, host: &str, path: &str, fp: &str) -> Observation {
+    Observation {
+        time: t,
+        identity: id.clone(),
+        labels: None,
+        pid: 7,
+        exe: Some("/app/summarizer".into()),
+        activity: Activity::ApiCall(ApiCallSeen {
+            host: Some(host.into()),
+            method: Some("GET".into()),
+            path: path.into(),
+            status: Some(200),
+            request_bytes: 100,
+            response_bytes: 1000,
+            credentials: vec![CredentialSeen {
+                kind: "api_key".into(),
+                fingerprint: fp.into(),
+                vendor: None,
+                token_type: None,
+                long_lived: Some(true),
+                access_key_id: None,
+                username: None,
+                jwt: None,
+            }],
+        }),
+    }
+}
+
+fn rules_of(found: &[Finding]) -> Vec<&str> {
+    found.iter().map(|f| f.rule.id.as_str()).collect()
+}
+
+#[test]
+fn memory_stays_bounded_under_a_million_fingerprints() {
+    let cfg = DetectConfig {
+        max_credentials: 10_000,
+        max_identities: 1_000,
+        max_open_findings: 5_000,
+        ..DetectConfig::default()
+    };
+    let mut e = Engine::new(shipped(), cfg);
+    let id = k8s("clinical-ai", "med-summarizer");
+    let mut out = Vec::new();
+    for i in 0..1_000_000i64 {
+        let o = call(
+            &id,
+            T0 + i * 1_000_000,
+            "fhir.ehr.example.org",
+            "/R4/Patient/{id}",
+            &format!("hmac-sha256:{i:032x}"),
+        );
+        e.observe(&o, &mut out);
+        out.clear();
+    }
+    assert!(e.credentials() <= 10_000, "{}", e.credentials());
+    assert!(e.stats.credentials_evicted >= 990_000);
+    // The identity's own record is bounded too: it keeps at most MAX_KEYS fingerprints.
+    let r = e.records().next().unwrap();
+    assert_eq!(r.credentials.len(), MAX_KEYS);
+    assert!(r.dropped > 0);
+    // Many identities: evicted beyond the limit, oldest first.
+    for i in 0..5_000i64 {
+        let o = call(
+            &k8s("ns", &format!("sa-{i}")),
+            T0 + (1_000 + i) * S,
+            "x.example",
+            "/",
+            "hmac-sha256:00",
+        );
+        e.observe(&o, &mut out);
+        out.clear();
+    }
+    assert!(e.identities() <= 1_000);
+    assert!(e.records().any(|r| r.identity.id.ends_with("sa-4999")));
+    assert!(e.open_findings() <= 10_000);
+}
+
+#[test]
+fn state_survives_a_restart_and_a_reload() {
+    let mut e = Engine::new(shipped(), DetectConfig::default());
+    let a = k8s("clinical-ai", "med-summarizer");
+    let mut out = Vec::new();
+    e.observe(
+        &call(
+            &a,
+            T0,
+            "fhir.ehr.example.org",
+            "/R4/Patient/{id}",
+            "hmac-sha256:aa",
+        ),
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let (mut ids, mut creds) = (Vec::new(), Vec::new());
+    e.persist::<()>(|i, c| {
+        ids = i.iter().map(|r| (*r).clone()).collect();
+        creds = c.iter().map(|r| (*r).clone()).collect();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((ids.len(), creds.len()), (1, 1));
+    // Nothing changed since: nothing to write.
+    e.persist::<()>(|i, c| {
+        assert!(i.is_empty() && c.is_empty());
+        Ok(())
+    })
+    .unwrap();
+    // A new process with the restored state knows the credential's first user.
+    let mut e2 = Engine::new(shipped(), DetectConfig::default());
+    e2.restore(ids, creds);
+    let b = k8s("patient-apps", "fitness-sync");
+    e2.observe(
+        &call(
+            &b,
+            T0 + S,
+            "api.fitness.example.net",
+            "/v1/users/{id}/sleep",
+            "hmac-sha256:aa",
+        ),
+        &mut out,
+    );
+    assert!(rules_of(&out).contains(&"NHI-050"), "{out:?}");
+    // New rules without fitness-sync's contract: the identity becomes ungoverned at its next activity.
+    let text: String = ["data-sources.yaml", "contracts.yaml"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/../rules/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+        .replace("name: fitness-sync", "name: fitness-sync-old")
+        .replace("k8s:sa:fitness-sync", "k8s:sa:renamed");
+    e2.set_rules(crate::contracts::load_str("r.yaml", &text).unwrap());
+    out.clear();
+    e2.observe(
+        &call(
+            &b,
+            T0 + 2 * S,
+            "api.fitness.example.net",
+            "/v1/users/{id}/sleep",
+            "hmac-sha256:bb",
+        ),
+        &mut out,
+    );
+    assert_eq!(rules_of(&out), ["NHI-001"]);
+}
+
+#[test]
+fn replay_is_deterministic_and_windows_close_at_the_end() {
+    let a = k8s("patient-apps", "fitness-sync");
+    let obs: Vec<Observation> = (0..50)
+        .map(|i| {
+            call(
+                &a,
+                T0 + i * S,
+                "bh-notes.internal.example.org",
+                "/notes/{id}",
+                "hmac-sha256:cc",
+            )
+        })
+        .collect();
+    let run = || {
+        let mut e = Engine::new(shipped(), DetectConfig::default());
+        let mut out = Vec::new();
+        for o in &obs {
+            e.observe(o, &mut out);
+        }
+        e.finish(&mut out);
+        serde_json::to_string(&out).unwrap()
+    };
+    let first = run();
+    assert_eq!(first, run());
+    let found: Vec<Finding> = serde_json::from_str(&first).unwrap();
+    let summary: Vec<&Finding> = found
+        .iter()
+        .filter(|f| f.phase == finding::Phase::Summary)
+        .collect();
+    // api_key not allowed (51) and the undeclared data source (10), 50 times each.
+    assert_eq!(summary.len(), 2, "{found:#?}");
+    assert!(summary.iter().all(|f| f.count == 50));
+    assert!(summary.iter().any(|f| f.rule.id == "NHI-010"));
+}
