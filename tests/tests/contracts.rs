@@ -381,6 +381,7 @@ fn mental_health_notes_with_the_medication_list_is_a_forbidden_combination() {
         assert!(sources.contains(&s), "{s} missing: {combo}");
     }
 
+    assert_eq!(combo["evidence"]["window_seconds"], 600, "{combo}");
     let undeclared = wait_finding(&d, &pod, "NHI-010");
     assert_eq!(
         undeclared["evidence"]["data_source"], "mental-health-notes",
@@ -429,6 +430,18 @@ fn api_key_used_by_a_second_identity_is_shared_and_never_written() {
     assert_eq!(shared["rule"]["name"], "shared-credential", "{shared}");
     assert_eq!(shared["severity"], "high", "{shared}");
     assert_eq!(shared["contract"]["name"], "claims-bot", "{shared}");
+    // Where the contract is: its document's apiVersion line, after the first contract and `---`.
+    let first = c.contract("med-summarizer", &owner, "2099-12-31");
+    assert_eq!(
+        shared["contract"]["line"],
+        first.lines().count() + 2,
+        "{shared}"
+    );
+    assert_eq!(
+        shared["contract"]["file"],
+        c.rules.join("contracts.yaml").display().to_string(),
+        "{shared}"
+    );
     assert_eq!(
         shared["evidence"]["identities"],
         serde_json::json!([owner.spiffe_id()]),
@@ -508,13 +521,29 @@ for i in range(30):
     let expected = spike["evidence"]["expected"].as_f64().unwrap_or(f64::MAX);
     assert!(observed > expected, "{spike}");
     assert!(observed >= 5.0, "{spike}");
-    // It was the burst, not the baseline: every baseline call was out before it.
-    let calls: Vec<Value> = d
-        .events()
-        .into_iter()
-        .filter(|v| kind_is(v, "api_call") && pid_is(v, pid))
-        .collect();
-    assert!(calls.len() >= 6, "{} calls", calls.len());
+    // It was the burst, not the baseline: the spike came after the six spaced calls.
+    let calls = |d: &Daemon| -> Vec<Value> {
+        d.events()
+            .into_iter()
+            .filter(|v| kind_is(v, "api_call") && pid_is(v, pid))
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    while calls(&d).len() < 36 {
+        assert!(Instant::now() < deadline, "{} calls", calls(&d).len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let calls = calls(&d);
+    let (last_quiet, first_burst) = (
+        calls[5]["time"].as_str().unwrap_or(""),
+        calls[6]["time"].as_str().unwrap_or(""),
+    );
+    let at = spike["time"].as_str().unwrap_or("");
+    assert!(
+        last_quiet < at && first_burst <= at,
+        "spike at {at}, last quiet call {last_quiet}, burst from {first_burst}"
+    );
+    assert!(observed <= 30.0, "{spike}");
     // Exactly one spike for the burst (each metric at most once per bucket, then deduplicated).
     let n = findings_of(&d, &pod.spiffe_id())
         .iter()
@@ -698,6 +727,7 @@ fn broken_rules_are_refused_and_a_sighup_reload_takes_effect() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(d.stderr().contains("SIGHUP"), "{}", d.stderr());
     summarize(&c, &d, &pod);
     let f = wait_finding(&d, &pod, "NHI-001");
     assert_eq!(f["rule"]["name"], "ungoverned-identity", "{f}");
