@@ -189,6 +189,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's pid, for signalling it (SIGHUP reloads the rules).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().unwrap().clone()
     }
