@@ -57,6 +57,9 @@ fn main() {
     if std::env::var("NHIWATCH_BENCH").is_ok_and(|v| v == "api_calls") {
         return api_call_benches(&me);
     }
+    if std::env::var("NHIWATCH_BENCH").is_ok_and(|v| v == "replay") {
+        return replay_benches();
+    }
     let mut r = resolver();
     r.resolve(me.cgroup_id, Some(&me));
     const N: u32 = 2_000_000;
@@ -117,6 +120,200 @@ fn main() {
     }
     println!("pipeline_drain_one_core: {:.0} events/s", median(runs));
     api_call_benches(&me);
+    replay_benches();
+}
+
+/// Rules at scale: 200 data sources (HTTP hosts with path globs, and file trees), 1,000 contracts
+/// (800 by SPIFFE ID, 200 by selectors), for 10,000 identities (one in ten ungoverned).
+fn scale_rules() -> String {
+    let mut y = String::new();
+    for d in 0..200 {
+        if d % 10 == 9 {
+            y.push_str(&format!(
+                "apiVersion: nhiwatch.dev/v1\nkind: DataSource\nmetadata: {{name: files-{d}}}\nspec:\n  classification: phi\n  match:\n    - file: /srv/data-{d}/**\n---\n"
+            ));
+        } else {
+            y.push_str(&format!(
+                "apiVersion: nhiwatch.dev/v1\nkind: DataSource\nmetadata: {{name: api-{d}}}\nspec:\n  classification: pii\n  match:\n    - host: svc-{d}.example.org\n      paths: [\"/v1/records*\", \"/v1/people/*\"]\n---\n"
+            ));
+        }
+    }
+    let ds = |i: usize| {
+        let d = i % 200;
+        if d % 10 == 9 {
+            format!("files-{d}")
+        } else {
+            format!("api-{d}")
+        }
+    };
+    for c in 0..1000 {
+        let subject = if c < 800 {
+            format!(
+                "identity: spiffe://bench.example/ns/ns-{}/sa/sa-{c}",
+                c % 50
+            )
+        } else {
+            format!("selectors: [\"k8s:ns:ns-{}\", \"k8s:sa:sa-{c}\"]", c % 50)
+        };
+        let (a, b) = (ds(c), ds(c + 1));
+        y.push_str(&format!(
+            "apiVersion: nhiwatch.dev/v1\nkind: AccessContract\nmetadata: {{name: c-{c}}}\nspec:\n  {subject}\n  owner: team-{c}@example.org\n  purpose: bench\n  expires: 2099-12-31\n  allow:\n    dataSources: [{a}, {b}]\n    combinations: [[{a}, {b}]]\n    endpoints: [{{dataSource: {a}, methods: [GET, POST]}}]\n    secrets: [{{path: /var/run/secrets/**, executables: [/app/bin]}}]\n    destinations: [{{host: \"*.svc.cluster.local\"}}]\n  credentials: {{kinds: [jwt, api-key], maxTokenTtl: 1h}}\n  limits: [{{dataSource: {a}, requestsPerMinute: 100000}}]\n---\n"
+        ));
+    }
+    y
+}
+
+fn replay_benches() {
+    use nhiwatch::{
+        detect::{DetectConfig, Engine},
+        events::observation::{Activity, ApiCallSeen, CredentialSeen, JwtSeen, Observation},
+        identity::{IdentityKind, WorkloadIdentity},
+    };
+    let t0 = Instant::now();
+    let rules = nhiwatch::contracts::load_str("bench.yaml", &scale_rules()).expect("bench rules");
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(rules.contracts.len(), 1000);
+    let identities: Vec<Arc<WorkloadIdentity>> = (0..10_000)
+        .map(|i| {
+            // Ten identities per contract's namespace/SA pair; one in ten matches no contract.
+            let c = i % 1000;
+            let sa = if i % 10 == 7 {
+                format!("other-{i}")
+            } else {
+                format!("sa-{c}")
+            };
+            let ns = format!("ns-{}", c % 50);
+            Arc::new(WorkloadIdentity {
+                id: format!("spiffe://bench.example/ns/{ns}/sa/{sa}"),
+                kind: IdentityKind::Kubernetes,
+                namespace: Some(ns),
+                service_account: Some(sa),
+                pod: Some(format!("pod-{i}")),
+                pod_uid: None,
+                container: Some("app".into()),
+                container_id: None,
+                image: None,
+                owner: None,
+                unit: None,
+                uid: None,
+                user: None,
+                exe: None,
+                node: "bench-node".into(),
+            })
+        })
+        .collect();
+    const N: usize = 1_000_000;
+    let exe: Arc<str> = "/app/bin".into();
+    let obs: Vec<Observation> = (0..N)
+        .map(|k| {
+            let i = (k * 7919) % identities.len();
+            let c = i % 1000;
+            let activity = match k % 10 {
+                0 => Activity::Exec,
+                1 => Activity::FileOpen {
+                    path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                    result: 3,
+                },
+                2 => Activity::Connect {
+                    address: "10.0.0.1:443".parse().unwrap(),
+                    name: Some(format!("svc-{}.example.org", c % 200)),
+                },
+                _ => Activity::ApiCall(ApiCallSeen {
+                    host: Some(format!("svc-{}.example.org", (c + k % 2) % 200)),
+                    method: Some("GET".into()),
+                    path: "/v1/records/{id}".into(),
+                    status: Some(200),
+                    request_bytes: 400,
+                    response_bytes: 4000,
+                    credentials: vec![CredentialSeen {
+                        kind: "jwt".into(),
+                        fingerprint: format!("hmac-sha256:{:032x}", i * 31 + k % 3),
+                        vendor: None,
+                        token_type: None,
+                        long_lived: Some(false),
+                        access_key_id: None,
+                        username: None,
+                        jwt: Some(JwtSeen {
+                            iss: Some("https://kubernetes.default.svc".into()),
+                            sub: None,
+                            exp: Some(4_000_000_000),
+                            iat: Some(4_000_000_000 - 3600),
+                            jti: None,
+                            ttl_seconds: Some(3600),
+                        }),
+                    }],
+                }),
+            };
+            Observation {
+                // 10,000 observations a second of record time.
+                time: 1_795_000_000_000_000_000 + (k as i64) * 100_000,
+                identity: identities[i].clone(),
+                labels: None,
+                pid: 1000 + i as u32,
+                exe: Some(exe.clone()),
+                activity,
+            }
+        })
+        .collect();
+    // All 10,000 identities in turn, and the same stream folded onto 100 identities (their
+    // state stays in the CPU caches): the difference is memory latency, not computation.
+    let engine_rate = |obs: &[Observation]| {
+        let mut runs = Vec::new();
+        let mut found = 0;
+        for _ in 0..3 {
+            let mut e = Engine::new(
+                nhiwatch::contracts::load_str("bench.yaml", &scale_rules()).unwrap(),
+                DetectConfig::default(),
+            );
+            let mut out = Vec::new();
+            let t = Instant::now();
+            for o in obs {
+                e.observe(black_box(o), &mut out);
+                found += out.len();
+                out.clear();
+            }
+            runs.push(obs.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        black_box(found);
+        median(runs)
+    };
+    let all = engine_rate(&obs);
+    let hot: Vec<Observation> = obs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let mut o = o.clone();
+            o.identity = identities[(k * 7919) % 100].clone();
+            o
+        })
+        .collect();
+    let hot_rate = engine_rate(&hot);
+    drop(hot);
+    println!("replay_rules_load: {load_ms:.0} ms");
+    println!("replay_engine_one_core: {all:.0} observations/s");
+    println!("replay_engine_hot_one_core: {hot_rate:.0} observations/s");
+    // From JSON lines, as `nhiwatch replay` reads them.
+    let lines: Vec<String> = obs
+        .iter()
+        .take(200_000)
+        .map(|o| serde_json::to_string(o).unwrap())
+        .collect();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let mut e = Engine::new(
+            nhiwatch::contracts::load_str("bench.yaml", &scale_rules()).unwrap(),
+            DetectConfig::default(),
+        );
+        let mut out = Vec::new();
+        let t = Instant::now();
+        for l in &lines {
+            let o: Observation = serde_json::from_str(black_box(l)).unwrap();
+            e.observe(&o, &mut out);
+            out.clear();
+        }
+        runs.push(lines.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    println!("replay_json_one_core: {:.0} observations/s", median(runs));
 }
 
 fn api_call_benches(me: &nhiwatch::events::process_table::ProcessInfo) {

@@ -2,6 +2,9 @@
 
 use std::collections::HashMap;
 
+/// Small-key maps on the hot path: SipHash's DoS resistance buys nothing for rule-defined keys.
+type Fx<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
 
 use super::finding::ContractRef;
@@ -20,11 +23,11 @@ pub struct Compiled {
     pub contracts: Vec<CompiledContract>,
     http: Vec<HttpRule>,
     /// Exact (glob-free) hosts → indices into `http`, so most calls never run a host glob.
-    exact_hosts: HashMap<String, Vec<usize>>,
+    exact_hosts: Fx<String, Vec<usize>>,
     wild_hosts: Vec<usize>,
     files: GlobSet,
     file_ds: Vec<DsId>,
-    by_identity: HashMap<String, usize>,
+    by_identity: Fx<String, usize>,
     by_selectors: Vec<usize>,
 }
 
@@ -41,13 +44,13 @@ pub struct CompiledContract {
     /// Each allowed combination as a sorted list of data sources.
     pub combinations: Vec<Vec<DsId>>,
     /// Data source → allowed methods (absent: any method).
-    pub methods: HashMap<DsId, Vec<Method>>,
+    pub methods: Fx<DsId, Vec<Method>>,
     pub destinations: GlobSet,
     pub secrets: Vec<(GlobMatcher, Vec<String>)>,
     pub kinds: Vec<&'static str>,
     pub max_ttl_seconds: Option<i64>,
     pub shared_allowed: bool,
-    pub limits: HashMap<DsId, (Option<u64>, Option<u64>)>,
+    pub limits: Fx<DsId, (Option<u64>, Option<u64>)>,
     /// The first instant the contract no longer holds (end of its `expires` day, UTC), ns.
     pub expires_at: Option<i64>,
     pub expires: Option<Date>,
@@ -64,7 +67,7 @@ impl Compiled {
             .map(|(i, d)| (d.name.as_str(), i as DsId))
             .collect();
         let mut http = Vec::new();
-        let mut exact_hosts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut exact_hosts: Fx<String, Vec<usize>> = Fx::default();
         let mut wild_hosts = Vec::new();
         let mut files = GlobSetBuilder::new();
         let mut file_ds = Vec::new();
@@ -102,7 +105,7 @@ impl Compiled {
             .iter()
             .map(|c| compile_contract(c, &index, set.data_sources.len()))
             .collect();
-        let mut by_identity = HashMap::new();
+        let mut by_identity = Fx::default();
         let mut by_selectors = Vec::new();
         for (i, c) in set.contracts.iter().enumerate() {
             match &c.subject {
@@ -224,7 +227,7 @@ fn compile_contract(c: &AccessContract, index: &HashMap<&str, DsId>, n: usize) -
             v
         })
         .collect();
-    let mut methods: HashMap<DsId, Vec<Method>> = HashMap::new();
+    let mut methods: Fx<DsId, Vec<Method>> = Fx::default();
     for e in &c.allow.endpoints {
         if let Some(d) = id(&e.data_source) {
             methods
@@ -237,7 +240,7 @@ fn compile_contract(c: &AccessContract, index: &HashMap<&str, DsId>, n: usize) -
     for g in &c.allow.destinations {
         dest.add(g.glob().clone());
     }
-    let mut limits = HashMap::new();
+    let mut limits = Fx::default();
     for l in &c.limits {
         if let Some(d) = id(&l.data_source) {
             limits.insert(d, (l.requests_per_minute, l.bytes_per_hour));

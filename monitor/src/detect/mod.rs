@@ -96,6 +96,55 @@ pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+type FxMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher>;
+type FxStd<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// Owned cache key, looked up by `KeyRef` without allocating.
+#[derive(Hash, PartialEq, Eq)]
+struct Key(usize, String, String);
+
+#[derive(Hash)]
+struct KeyRef<'a>(usize, &'a str, &'a str);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
+    }
+}
+
+/// Memoised rule lookups (globs are regexes: each distinct input is matched once per rules).
+#[derive(Default)]
+struct Caches {
+    /// (_, host, path template) → data source.
+    http: FxMap<Key, Option<DsId>>,
+    /// (contract, host, _) → allowed.
+    hosts: FxMap<Key, bool>,
+    /// (contract or usize::MAX, file path, _) → (data source, index of the secrets grant).
+    files: FxMap<Key, (Option<DsId>, Option<usize>)>,
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.http.clear();
+        self.hosts.clear();
+        self.files.clear();
+    }
+
+    fn bound(&mut self) {
+        for n in [self.http.len(), self.hosts.len(), self.files.len()] {
+            if n >= CLASSIFY_CACHE {
+                self.clear();
+                return;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Scratch for `DATA-SOURCE METHOD` keys, so known ones cost no allocation.
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Entries kept per map of an identity record; more are counted in `dropped`.
 const MAX_KEYS: usize = 512;
 
@@ -110,6 +159,10 @@ struct IdState {
     rules_generation: u64,
     /// Data sources touched within the combination window: (data source, last touch).
     window: Vec<(DsId, i64)>,
+    /// The identity object last seen: the same one again needs no comparison.
+    last: Option<Arc<WorkloadIdentity>>,
+    /// Listed in `dirty_ids`.
+    dirty: bool,
 }
 
 /// Counters for metrics.
@@ -125,13 +178,14 @@ pub struct Engine {
     cfg: DetectConfig,
     rules: Compiled,
     rules_generation: u64,
-    ids: HashMap<Arc<str>, IdState>,
-    creds: HashMap<String, CredentialRecord>,
+    ids: FxStd<Arc<str>, IdState>,
+    creds: FxStd<String, CredentialRecord>,
     dedup: Deduper,
     identity_dedup: Deduper,
-    classify_cache: HashMap<(String, String), Option<DsId>>,
-    dirty_ids: HashSet<Arc<str>>,
-    dirty_creds: HashSet<String>,
+    caches: Caches,
+    /// Identities changed since the last persist (each also flagged `dirty` in its state).
+    dirty_ids: Vec<Arc<str>>,
+    dirty_creds: HashSet<String, rustc_hash::FxBuildHasher>,
     now: i64,
     pub stats: EngineStats,
 }
@@ -144,11 +198,11 @@ impl Engine {
             identity_dedup: Deduper::new(ns(cfg.ungoverned_window), cfg.max_open_findings),
             rules: Compiled::new(rules),
             rules_generation: 1,
-            ids: HashMap::new(),
-            creds: HashMap::new(),
-            classify_cache: HashMap::new(),
-            dirty_ids: HashSet::new(),
-            dirty_creds: HashSet::new(),
+            ids: FxStd::default(),
+            creds: FxStd::default(),
+            caches: Caches::default(),
+            dirty_ids: Vec::new(),
+            dirty_creds: HashSet::default(),
             now: 0,
             stats: EngineStats::default(),
             cfg,
@@ -159,7 +213,7 @@ impl Engine {
     pub fn set_rules(&mut self, rules: RuleSet) {
         self.rules = Compiled::new(rules);
         self.rules_generation += 1;
-        self.classify_cache.clear();
+        self.caches.clear();
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -200,6 +254,8 @@ impl Engine {
                     contract: None,
                     rules_generation: 0,
                     window: Vec::new(),
+                    last: None,
+                    dirty: false,
                 },
             );
         }
@@ -215,6 +271,11 @@ impl Engine {
         &mut self,
         save: impl FnOnce(&[&IdentityRecord], &[&CredentialRecord]) -> Result<(), E>,
     ) -> Result<(), E> {
+        for k in &self.dirty_ids {
+            if let Some(s) = self.ids.get_mut(k) {
+                s.dirty = false;
+            }
+        }
         let ids: Vec<&IdentityRecord> = self
             .dirty_ids
             .iter()
@@ -280,7 +341,7 @@ impl Engine {
             creds: &mut self.creds,
             dirty_creds: &mut self.dirty_creds,
             ids: &self.ids,
-            classify_cache: &mut self.classify_cache,
+            caches: &mut self.caches,
             out,
             t,
             secs,
@@ -307,8 +368,11 @@ impl Engine {
         if let Some(s) = self.ids.get_mut(&key) {
             s.record = Some(record);
             s.window = window;
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty_ids.push(key);
+            }
         }
-        self.dirty_ids.insert(key);
         self.stats.findings += (out.len() - before) as u64;
         self.evict();
     }
@@ -342,14 +406,23 @@ impl Engine {
                 contract: None,
                 rules_generation: 0,
                 window: Vec::new(),
+                last: None,
+                dirty: false,
             }),
         };
         let Some(record) = st.record.as_mut() else {
             return key;
         };
-        if record.identity != *o.identity {
-            record.identity = (*o.identity).clone();
-            st.rules_generation = 0;
+        if !st
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &o.identity))
+        {
+            if record.identity != *o.identity {
+                record.identity = (*o.identity).clone();
+                st.rules_generation = 0;
+            }
+            st.last = Some(o.identity.clone());
         }
         record.last_seen = record.last_seen.max(secs);
         record.first_seen = record.first_seen.min(secs);
@@ -378,7 +451,6 @@ impl Engine {
             let n = (self.ids.len() - self.cfg.max_identities) + self.cfg.max_identities / 8;
             for (_, k) in ages.into_iter().take(n) {
                 self.ids.remove(&k);
-                self.dirty_ids.remove(&k);
                 self.stats.identities_evicted += 1;
             }
         }
@@ -420,10 +492,10 @@ struct Cx<'a> {
     cfg: &'a DetectConfig,
     dedup: &'a mut Deduper,
     identity_dedup: &'a mut Deduper,
-    creds: &'a mut HashMap<String, CredentialRecord>,
-    dirty_creds: &'a mut HashSet<String>,
-    ids: &'a HashMap<Arc<str>, IdState>,
-    classify_cache: &'a mut HashMap<(String, String), Option<DsId>>,
+    creds: &'a mut FxStd<String, CredentialRecord>,
+    dirty_creds: &'a mut HashSet<String, rustc_hash::FxBuildHasher>,
+    ids: &'a FxStd<Arc<str>, IdState>,
+    caches: &'a mut Caches,
     out: &'a mut Vec<Finding>,
     t: i64,
     secs: i64,
@@ -539,28 +611,30 @@ impl Cx<'_> {
             return;
         }
         let exe_s = exe.unwrap_or("?");
-        let su = record.secrets.entry(path.to_owned());
-        match su {
-            std::collections::btree_map::Entry::Occupied(mut e) => {
-                let s = e.get_mut();
+        let full = record.secrets.len() >= MAX_KEYS;
+        match record.secrets.get_mut(path) {
+            Some(s) => {
                 s.usage.touch(self.secs);
-                if s.executables.len() < 16 {
+                if s.executables.len() < 16 && !s.executables.contains(exe_s) {
                     s.executables.insert(exe_s.to_owned());
                 }
             }
-            std::collections::btree_map::Entry::Vacant(e) => {
-                if record.dropped < u64::MAX && e.key().len() < 4096 {
-                    e.insert(SecretUsage {
+            None if !full => {
+                record.secrets.insert(
+                    path.to_owned(),
+                    SecretUsage {
                         usage: Usage::new(self.secs),
                         executables: [exe_s.to_owned()].into(),
-                    });
-                }
+                    },
+                );
             }
+            None => record.dropped += 1,
         }
-        let ds = self.rules.classify_file(path);
+        let (ds, grant) = self.file_rules(contract, path);
         let who = self.who().to_owned();
-        let c = self.contract(contract);
-        let grant = c.and_then(|c| c.secrets.iter().find(|(g, _)| g.is_match(path)));
+        let rules = self.rules;
+        let c = contract.and_then(|i| rules.contracts.get(i));
+        let grant = grant.and_then(|g| c.and_then(|c| c.secrets.get(g)));
         if let Some((_, exes)) = grant {
             if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
                 let allowed = exes.clone();
@@ -650,10 +724,11 @@ impl Cx<'_> {
                 self.secs,
             );
         }
-        let Some(c) = self.contract(contract) else {
+        let rules = self.rules;
+        let Some((i, c)) = contract.and_then(|i| Some((i, rules.contracts.get(i)?))) else {
             return;
         };
-        if !c.host_allowed(self.rules, host) {
+        if !self.host_allowed(i, c, host) {
             let who = self.who().to_owned();
             self.raise(
                 Rule::UndeclaredDestination,
@@ -669,16 +744,44 @@ impl Cx<'_> {
     }
 
     fn classify(&mut self, host: &str, path: &str) -> Option<DsId> {
-        let key = (host.to_owned(), path.to_owned());
-        if let Some(d) = self.classify_cache.get(&key) {
+        if let Some(d) = self.caches.http.get(&KeyRef(0, host, path)) {
             return *d;
         }
         let d = self.rules.classify_http(host, path);
-        if self.classify_cache.len() >= CLASSIFY_CACHE {
-            self.classify_cache.clear();
-        }
-        self.classify_cache.insert(key, d);
+        self.caches.bound();
+        self.caches
+            .http
+            .insert(Key(0, host.to_owned(), path.to_owned()), d);
         d
+    }
+
+    fn host_allowed(&mut self, contract: usize, c: &CompiledContract, host: &str) -> bool {
+        if let Some(a) = self.caches.hosts.get(&KeyRef(contract, host, "")) {
+            return *a;
+        }
+        let a = c.host_allowed(self.rules, host);
+        self.caches.bound();
+        self.caches
+            .hosts
+            .insert(Key(contract, host.to_owned(), String::new()), a);
+        a
+    }
+
+    /// The file's data source and the index of the contract's secrets grant covering it.
+    fn file_rules(&mut self, contract: Option<usize>, path: &str) -> (Option<DsId>, Option<usize>) {
+        let k = contract.unwrap_or(usize::MAX);
+        if let Some(v) = self.caches.files.get(&KeyRef(k, path, "")) {
+            return *v;
+        }
+        let ds = self.rules.classify_file(path);
+        let grant = self
+            .contract(contract)
+            .and_then(|c| c.secrets.iter().position(|(g, _)| g.is_match(path)));
+        self.caches.bound();
+        self.caches
+            .files
+            .insert(Key(k, path.to_owned(), String::new()), (ds, grant));
+        (ds, grant)
     }
 
     fn api_call(
@@ -697,30 +800,33 @@ impl Cx<'_> {
         let Some(ds) = self.classify(host, &call.path) else {
             return self.destination(contract, record, host);
         };
-        let name = self.rules.ds_name(ds).to_owned();
+        let rules = self.rules;
+        let name: &str = rules.ds_name(ds);
         touch(
             &mut record.data_sources,
             &mut record.dropped,
-            &name,
+            name,
             self.secs,
         );
         let method = call.method.as_deref().unwrap_or("?");
-        touch(
-            &mut record.methods,
-            &mut record.dropped,
-            &format!("{name} {method}"),
-            self.secs,
-        );
-        let who = self.who().to_owned();
-        if let Some(c) = self.contract(contract) {
+        SCRATCH.with_borrow_mut(|k| {
+            k.clear();
+            k.push_str(name);
+            k.push(' ');
+            k.push_str(method);
+            touch(&mut record.methods, &mut record.dropped, k, self.secs);
+        });
+        let identity = self.identity;
+        let who: &str = &identity.id;
+        if let Some(c) = contract.and_then(|i| rules.contracts.get(i)) {
             if !c.is_allowed(ds) {
                 self.raise(
                     Rule::UndeclaredDataSource,
-                    name.clone(),
+                    name.to_owned(),
                     format!("{who} called {method} {host}{} of data source {name}, which its contract does not allow", call.path),
                     contract,
                     Evidence {
-                        data_source: Some(name.clone()),
+                        data_source: Some(name.to_owned()),
                         classification: self.rules.classification(ds).map(class_name),
                         method: call.method.clone(),
                         path: Some(call.path.clone()),
@@ -743,7 +849,7 @@ impl Cx<'_> {
                         ),
                         contract,
                         Evidence {
-                            data_source: Some(name.clone()),
+                            data_source: Some(name.to_owned()),
                             method: Some(method.to_owned()),
                             path: Some(call.path.clone()),
                             destination: Some(host.to_owned()),
@@ -759,7 +865,7 @@ impl Cx<'_> {
             contract,
             record,
             ds,
-            &name,
+            name,
             call.request_bytes + call.response_bytes,
         );
     }
@@ -889,12 +995,18 @@ impl Cx<'_> {
             None => Vec::new(),
         };
         let current = v.current_requests();
-        let peak = record
-            .peak_requests_per_minute
-            .entry(name.to_owned())
-            .or_default();
         // Per-minute peaks: with another bucket size the current bucket still approximates it.
-        *peak = (*peak).max(current);
+        match record.peak_requests_per_minute.get_mut(name) {
+            Some(p) => *p = (*p).max(current),
+            None => {
+                record
+                    .peak_requests_per_minute
+                    .insert(name.to_owned(), current);
+            }
+        }
+        if spikes.is_empty() && over.is_empty() {
+            return;
+        }
         let who = self.who().to_owned();
         for e in spikes {
             let Excess {
@@ -984,8 +1096,9 @@ impl Cx<'_> {
             }
             None => record.dropped += 1,
         }
-        let who = self.who().to_owned();
-        let cref = CredentialRef {
+        let identity = self.identity;
+        let who: &str = &identity.id;
+        let cref = || CredentialRef {
             kind: cred.kind.clone(),
             fingerprint: cred.fingerprint.clone(),
             vendor: cred.vendor.clone(),
@@ -998,14 +1111,14 @@ impl Cx<'_> {
                 .map(|e| rfc3339_ns::format(e.saturating_mul(1_000_000_000))),
         };
         let ev = |extra: Evidence| Evidence {
-            credential: Some(cref.clone()),
+            credential: Some(cref()),
             ..extra
         };
-        let fp = cred.fingerprint.clone();
-        let kinds = self
-            .contract(contract)
-            .map(|c| c.kinds.clone())
-            .unwrap_or_default();
+        let fp = cred.fingerprint.as_str();
+        let rules = self.rules;
+        let kinds: &[&str] = contract
+            .and_then(|i| rules.contracts.get(i))
+            .map_or(&[], |c| c.kinds.as_slice());
         let kind = cred.kind.as_str();
         let kind_listed = kinds.contains(&kind);
         if !kinds.is_empty() && !kind_listed {
@@ -1031,7 +1144,7 @@ impl Cx<'_> {
         if let (Some(what), false) = (legacy, kind_listed) {
             self.raise(
                 Rule::LegacyCredential,
-                fp.clone(),
+                fp.to_owned(),
                 format!("{who} authenticates with {what}"),
                 contract,
                 ev(Evidence::default()),
@@ -1045,7 +1158,7 @@ impl Cx<'_> {
             if ttl > max {
                 self.raise(
                     Rule::TokenTtlTooLong,
-                    fp.clone(),
+                    fp.to_owned(),
                     format!("{who} presented a token valid for {ttl}s; its contract allows at most {max}s"),
                     contract,
                     ev(Evidence {
@@ -1060,7 +1173,7 @@ impl Cx<'_> {
             if exp < self.secs {
                 self.raise(
                     Rule::ExpiredToken,
-                    fp.clone(),
+                    fp.to_owned(),
                     format!(
                         "{who} presented a token that expired {}s earlier",
                         self.secs - exp
@@ -1071,37 +1184,51 @@ impl Cx<'_> {
             }
         }
         // Sightings across identities.
-        let others: Vec<String> = {
-            let r = self
+        let secs = self.secs;
+        let r = match self.creds.get_mut(fp) {
+            Some(r) => r,
+            None => self
                 .creds
-                .entry(fp.clone())
+                .entry(fp.to_owned())
                 .or_insert_with(|| CredentialRecord {
-                    fingerprint: fp.clone(),
+                    fingerprint: fp.to_owned(),
                     kind: cred.kind.clone(),
                     vendor: cred.vendor.clone(),
                     long_lived: cred.long_lived,
-                    first_seen: self.secs,
-                    last_seen: self.secs,
+                    first_seen: secs,
+                    last_seen: secs,
                     identities: Default::default(),
-                });
-            r.last_seen = r.last_seen.max(self.secs);
-            if r.identities.len() < MAX_SHARERS || r.identities.contains_key(&who) {
-                r.identities.insert(who.clone(), self.secs);
+                }),
+        };
+        r.last_seen = r.last_seen.max(secs);
+        let room = r.identities.len() < MAX_SHARERS;
+        match r.identities.get_mut(who) {
+            Some(t) => *t = secs,
+            None if room => {
+                r.identities.insert(who.to_owned(), secs);
             }
+            None => {}
+        }
+        let shared = r.identities.len() > 1 || !r.identities.contains_key(who);
+        let others: Vec<String> = if shared {
             r.identities
                 .keys()
-                .filter(|k| **k != who)
+                .filter(|k| k.as_str() != who)
                 .cloned()
                 .collect()
+        } else {
+            Vec::new()
         };
-        self.dirty_creds.insert(fp.clone());
+        if !self.dirty_creds.contains(fp) {
+            self.dirty_creds.insert(fp.to_owned());
+        }
         if others.is_empty() {
             return;
         }
         if kind == "jwt" {
             self.raise(
                 Rule::TokenReplayed,
-                fp.clone(),
+                fp.to_owned(),
                 format!(
                     "{who} presented a token already used by {}",
                     others.join(", ")
@@ -1125,7 +1252,7 @@ impl Cx<'_> {
         if !(allowed_here && allowed_there) {
             self.raise(
                 Rule::SharedCredential,
-                fp.clone(),
+                fp.to_owned(),
                 format!(
                     "{who} uses a credential (kind {kind}) also used by {}",
                     others.join(", ")
