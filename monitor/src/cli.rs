@@ -371,7 +371,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(cfg, args.events, args.record))
 }
 
-async fn run_async(cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Rules first: invalid contracts stop the start before any probe is loaded.
     let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(|errors| {
@@ -402,6 +402,14 @@ async fn run_async(cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow
         tracing::info!(%addr, "metrics endpoint listening (/metrics, /healthz, /readyz)");
     }
 
+    // Files of data sources are watched like secrets (data sources added by a later reload are
+    // watched from the next start).
+    for p in crate::contracts::watch_patterns(&rules) {
+        if !cfg.sensors.files.watch.contains(&p) {
+            tracing::debug!(pattern = %p, "watching a file data source");
+            cfg.sensors.files.watch.push(p);
+        }
+    }
     let (sensors, ring) = Sensors::load(&cfg.sensors)?;
     let attached = sensors
         .statuses

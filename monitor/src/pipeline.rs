@@ -283,10 +283,14 @@ impl Pipeline {
             .wall(ktime_ns)
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
+        let labels = identity
+            .pod_uid
+            .as_deref()
+            .and_then(|uid| self.identity.pod_labels(uid));
         let o = Observation {
             time,
             identity: identity.clone(),
-            labels: None,
+            labels,
             pid,
             exe: self.procs.get(pid).map(|p| Arc::<str>::from(&*p.exe)),
             activity,

@@ -140,3 +140,37 @@ impl fmt::Display for RuleError {
 
 #[cfg(test)]
 mod tests;
+
+/// Kernel watch patterns (`sensors.files.watch` syntax) covering every file data source, so that
+/// reads of data files are observed without listing them twice.
+pub fn watch_patterns(set: &RuleSet) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in &set.data_sources {
+        for m in &d.matchers {
+            let Matcher::File { glob } = m else { continue };
+            let g = glob.glob().glob();
+            let wild = |s: &str| s.contains(['*', '?', '[', '{']);
+            let p = if !wild(g) {
+                g.to_owned()
+            } else if let Some(dir) = g.strip_suffix("/**").filter(|d| !wild(d)) {
+                format!("{dir}/")
+            } else if g
+                .split_once("/**/*.")
+                .is_some_and(|(dir, ext)| !wild(dir) && !wild(ext) && !ext.contains('/'))
+            {
+                g.to_owned()
+            } else {
+                // The literal directory above the first wildcard: wider than the glob, never narrower.
+                let cut = g.find(['*', '?', '[', '{']).unwrap_or(g.len());
+                match g[..cut].rfind('/') {
+                    Some(0) | None => continue,
+                    Some(i) => format!("{}/", &g[..i]),
+                }
+            };
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

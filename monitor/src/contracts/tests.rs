@@ -517,3 +517,30 @@ fn json_schema_agrees_with_the_loader() {
         schema::API_VERSION
     );
 }
+
+#[test]
+fn file_data_sources_become_watch_patterns() {
+    let text = r#"
+apiVersion: nhiwatch.dev/v1
+kind: DataSource
+metadata: {name: a}
+spec:
+  classification: phi
+  match:
+    - file: /srv/exports/medications/**
+    - file: /mnt/bh-archive/**/*.pdf
+    - file: /etc/app/token
+    - file: /data/*/notes/*.txt
+    - host: example.org
+"#;
+    let set = load_str("r.yaml", text).unwrap();
+    assert_eq!(
+        watch_patterns(&set),
+        [
+            "/srv/exports/medications/",
+            "/mnt/bh-archive/**/*.pdf",
+            "/etc/app/token",
+            "/data/"
+        ]
+    );
+}

@@ -20,7 +20,8 @@ pub struct PodMeta {
     pub name: String,
     pub service_account: String,
     pub node: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with the observations of the pod's processes (contracts may select by label).
+    pub labels: Arc<BTreeMap<String, String>>,
     pub owner_kind: Option<String>,
     pub owner_name: Option<String>,
     pub containers: Vec<ContainerMeta>,
@@ -161,7 +162,7 @@ impl From<Pod> for PodMeta {
                 .service_account_name
                 .unwrap_or_else(|| "default".into()),
             node: p.spec.node_name.unwrap_or_default(),
-            labels: p.metadata.labels,
+            labels: Arc::new(p.metadata.labels),
             owner_kind: owner.map(|o| o.kind.clone()),
             owner_name: owner.map(|o| o.name.clone()),
             containers,

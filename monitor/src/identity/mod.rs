@@ -210,6 +210,14 @@ impl IdentityResolver {
         self.generation()
     }
 
+    /// A pod's labels, for contracts that select by label.
+    pub fn pod_labels(
+        &self,
+        pod_uid: &str,
+    ) -> Option<Arc<std::collections::BTreeMap<String, String>>> {
+        self.pods.as_ref()?.get(pod_uid).map(|p| p.labels.clone())
+    }
+
     fn generation(&self) -> u64 {
         self.pods.as_ref().map_or(0, |p| p.generation())
     }
@@ -310,7 +318,7 @@ impl IdentityResolver {
         }
         let attrs = Attributes {
             id: &id,
-            labels: labels.map(|p| &p.labels),
+            labels: labels.map(|p| &*p.labels),
         };
         if let Some(rule) = self.rules.iter().find(|r| r.matches(&attrs)) {
             id.id = rule.id.clone();
