@@ -123,6 +123,11 @@ impl Daemon {
     /// Starts the daemon; `state_dir` (kept by the caller, e.g. across restarts)
     /// or, if None, one of its own inside the daemon's temp dir.
     pub fn start_with_state(config_yaml: &str, state_dir: Option<&Path>) -> Daemon {
+        Daemon::start_with_args(config_yaml, state_dir, &[])
+    }
+
+    /// Like `start_with_state`, with extra arguments for `nhiwatch run` (e.g. `--record FILE`).
+    pub fn start_with_args(config_yaml: &str, state_dir: Option<&Path>, extra: &[&str]) -> Daemon {
         let dir = TempDir::new("nhiwatch-e2e-daemon");
         let cfg = dir.path().join("nhiwatch.yaml");
         let state_dir = state_dir.map_or_else(|| dir.path().join("state"), Path::to_owned);
@@ -134,6 +139,7 @@ impl Daemon {
             .arg(&cfg)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(extra)
             .env("NHIWATCH_LOG", "info,nhiwatch=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

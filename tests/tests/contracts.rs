@@ -734,3 +734,126 @@ fn broken_rules_are_refused_and_a_sighup_reload_takes_effect() {
     assert!(f["contract"].is_null(), "{f}");
     d.stop();
 }
+
+/// The opened findings of `id`, as (rule, dedup key): what live and replayed runs must agree on.
+fn opened_keys(findings: &[Value], id: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = findings
+        .iter()
+        .filter(|f| kind_is(f, "finding") && f["identity"]["id"] == id && f["phase"] == "opened")
+        .map(|f| {
+            (
+                f["rule"]["id"].as_str().unwrap_or_default().to_owned(),
+                f["dedup_key"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_live_recording_replays_to_the_same_findings_and_fills_the_inventory() {
+    let c = Clinic::new();
+    let pod = c.pod("clinical-ai", "med-summarizer");
+    c.write_rules(&c.contract("med-summarizer", &pod, "2099-12-31"));
+    let record = c.tmp.path().join("observations.jsonl");
+    // Kept beyond the daemon, for `nhiwatch inventory`.
+    let state_dir = c.tmp.path().join("state");
+    let d = Daemon::start_with_args(
+        &c.config(""),
+        Some(&state_dir),
+        &["--record", record.to_str().unwrap()],
+    );
+    summarize(&c, &d, &pod);
+    let pid = c.python_in(
+        &pod,
+        "read(MH_FILE)\ncall('bh.nhiwatch.test', 'GET', '/notes/77')\n",
+    );
+    wait_call(&d, pid, BH, &pod);
+    wait_finding(&d, &pod, "NHI-030");
+    std::thread::sleep(SETTLE);
+    let live = d.events();
+    let (_, _, files) = d.stop_with_state();
+    let id = pod.spiffe_id();
+    let live_keys = opened_keys(&live, &id);
+    assert!(
+        live_keys.iter().any(|(r, _)| r == "NHI-030"),
+        "{live_keys:?}"
+    );
+
+    // The recording: the pod's observations, metadata only.
+    let text = std::fs::read_to_string(&record).unwrap();
+    let obs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|o: &Value| o["identity"]["id"] == id.as_str())
+        .collect();
+    for kind in ["exec", "file_open", "api_call"] {
+        assert!(
+            obs.iter().any(|o| o["kind"] == kind),
+            "no {kind} recorded: {obs:#?}"
+        );
+    }
+    assert!(
+        obs.iter()
+            .any(|o| o["kind"] == "api_call" && o["host"] == BH && o["path"] == "/notes/{id}"),
+        "{obs:#?}"
+    );
+    // Response bodies never reach observations (the notes file name is metadata, its bytes are not).
+    for secret in [JWT_SIG, API_KEY, "resourceType", "\"note\""] {
+        assert!(!text.contains(secret), "the recording contains {secret:?}");
+    }
+
+    // Replayed against the same rules: the same findings for the pod, deterministically.
+    let replay = |extra: &[&str]| {
+        let out = run_ok(
+            Command::new(nhiwatch_bin())
+                .arg("replay")
+                .arg("--rules")
+                .arg(&c.rules)
+                .args(extra)
+                .arg(&record),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (stdout, v)
+    };
+    let (first, replayed) = replay(&[]);
+    assert_eq!(
+        opened_keys(&replayed, &id),
+        live_keys,
+        "live and replayed findings differ"
+    );
+    assert_eq!(replay(&[]).0, first, "replay is not deterministic");
+
+    // The daemon's learned state: `nhiwatch inventory` lists the pod as governed, with what it used.
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("nhiwatch.db")),
+        "no state database: {:?}",
+        files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    let out = run_ok(
+        Command::new(nhiwatch_bin())
+            .args(["inventory", "--json", "--rules"])
+            .arg(&c.rules)
+            .arg("--state-dir")
+            .arg(&state_dir),
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in the inventory: {rows:#}"));
+    assert_eq!(row["status"], "governed", "{row}");
+    assert_eq!(row["contract"], "med-summarizer", "{row}");
+    let sources = row["data_sources"].to_string();
+    for s in ["ehr-medications", "llm-anthropic", "mental-health-notes"] {
+        assert!(sources.contains(s), "{s} not in {row}");
+    }
+    assert!(!rows.to_string().contains(API_KEY));
+}

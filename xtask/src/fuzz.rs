@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 
 /// Every target in monitor/fuzz/Cargo.toml.
-pub const TARGETS: [&str; 4] = ["http1", "http2", "jwt", "dns"];
+pub const TARGETS: [&str; 6] = ["http1", "http2", "jwt", "dns", "rules", "observations"];
 
 /// The toolchain that builds the fuzz targets (sanitizers need nightly).
 const TOOLCHAIN: &str = "+nightly";
@@ -43,6 +43,42 @@ pub fn run_brief(root: &Path, seconds: u64) -> Result<()> {
     run(root, seconds, None)
 }
 
+/// Structured inputs start from real ones (the shipped rules, recorded scenarios), so 15 s
+/// explore near valid documents rather than rediscovering YAML or JSON.
+fn seed(root: &Path, target: &str, corpus: &Path) -> Result<()> {
+    if std::fs::read_dir(corpus)?.next().is_some() {
+        return Ok(());
+    }
+    let mut n = 0;
+    let mut put = |text: &str| -> Result<()> {
+        n += 1;
+        std::fs::write(corpus.join(format!("seed-{n}")), text)?;
+        Ok(())
+    };
+    match target {
+        "rules" => {
+            for f in ["rules/data-sources.yaml", "rules/contracts.yaml"] {
+                put(&std::fs::read_to_string(root.join(f))?)?;
+            }
+        }
+        "observations" => {
+            let dir = root.join("tests/scenarios");
+            let mut scenarios: Vec<_> = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path().join("observations.jsonl")))
+                .filter(|p| p.exists())
+                .collect();
+            scenarios.sort();
+            for p in scenarios {
+                let text = std::fs::read_to_string(&p)?;
+                let head: Vec<&str> = text.lines().take(40).collect();
+                put(&head.join("\n"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Fuzzes each target for `seconds`; any crash fails the run (its input is in
 /// monitor/fuzz/artifacts/<target>/).
 pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
@@ -51,6 +87,7 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = root.join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
+        seed(root, target, &corpus)?;
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&dir)
             .args([TOOLCHAIN, "fuzz", "run", target])

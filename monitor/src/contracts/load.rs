@@ -7,7 +7,7 @@
 //! search cannot find it (e.g. an unusual layout) the error points at the document's first line.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -333,13 +333,6 @@ fn host_glob(p: &str) -> Result<GlobMatcher, String> {
         .map_err(|e| e.kind().to_string())
 }
 
-/// Two globs overlap when equal or when one matches the other's text read literally
-/// (`/R4/Medication*` and `/R4/MedicationRequest*`). A cheap, conservative approximation: it
-/// can miss overlaps of two differently-wildcarded globs such as `/a/*x` and `/a/y*`.
-fn globs_overlap(a: &str, b: &str) -> bool {
-    a == b || glob(a).is_ok_and(|g| g.is_match(b)) || glob(b).is_ok_and(|g| g.is_match(a))
-}
-
 impl Loader {
     fn parse(&mut self, doc: Doc) {
         let header: Header = match typed(&doc) {
@@ -588,6 +581,30 @@ impl Loader {
     /// Matchers of two different data sources must not claim the same request or file, or an
     /// access could not be attributed to one source.
     fn overlaps(&mut self, sources: &[(Doc, Document<DataSourceSpec>)]) {
+        // Two globs overlap when equal or when one matches the other's text read literally
+        // (`/R4/Medication*` and `/R4/MedicationRequest*`): a cheap, conservative approximation
+        // that can miss overlaps of differently-wildcarded globs such as `/a/*x` and `/a/y*`.
+        // Each glob is compiled once: pairs are quadratic, regex compilation is not cheap.
+        let mut compiled: HashMap<(bool, String), Option<GlobMatcher>> = HashMap::new();
+        let mut overlap = |path: bool, a: &str, b: &str| -> bool {
+            if a == b {
+                return true;
+            }
+            let mut m = |g: &str, text: &str| {
+                compiled
+                    .entry((path, g.to_owned()))
+                    .or_insert_with(|| {
+                        if path {
+                            path_glob(g).ok()
+                        } else {
+                            glob(g).ok()
+                        }
+                    })
+                    .as_ref()
+                    .is_some_and(|m| m.is_match(text))
+            };
+            m(a, b) || m(b, a)
+        };
         for (j, (doc_b, b)) in sources.iter().enumerate() {
             for (doc_a, a) in sources.iter().take(j) {
                 if a.metadata.name == b.metadata.name {
@@ -613,14 +630,14 @@ impl Loader {
                                 let pb = pb.as_deref().unwrap_or(&all);
                                 pb.iter().find_map(|x| {
                                     pa.iter()
-                                        .find(|y| globs_overlap(x, y))
+                                        .find(|y| overlap(true, x, y))
                                         .map(|y| (x.clone(), y.clone(), format!("host {hb}")))
                                 })
                             }
                             (
                                 schema::MatcherSpec { file: Some(fa), .. },
                                 schema::MatcherSpec { file: Some(fb), .. },
-                            ) => globs_overlap(fa, fb)
+                            ) => overlap(false, fa, fb)
                                 .then(|| (fb.clone(), fa.clone(), "files".to_owned())),
                             _ => None,
                         };

@@ -176,7 +176,8 @@ pub struct EngineStats {
 
 pub struct Engine {
     cfg: DetectConfig,
-    rules: Compiled,
+    /// Shared so that many engines (fuzzing, benchmarks) can judge against one compiled set.
+    rules: Arc<Compiled>,
     rules_generation: u64,
     ids: FxStd<Arc<str>, IdState>,
     creds: FxStd<String, CredentialRecord>,
@@ -192,11 +193,16 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(rules: RuleSet, cfg: DetectConfig) -> Engine {
+        Engine::with_compiled(Arc::new(Compiled::new(rules)), cfg)
+    }
+
+    /// An engine judging against rules compiled once.
+    pub fn with_compiled(rules: Arc<Compiled>, cfg: DetectConfig) -> Engine {
         let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         Engine {
             dedup: Deduper::new(ns(cfg.dedup_window), cfg.max_open_findings),
             identity_dedup: Deduper::new(ns(cfg.ungoverned_window), cfg.max_open_findings),
-            rules: Compiled::new(rules),
+            rules,
             rules_generation: 1,
             ids: FxStd::default(),
             creds: FxStd::default(),
@@ -211,7 +217,7 @@ impl Engine {
 
     /// New rules take over at once; learned state stays.
     pub fn set_rules(&mut self, rules: RuleSet) {
-        self.rules = Compiled::new(rules);
+        self.rules = Arc::new(Compiled::new(rules));
         self.rules_generation += 1;
         self.caches.clear();
     }
@@ -1176,7 +1182,7 @@ impl Cx<'_> {
                     fp.to_owned(),
                     format!(
                         "{who} presented a token that expired {}s earlier",
-                        self.secs - exp
+                        self.secs.saturating_sub(exp)
                     ),
                     contract,
                     ev(Evidence::default()),
