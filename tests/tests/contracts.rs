@@ -856,4 +856,21 @@ fn a_live_recording_replays_to_the_same_findings_and_fills_the_inventory() {
         assert!(sources.contains(s), "{s} not in {row}");
     }
     assert!(!rows.to_string().contains(API_KEY));
+
+    // Least privilege: suggest reads the same state and judges the pod's grants by use.
+    let out = run_ok(
+        Command::new(nhiwatch_bin())
+            .args(["suggest", "--unused-days", "1", "--rules"])
+            .arg(&c.rules)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg(&id),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("# med-summarizer"), "{text}");
+    assert!(
+        text.contains("unused in the last 1 days")
+            || text.contains("no unused grants in the last 1 days"),
+        "{text}"
+    );
 }

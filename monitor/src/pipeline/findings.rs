@@ -28,6 +28,7 @@ pub struct FindingsStage {
     last_evicted_findings: u64,
     store: Option<crate::store::Store>,
     last_persist: Instant,
+    persists: u64,
 }
 
 /// Opens a file for appending, created 0600: findings and recordings describe what identities did.
@@ -69,6 +70,7 @@ impl FindingsStage {
             last_evicted_findings: 0,
             store: None,
             last_persist: Instant::now(),
+            persists: 0,
         })
     }
 
@@ -207,9 +209,27 @@ impl FindingsStage {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        let r = self
-            .engine
-            .persist(|ids, creds| store.save(ids, creds, &[], &[]));
+        let (keep_ids, keep_creds) = (
+            self.engine.config().max_identities,
+            self.engine.config().max_credentials,
+        );
+        self.persists += 1;
+        // The database is bounded like memory: what memory evicted ages out on disk too.
+        let prune = self.persists % 20 == 1;
+        let r = self.engine.persist(|ids, creds| {
+            store.save(ids, creds, &[], &[])?;
+            if prune {
+                let (i, c) = store.prune(keep_ids, keep_creds)?;
+                if i + c > 0 {
+                    tracing::info!(
+                        identities = i,
+                        credentials = c,
+                        "pruned the oldest learned state"
+                    );
+                }
+            }
+            Ok::<(), crate::store::StoreError>(())
+        });
         let result = match r {
             Ok(()) => "ok",
             Err(e) => {
