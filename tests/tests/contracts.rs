@@ -874,3 +874,139 @@ fn a_live_recording_replays_to_the_same_findings_and_fills_the_inventory() {
         "{text}"
     );
 }
+
+/// Break-glass, ownerless, undeclared method and host, a credential file without a grant, Basic
+/// auth, long and expired JWTs, a limit, a replayed token and a never-seen combination: every rule
+/// not exercised above, on real traffic in one daemon run.
+#[test]
+fn the_remaining_rules_fire_on_real_traffic() {
+    let c = Clinic::new();
+    let ops = c.pod("ops", "breakglass");
+    let thief = c.pod("ops", "borrower");
+    let explorer = c.pod("research", "explorer");
+    let ca = c.sa_dir.join("ca.crt");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let shared_jwt = c.tmp.path().join("long-jwt");
+    let contract = format!(
+        r#"apiVersion: nhiwatch.dev/v1
+kind: AccessContract
+metadata: {{name: breakglass-ops}}
+spec:
+  identity: {id}
+  purpose: Emergency medication corrections
+  expires: 2099-12-31
+  breakGlass: true
+  allow:
+    dataSources: [ehr-medications]
+    endpoints: [{{dataSource: ehr-medications, methods: [GET]}}]
+    destinations: [{{host: {FHIR}}}]
+  credentials: {{kinds: [jwt], maxTokenTtl: 15m}}
+  limits: [{{dataSource: ehr-medications, requestsPerMinute: 3}}]
+"#,
+        id = ops.spiffe_id()
+    );
+    c.write_rules(&contract);
+    let d = Daemon::start(&c.config("detectors:\n  combination: {window: 10m, learning: 2s}\n"));
+    let jwt_code = format!(
+        r#"import base64, json
+def b64(s): return base64.urlsafe_b64encode(s.encode()).decode().rstrip('=')
+def jwt(exp, iat):
+    return b64('{{"alg":"RS256","typ":"JWT"}}') + '.' + b64(json.dumps({{"iss":"https://kubernetes.default.svc","sub":"ops","exp":exp,"iat":iat}})) + '.{JWT_SIG}'
+now = int(time.time())
+"#
+    );
+    let ops_pid = c.python_in(
+        &ops,
+        &format!(
+            r#"{jwt_code}
+long = jwt(now + 3600, now - 60)
+open({shared:?}, 'w').write(long)
+bearer = {{'Authorization': 'Bearer ' + long}}
+for i in range(8):
+    call('{FHIR}', 'GET', '/R4/MedicationRequest/%d' % i, headers=bearer)
+call('{FHIR}', 'DELETE', '/R4/MedicationRequest/9', headers=bearer)
+call('other.nhiwatch.test', 'GET', '/R4/status', headers=bearer)
+call('{FHIR}', 'GET', '/R4/MedicationRequest/10', headers={{'Authorization': 'Bearer ' + jwt(now - 100, now - 700)}})
+call('{FHIR}', 'GET', '/R4/MedicationRequest/11', headers={{'Authorization': 'Basic ' + base64.b64encode(b'ops:LEAKCANARYpassword').decode()}})
+read({ca:?})
+"#,
+            shared = shared_jwt.display().to_string(),
+            ca = ca.display().to_string(),
+        ),
+    );
+    let expect = |pod: &FakePod, rules: &[&str]| {
+        for r in rules {
+            let f = wait_finding(&d, pod, r);
+            assert_eq!(f["phase"], "opened", "{f}");
+            assert!(
+                !f.to_string().contains("LEAKCANARY") && !f.to_string().contains(JWT_SIG),
+                "{f}"
+            );
+        }
+    };
+    expect(
+        &ops,
+        &[
+            "NHI-003", "NHI-060", "NHI-041", "NHI-011", "NHI-012", "NHI-053", "NHI-054", "NHI-051",
+            "NHI-052", "NHI-010", "NHI-020",
+        ],
+    );
+    let method = wait_finding(&d, &ops, "NHI-011");
+    assert_eq!(method["evidence"]["method"], "DELETE", "{method}");
+    let host = wait_finding(&d, &ops, "NHI-012");
+    assert_eq!(
+        host["evidence"]["destination"], "other.nhiwatch.test",
+        "{host}"
+    );
+    let limit = wait_finding(&d, &ops, "NHI-041");
+    assert_eq!(limit["evidence"]["limit"], 3.0, "{limit}");
+    let ttl = wait_finding(&d, &ops, "NHI-053");
+    assert!(
+        ttl["evidence"]["observed"].as_f64().unwrap() > 900.0,
+        "{ttl}"
+    );
+    let secret = wait_finding(&d, &ops, "NHI-020");
+    assert_eq!(
+        secret["evidence"]["file"],
+        ca.display().to_string(),
+        "{secret}"
+    );
+    assert!(ops_pid > 0);
+
+    // Another identity presents the break-glass identity's token.
+    let thief_pid = c.python_in(
+        &thief,
+        &format!(
+            "call('{FHIR}', 'GET', '/R4/MedicationRequest/1', headers={{'Authorization': 'Bearer ' + read({:?})}})\n",
+            shared_jwt.display().to_string()
+        ),
+    );
+    wait_call(&d, thief_pid, FHIR, &thief);
+    expect(&thief, &["NHI-001", "NHI-055"]);
+    let replay = wait_finding(&d, &thief, "NHI-055");
+    assert_eq!(
+        replay["evidence"]["identities"][0],
+        ops.spiffe_id(),
+        "{replay}"
+    );
+
+    // An identity that, after learning, combines two data sources it never used together.
+    let explorer_pid = c.python_in(
+        &explorer,
+        &format!(
+            "time.sleep(3)\ncall('{FHIR}', 'GET', '/R4/MedicationRequest/5')\ncall('{BH}', 'GET', '/notes/5')\n"
+        ),
+    );
+    wait_call(&d, explorer_pid, BH, &explorer);
+    expect(&explorer, &["NHI-001", "NHI-031"]);
+    let unseen = wait_finding(&d, &explorer, "NHI-031");
+    assert_eq!(
+        unseen["evidence"]["data_sources"],
+        serde_json::json!(["ehr-medications", "mental-health-notes"]),
+        "{unseen}"
+    );
+    let (out, err) = d.stop();
+    for leak in ["LEAKCANARY", JWT_SIG] {
+        assert!(!out.contains(leak) && !err.contains(leak), "{leak} leaked");
+    }
+}
