@@ -7,7 +7,7 @@ pub mod state;
 pub mod volume;
 
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -152,8 +152,9 @@ const MAX_KEYS: usize = 512;
 const CLASSIFY_CACHE: usize = 1 << 16;
 
 struct IdState {
-    /// None only while the identity's observation is being judged.
-    record: Option<IdentityRecord>,
+    /// The key in `Engine::ids`, to remove it on eviction.
+    key: Arc<str>,
+    record: IdentityRecord,
     /// Index into the compiled contracts, for `rules_generation`.
     contract: Option<usize>,
     rules_generation: u64,
@@ -165,6 +166,20 @@ struct IdState {
     dirty: bool,
 }
 
+impl IdState {
+    fn new(record: IdentityRecord) -> IdState {
+        IdState {
+            key: record.identity.id.as_str().into(),
+            record,
+            contract: None,
+            rules_generation: 0,
+            window: Vec::new(),
+            last: None,
+            dirty: false,
+        }
+    }
+}
+
 /// Counters for metrics.
 #[derive(Debug, Default, Clone)]
 pub struct EngineStats {
@@ -174,18 +189,30 @@ pub struct EngineStats {
     pub findings: u64,
 }
 
+/// One credential's record and whether it is listed in `Engine::dirty_creds`.
+struct CredState {
+    record: CredentialRecord,
+    dirty: bool,
+}
+
 pub struct Engine {
     cfg: DetectConfig,
     rules: Compiled,
     rules_generation: u64,
-    ids: FxStd<Arc<str>, IdState>,
-    creds: FxStd<String, CredentialRecord>,
+    /// Identity id → slot in `slots`. The states live in a slab so one observation costs one
+    /// hash lookup, and judging one identity can still read the others (shared credentials).
+    ids: FxStd<Arc<str>, u32>,
+    /// None: free (listed in `free`).
+    slots: Vec<Option<IdState>>,
+    free: Vec<u32>,
+    creds: FxStd<String, CredState>,
     dedup: Deduper,
     identity_dedup: Deduper,
     caches: Caches,
-    /// Identities changed since the last persist (each also flagged `dirty` in its state).
-    dirty_ids: Vec<Arc<str>>,
-    dirty_creds: HashSet<String, rustc_hash::FxBuildHasher>,
+    /// Slots changed since the last persist (each also flagged `dirty` in its state).
+    dirty_ids: Vec<u32>,
+    /// Credentials changed since the last persist (each also flagged `dirty`).
+    dirty_creds: Vec<String>,
     now: i64,
     pub stats: EngineStats,
 }
@@ -199,10 +226,12 @@ impl Engine {
             rules: Compiled::new(rules),
             rules_generation: 1,
             ids: FxStd::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             creds: FxStd::default(),
             caches: Caches::default(),
             dirty_ids: Vec::new(),
-            dirty_creds: HashSet::default(),
+            dirty_creds: Vec::new(),
             now: 0,
             stats: EngineStats::default(),
             cfg,
@@ -241,28 +270,44 @@ impl Engine {
         self.dedup.len() + self.identity_dedup.len()
     }
 
+    /// Puts a new identity state in a free slot (or a new one) and indexes it.
+    fn insert(&mut self, st: IdState) -> u32 {
+        let key = st.key.clone();
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(st);
+                s
+            }
+            None => {
+                self.slots.push(Some(st));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Some(old) = self.ids.insert(key, slot) {
+            // A duplicate id (only in restored state): the later one replaces it, as before.
+            self.slots[old as usize] = None;
+            self.free.push(old);
+        }
+        slot
+    }
+
     /// Restores learned state (from the state database), newest first up to the limits.
     pub fn restore(&mut self, mut ids: Vec<IdentityRecord>, mut creds: Vec<CredentialRecord>) {
         ids.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         ids.truncate(self.cfg.max_identities);
         for r in ids {
-            let key: Arc<str> = r.identity.id.as_str().into();
-            self.ids.insert(
-                key,
-                IdState {
-                    record: Some(r),
-                    contract: None,
-                    rules_generation: 0,
-                    window: Vec::new(),
-                    last: None,
-                    dirty: false,
-                },
-            );
+            self.insert(IdState::new(r));
         }
         creds.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         creds.truncate(self.cfg.max_credentials);
         for c in creds {
-            self.creds.insert(c.fingerprint.clone(), c);
+            self.creds.insert(
+                c.fingerprint.clone(),
+                CredState {
+                    record: c,
+                    dirty: false,
+                },
+            );
         }
     }
 
@@ -271,20 +316,25 @@ impl Engine {
         &mut self,
         save: impl FnOnce(&[&IdentityRecord], &[&CredentialRecord]) -> Result<(), E>,
     ) -> Result<(), E> {
-        for k in &self.dirty_ids {
-            if let Some(s) = self.ids.get_mut(k) {
-                s.dirty = false;
+        for &s in &self.dirty_ids {
+            if let Some(Some(st)) = self.slots.get_mut(s as usize) {
+                st.dirty = false;
+            }
+        }
+        for k in &self.dirty_creds {
+            if let Some(c) = self.creds.get_mut(k) {
+                c.dirty = false;
             }
         }
         let ids: Vec<&IdentityRecord> = self
             .dirty_ids
             .iter()
-            .filter_map(|k| self.ids.get(k).and_then(|s| s.record.as_ref()))
+            .filter_map(|&s| self.slots.get(s as usize)?.as_ref().map(|st| &st.record))
             .collect();
         let creds: Vec<&CredentialRecord> = self
             .dirty_creds
             .iter()
-            .filter_map(|k| self.creds.get(k))
+            .filter_map(|k| self.creds.get(k).map(|c| &c.record))
             .collect();
         save(&ids, &creds)?;
         self.dirty_ids.clear();
@@ -293,11 +343,11 @@ impl Engine {
     }
 
     pub fn records(&self) -> impl Iterator<Item = &IdentityRecord> {
-        self.ids.values().filter_map(|s| s.record.as_ref())
+        self.slots.iter().flatten().map(|s| &s.record)
     }
 
     pub fn credential_records(&self) -> impl Iterator<Item = &CredentialRecord> {
-        self.creds.values()
+        self.creds.values().map(|c| &c.record)
     }
 
     /// Closes dedup windows that ended by `now` (ns); repeated findings leave summaries.
@@ -324,13 +374,10 @@ impl Engine {
         let before = out.len();
         let t = o.time;
         let secs = t.div_euclid(1_000_000_000);
-        let key = self.identity_state(o, secs);
-        // The record leaves the map while it is judged, so the others stay readable.
-        let Some((contract, mut record, mut window)) = self
-            .ids
-            .get_mut(&key)
-            .and_then(|s| Some((s.contract, s.record.take()?, std::mem::take(&mut s.window))))
-        else {
+        let slot = self.identity_state(o, secs) as usize;
+        // The identity's own state is borrowed mutably; the others stay readable around it.
+        let (earlier, rest) = self.slots.split_at_mut(slot);
+        let Some((Some(st), later)) = rest.split_first_mut() else {
             return;
         };
         let mut cx = Cx {
@@ -341,78 +388,66 @@ impl Engine {
             creds: &mut self.creds,
             dirty_creds: &mut self.dirty_creds,
             ids: &self.ids,
+            others: Others {
+                earlier,
+                later,
+                slot,
+            },
             caches: &mut self.caches,
             out,
             t,
             secs,
             identity: &o.identity,
         };
+        let contract = st.contract;
+        let record = &mut st.record;
+        let window = &mut st.window;
         cx.identity_level(contract);
         match &o.activity {
             Activity::Exec => {}
-            Activity::FileOpen { path, result } => cx.file_open(
-                contract,
-                &mut record,
-                &mut window,
-                o.exe.as_deref(),
-                path,
-                *result,
-            ),
+            Activity::FileOpen { path, result } => {
+                cx.file_open(contract, record, window, o.exe.as_deref(), path, *result)
+            }
             Activity::Connect { name, .. } => {
                 if let Some(host) = name {
-                    cx.destination(contract, &mut record, host);
+                    cx.destination(contract, record, host);
                 }
             }
-            Activity::ApiCall(call) => cx.api_call(contract, &mut record, &mut window, call),
+            Activity::ApiCall(call) => cx.api_call(contract, record, window, call),
         }
-        if let Some(s) = self.ids.get_mut(&key) {
-            s.record = Some(record);
-            s.window = window;
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty_ids.push(key);
-            }
+        if !st.dirty {
+            st.dirty = true;
+            self.dirty_ids.push(slot as u32);
         }
         self.stats.findings += (out.len() - before) as u64;
         self.evict();
     }
 
-    /// Finds or creates the identity's state, refreshes its attributes and contract.
-    fn identity_state(&mut self, o: &Observation, secs: i64) -> Arc<str> {
-        let id = o.identity.id.as_str();
-        let key: Arc<str> = match self.ids.get_key_value(id) {
-            Some((k, _)) => k.clone(),
-            None => id.into(),
-        };
-        let st = match self.ids.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(IdState {
-                record: Some(IdentityRecord {
-                    identity: (*o.identity).clone(),
-                    contract: None,
-                    first_seen: secs,
-                    last_seen: secs,
-                    executables: Default::default(),
-                    data_sources: Default::default(),
-                    methods: Default::default(),
-                    secrets: Default::default(),
-                    destinations: Default::default(),
-                    credentials: Default::default(),
-                    peak_requests_per_minute: Default::default(),
-                    pairs: Default::default(),
-                    volume: Default::default(),
-                    dropped: 0,
-                }),
+    /// Finds or creates the identity's state, refreshes its attributes and contract; returns its slot.
+    fn identity_state(&mut self, o: &Observation, secs: i64) -> u32 {
+        let slot = match self.ids.get(o.identity.id.as_str()) {
+            Some(&s) => s,
+            None => self.insert(IdState::new(IdentityRecord {
+                identity: (*o.identity).clone(),
                 contract: None,
-                rules_generation: 0,
-                window: Vec::new(),
-                last: None,
-                dirty: false,
-            }),
+                first_seen: secs,
+                last_seen: secs,
+                executables: Default::default(),
+                data_sources: Default::default(),
+                methods: Default::default(),
+                secrets: Default::default(),
+                destinations: Default::default(),
+                credentials: Default::default(),
+                peak_requests_per_minute: Default::default(),
+                pairs: Default::default(),
+                volume: Default::default(),
+                dropped: 0,
+            })),
         };
-        let Some(record) = st.record.as_mut() else {
-            return key;
+        let Some(Some(st)) = self.slots.get_mut(slot as usize) else {
+            return slot;
         };
+        let record = &mut st.record;
         if !st
             .last
             .as_ref()
@@ -436,37 +471,74 @@ impl Engine {
                 .contract
                 .map(|i| self.rules.contracts[i].reference.name.clone());
         }
-        key
+        slot
     }
 
     /// Keeps memory bounded: beyond the limits the least recently seen eighth goes.
     fn evict(&mut self) {
         if self.ids.len() > self.cfg.max_identities {
-            let mut ages: Vec<(i64, Arc<str>)> = self
-                .ids
+            let mut ages: Vec<(i64, &Arc<str>, u32)> = self
+                .slots
                 .iter()
-                .map(|(k, s)| (s.record.as_ref().map_or(0, |r| r.last_seen), k.clone()))
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (s.record.last_seen, &s.key, i as u32)))
                 .collect();
             ages.sort();
             let n = (self.ids.len() - self.cfg.max_identities) + self.cfg.max_identities / 8;
-            for (_, k) in ages.into_iter().take(n) {
-                self.ids.remove(&k);
-                self.stats.identities_evicted += 1;
+            let gone: Vec<u32> = ages.into_iter().take(n).map(|(_, _, s)| s).collect();
+            let mut dirty_gone = false;
+            for &s in &gone {
+                if let Some(st) = self.slots[s as usize].take() {
+                    self.ids.remove(&st.key);
+                    dirty_gone |= st.dirty;
+                    self.free.push(s);
+                    self.stats.identities_evicted += 1;
+                }
+            }
+            if dirty_gone {
+                // A freed slot may be reused: it must not carry the evicted identity's listing.
+                let gone: HashSet<u32, rustc_hash::FxBuildHasher> = gone.into_iter().collect();
+                self.dirty_ids.retain(|s| !gone.contains(s));
             }
         }
         if self.creds.len() > self.cfg.max_credentials {
             let mut ages: Vec<(i64, String)> = self
                 .creds
                 .iter()
-                .map(|(k, c)| (c.last_seen, k.clone()))
+                .map(|(k, c)| (c.record.last_seen, k.clone()))
                 .collect();
             ages.sort();
             let n = (self.creds.len() - self.cfg.max_credentials) + self.cfg.max_credentials / 8;
+            let mut dirty_gone = false;
+            let mut gone = HashSet::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher);
             for (_, k) in ages.into_iter().take(n) {
-                self.creds.remove(&k);
-                self.dirty_creds.remove(&k);
+                if let Some(c) = self.creds.remove(&k) {
+                    dirty_gone |= c.dirty;
+                }
+                gone.insert(k);
                 self.stats.credentials_evicted += 1;
             }
+            if dirty_gone {
+                self.dirty_creds.retain(|k| !gone.contains(k));
+            }
+        }
+    }
+}
+
+/// The identity states other than the one being judged (around its slot).
+struct Others<'a> {
+    earlier: &'a [Option<IdState>],
+    later: &'a [Option<IdState>],
+    slot: usize,
+}
+
+impl Others<'_> {
+    fn get(&self, slot: u32) -> Option<&IdState> {
+        let s = slot as usize;
+        match s.cmp(&self.slot) {
+            std::cmp::Ordering::Less => self.earlier.get(s)?.as_ref(),
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => self.later.get(s - self.slot - 1)?.as_ref(),
         }
     }
 }
@@ -492,9 +564,10 @@ struct Cx<'a> {
     cfg: &'a DetectConfig,
     dedup: &'a mut Deduper,
     identity_dedup: &'a mut Deduper,
-    creds: &'a mut FxStd<String, CredentialRecord>,
-    dirty_creds: &'a mut HashSet<String, rustc_hash::FxBuildHasher>,
-    ids: &'a FxStd<Arc<str>, IdState>,
+    creds: &'a mut FxStd<String, CredState>,
+    dirty_creds: &'a mut Vec<String>,
+    ids: &'a FxStd<Arc<str>, u32>,
+    others: Others<'a>,
     caches: &'a mut Caches,
     out: &'a mut Vec<Finding>,
     t: i64,
@@ -511,6 +584,14 @@ impl Cx<'_> {
         self.contract(c).map(|c| c.reference.clone())
     }
 
+    /// Counts a repeat of (identity, `rule`, evidence key) if its window is open; otherwise
+    /// returns what `open` needs. The key is given in parts so repeats build no string.
+    fn fresh(&mut self, rule: Rule, key: &[&str]) -> Option<(Rule, u64)> {
+        let h = finding::dedup_key(&self.identity.id, rule, key);
+        (!self.dedup.repeat(self.t, h)).then_some((rule, h))
+    }
+
+    /// For findings raised at most once per bucket or window change: builds them eagerly.
     fn raise(
         &mut self,
         rule: Rule,
@@ -519,14 +600,26 @@ impl Cx<'_> {
         contract: Option<usize>,
         evidence: Evidence,
     ) {
+        if let Some(f) = self.fresh(rule, &[&key]) {
+            self.open(f, summary, contract, evidence);
+        }
+    }
+
+    /// Opens a finding `fresh` found new.
+    fn open(
+        &mut self,
+        (rule, h): (Rule, u64),
+        summary: String,
+        contract: Option<usize>,
+        evidence: Evidence,
+    ) {
         let c = Candidate {
             rule,
-            key,
             summary,
             contract: self.reference(contract),
             evidence,
         };
-        self.dedup.raise(self.t, self.identity, c, self.out);
+        self.dedup.open(self.t, self.identity, h, c, self.out);
     }
 
     fn who(&self) -> &str {
@@ -535,65 +628,59 @@ impl Cx<'_> {
 
     /// Findings about the identity itself rather than one access.
     fn identity_level(&mut self, contract: Option<usize>) {
-        let who = self.identity.id.clone();
-        let Some(c) = self.contract(contract) else {
-            let cand = Candidate {
-                rule: Rule::Ungoverned,
-                key: String::new(),
-                summary: format!("{who} is active but no access contract governs it"),
-                contract: None,
-                evidence: Evidence::default(),
-            };
-            return self
-                .identity_dedup
-                .raise(self.t, self.identity, cand, self.out);
+        let (t, identity) = (self.t, self.identity);
+        let who: &str = &identity.id;
+        let Some(c) = self.rules.contracts.get(contract.unwrap_or(usize::MAX)) else {
+            let h = finding::dedup_key(who, Rule::Ungoverned, &[]);
+            if !self.identity_dedup.repeat(t, h) {
+                let cand = Candidate {
+                    rule: Rule::Ungoverned,
+                    summary: format!("{who} is active but no access contract governs it"),
+                    contract: None,
+                    evidence: Evidence::default(),
+                };
+                self.identity_dedup.open(t, identity, h, cand, self.out);
+            }
+            return;
         };
-        let mut found = Vec::new();
-        if c.expires_at.is_some_and(|e| self.t >= e) {
-            let day = c.expires.map(|d| d.to_string()).unwrap_or_default();
-            found.push((
-                Rule::ContractExpired,
-                format!(
-                    "{who} is active under contract {} which expired on {day}",
-                    c.reference.name
+        let expired = c.expires_at.is_some_and(|e| t >= e);
+        for (rule, applies) in [
+            (Rule::ContractExpired, expired),
+            (Rule::ContractWithoutOwner, c.ownerless),
+            (Rule::BreakGlass, c.break_glass),
+        ] {
+            let h = finding::dedup_key(who, rule, &[&c.reference.version]);
+            if !applies || self.identity_dedup.repeat(t, h) {
+                continue;
+            }
+            let name = &c.reference.name;
+            let (summary, evidence) = match rule {
+                Rule::ContractExpired => {
+                    let day = c.expires.map(|d| d.to_string()).unwrap_or_default();
+                    (
+                        format!("{who} is active under contract {name} which expired on {day}"),
+                        Evidence {
+                            expired_on: Some(day),
+                            ..Evidence::default()
+                        },
+                    )
+                }
+                Rule::ContractWithoutOwner => (
+                    format!("{who} is active under contract {name} which names no owner"),
+                    Evidence::default(),
                 ),
-                Evidence {
-                    expired_on: Some(day),
-                    ..Evidence::default()
-                },
-            ));
-        }
-        if c.ownerless {
-            found.push((
-                Rule::ContractWithoutOwner,
-                format!(
-                    "{who} is active under contract {} which names no owner",
-                    c.reference.name
+                _ => (
+                    format!("break-glass identity {who} is active (contract {name})"),
+                    Evidence::default(),
                 ),
-                Evidence::default(),
-            ));
-        }
-        if c.break_glass {
-            found.push((
-                Rule::BreakGlass,
-                format!(
-                    "break-glass identity {who} is active (contract {})",
-                    c.reference.name
-                ),
-                Evidence::default(),
-            ));
-        }
-        let reference = c.reference.clone();
-        for (rule, summary, evidence) in found {
+            };
             let cand = Candidate {
                 rule,
-                key: reference.version.clone(),
                 summary,
-                contract: Some(reference.clone()),
+                contract: Some(c.reference.clone()),
                 evidence,
             };
-            self.identity_dedup
-                .raise(self.t, self.identity, cand, self.out);
+            self.identity_dedup.open(t, identity, h, cand, self.out);
         }
     }
 
@@ -631,16 +718,21 @@ impl Cx<'_> {
             None => record.dropped += 1,
         }
         let (ds, grant) = self.file_rules(contract, path);
-        let who = self.who().to_owned();
+        let identity = self.identity;
+        let who: &str = &identity.id;
         let rules = self.rules;
         let c = contract.and_then(|i| rules.contracts.get(i));
         let grant = grant.and_then(|g| c.and_then(|c| c.secrets.get(g)));
         if let Some((_, exes)) = grant {
-            if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
+            let fresh = if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
+                self.fresh(Rule::SecretReadUnexpectedExecutable, &[path, "\0", exe_s])
+            } else {
+                None
+            };
+            if let Some(f) = fresh {
                 let allowed = exes.clone();
-                self.raise(
-                    Rule::SecretReadUnexpectedExecutable,
-                    format!("{path}\0{exe_s}"),
+                self.open(
+                    f,
                     format!(
                         "{exe_s} read {path} as {who}; the contract allows only {}",
                         allowed.join(", ")
@@ -662,11 +754,16 @@ impl Cx<'_> {
                 .is_some_and(|d| self.rules.classification(d) != Some(Classification::Credentials));
             let allowed = matches!((ds, c), (Some(d), Some(c)) if c.is_allowed(d));
             let governed = c.is_some();
-            if let (Some(d), true, false) = (ds, governed, allowed) {
+            let undeclared = match (ds, governed, allowed) {
+                (Some(d), true, false) => self
+                    .fresh(Rule::UndeclaredDataSource, &[rules.ds_name(d)])
+                    .map(|f| (d, f)),
+                _ => None,
+            };
+            if let Some((d, f)) = undeclared {
                 let name = self.rules.ds_name(d).to_owned();
-                self.raise(
-                    Rule::UndeclaredDataSource,
-                    name.clone(),
+                self.open(
+                    f,
                     format!("{who} read {path} of data source {name}, which its contract does not allow"),
                     contract,
                     Evidence {
@@ -681,15 +778,19 @@ impl Cx<'_> {
             // Data files are secrets only when they hold credentials (or belong to no data
             // source: then they are watched because they are secrets). Ungoverned identities
             // reading data files are covered by NHI-001.
-            if !allowed && !data_access {
+            let fresh = if !allowed && !data_access {
+                self.fresh(Rule::SecretReadNotAllowed, &[path, "\0", exe_s])
+            } else {
+                None
+            };
+            if let Some(f) = fresh {
                 let what = if governed {
                     "its contract grants no such secret"
                 } else {
                     "no contract governs it"
                 };
-                self.raise(
-                    Rule::SecretReadNotAllowed,
-                    format!("{path}\0{exe_s}"),
+                self.open(
+                    f,
                     format!("{exe_s} read secret {path} as {who}; {what}"),
                     contract,
                     Evidence {
@@ -728,11 +829,13 @@ impl Cx<'_> {
         let Some((i, c)) = contract.and_then(|i| Some((i, rules.contracts.get(i)?))) else {
             return;
         };
-        if !self.host_allowed(i, c, host) {
+        if self.host_allowed(i, c, host) {
+            return;
+        }
+        if let Some(f) = self.fresh(Rule::UndeclaredDestination, &[host]) {
             let who = self.who().to_owned();
-            self.raise(
-                Rule::UndeclaredDestination,
-                host.to_owned(),
+            self.open(
+                f,
                 format!("{who} reached {host}, which its contract does not allow"),
                 contract,
                 Evidence {
@@ -820,9 +923,11 @@ impl Cx<'_> {
         let who: &str = &identity.id;
         if let Some(c) = contract.and_then(|i| rules.contracts.get(i)) {
             if !c.is_allowed(ds) {
-                self.raise(
-                    Rule::UndeclaredDataSource,
-                    name.to_owned(),
+                let Some(f) = self.fresh(Rule::UndeclaredDataSource, &[name]) else {
+                    return self.after_call(contract, record, window, ds, call);
+                };
+                self.open(
+                    f,
                     format!("{who} called {method} {host}{} of data source {name}, which its contract does not allow", call.path),
                     contract,
                     Evidence {
@@ -835,14 +940,18 @@ impl Cx<'_> {
                     },
                 );
             } else if let Some(ms) = c.methods.get(&ds) {
-                if !ms.iter().any(|m| method_matches(*m, method)) {
+                let fresh = if !ms.iter().any(|m| method_matches(*m, method)) {
+                    self.fresh(Rule::UndeclaredMethod, &[name, "\0", method])
+                } else {
+                    None
+                };
+                if let Some(f) = fresh {
                     let allowed: Vec<String> = ms
                         .iter()
                         .map(|m| format!("{m:?}").to_ascii_uppercase())
                         .collect();
-                    self.raise(
-                        Rule::UndeclaredMethod,
-                        format!("{name}\0{method}"),
+                    self.open(
+                        f,
                         format!(
                             "{who} called {method} on {name}; its contract allows {}",
                             allowed.join(", ")
@@ -860,7 +969,21 @@ impl Cx<'_> {
                 }
             }
         }
+        self.after_call(contract, record, window, ds, call);
+    }
+
+    /// What every classified API call feeds: the combination window and the volume baselines.
+    fn after_call(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        window: &mut Vec<(DsId, i64)>,
+        ds: DsId,
+        call: &ApiCallSeen,
+    ) {
         self.combination(contract, record, window, ds);
+        let rules = self.rules;
+        let name = rules.ds_name(ds);
         self.volume(
             contract,
             record,
@@ -1121,10 +1244,14 @@ impl Cx<'_> {
             .map_or(&[], |c| c.kinds.as_slice());
         let kind = cred.kind.as_str();
         let kind_listed = kinds.contains(&kind);
-        if !kinds.is_empty() && !kind_listed {
-            self.raise(
-                Rule::CredentialKindNotAllowed,
-                kind.to_owned(),
+        let fresh = if !kinds.is_empty() && !kind_listed {
+            self.fresh(Rule::CredentialKindNotAllowed, &[kind])
+        } else {
+            None
+        };
+        if let Some(f) = fresh {
+            self.open(
+                f,
                 format!(
                     "{who} presented a credential of kind {kind}; its contract allows {}",
                     kinds.join(", ")
@@ -1141,10 +1268,13 @@ impl Cx<'_> {
             "aws_sigv4" if cred.long_lived == Some(true) => Some("a long-term AWS access key"),
             _ => None,
         };
-        if let (Some(what), false) = (legacy, kind_listed) {
-            self.raise(
-                Rule::LegacyCredential,
-                fp.to_owned(),
+        let fresh = match (legacy, kind_listed) {
+            (Some(what), false) => self.fresh(Rule::LegacyCredential, &[fp]).map(|f| (f, what)),
+            _ => None,
+        };
+        if let Some((f, what)) = fresh {
+            self.open(
+                f,
                 format!("{who} authenticates with {what}"),
                 contract,
                 ev(Evidence::default()),
@@ -1155,10 +1285,12 @@ impl Cx<'_> {
             self.contract(contract)
                 .and_then(|c| c.max_token_ttl_seconds()),
         ) {
-            if ttl > max {
-                self.raise(
-                    Rule::TokenTtlTooLong,
-                    fp.to_owned(),
+            if let Some(f) = (ttl > max)
+                .then(|| self.fresh(Rule::TokenTtlTooLong, &[fp]))
+                .flatten()
+            {
+                self.open(
+                    f,
                     format!("{who} presented a token valid for {ttl}s; its contract allows at most {max}s"),
                     contract,
                     ev(Evidence {
@@ -1170,10 +1302,12 @@ impl Cx<'_> {
             }
         }
         if let Some(exp) = cred.jwt.as_ref().and_then(|j| j.exp) {
-            if exp < self.secs {
-                self.raise(
-                    Rule::ExpiredToken,
-                    fp.to_owned(),
+            if let Some(f) = (exp < self.secs)
+                .then(|| self.fresh(Rule::ExpiredToken, &[fp]))
+                .flatten()
+            {
+                self.open(
+                    f,
                     format!(
                         "{who} presented a token that expired {}s earlier",
                         self.secs - exp
@@ -1185,21 +1319,29 @@ impl Cx<'_> {
         }
         // Sightings across identities.
         let secs = self.secs;
-        let r = match self.creds.get_mut(fp) {
-            Some(r) => r,
+        let c = match self.creds.get_mut(fp) {
+            Some(c) => c,
             None => self
                 .creds
                 .entry(fp.to_owned())
-                .or_insert_with(|| CredentialRecord {
-                    fingerprint: fp.to_owned(),
-                    kind: cred.kind.clone(),
-                    vendor: cred.vendor.clone(),
-                    long_lived: cred.long_lived,
-                    first_seen: secs,
-                    last_seen: secs,
-                    identities: Default::default(),
+                .or_insert_with(|| CredState {
+                    record: CredentialRecord {
+                        fingerprint: fp.to_owned(),
+                        kind: cred.kind.clone(),
+                        vendor: cred.vendor.clone(),
+                        long_lived: cred.long_lived,
+                        first_seen: secs,
+                        last_seen: secs,
+                        identities: Default::default(),
+                    },
+                    dirty: false,
                 }),
         };
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty_creds.push(fp.to_owned());
+        }
+        let r = &mut c.record;
         r.last_seen = r.last_seen.max(secs);
         let room = r.identities.len() < MAX_SHARERS;
         match r.identities.get_mut(who) {
@@ -1219,16 +1361,15 @@ impl Cx<'_> {
         } else {
             Vec::new()
         };
-        if !self.dirty_creds.contains(fp) {
-            self.dirty_creds.insert(fp.to_owned());
-        }
         if others.is_empty() {
             return;
         }
         if kind == "jwt" {
-            self.raise(
-                Rule::TokenReplayed,
-                fp.to_owned(),
+            let Some(f) = self.fresh(Rule::TokenReplayed, &[fp]) else {
+                return;
+            };
+            self.open(
+                f,
                 format!(
                     "{who} presented a token already used by {}",
                     others.join(", ")
@@ -1245,14 +1386,18 @@ impl Cx<'_> {
         let allowed_there = others.iter().all(|o| {
             self.ids
                 .get(o.as_str())
-                .and_then(|s| s.contract)
+                .and_then(|&s| self.others.get(s)?.contract)
                 .and_then(|i| self.rules.contracts.get(i))
                 .is_some_and(|c| c.shared_allowed)
         });
-        if !(allowed_here && allowed_there) {
-            self.raise(
-                Rule::SharedCredential,
-                fp.to_owned(),
+        let fresh = if !(allowed_here && allowed_there) {
+            self.fresh(Rule::SharedCredential, &[fp])
+        } else {
+            None
+        };
+        if let Some(f) = fresh {
+            self.open(
+                f,
                 format!(
                     "{who} uses a credential (kind {kind}) also used by {}",
                     others.join(", ")
