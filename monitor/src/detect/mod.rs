@@ -2,6 +2,7 @@
 
 pub mod compiled;
 pub mod finding;
+mod hot;
 pub mod replay;
 pub mod state;
 pub mod volume;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use self::{
     compiled::{method_matches, Compiled, CompiledContract, DsId},
     finding::{Candidate, ContractRef, CredentialRef, Deduper, Evidence, Finding, Rule},
+    hot::{HotCred, InlineKey},
     state::{CredentialRecord, CredentialUse, IdentityRecord, SecretUsage, Usage, MAX_SHARERS},
     volume::{Excess, VolumeConfig},
 };
@@ -162,8 +164,12 @@ struct IdState {
     window: Vec<(DsId, i64)>,
     /// The identity object last seen: the same one again needs no comparison.
     last: Option<Arc<WorkloadIdentity>>,
-    /// Listed in `dirty_ids`.
+    /// Listed in `dirty_ids`. Only a dirty state's `hot` may differ from its record.
     dirty: bool,
+    /// The record's entries this identity keeps touching, updated without comparing keys.
+    hot: hot::Hot,
+    /// Its NHI-001 dedup key (it depends on the id only).
+    ungoverned_key: Option<u64>,
 }
 
 impl IdState {
@@ -176,6 +182,8 @@ impl IdState {
             window: Vec::new(),
             last: None,
             dirty: false,
+            hot: hot::Hot::default(),
+            ungoverned_key: None,
         }
     }
 }
@@ -240,6 +248,11 @@ impl Engine {
 
     /// New rules take over at once; learned state stays.
     pub fn set_rules(&mut self, rules: RuleSet) {
+        // Cached entries are keyed by the old rules' data-source indices.
+        self.fold();
+        for st in self.slots.iter_mut().flatten() {
+            st.hot.ds.clear();
+        }
         self.rules = Compiled::new(rules);
         self.rules_generation += 1;
         self.caches.clear();
@@ -311,11 +324,21 @@ impl Engine {
         }
     }
 
+    /// Brings the records of changed identities up to date with their cached entries.
+    fn fold(&mut self) {
+        for &s in &self.dirty_ids {
+            if let Some(Some(st)) = self.slots.get_mut(s as usize) {
+                st.hot.fold(&mut st.record, &self.rules);
+            }
+        }
+    }
+
     /// Hands what changed since the last call to `save` (the state database).
     pub fn persist<E>(
         &mut self,
         save: impl FnOnce(&[&IdentityRecord], &[&CredentialRecord]) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.fold();
         for &s in &self.dirty_ids {
             if let Some(Some(st)) = self.slots.get_mut(s as usize) {
                 st.dirty = false;
@@ -342,7 +365,9 @@ impl Engine {
         Ok(())
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &IdentityRecord> {
+    /// Mutable because cached entries are folded into the records first.
+    pub fn records(&mut self) -> impl Iterator<Item = &IdentityRecord> {
+        self.fold();
         self.slots.iter().flatten().map(|s| &s.record)
     }
 
@@ -400,20 +425,21 @@ impl Engine {
             identity: &o.identity,
         };
         let contract = st.contract;
-        let record = &mut st.record;
-        let window = &mut st.window;
-        cx.identity_level(contract);
+        let (record, window, hot) = (&mut st.record, &mut st.window, &mut st.hot);
+        cx.identity_level(contract, &mut st.ungoverned_key);
         match &o.activity {
             Activity::Exec => {}
-            Activity::FileOpen { path, result } => {
-                cx.file_open(contract, record, window, o.exe.as_deref(), path, *result)
+            // A failed open read nothing: it is in the events, not a finding.
+            Activity::FileOpen { result, .. } if *result < 0 => {}
+            Activity::FileOpen { path, .. } => {
+                cx.file_open(contract, record, window, hot, o.exe.as_deref(), path)
             }
             Activity::Connect { name, .. } => {
                 if let Some(host) = name {
                     cx.destination(contract, record, host);
                 }
             }
-            Activity::ApiCall(call) => cx.api_call(contract, record, window, call),
+            Activity::ApiCall(call) => cx.api_call(contract, record, window, hot, call),
         }
         if !st.dirty {
             st.dirty = true;
@@ -461,8 +487,8 @@ impl Engine {
         }
         record.last_seen = record.last_seen.max(secs);
         record.first_seen = record.first_seen.min(secs);
-        if let Some(exe) = o.exe.as_deref() {
-            touch(&mut record.executables, &mut record.dropped, exe, secs);
+        if let Some(exe) = &o.exe {
+            touch_exe(record, &mut st.hot, exe, secs);
         }
         if st.rules_generation != self.rules_generation {
             st.contract = self.rules.contract_for(&o.identity, o.labels.as_deref());
@@ -558,6 +584,72 @@ fn touch(
     }
 }
 
+/// `touch` for the executable, through the identity's cached one.
+fn touch_exe(record: &mut IdentityRecord, hot: &mut hot::Hot, exe: &Arc<str>, t: i64) {
+    if let Some((cached, u)) = &mut hot.exe {
+        if Arc::ptr_eq(cached, exe) || **cached == **exe {
+            u.touch(t);
+            return;
+        }
+        // Another executable: the cached one goes back to the record.
+        if let Some(m) = record.executables.get_mut(&**cached) {
+            *m = *u;
+        }
+        hot.exe = None;
+    }
+    touch(&mut record.executables, &mut record.dropped, exe, t);
+    if let Some(u) = record.executables.get(&**exe) {
+        hot.exe = Some((exe.clone(), *u));
+    }
+}
+
+/// `touch` for a data source's `data_sources` entry, through the identity's cache.
+fn touch_ds(record: &mut IdentityRecord, hot: &mut hot::Hot, rules: &Compiled, ds: DsId, t: i64) {
+    let mut h = hot.ds(ds);
+    if let Some(u) = h.as_mut().and_then(|h| h.usage.as_mut()) {
+        u.touch(t);
+        return;
+    }
+    let name = rules.ds_name(ds);
+    touch(&mut record.data_sources, &mut record.dropped, name, t);
+    if let (Some(h), Some(u)) = (h, record.data_sources.get(name)) {
+        h.usage = Some(*u);
+    }
+}
+
+/// `touch` for the `DATA-SOURCE METHOD` entry, through the data source's cached methods.
+fn touch_method(
+    record: &mut IdentityRecord,
+    hot: &mut hot::Hot,
+    name: &str,
+    ds: DsId,
+    method: &str,
+    t: i64,
+) {
+    let key = InlineKey::new(method);
+    let mut slots = hot.ds(ds).zip(key).map(|(h, k)| (&mut h.methods, k));
+    if let Some((methods, k)) = slots.as_mut() {
+        if let Some((_, u)) = methods.iter_mut().flatten().find(|(m, _)| m == k) {
+            u.touch(t);
+            return;
+        }
+    }
+    // Known keys cost no allocation.
+    SCRATCH.with_borrow_mut(|full| {
+        full.clear();
+        full.push_str(name);
+        full.push(' ');
+        full.push_str(method);
+        touch(&mut record.methods, &mut record.dropped, full, t);
+        let (Some((methods, k)), Some(u)) = (slots, record.methods.get(full.as_str())) else {
+            return;
+        };
+        if let Some(free) = methods.iter_mut().find(|m| m.is_none()) {
+            *free = Some((k, *u));
+        }
+    });
+}
+
 /// One observation's context while it is judged.
 struct Cx<'a> {
     rules: &'a Compiled,
@@ -627,11 +719,13 @@ impl Cx<'_> {
     }
 
     /// Findings about the identity itself rather than one access.
-    fn identity_level(&mut self, contract: Option<usize>) {
+    fn identity_level(&mut self, contract: Option<usize>, ungoverned_key: &mut Option<u64>) {
         let (t, identity) = (self.t, self.identity);
         let who: &str = &identity.id;
         let Some(c) = self.rules.contracts.get(contract.unwrap_or(usize::MAX)) else {
-            let h = finding::dedup_key(who, Rule::Ungoverned, &[]);
+            // Hashing the id costs as much as the rest of an ungoverned identity's observation.
+            let h = *ungoverned_key
+                .get_or_insert_with(|| finding::dedup_key(who, Rule::Ungoverned, &[]));
             if !self.identity_dedup.repeat(t, h) {
                 let cand = Candidate {
                     rule: Rule::Ungoverned,
@@ -649,8 +743,11 @@ impl Cx<'_> {
             (Rule::ContractWithoutOwner, c.ownerless),
             (Rule::BreakGlass, c.break_glass),
         ] {
+            if !applies {
+                continue;
+            }
             let h = finding::dedup_key(who, rule, &[&c.reference.version]);
-            if !applies || self.identity_dedup.repeat(t, h) {
+            if self.identity_dedup.repeat(t, h) {
                 continue;
             }
             let name = &c.reference.name;
@@ -689,14 +786,10 @@ impl Cx<'_> {
         contract: Option<usize>,
         record: &mut IdentityRecord,
         window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
         exe: Option<&str>,
         path: &str,
-        result: i64,
     ) {
-        // A failed open read nothing: it is in the events, not a finding.
-        if result < 0 {
-            return;
-        }
         let exe_s = exe.unwrap_or("?");
         let full = record.secrets.len() >= MAX_KEYS;
         match record.secrets.get_mut(path) {
@@ -803,12 +896,7 @@ impl Cx<'_> {
             }
         }
         if let Some(d) = ds {
-            touch(
-                &mut record.data_sources,
-                &mut record.dropped,
-                self.rules.ds_name(d),
-                self.secs,
-            );
+            touch_ds(record, hot, self.rules, d, self.secs);
             if self.rules.classification(d) != Some(Classification::Credentials) {
                 self.combination(contract, record, window, d);
             }
@@ -892,10 +980,11 @@ impl Cx<'_> {
         contract: Option<usize>,
         record: &mut IdentityRecord,
         window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
         call: &ApiCallSeen,
     ) {
         for cred in &call.credentials {
-            self.credential(contract, record, cred);
+            self.credential(contract, record, hot, cred);
         }
         let Some(host) = call.host.as_deref() else {
             return;
@@ -905,26 +994,15 @@ impl Cx<'_> {
         };
         let rules = self.rules;
         let name: &str = rules.ds_name(ds);
-        touch(
-            &mut record.data_sources,
-            &mut record.dropped,
-            name,
-            self.secs,
-        );
+        touch_ds(record, hot, rules, ds, self.secs);
         let method = call.method.as_deref().unwrap_or("?");
-        SCRATCH.with_borrow_mut(|k| {
-            k.clear();
-            k.push_str(name);
-            k.push(' ');
-            k.push_str(method);
-            touch(&mut record.methods, &mut record.dropped, k, self.secs);
-        });
+        touch_method(record, hot, name, ds, method, self.secs);
         let identity = self.identity;
         let who: &str = &identity.id;
         if let Some(c) = contract.and_then(|i| rules.contracts.get(i)) {
             if !c.is_allowed(ds) {
                 let Some(f) = self.fresh(Rule::UndeclaredDataSource, &[name]) else {
-                    return self.after_call(contract, record, window, ds, call);
+                    return self.after_call(contract, record, window, hot, ds, call);
                 };
                 self.open(
                     f,
@@ -969,7 +1047,7 @@ impl Cx<'_> {
                 }
             }
         }
-        self.after_call(contract, record, window, ds, call);
+        self.after_call(contract, record, window, hot, ds, call);
     }
 
     /// What every classified API call feeds: the combination window and the volume baselines.
@@ -978,6 +1056,7 @@ impl Cx<'_> {
         contract: Option<usize>,
         record: &mut IdentityRecord,
         window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
         ds: DsId,
         call: &ApiCallSeen,
     ) {
@@ -987,6 +1066,7 @@ impl Cx<'_> {
         self.volume(
             contract,
             record,
+            hot,
             ds,
             name,
             call.request_bytes + call.response_bytes,
@@ -1095,6 +1175,7 @@ impl Cx<'_> {
         &mut self,
         contract: Option<usize>,
         record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
         ds: DsId,
         name: &str,
         bytes: u64,
@@ -1102,6 +1183,16 @@ impl Cx<'_> {
         let limits = self
             .contract(contract)
             .and_then(|c| c.limits.get(&ds).copied());
+        let mut h = hot.ds(ds);
+        if let Some((v, peak)) = h.as_mut().and_then(|h| h.volume.as_mut()) {
+            let spikes = v.add(&self.cfg.volume, self.t, 1, bytes);
+            let over = match limits {
+                Some((rpm, bph)) => v.limits(self.t, 1, bytes, rpm, bph),
+                None => Vec::new(),
+            };
+            *peak = (*peak).max(v.current_requests());
+            return self.volume_findings(contract, name, spikes, over);
+        }
         if !record.volume.contains_key(name) {
             if record.volume.len() >= MAX_KEYS {
                 record.dropped += 1;
@@ -1127,6 +1218,25 @@ impl Cx<'_> {
                     .insert(name.to_owned(), current);
             }
         }
+        if let Some(h) = h {
+            // From now on this data source's baseline is updated in the cache.
+            let peak = record
+                .peak_requests_per_minute
+                .get(name)
+                .copied()
+                .unwrap_or(current);
+            h.volume = Some((v.clone(), peak));
+        }
+        self.volume_findings(contract, name, spikes, over);
+    }
+
+    fn volume_findings(
+        &mut self,
+        contract: Option<usize>,
+        name: &str,
+        spikes: Vec<Excess>,
+        over: Vec<Excess>,
+    ) {
         if spikes.is_empty() && over.is_empty() {
             return;
         }
@@ -1196,10 +1306,33 @@ impl Cx<'_> {
         &mut self,
         contract: Option<usize>,
         record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
         cred: &CredentialSeen,
     ) {
         let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
+        let key = InlineKey::new(&cred.fingerprint);
+        let cached = key.as_ref().and_then(|k| hot.cred(k));
         let full = record.credentials.len() >= MAX_KEYS;
+        match cached {
+            Some(c) => {
+                c.usage.touch(self.secs);
+                c.max_ttl_seconds = c.max_ttl_seconds.max(ttl);
+            }
+            None => self.credential_use(record, hot, key, cred, ttl, full),
+        }
+        self.credential_findings(contract, cred, ttl);
+    }
+
+    /// `credential`'s record update when the fingerprint is not cached (yet).
+    fn credential_use(
+        &mut self,
+        record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
+        key: Option<InlineKey<63>>,
+        cred: &CredentialSeen,
+        ttl: Option<i64>,
+        full: bool,
+    ) {
         match record.credentials.get_mut(&cred.fingerprint) {
             Some(u) => {
                 u.usage.touch(self.secs);
@@ -1219,6 +1352,25 @@ impl Cx<'_> {
             }
             None => record.dropped += 1,
         }
+        if let (Some(k), Some(u), false) = (
+            key,
+            record.credentials.get(&cred.fingerprint),
+            hot.creds_full(),
+        ) {
+            hot.creds.push(HotCred {
+                fingerprint: k,
+                usage: u.usage,
+                max_ttl_seconds: u.max_ttl_seconds,
+            });
+        }
+    }
+
+    fn credential_findings(
+        &mut self,
+        contract: Option<usize>,
+        cred: &CredentialSeen,
+        ttl: Option<i64>,
+    ) {
         let identity = self.identity;
         let who: &str = &identity.id;
         let cref = || CredentialRef {
