@@ -13,7 +13,10 @@ use crate::{
         AccessContract, Classification, CredentialKind, Date, Matcher, Method, RuleSet, Sharing,
         Subject,
     },
-    identity::{selectors::Attributes, WorkloadIdentity},
+    identity::{
+        selectors::{Attributes, Selector},
+        WorkloadIdentity,
+    },
 };
 
 pub type DsId = u32;
@@ -28,7 +31,10 @@ pub struct Compiled {
     files: GlobSet,
     file_ds: Vec<DsId>,
     by_identity: Fx<String, usize>,
-    by_selectors: Vec<usize>,
+    /// Selector contracts that name a namespace, by that namespace, and the others (both in file
+    /// order): a new identity is tested against its namespace's contracts only, not all of them.
+    by_namespace: Fx<String, Vec<usize>>,
+    any_namespace: Vec<usize>,
 }
 
 struct HttpRule {
@@ -106,13 +112,23 @@ impl Compiled {
             .map(|c| compile_contract(c, &index, set.data_sources.len()))
             .collect();
         let mut by_identity = Fx::default();
-        let mut by_selectors = Vec::new();
+        let mut by_namespace: Fx<String, Vec<usize>> = Fx::default();
+        let mut any_namespace = Vec::new();
         for (i, c) in set.contracts.iter().enumerate() {
             match &c.subject {
                 Subject::Identity(id) => {
                     by_identity.entry(id.clone()).or_insert(i);
                 }
-                Subject::Selectors(_) => by_selectors.push(i),
+                Subject::Selectors(r) => {
+                    let ns = r.selectors.iter().find_map(|s| match s {
+                        Selector::K8sNamespace(ns) => Some(ns),
+                        _ => None,
+                    });
+                    match ns {
+                        Some(ns) => by_namespace.entry(ns.clone()).or_default().push(i),
+                        None => any_namespace.push(i),
+                    }
+                }
             }
         }
         Compiled {
@@ -123,7 +139,8 @@ impl Compiled {
             files: files.build().unwrap_or_else(|_| GlobSet::empty()),
             file_ds,
             by_identity,
-            by_selectors,
+            by_namespace,
+            any_namespace,
             set,
         }
     }
@@ -152,9 +169,21 @@ impl Compiled {
         if let Some(&i) = self.by_identity.get(&id.id) {
             return Some(i);
         }
-        self.by_selectors.iter().copied().find(|&i| {
-            matches!(&self.set.contracts[i].subject, Subject::Selectors(r) if r.matches(&Attributes { id, labels }))
-        })
+        let first = |candidates: &[usize]| {
+            candidates.iter().copied().find(|&i| {
+                matches!(&self.set.contracts[i].subject, Subject::Selectors(r) if r.matches(&Attributes { id, labels }))
+            })
+        };
+        let in_namespace = id
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.by_namespace.get(ns))
+            .and_then(|c| first(c));
+        // A contract naming another namespace cannot match; of the rest, file order decides.
+        match (in_namespace, first(&self.any_namespace)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The data source an HTTP request belongs to (first match in rules order).
@@ -401,5 +430,47 @@ mod tests {
         assert!(med.host_allowed(&c, "kube-dns.kube-system.svc.cluster.local"));
         assert!(!med.host_allowed(&c, "api.openai.com"));
         assert_eq!(med.max_ttl_seconds, Some(3600));
+    }
+
+    #[test]
+    fn selector_contracts_in_file_order_across_namespaces() {
+        let contract = |name: &str, selectors: &str| {
+            format!(
+                "apiVersion: nhiwatch.dev/v1\nkind: AccessContract\nmetadata: {{name: {name}}}\nspec:\n  selectors: {selectors}\n  owner: o@example.org\n  purpose: test\n---\n"
+            )
+        };
+        let any = contract("any-ns", "[\"k8s:sa:x\"]");
+        let ns = contract("in-ns", "[\"k8s:ns:a\", \"k8s:sa:x\"]");
+        let other = contract("other-ns", "[\"k8s:ns:b\", \"k8s:sa:x\"]");
+        let mut id = WorkloadIdentity {
+            id: "spiffe://t/ns/a/sa/x".into(),
+            kind: crate::identity::IdentityKind::Kubernetes,
+            namespace: Some("a".into()),
+            service_account: Some("x".into()),
+            pod: None,
+            pod_uid: None,
+            container: None,
+            container_id: None,
+            image: None,
+            owner: None,
+            unit: None,
+            uid: None,
+            user: None,
+            exe: None,
+            node: "n".into(),
+        };
+        for (text, want) in [
+            (format!("{other}{any}{ns}"), Some("any-ns")),
+            (format!("{other}{ns}{any}"), Some("in-ns")),
+            (format!("{other}{ns}"), Some("in-ns")),
+        ] {
+            let c = Compiled::new(crate::contracts::load_str("t.yaml", &text).unwrap());
+            let got = c.contract_for(&id, None);
+            assert_eq!(got.map(|i| c.contracts[i].reference.name.as_str()), want);
+        }
+        id.namespace = Some("c".into());
+        let c =
+            Compiled::new(crate::contracts::load_str("t.yaml", &format!("{other}{ns}")).unwrap());
+        assert_eq!(c.contract_for(&id, None), None);
     }
 }

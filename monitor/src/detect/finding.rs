@@ -171,10 +171,9 @@ pub struct Finding {
     pub dedup_key: String,
 }
 
-/// A candidate finding before deduplication. `key` names what makes two occurrences the same.
+/// A candidate finding before deduplication (built only for the first occurrence in a window).
 pub struct Candidate {
     pub rule: Rule,
-    pub key: String,
     pub summary: String,
     pub contract: Option<ContractRef>,
     pub evidence: Evidence,
@@ -188,7 +187,8 @@ struct Open {
 pub struct Deduper {
     window_ns: i64,
     capacity: usize,
-    open: HashMap<u64, Open>,
+    /// Keys are already FNV hashes: Fx only spreads them, SipHash would cost for nothing.
+    open: HashMap<u64, Open, rustc_hash::FxBuildHasher>,
     /// (closes_at, hash) in arrival order; windows are equal so this is time order too.
     order: VecDeque<(i64, u64)>,
     pub evicted: u64,
@@ -199,7 +199,7 @@ impl Deduper {
         Deduper {
             window_ns: window_ns.max(1),
             capacity: capacity.max(1),
-            open: HashMap::new(),
+            open: HashMap::default(),
             order: VecDeque::new(),
             evicted: 0,
         }
@@ -213,20 +213,29 @@ impl Deduper {
         self.open.is_empty()
     }
 
-    /// Records an occurrence at `t`; pushes the finding to `out` when it is new.
-    pub fn raise(
+    /// Counts a repeat of the open finding `dedup_key` (from [`dedup_key`]) at `t`. False when
+    /// none is open: then the caller builds the finding and calls [`Deduper::open`]. Repeats are
+    /// the common case, so their summaries and evidence are never built.
+    pub fn repeat(&mut self, t: i64, dedup_key: u64) -> bool {
+        match self.open.get_mut(&dedup_key) {
+            Some(o) => {
+                o.finding.count += 1;
+                o.finding.last_seen = o.finding.last_seen.max(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens a finding no window holds yet (see [`Deduper::repeat`]) and pushes it to `out`.
+    pub fn open(
         &mut self,
         t: i64,
         identity: &Arc<WorkloadIdentity>,
+        dedup_key: u64,
         c: Candidate,
         out: &mut Vec<Finding>,
     ) {
-        let dedup_key = dedup_key(&identity.id, c.rule, &c.key);
-        if let Some(o) = self.open.get_mut(&dedup_key) {
-            o.finding.count += 1;
-            o.finding.last_seen = o.finding.last_seen.max(t);
-            return;
-        }
         if self.open.len() >= self.capacity {
             // Close the oldest early rather than grow: its summary still goes out.
             if let Some((_, h)) = self.order.pop_front() {
@@ -259,6 +268,22 @@ impl Deduper {
         self.order.push_back((closes_at, dedup_key));
     }
 
+    /// Records an occurrence of `c` under evidence key `key` at `t`; pushes the finding to `out`
+    /// when it is new.
+    pub fn raise(
+        &mut self,
+        t: i64,
+        identity: &Arc<WorkloadIdentity>,
+        key: &str,
+        c: Candidate,
+        out: &mut Vec<Finding>,
+    ) {
+        let h = dedup_key(&identity.id, c.rule, &[key]);
+        if !self.repeat(t, h) {
+            self.open(t, identity, h, c, out);
+        }
+    }
+
     /// Closes the windows that ended by `now`; repeated findings leave a summary.
     pub fn advance(&mut self, now: i64, out: &mut Vec<Finding>) {
         while let Some(&(at, h)) = self.order.front() {
@@ -287,7 +312,9 @@ fn summary(o: Open, out: &mut Vec<Finding>) {
 }
 
 /// Stable across runs and hosts (FNV-1a, not the std hasher's random seed), so SIEMs can drop repeats.
-fn dedup_key(identity: &str, rule: Rule, key: &str) -> u64 {
+/// The evidence key is the concatenation of `key`'s parts: FNV runs over bytes, so the parts need
+/// not be joined into a string first.
+pub fn dedup_key(identity: &str, rule: Rule, key: &[&str]) -> u64 {
     struct Fnv(u64);
     impl Hasher for Fnv {
         fn finish(&self) -> u64 {
@@ -303,7 +330,11 @@ fn dedup_key(identity: &str, rule: Rule, key: &str) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     identity.hash(&mut h);
     rule.id().hash(&mut h);
-    key.hash(&mut h);
+    // As `str::hash` does for one string: its bytes, then 0xff.
+    for part in key {
+        h.write(part.as_bytes());
+    }
+    h.write_u8(0xff);
     h.finish()
 }
 
@@ -341,10 +372,9 @@ mod tests {
         })
     }
 
-    fn cand(key: &str) -> Candidate {
+    fn cand() -> Candidate {
         Candidate {
             rule: Rule::UndeclaredDestination,
-            key: key.into(),
             summary: "s".into(),
             contract: None,
             evidence: Evidence::default(),
@@ -368,10 +398,10 @@ mod tests {
         let mut d = Deduper::new(10, 100);
         let mut out = Vec::new();
         for t in 0..5 {
-            d.raise(t, &a, cand("k"), &mut out);
+            d.raise(t, &a, "k", cand(), &mut out);
         }
-        d.raise(3, &a, cand("other"), &mut out);
-        d.raise(3, &ident("spiffe://x/b"), cand("k"), &mut out);
+        d.raise(3, &a, "other", cand(), &mut out);
+        d.raise(3, &ident("spiffe://x/b"), "k", cand(), &mut out);
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|f| f.phase == Phase::Opened && f.count == 1));
         assert_ne!(out[0].dedup_key, out[1].dedup_key);
@@ -385,13 +415,13 @@ mod tests {
         assert_eq!(out[0].phase, Phase::Summary);
         // A new window opens a new finding with the same key.
         out.clear();
-        d.raise(20, &a, cand("k"), &mut out);
+        d.raise(20, &a, "k", cand(), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(
             out[0].dedup_key,
             format!(
                 "{:016x}",
-                dedup_key("spiffe://x/a", Rule::UndeclaredDestination, "k")
+                dedup_key("spiffe://x/a", Rule::UndeclaredDestination, &["k"])
             )
         );
     }
@@ -402,7 +432,7 @@ mod tests {
         let mut d = Deduper::new(1_000, 4);
         let mut out = Vec::new();
         for i in 0..10 {
-            d.raise(i, &a, cand(&i.to_string()), &mut out);
+            d.raise(i, &a, &i.to_string(), cand(), &mut out);
         }
         assert_eq!(d.len(), 4);
         assert_eq!(d.evicted, 6);

@@ -2,12 +2,13 @@
 
 pub mod compiled;
 pub mod finding;
+mod hot;
 pub mod replay;
 pub mod state;
 pub mod volume;
 
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -17,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use self::{
     compiled::{method_matches, Compiled, CompiledContract, DsId},
     finding::{Candidate, ContractRef, CredentialRef, Deduper, Evidence, Finding, Rule},
+    hot::{HotCred, InlineKey},
     state::{CredentialRecord, CredentialUse, IdentityRecord, SecretUsage, Usage, MAX_SHARERS},
     volume::{Excess, VolumeConfig},
 };
@@ -152,8 +154,9 @@ const MAX_KEYS: usize = 512;
 const CLASSIFY_CACHE: usize = 1 << 16;
 
 struct IdState {
-    /// None only while the identity's observation is being judged.
-    record: Option<IdentityRecord>,
+    /// The key in `Engine::ids`, to remove it on eviction.
+    key: Arc<str>,
+    record: IdentityRecord,
     /// Index into the compiled contracts, for `rules_generation`.
     contract: Option<usize>,
     rules_generation: u64,
@@ -161,8 +164,28 @@ struct IdState {
     window: Vec<(DsId, i64)>,
     /// The identity object last seen: the same one again needs no comparison.
     last: Option<Arc<WorkloadIdentity>>,
-    /// Listed in `dirty_ids`.
+    /// Listed in `dirty_ids`. Only a dirty state's `hot` may differ from its record.
     dirty: bool,
+    /// The record's entries this identity keeps touching, updated without comparing keys.
+    hot: hot::Hot,
+    /// Its NHI-001 dedup key (it depends on the id only).
+    ungoverned_key: Option<u64>,
+}
+
+impl IdState {
+    fn new(record: IdentityRecord) -> IdState {
+        IdState {
+            key: record.identity.id.as_str().into(),
+            record,
+            contract: None,
+            rules_generation: 0,
+            window: Vec::new(),
+            last: None,
+            dirty: false,
+            hot: hot::Hot::default(),
+            ungoverned_key: None,
+        }
+    }
 }
 
 /// Counters for metrics.
@@ -174,19 +197,31 @@ pub struct EngineStats {
     pub findings: u64,
 }
 
+/// One credential's record and whether it is listed in `Engine::dirty_creds`.
+struct CredState {
+    record: CredentialRecord,
+    dirty: bool,
+}
+
 pub struct Engine {
     cfg: DetectConfig,
     /// Shared so that many engines (fuzzing, benchmarks) can judge against one compiled set.
     rules: Arc<Compiled>,
     rules_generation: u64,
-    ids: FxStd<Arc<str>, IdState>,
-    creds: FxStd<String, CredentialRecord>,
+    /// Identity id → slot in `slots`. The states live in a slab so one observation costs one
+    /// hash lookup, and judging one identity can still read the others (shared credentials).
+    ids: FxStd<Arc<str>, u32>,
+    /// None: free (listed in `free`).
+    slots: Vec<Option<IdState>>,
+    free: Vec<u32>,
+    creds: FxStd<String, CredState>,
     dedup: Deduper,
     identity_dedup: Deduper,
     caches: Caches,
-    /// Identities changed since the last persist (each also flagged `dirty` in its state).
-    dirty_ids: Vec<Arc<str>>,
-    dirty_creds: HashSet<String, rustc_hash::FxBuildHasher>,
+    /// Slots changed since the last persist (each also flagged `dirty` in its state).
+    dirty_ids: Vec<u32>,
+    /// Credentials changed since the last persist (each also flagged `dirty`).
+    dirty_creds: Vec<String>,
     now: i64,
     pub stats: EngineStats,
 }
@@ -205,10 +240,12 @@ impl Engine {
             rules,
             rules_generation: 1,
             ids: FxStd::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             creds: FxStd::default(),
             caches: Caches::default(),
             dirty_ids: Vec::new(),
-            dirty_creds: HashSet::default(),
+            dirty_creds: Vec::new(),
             now: 0,
             stats: EngineStats::default(),
             cfg,
@@ -217,6 +254,11 @@ impl Engine {
 
     /// New rules take over at once; learned state stays.
     pub fn set_rules(&mut self, rules: RuleSet) {
+        // Cached entries are keyed by the old rules' data-source indices.
+        self.fold();
+        for st in self.slots.iter_mut().flatten() {
+            st.hot.ds.clear();
+        }
         self.rules = Arc::new(Compiled::new(rules));
         self.rules_generation += 1;
         self.caches.clear();
@@ -247,28 +289,53 @@ impl Engine {
         self.dedup.len() + self.identity_dedup.len()
     }
 
+    /// Puts a new identity state in a free slot (or a new one) and indexes it.
+    fn insert(&mut self, st: IdState) -> u32 {
+        let key = st.key.clone();
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(st);
+                s
+            }
+            None => {
+                self.slots.push(Some(st));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Some(old) = self.ids.insert(key, slot) {
+            // A duplicate id (only in restored state): the later one replaces it, as before.
+            self.slots[old as usize] = None;
+            self.free.push(old);
+        }
+        slot
+    }
+
     /// Restores learned state (from the state database), newest first up to the limits.
     pub fn restore(&mut self, mut ids: Vec<IdentityRecord>, mut creds: Vec<CredentialRecord>) {
         ids.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         ids.truncate(self.cfg.max_identities);
         for r in ids {
-            let key: Arc<str> = r.identity.id.as_str().into();
-            self.ids.insert(
-                key,
-                IdState {
-                    record: Some(r),
-                    contract: None,
-                    rules_generation: 0,
-                    window: Vec::new(),
-                    last: None,
-                    dirty: false,
-                },
-            );
+            self.insert(IdState::new(r));
         }
         creds.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         creds.truncate(self.cfg.max_credentials);
         for c in creds {
-            self.creds.insert(c.fingerprint.clone(), c);
+            self.creds.insert(
+                c.fingerprint.clone(),
+                CredState {
+                    record: c,
+                    dirty: false,
+                },
+            );
+        }
+    }
+
+    /// Brings the records of changed identities up to date with their cached entries.
+    fn fold(&mut self) {
+        for &s in &self.dirty_ids {
+            if let Some(Some(st)) = self.slots.get_mut(s as usize) {
+                st.hot.fold(&mut st.record, &self.rules);
+            }
         }
     }
 
@@ -277,20 +344,26 @@ impl Engine {
         &mut self,
         save: impl FnOnce(&[&IdentityRecord], &[&CredentialRecord]) -> Result<(), E>,
     ) -> Result<(), E> {
-        for k in &self.dirty_ids {
-            if let Some(s) = self.ids.get_mut(k) {
-                s.dirty = false;
+        self.fold();
+        for &s in &self.dirty_ids {
+            if let Some(Some(st)) = self.slots.get_mut(s as usize) {
+                st.dirty = false;
+            }
+        }
+        for k in &self.dirty_creds {
+            if let Some(c) = self.creds.get_mut(k) {
+                c.dirty = false;
             }
         }
         let ids: Vec<&IdentityRecord> = self
             .dirty_ids
             .iter()
-            .filter_map(|k| self.ids.get(k).and_then(|s| s.record.as_ref()))
+            .filter_map(|&s| self.slots.get(s as usize)?.as_ref().map(|st| &st.record))
             .collect();
         let creds: Vec<&CredentialRecord> = self
             .dirty_creds
             .iter()
-            .filter_map(|k| self.creds.get(k))
+            .filter_map(|k| self.creds.get(k).map(|c| &c.record))
             .collect();
         save(&ids, &creds)?;
         self.dirty_ids.clear();
@@ -298,12 +371,14 @@ impl Engine {
         Ok(())
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &IdentityRecord> {
-        self.ids.values().filter_map(|s| s.record.as_ref())
+    /// Mutable because cached entries are folded into the records first.
+    pub fn records(&mut self) -> impl Iterator<Item = &IdentityRecord> {
+        self.fold();
+        self.slots.iter().flatten().map(|s| &s.record)
     }
 
     pub fn credential_records(&self) -> impl Iterator<Item = &CredentialRecord> {
-        self.creds.values()
+        self.creds.values().map(|c| &c.record)
     }
 
     /// Closes dedup windows that ended by `now` (ns); repeated findings leave summaries.
@@ -330,13 +405,10 @@ impl Engine {
         let before = out.len();
         let t = o.time;
         let secs = t.div_euclid(1_000_000_000);
-        let key = self.identity_state(o, secs);
-        // The record leaves the map while it is judged, so the others stay readable.
-        let Some((contract, mut record, mut window)) = self
-            .ids
-            .get_mut(&key)
-            .and_then(|s| Some((s.contract, s.record.take()?, std::mem::take(&mut s.window))))
-        else {
+        let slot = self.identity_state(o, secs) as usize;
+        // The identity's own state is borrowed mutably; the others stay readable around it.
+        let (earlier, rest) = self.slots.split_at_mut(slot);
+        let Some((Some(st), later)) = rest.split_first_mut() else {
             return;
         };
         let mut cx = Cx {
@@ -347,78 +419,67 @@ impl Engine {
             creds: &mut self.creds,
             dirty_creds: &mut self.dirty_creds,
             ids: &self.ids,
+            others: Others {
+                earlier,
+                later,
+                slot,
+            },
             caches: &mut self.caches,
             out,
             t,
             secs,
             identity: &o.identity,
         };
-        cx.identity_level(contract);
+        let contract = st.contract;
+        let (record, window, hot) = (&mut st.record, &mut st.window, &mut st.hot);
+        cx.identity_level(contract, &mut st.ungoverned_key);
         match &o.activity {
             Activity::Exec => {}
-            Activity::FileOpen { path, result } => cx.file_open(
-                contract,
-                &mut record,
-                &mut window,
-                o.exe.as_deref(),
-                path,
-                *result,
-            ),
+            // A failed open read nothing: it is in the events, not a finding.
+            Activity::FileOpen { result, .. } if *result < 0 => {}
+            Activity::FileOpen { path, .. } => {
+                cx.file_open(contract, record, window, hot, o.exe.as_deref(), path)
+            }
             Activity::Connect { name, .. } => {
                 if let Some(host) = name {
-                    cx.destination(contract, &mut record, host);
+                    cx.destination(contract, record, host);
                 }
             }
-            Activity::ApiCall(call) => cx.api_call(contract, &mut record, &mut window, call),
+            Activity::ApiCall(call) => cx.api_call(contract, record, window, hot, call),
         }
-        if let Some(s) = self.ids.get_mut(&key) {
-            s.record = Some(record);
-            s.window = window;
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty_ids.push(key);
-            }
+        if !st.dirty {
+            st.dirty = true;
+            self.dirty_ids.push(slot as u32);
         }
         self.stats.findings += (out.len() - before) as u64;
         self.evict();
     }
 
-    /// Finds or creates the identity's state, refreshes its attributes and contract.
-    fn identity_state(&mut self, o: &Observation, secs: i64) -> Arc<str> {
-        let id = o.identity.id.as_str();
-        let key: Arc<str> = match self.ids.get_key_value(id) {
-            Some((k, _)) => k.clone(),
-            None => id.into(),
-        };
-        let st = match self.ids.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(IdState {
-                record: Some(IdentityRecord {
-                    identity: (*o.identity).clone(),
-                    contract: None,
-                    first_seen: secs,
-                    last_seen: secs,
-                    executables: Default::default(),
-                    data_sources: Default::default(),
-                    methods: Default::default(),
-                    secrets: Default::default(),
-                    destinations: Default::default(),
-                    credentials: Default::default(),
-                    peak_requests_per_minute: Default::default(),
-                    pairs: Default::default(),
-                    volume: Default::default(),
-                    dropped: 0,
-                }),
+    /// Finds or creates the identity's state, refreshes its attributes and contract; returns its slot.
+    fn identity_state(&mut self, o: &Observation, secs: i64) -> u32 {
+        let slot = match self.ids.get(o.identity.id.as_str()) {
+            Some(&s) => s,
+            None => self.insert(IdState::new(IdentityRecord {
+                identity: (*o.identity).clone(),
                 contract: None,
-                rules_generation: 0,
-                window: Vec::new(),
-                last: None,
-                dirty: false,
-            }),
+                first_seen: secs,
+                last_seen: secs,
+                executables: Default::default(),
+                data_sources: Default::default(),
+                methods: Default::default(),
+                secrets: Default::default(),
+                destinations: Default::default(),
+                credentials: Default::default(),
+                peak_requests_per_minute: Default::default(),
+                pairs: Default::default(),
+                volume: Default::default(),
+                dropped: 0,
+            })),
         };
-        let Some(record) = st.record.as_mut() else {
-            return key;
+        let Some(Some(st)) = self.slots.get_mut(slot as usize) else {
+            return slot;
         };
+        let record = &mut st.record;
         if !st
             .last
             .as_ref()
@@ -432,8 +493,8 @@ impl Engine {
         }
         record.last_seen = record.last_seen.max(secs);
         record.first_seen = record.first_seen.min(secs);
-        if let Some(exe) = o.exe.as_deref() {
-            touch(&mut record.executables, &mut record.dropped, exe, secs);
+        if let Some(exe) = &o.exe {
+            touch_exe(record, &mut st.hot, exe, secs);
         }
         if st.rules_generation != self.rules_generation {
             st.contract = self.rules.contract_for(&o.identity, o.labels.as_deref());
@@ -442,37 +503,74 @@ impl Engine {
                 .contract
                 .map(|i| self.rules.contracts[i].reference.name.clone());
         }
-        key
+        slot
     }
 
     /// Keeps memory bounded: beyond the limits the least recently seen eighth goes.
     fn evict(&mut self) {
         if self.ids.len() > self.cfg.max_identities {
-            let mut ages: Vec<(i64, Arc<str>)> = self
-                .ids
+            let mut ages: Vec<(i64, &Arc<str>, u32)> = self
+                .slots
                 .iter()
-                .map(|(k, s)| (s.record.as_ref().map_or(0, |r| r.last_seen), k.clone()))
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (s.record.last_seen, &s.key, i as u32)))
                 .collect();
             ages.sort();
             let n = (self.ids.len() - self.cfg.max_identities) + self.cfg.max_identities / 8;
-            for (_, k) in ages.into_iter().take(n) {
-                self.ids.remove(&k);
-                self.stats.identities_evicted += 1;
+            let gone: Vec<u32> = ages.into_iter().take(n).map(|(_, _, s)| s).collect();
+            let mut dirty_gone = false;
+            for &s in &gone {
+                if let Some(st) = self.slots[s as usize].take() {
+                    self.ids.remove(&st.key);
+                    dirty_gone |= st.dirty;
+                    self.free.push(s);
+                    self.stats.identities_evicted += 1;
+                }
+            }
+            if dirty_gone {
+                // A freed slot may be reused: it must not carry the evicted identity's listing.
+                let gone: HashSet<u32, rustc_hash::FxBuildHasher> = gone.into_iter().collect();
+                self.dirty_ids.retain(|s| !gone.contains(s));
             }
         }
         if self.creds.len() > self.cfg.max_credentials {
             let mut ages: Vec<(i64, String)> = self
                 .creds
                 .iter()
-                .map(|(k, c)| (c.last_seen, k.clone()))
+                .map(|(k, c)| (c.record.last_seen, k.clone()))
                 .collect();
             ages.sort();
             let n = (self.creds.len() - self.cfg.max_credentials) + self.cfg.max_credentials / 8;
+            let mut dirty_gone = false;
+            let mut gone = HashSet::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher);
             for (_, k) in ages.into_iter().take(n) {
-                self.creds.remove(&k);
-                self.dirty_creds.remove(&k);
+                if let Some(c) = self.creds.remove(&k) {
+                    dirty_gone |= c.dirty;
+                }
+                gone.insert(k);
                 self.stats.credentials_evicted += 1;
             }
+            if dirty_gone {
+                self.dirty_creds.retain(|k| !gone.contains(k));
+            }
+        }
+    }
+}
+
+/// The identity states other than the one being judged (around its slot).
+struct Others<'a> {
+    earlier: &'a [Option<IdState>],
+    later: &'a [Option<IdState>],
+    slot: usize,
+}
+
+impl Others<'_> {
+    fn get(&self, slot: u32) -> Option<&IdState> {
+        let s = slot as usize;
+        match s.cmp(&self.slot) {
+            std::cmp::Ordering::Less => self.earlier.get(s)?.as_ref(),
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => self.later.get(s - self.slot - 1)?.as_ref(),
         }
     }
 }
@@ -492,15 +590,82 @@ fn touch(
     }
 }
 
+/// `touch` for the executable, through the identity's cached one.
+fn touch_exe(record: &mut IdentityRecord, hot: &mut hot::Hot, exe: &Arc<str>, t: i64) {
+    if let Some((cached, u)) = &mut hot.exe {
+        if Arc::ptr_eq(cached, exe) || **cached == **exe {
+            u.touch(t);
+            return;
+        }
+        // Another executable: the cached one goes back to the record.
+        if let Some(m) = record.executables.get_mut(&**cached) {
+            *m = *u;
+        }
+        hot.exe = None;
+    }
+    touch(&mut record.executables, &mut record.dropped, exe, t);
+    if let Some(u) = record.executables.get(&**exe) {
+        hot.exe = Some((exe.clone(), *u));
+    }
+}
+
+/// `touch` for a data source's `data_sources` entry, through the identity's cache.
+fn touch_ds(record: &mut IdentityRecord, hot: &mut hot::Hot, rules: &Compiled, ds: DsId, t: i64) {
+    let mut h = hot.ds(ds);
+    if let Some(u) = h.as_mut().and_then(|h| h.usage.as_mut()) {
+        u.touch(t);
+        return;
+    }
+    let name = rules.ds_name(ds);
+    touch(&mut record.data_sources, &mut record.dropped, name, t);
+    if let (Some(h), Some(u)) = (h, record.data_sources.get(name)) {
+        h.usage = Some(*u);
+    }
+}
+
+/// `touch` for the `DATA-SOURCE METHOD` entry, through the data source's cached methods.
+fn touch_method(
+    record: &mut IdentityRecord,
+    hot: &mut hot::Hot,
+    name: &str,
+    ds: DsId,
+    method: &str,
+    t: i64,
+) {
+    let key = InlineKey::new(method);
+    let mut slots = hot.ds(ds).zip(key).map(|(h, k)| (&mut h.methods, k));
+    if let Some((methods, k)) = slots.as_mut() {
+        if let Some((_, u)) = methods.iter_mut().flatten().find(|(m, _)| m == k) {
+            u.touch(t);
+            return;
+        }
+    }
+    // Known keys cost no allocation.
+    SCRATCH.with_borrow_mut(|full| {
+        full.clear();
+        full.push_str(name);
+        full.push(' ');
+        full.push_str(method);
+        touch(&mut record.methods, &mut record.dropped, full, t);
+        let (Some((methods, k)), Some(u)) = (slots, record.methods.get(full.as_str())) else {
+            return;
+        };
+        if let Some(free) = methods.iter_mut().find(|m| m.is_none()) {
+            *free = Some((k, *u));
+        }
+    });
+}
+
 /// One observation's context while it is judged.
 struct Cx<'a> {
     rules: &'a Compiled,
     cfg: &'a DetectConfig,
     dedup: &'a mut Deduper,
     identity_dedup: &'a mut Deduper,
-    creds: &'a mut FxStd<String, CredentialRecord>,
-    dirty_creds: &'a mut HashSet<String, rustc_hash::FxBuildHasher>,
-    ids: &'a FxStd<Arc<str>, IdState>,
+    creds: &'a mut FxStd<String, CredState>,
+    dirty_creds: &'a mut Vec<String>,
+    ids: &'a FxStd<Arc<str>, u32>,
+    others: Others<'a>,
     caches: &'a mut Caches,
     out: &'a mut Vec<Finding>,
     t: i64,
@@ -517,6 +682,14 @@ impl Cx<'_> {
         self.contract(c).map(|c| c.reference.clone())
     }
 
+    /// Counts a repeat of (identity, `rule`, evidence key) if its window is open; otherwise
+    /// returns what `open` needs. The key is given in parts so repeats build no string.
+    fn fresh(&mut self, rule: Rule, key: &[&str]) -> Option<(Rule, u64)> {
+        let h = finding::dedup_key(&self.identity.id, rule, key);
+        (!self.dedup.repeat(self.t, h)).then_some((rule, h))
+    }
+
+    /// For findings raised at most once per bucket or window change: builds them eagerly.
     fn raise(
         &mut self,
         rule: Rule,
@@ -525,14 +698,26 @@ impl Cx<'_> {
         contract: Option<usize>,
         evidence: Evidence,
     ) {
+        if let Some(f) = self.fresh(rule, &[&key]) {
+            self.open(f, summary, contract, evidence);
+        }
+    }
+
+    /// Opens a finding `fresh` found new.
+    fn open(
+        &mut self,
+        (rule, h): (Rule, u64),
+        summary: String,
+        contract: Option<usize>,
+        evidence: Evidence,
+    ) {
         let c = Candidate {
             rule,
-            key,
             summary,
             contract: self.reference(contract),
             evidence,
         };
-        self.dedup.raise(self.t, self.identity, c, self.out);
+        self.dedup.open(self.t, self.identity, h, c, self.out);
     }
 
     fn who(&self) -> &str {
@@ -540,66 +725,65 @@ impl Cx<'_> {
     }
 
     /// Findings about the identity itself rather than one access.
-    fn identity_level(&mut self, contract: Option<usize>) {
-        let who = self.identity.id.clone();
-        let Some(c) = self.contract(contract) else {
-            let cand = Candidate {
-                rule: Rule::Ungoverned,
-                key: String::new(),
-                summary: format!("{who} is active but no access contract governs it"),
-                contract: None,
-                evidence: Evidence::default(),
-            };
-            return self
-                .identity_dedup
-                .raise(self.t, self.identity, cand, self.out);
+    fn identity_level(&mut self, contract: Option<usize>, ungoverned_key: &mut Option<u64>) {
+        let (t, identity) = (self.t, self.identity);
+        let who: &str = &identity.id;
+        let Some(c) = self.rules.contracts.get(contract.unwrap_or(usize::MAX)) else {
+            // Hashing the id costs as much as the rest of an ungoverned identity's observation.
+            let h = *ungoverned_key
+                .get_or_insert_with(|| finding::dedup_key(who, Rule::Ungoverned, &[]));
+            if !self.identity_dedup.repeat(t, h) {
+                let cand = Candidate {
+                    rule: Rule::Ungoverned,
+                    summary: format!("{who} is active but no access contract governs it"),
+                    contract: None,
+                    evidence: Evidence::default(),
+                };
+                self.identity_dedup.open(t, identity, h, cand, self.out);
+            }
+            return;
         };
-        let mut found = Vec::new();
-        if c.expires_at.is_some_and(|e| self.t >= e) {
-            let day = c.expires.map(|d| d.to_string()).unwrap_or_default();
-            found.push((
-                Rule::ContractExpired,
-                format!(
-                    "{who} is active under contract {} which expired on {day}",
-                    c.reference.name
+        let expired = c.expires_at.is_some_and(|e| t >= e);
+        for (rule, applies) in [
+            (Rule::ContractExpired, expired),
+            (Rule::ContractWithoutOwner, c.ownerless),
+            (Rule::BreakGlass, c.break_glass),
+        ] {
+            if !applies {
+                continue;
+            }
+            let h = finding::dedup_key(who, rule, &[&c.reference.version]);
+            if self.identity_dedup.repeat(t, h) {
+                continue;
+            }
+            let name = &c.reference.name;
+            let (summary, evidence) = match rule {
+                Rule::ContractExpired => {
+                    let day = c.expires.map(|d| d.to_string()).unwrap_or_default();
+                    (
+                        format!("{who} is active under contract {name} which expired on {day}"),
+                        Evidence {
+                            expired_on: Some(day),
+                            ..Evidence::default()
+                        },
+                    )
+                }
+                Rule::ContractWithoutOwner => (
+                    format!("{who} is active under contract {name} which names no owner"),
+                    Evidence::default(),
                 ),
-                Evidence {
-                    expired_on: Some(day),
-                    ..Evidence::default()
-                },
-            ));
-        }
-        if c.ownerless {
-            found.push((
-                Rule::ContractWithoutOwner,
-                format!(
-                    "{who} is active under contract {} which names no owner",
-                    c.reference.name
+                _ => (
+                    format!("break-glass identity {who} is active (contract {name})"),
+                    Evidence::default(),
                 ),
-                Evidence::default(),
-            ));
-        }
-        if c.break_glass {
-            found.push((
-                Rule::BreakGlass,
-                format!(
-                    "break-glass identity {who} is active (contract {})",
-                    c.reference.name
-                ),
-                Evidence::default(),
-            ));
-        }
-        let reference = c.reference.clone();
-        for (rule, summary, evidence) in found {
+            };
             let cand = Candidate {
                 rule,
-                key: reference.version.clone(),
                 summary,
-                contract: Some(reference.clone()),
+                contract: Some(c.reference.clone()),
                 evidence,
             };
-            self.identity_dedup
-                .raise(self.t, self.identity, cand, self.out);
+            self.identity_dedup.open(t, identity, h, cand, self.out);
         }
     }
 
@@ -608,14 +792,10 @@ impl Cx<'_> {
         contract: Option<usize>,
         record: &mut IdentityRecord,
         window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
         exe: Option<&str>,
         path: &str,
-        result: i64,
     ) {
-        // A failed open read nothing: it is in the events, not a finding.
-        if result < 0 {
-            return;
-        }
         let exe_s = exe.unwrap_or("?");
         let full = record.secrets.len() >= MAX_KEYS;
         match record.secrets.get_mut(path) {
@@ -637,16 +817,21 @@ impl Cx<'_> {
             None => record.dropped += 1,
         }
         let (ds, grant) = self.file_rules(contract, path);
-        let who = self.who().to_owned();
+        let identity = self.identity;
+        let who: &str = &identity.id;
         let rules = self.rules;
         let c = contract.and_then(|i| rules.contracts.get(i));
         let grant = grant.and_then(|g| c.and_then(|c| c.secrets.get(g)));
         if let Some((_, exes)) = grant {
-            if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
+            let fresh = if !exes.is_empty() && !exes.iter().any(|e| Some(e.as_str()) == exe) {
+                self.fresh(Rule::SecretReadUnexpectedExecutable, &[path, "\0", exe_s])
+            } else {
+                None
+            };
+            if let Some(f) = fresh {
                 let allowed = exes.clone();
-                self.raise(
-                    Rule::SecretReadUnexpectedExecutable,
-                    format!("{path}\0{exe_s}"),
+                self.open(
+                    f,
                     format!(
                         "{exe_s} read {path} as {who}; the contract allows only {}",
                         allowed.join(", ")
@@ -668,11 +853,16 @@ impl Cx<'_> {
                 .is_some_and(|d| self.rules.classification(d) != Some(Classification::Credentials));
             let allowed = matches!((ds, c), (Some(d), Some(c)) if c.is_allowed(d));
             let governed = c.is_some();
-            if let (Some(d), true, false) = (ds, governed, allowed) {
+            let undeclared = match (ds, governed, allowed) {
+                (Some(d), true, false) => self
+                    .fresh(Rule::UndeclaredDataSource, &[rules.ds_name(d)])
+                    .map(|f| (d, f)),
+                _ => None,
+            };
+            if let Some((d, f)) = undeclared {
                 let name = self.rules.ds_name(d).to_owned();
-                self.raise(
-                    Rule::UndeclaredDataSource,
-                    name.clone(),
+                self.open(
+                    f,
                     format!("{who} read {path} of data source {name}, which its contract does not allow"),
                     contract,
                     Evidence {
@@ -687,15 +877,19 @@ impl Cx<'_> {
             // Data files are secrets only when they hold credentials (or belong to no data
             // source: then they are watched because they are secrets). Ungoverned identities
             // reading data files are covered by NHI-001.
-            if !allowed && !data_access {
+            let fresh = if !allowed && !data_access {
+                self.fresh(Rule::SecretReadNotAllowed, &[path, "\0", exe_s])
+            } else {
+                None
+            };
+            if let Some(f) = fresh {
                 let what = if governed {
                     "its contract grants no such secret"
                 } else {
                     "no contract governs it"
                 };
-                self.raise(
-                    Rule::SecretReadNotAllowed,
-                    format!("{path}\0{exe_s}"),
+                self.open(
+                    f,
                     format!("{exe_s} read secret {path} as {who}; {what}"),
                     contract,
                     Evidence {
@@ -708,12 +902,7 @@ impl Cx<'_> {
             }
         }
         if let Some(d) = ds {
-            touch(
-                &mut record.data_sources,
-                &mut record.dropped,
-                self.rules.ds_name(d),
-                self.secs,
-            );
+            touch_ds(record, hot, self.rules, d, self.secs);
             if self.rules.classification(d) != Some(Classification::Credentials) {
                 self.combination(contract, record, window, d);
             }
@@ -734,11 +923,13 @@ impl Cx<'_> {
         let Some((i, c)) = contract.and_then(|i| Some((i, rules.contracts.get(i)?))) else {
             return;
         };
-        if !self.host_allowed(i, c, host) {
+        if self.host_allowed(i, c, host) {
+            return;
+        }
+        if let Some(f) = self.fresh(Rule::UndeclaredDestination, &[host]) {
             let who = self.who().to_owned();
-            self.raise(
-                Rule::UndeclaredDestination,
-                host.to_owned(),
+            self.open(
+                f,
                 format!("{who} reached {host}, which its contract does not allow"),
                 contract,
                 Evidence {
@@ -795,10 +986,11 @@ impl Cx<'_> {
         contract: Option<usize>,
         record: &mut IdentityRecord,
         window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
         call: &ApiCallSeen,
     ) {
         for cred in &call.credentials {
-            self.credential(contract, record, cred);
+            self.credential(contract, record, hot, cred);
         }
         let Some(host) = call.host.as_deref() else {
             return;
@@ -808,27 +1000,18 @@ impl Cx<'_> {
         };
         let rules = self.rules;
         let name: &str = rules.ds_name(ds);
-        touch(
-            &mut record.data_sources,
-            &mut record.dropped,
-            name,
-            self.secs,
-        );
+        touch_ds(record, hot, rules, ds, self.secs);
         let method = call.method.as_deref().unwrap_or("?");
-        SCRATCH.with_borrow_mut(|k| {
-            k.clear();
-            k.push_str(name);
-            k.push(' ');
-            k.push_str(method);
-            touch(&mut record.methods, &mut record.dropped, k, self.secs);
-        });
+        touch_method(record, hot, name, ds, method, self.secs);
         let identity = self.identity;
         let who: &str = &identity.id;
         if let Some(c) = contract.and_then(|i| rules.contracts.get(i)) {
             if !c.is_allowed(ds) {
-                self.raise(
-                    Rule::UndeclaredDataSource,
-                    name.to_owned(),
+                let Some(f) = self.fresh(Rule::UndeclaredDataSource, &[name]) else {
+                    return self.after_call(contract, record, window, hot, ds, call);
+                };
+                self.open(
+                    f,
                     format!("{who} called {method} {host}{} of data source {name}, which its contract does not allow", call.path),
                     contract,
                     Evidence {
@@ -841,14 +1024,18 @@ impl Cx<'_> {
                     },
                 );
             } else if let Some(ms) = c.methods.get(&ds) {
-                if !ms.iter().any(|m| method_matches(*m, method)) {
+                let fresh = if !ms.iter().any(|m| method_matches(*m, method)) {
+                    self.fresh(Rule::UndeclaredMethod, &[name, "\0", method])
+                } else {
+                    None
+                };
+                if let Some(f) = fresh {
                     let allowed: Vec<String> = ms
                         .iter()
                         .map(|m| format!("{m:?}").to_ascii_uppercase())
                         .collect();
-                    self.raise(
-                        Rule::UndeclaredMethod,
-                        format!("{name}\0{method}"),
+                    self.open(
+                        f,
                         format!(
                             "{who} called {method} on {name}; its contract allows {}",
                             allowed.join(", ")
@@ -866,10 +1053,26 @@ impl Cx<'_> {
                 }
             }
         }
+        self.after_call(contract, record, window, hot, ds, call);
+    }
+
+    /// What every classified API call feeds: the combination window and the volume baselines.
+    fn after_call(
+        &mut self,
+        contract: Option<usize>,
+        record: &mut IdentityRecord,
+        window: &mut Vec<(DsId, i64)>,
+        hot: &mut hot::Hot,
+        ds: DsId,
+        call: &ApiCallSeen,
+    ) {
         self.combination(contract, record, window, ds);
+        let rules = self.rules;
+        let name = rules.ds_name(ds);
         self.volume(
             contract,
             record,
+            hot,
             ds,
             name,
             call.request_bytes + call.response_bytes,
@@ -978,6 +1181,7 @@ impl Cx<'_> {
         &mut self,
         contract: Option<usize>,
         record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
         ds: DsId,
         name: &str,
         bytes: u64,
@@ -985,6 +1189,16 @@ impl Cx<'_> {
         let limits = self
             .contract(contract)
             .and_then(|c| c.limits.get(&ds).copied());
+        let mut h = hot.ds(ds);
+        if let Some((v, peak)) = h.as_mut().and_then(|h| h.volume.as_mut()) {
+            let spikes = v.add(&self.cfg.volume, self.t, 1, bytes);
+            let over = match limits {
+                Some((rpm, bph)) => v.limits(self.t, 1, bytes, rpm, bph),
+                None => Vec::new(),
+            };
+            *peak = (*peak).max(v.current_requests());
+            return self.volume_findings(contract, name, spikes, over);
+        }
         if !record.volume.contains_key(name) {
             if record.volume.len() >= MAX_KEYS {
                 record.dropped += 1;
@@ -1010,6 +1224,25 @@ impl Cx<'_> {
                     .insert(name.to_owned(), current);
             }
         }
+        if let Some(h) = h {
+            // From now on this data source's baseline is updated in the cache.
+            let peak = record
+                .peak_requests_per_minute
+                .get(name)
+                .copied()
+                .unwrap_or(current);
+            h.volume = Some((v.clone(), peak));
+        }
+        self.volume_findings(contract, name, spikes, over);
+    }
+
+    fn volume_findings(
+        &mut self,
+        contract: Option<usize>,
+        name: &str,
+        spikes: Vec<Excess>,
+        over: Vec<Excess>,
+    ) {
         if spikes.is_empty() && over.is_empty() {
             return;
         }
@@ -1079,10 +1312,33 @@ impl Cx<'_> {
         &mut self,
         contract: Option<usize>,
         record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
         cred: &CredentialSeen,
     ) {
         let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
+        let key = InlineKey::new(&cred.fingerprint);
+        let cached = key.as_ref().and_then(|k| hot.cred(k));
         let full = record.credentials.len() >= MAX_KEYS;
+        match cached {
+            Some(c) => {
+                c.usage.touch(self.secs);
+                c.max_ttl_seconds = c.max_ttl_seconds.max(ttl);
+            }
+            None => self.credential_use(record, hot, key, cred, ttl, full),
+        }
+        self.credential_findings(contract, cred, ttl);
+    }
+
+    /// `credential`'s record update when the fingerprint is not cached (yet).
+    fn credential_use(
+        &mut self,
+        record: &mut IdentityRecord,
+        hot: &mut hot::Hot,
+        key: Option<InlineKey<63>>,
+        cred: &CredentialSeen,
+        ttl: Option<i64>,
+        full: bool,
+    ) {
         match record.credentials.get_mut(&cred.fingerprint) {
             Some(u) => {
                 u.usage.touch(self.secs);
@@ -1102,6 +1358,25 @@ impl Cx<'_> {
             }
             None => record.dropped += 1,
         }
+        if let (Some(k), Some(u), false) = (
+            key,
+            record.credentials.get(&cred.fingerprint),
+            hot.creds_full(),
+        ) {
+            hot.creds.push(HotCred {
+                fingerprint: k,
+                usage: u.usage,
+                max_ttl_seconds: u.max_ttl_seconds,
+            });
+        }
+    }
+
+    fn credential_findings(
+        &mut self,
+        contract: Option<usize>,
+        cred: &CredentialSeen,
+        ttl: Option<i64>,
+    ) {
         let identity = self.identity;
         let who: &str = &identity.id;
         let cref = || CredentialRef {
@@ -1127,10 +1402,14 @@ impl Cx<'_> {
             .map_or(&[], |c| c.kinds.as_slice());
         let kind = cred.kind.as_str();
         let kind_listed = kinds.contains(&kind);
-        if !kinds.is_empty() && !kind_listed {
-            self.raise(
-                Rule::CredentialKindNotAllowed,
-                kind.to_owned(),
+        let fresh = if !kinds.is_empty() && !kind_listed {
+            self.fresh(Rule::CredentialKindNotAllowed, &[kind])
+        } else {
+            None
+        };
+        if let Some(f) = fresh {
+            self.open(
+                f,
                 format!(
                     "{who} presented a credential of kind {kind}; its contract allows {}",
                     kinds.join(", ")
@@ -1147,10 +1426,13 @@ impl Cx<'_> {
             "aws_sigv4" if cred.long_lived == Some(true) => Some("a long-term AWS access key"),
             _ => None,
         };
-        if let (Some(what), false) = (legacy, kind_listed) {
-            self.raise(
-                Rule::LegacyCredential,
-                fp.to_owned(),
+        let fresh = match (legacy, kind_listed) {
+            (Some(what), false) => self.fresh(Rule::LegacyCredential, &[fp]).map(|f| (f, what)),
+            _ => None,
+        };
+        if let Some((f, what)) = fresh {
+            self.open(
+                f,
                 format!("{who} authenticates with {what}"),
                 contract,
                 ev(Evidence::default()),
@@ -1161,10 +1443,12 @@ impl Cx<'_> {
             self.contract(contract)
                 .and_then(|c| c.max_token_ttl_seconds()),
         ) {
-            if ttl > max {
-                self.raise(
-                    Rule::TokenTtlTooLong,
-                    fp.to_owned(),
+            if let Some(f) = (ttl > max)
+                .then(|| self.fresh(Rule::TokenTtlTooLong, &[fp]))
+                .flatten()
+            {
+                self.open(
+                    f,
                     format!("{who} presented a token valid for {ttl}s; its contract allows at most {max}s"),
                     contract,
                     ev(Evidence {
@@ -1176,10 +1460,12 @@ impl Cx<'_> {
             }
         }
         if let Some(exp) = cred.jwt.as_ref().and_then(|j| j.exp) {
-            if exp < self.secs {
-                self.raise(
-                    Rule::ExpiredToken,
-                    fp.to_owned(),
+            if let Some(f) = (exp < self.secs)
+                .then(|| self.fresh(Rule::ExpiredToken, &[fp]))
+                .flatten()
+            {
+                self.open(
+                    f,
                     format!(
                         "{who} presented a token that expired {}s earlier",
                         self.secs.saturating_sub(exp)
@@ -1191,21 +1477,29 @@ impl Cx<'_> {
         }
         // Sightings across identities.
         let secs = self.secs;
-        let r = match self.creds.get_mut(fp) {
-            Some(r) => r,
+        let c = match self.creds.get_mut(fp) {
+            Some(c) => c,
             None => self
                 .creds
                 .entry(fp.to_owned())
-                .or_insert_with(|| CredentialRecord {
-                    fingerprint: fp.to_owned(),
-                    kind: cred.kind.clone(),
-                    vendor: cred.vendor.clone(),
-                    long_lived: cred.long_lived,
-                    first_seen: secs,
-                    last_seen: secs,
-                    identities: Default::default(),
+                .or_insert_with(|| CredState {
+                    record: CredentialRecord {
+                        fingerprint: fp.to_owned(),
+                        kind: cred.kind.clone(),
+                        vendor: cred.vendor.clone(),
+                        long_lived: cred.long_lived,
+                        first_seen: secs,
+                        last_seen: secs,
+                        identities: Default::default(),
+                    },
+                    dirty: false,
                 }),
         };
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty_creds.push(fp.to_owned());
+        }
+        let r = &mut c.record;
         r.last_seen = r.last_seen.max(secs);
         let room = r.identities.len() < MAX_SHARERS;
         match r.identities.get_mut(who) {
@@ -1225,16 +1519,15 @@ impl Cx<'_> {
         } else {
             Vec::new()
         };
-        if !self.dirty_creds.contains(fp) {
-            self.dirty_creds.insert(fp.to_owned());
-        }
         if others.is_empty() {
             return;
         }
         if kind == "jwt" {
-            self.raise(
-                Rule::TokenReplayed,
-                fp.to_owned(),
+            let Some(f) = self.fresh(Rule::TokenReplayed, &[fp]) else {
+                return;
+            };
+            self.open(
+                f,
                 format!(
                     "{who} presented a token already used by {}",
                     others.join(", ")
@@ -1251,14 +1544,18 @@ impl Cx<'_> {
         let allowed_there = others.iter().all(|o| {
             self.ids
                 .get(o.as_str())
-                .and_then(|s| s.contract)
+                .and_then(|&s| self.others.get(s)?.contract)
                 .and_then(|i| self.rules.contracts.get(i))
                 .is_some_and(|c| c.shared_allowed)
         });
-        if !(allowed_here && allowed_there) {
-            self.raise(
-                Rule::SharedCredential,
-                fp.to_owned(),
+        let fresh = if !(allowed_here && allowed_there) {
+            self.fresh(Rule::SharedCredential, &[fp])
+        } else {
+            None
+        };
+        if let Some(f) = fresh {
+            self.open(
+                f,
                 format!(
                     "{who} uses a credential (kind {kind}) also used by {}",
                     others.join(", ")

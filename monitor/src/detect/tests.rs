@@ -216,3 +216,64 @@ fn replay_is_deterministic_and_windows_close_at_the_end() {
     assert!(summary.iter().all(|f| f.count == 50));
     assert!(summary.iter().any(|f| f.rule.id == "NHI-010"));
 }
+
+/// The hot path updates cached entries; persist, records and reloads must see them all.
+#[test]
+fn cached_entries_fold_into_the_records() {
+    let mut e = Engine::new(shipped(), DetectConfig::default());
+    let a = k8s("clinical-ai", "med-summarizer");
+    let exes: [Arc<str>; 2] = ["/app/a".into(), "/app/b".into()];
+    let paths = ["/R4/Patient/{id}", "/R4/MedicationRequest/{id}"];
+    let mut out = Vec::new();
+    let mut saved = 0;
+    for i in 0..300i64 {
+        let mut o = call(
+            &a,
+            T0 + i * S,
+            "fhir.ehr.example.org",
+            paths[(i % 2) as usize],
+            ["hmac-sha256:aa", "hmac-sha256:bb", "hmac-sha256:cc"][(i % 3) as usize],
+        );
+        // A fresh `Arc` each time for one executable, the same one for the other.
+        o.exe = Some(if (i / 50) % 2 == 0 {
+            exes[0].clone()
+        } else {
+            "/app/b".into()
+        });
+        if let Activity::ApiCall(c) = &mut o.activity {
+            c.method = Some(if i % 4 == 0 { "POST" } else { "GET" }.into());
+        }
+        e.observe(&o, &mut out);
+        if i == 100 {
+            e.persist::<()>(|ids, _| {
+                saved = ids[0].data_sources.values().map(|u| u.count).sum();
+                Ok(())
+            })
+            .unwrap();
+        }
+        if i == 200 {
+            e.set_rules(shipped());
+        }
+    }
+    assert_eq!(saved, 101, "persist hands out folded records");
+    let r = e.records().next().unwrap().clone();
+    let count = |m: &std::collections::BTreeMap<String, state::Usage>, k: &str| m[k].count;
+    assert_eq!(count(&r.executables, "/app/a"), 150);
+    assert_eq!(count(&r.executables, "/app/b"), 150);
+    assert_eq!(count(&r.data_sources, "ehr-patients"), 150);
+    assert_eq!(count(&r.data_sources, "ehr-medications"), 150);
+    assert_eq!(count(&r.methods, "ehr-patients POST"), 75);
+    assert_eq!(count(&r.methods, "ehr-patients GET"), 75);
+    assert_eq!(count(&r.methods, "ehr-medications GET"), 150);
+    assert_eq!(r.data_sources["ehr-medications"].last_seen, T0 / S + 299);
+    assert_eq!(r.executables["/app/b"].first_seen, T0 / S + 50);
+    for fp in ["hmac-sha256:aa", "hmac-sha256:bb", "hmac-sha256:cc"] {
+        assert_eq!(r.credentials[fp].usage.count, 100);
+    }
+    for ds in ["ehr-patients", "ehr-medications"] {
+        let v = &r.volume[ds];
+        let total = v.requests + v.history_requests.iter().sum::<u64>();
+        assert_eq!(total, 150, "{ds}");
+        assert_eq!(r.peak_requests_per_minute[ds], 30, "{ds}");
+    }
+}
