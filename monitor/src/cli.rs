@@ -233,11 +233,7 @@ fn inventory(
 ) -> anyhow::Result<()> {
     let cfg = config_or_bundled(&config)?;
     let (ids, creds) = load_state(&cfg, state_dir)?;
-    let paths = if rules.is_empty() {
-        cfg.rules.clone()
-    } else {
-        rules
-    };
+    let paths = rules_paths(&cfg, rules);
     let present: Vec<PathBuf> = paths.into_iter().filter(|p| p.exists()).collect();
     let set = if present.is_empty() {
         None
@@ -262,11 +258,7 @@ fn suggest(
 ) -> anyhow::Result<()> {
     let cfg = config_or_bundled(&config)?;
     let (ids, _) = load_state(&cfg, state_dir)?;
-    let paths = if rules.is_empty() {
-        cfg.rules.clone()
-    } else {
-        rules
-    };
+    let paths = rules_paths(&cfg, rules);
     let set = load_rules(&paths)?;
     let Some(record) = ids.iter().find(|r| r.identity.id == identity) else {
         anyhow::bail!(
@@ -278,25 +270,28 @@ fn suggest(
     Ok(())
 }
 
+/// `--rules` when given, else the configuration's `rules`.
+fn rules_paths(cfg: &Config, given: Vec<PathBuf>) -> Vec<PathBuf> {
+    if given.is_empty() {
+        cfg.rules.clone()
+    } else {
+        given
+    }
+}
+
+fn rules_error(errors: Vec<crate::contracts::RuleError>) -> anyhow::Error {
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
+}
+
 fn load_rules(paths: &[PathBuf]) -> anyhow::Result<crate::contracts::RuleSet> {
-    crate::contracts::load_paths(paths).map_err(|errors| {
-        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
-    })
+    crate::contracts::load_paths(paths).map_err(rules_error)
 }
 
 /// `nhiwatch replay`: findings to stdout, a summary and bad lines to stderr.
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let cfg = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::bundled(),
-    };
-    let rules_paths = if args.rules.is_empty() {
-        cfg.rules.clone()
-    } else {
-        args.rules.clone()
-    };
-    let rules = load_rules(&rules_paths)?;
+    let cfg = config_or_bundled(&args.config)?;
+    let rules = load_rules(&rules_paths(&cfg, args.rules.clone()))?;
     let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
     let mut store = match &args.state_dir {
         Some(dir) => {
@@ -374,10 +369,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Rules first: invalid contracts stop the start before any probe is loaded.
-    let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(|errors| {
-        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
-    })?;
+    let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(rules_error)?;
     // Installed before anything else so SIGHUP never takes the default action (terminate).
     let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {

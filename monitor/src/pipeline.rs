@@ -292,7 +292,7 @@ impl Pipeline {
             identity: identity.clone(),
             labels,
             pid,
-            exe: self.procs.get(pid).map(|p| Arc::<str>::from(&*p.exe)),
+            exe: self.procs.get(pid).map(|p| p.exe.clone()),
             activity,
         };
         stage.observe(&o);

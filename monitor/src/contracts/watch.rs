@@ -41,19 +41,23 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-/// Loads the rules at start. Paths that do not exist yet give an empty rule set (every identity
-/// is then ungoverned) and a warning; invalid rules are an error.
-pub fn initial(paths: &[PathBuf], metrics: &Metrics) -> Result<RuleSet, Vec<super::RuleError>> {
-    let (present, missing): (Vec<PathBuf>, Vec<PathBuf>) =
-        paths.iter().cloned().partition(|p| p.exists());
-    for p in &missing {
-        tracing::warn!(path = %p.display(), "rules path does not exist (yet): no contracts from it; it is loaded when it appears");
-    }
-    let set = if present.is_empty() {
+/// Loads the paths that exist; none existing is an empty rule set (every identity ungoverned).
+fn load_present(paths: &[PathBuf]) -> Result<RuleSet, Vec<super::RuleError>> {
+    let present: Vec<PathBuf> = paths.iter().filter(|p| p.exists()).cloned().collect();
+    if present.is_empty() {
         Ok(RuleSet::default())
     } else {
         load_paths(&present)
-    };
+    }
+}
+
+/// Loads the rules at start. Paths that do not exist yet give an empty rule set (every identity
+/// is then ungoverned) and a warning; invalid rules are an error.
+pub fn initial(paths: &[PathBuf], metrics: &Metrics) -> Result<RuleSet, Vec<super::RuleError>> {
+    for p in paths.iter().filter(|p| !p.exists()) {
+        tracing::warn!(path = %p.display(), "rules path does not exist (yet): no contracts from it; it is loaded when it appears");
+    }
+    let set = load_present(paths);
     match &set {
         Ok(s) => {
             for w in &s.warnings {
@@ -87,13 +91,7 @@ pub fn spawn(
                     continue;
                 }
                 seen = now;
-                let present: Vec<PathBuf> = paths.iter().filter(|p| p.exists()).cloned().collect();
-                let result = if present.is_empty() {
-                    Ok(RuleSet::default())
-                } else {
-                    load_paths(&present)
-                };
-                match result {
+                match load_present(&paths) {
                     Ok(set) => {
                         for w in &set.warnings {
                             tracing::warn!("rules: {w}");

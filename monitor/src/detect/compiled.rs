@@ -393,23 +393,7 @@ mod tests {
     #[test]
     fn contracts_by_id_and_selectors() {
         let c = shipped();
-        let mut id = WorkloadIdentity {
-            id: "spiffe://clinic.example/ns/clinical-ai/sa/med-summarizer".into(),
-            kind: crate::identity::IdentityKind::Kubernetes,
-            namespace: Some("clinical-ai".into()),
-            service_account: Some("med-summarizer".into()),
-            pod: None,
-            pod_uid: None,
-            container: None,
-            container_id: None,
-            image: None,
-            owner: None,
-            unit: None,
-            uid: None,
-            user: None,
-            exe: None,
-            node: "n".into(),
-        };
+        let mut id = crate::report::fixtures::k8s("clinical-ai", "med-summarizer");
         let name = |i: Option<usize>| i.map(|i| c.contracts[i].reference.name.clone());
         assert_eq!(
             name(c.contract_for(&id, None)).as_deref(),
@@ -442,23 +426,7 @@ mod tests {
         let any = contract("any-ns", "[\"k8s:sa:x\"]");
         let ns = contract("in-ns", "[\"k8s:ns:a\", \"k8s:sa:x\"]");
         let other = contract("other-ns", "[\"k8s:ns:b\", \"k8s:sa:x\"]");
-        let mut id = WorkloadIdentity {
-            id: "spiffe://t/ns/a/sa/x".into(),
-            kind: crate::identity::IdentityKind::Kubernetes,
-            namespace: Some("a".into()),
-            service_account: Some("x".into()),
-            pod: None,
-            pod_uid: None,
-            container: None,
-            container_id: None,
-            image: None,
-            owner: None,
-            unit: None,
-            uid: None,
-            user: None,
-            exe: None,
-            node: "n".into(),
-        };
+        let mut id = crate::report::fixtures::k8s("a", "x");
         for (text, want) in [
             (format!("{other}{any}{ns}"), Some("any-ns")),
             (format!("{other}{ns}{any}"), Some("in-ns")),

@@ -1,10 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::{
-    events::observation::{ApiCallSeen, CredentialSeen},
-    identity::IdentityKind,
-};
+use crate::events::observation::{ApiCallSeen, CredentialSeen};
 
 const S: i64 = 1_000_000_000;
 const T0: i64 = 1_795_000_000 * S;
@@ -15,23 +12,7 @@ fn shipped() -> RuleSet {
 }
 
 fn k8s(ns: &str, sa: &str) -> Arc<WorkloadIdentity> {
-    Arc::new(WorkloadIdentity {
-        id: format!("spiffe://clinic.example/ns/{ns}/sa/{sa}"),
-        kind: IdentityKind::Kubernetes,
-        namespace: Some(ns.into()),
-        service_account: Some(sa.into()),
-        pod: Some(format!("{sa}-0")),
-        pod_uid: None,
-        container: None,
-        container_id: None,
-        image: None,
-        owner: None,
-        unit: None,
-        uid: None,
-        user: None,
-        exe: None,
-        node: "n1".into(),
-    })
+    Arc::new(crate::report::fixtures::k8s(ns, sa))
 }
 
 fn call(id: &Arc<WorkloadIdentity>, t: i64, host: &str, path: &str, fp: &str) -> Observation {

@@ -196,6 +196,8 @@ pub struct WhatLabel {
 #[derive(Default)]
 pub struct DetectMetrics {
     pub observations: Family<KindLabel, Counter>,
+    /// `observations` resolved once per kind: counting one touches an atomic, not a label map.
+    observations_by_kind: Vec<(&'static str, Counter)>,
     pub findings: Family<FindingLabel, Counter>,
     pub rules_reloads: Family<ResultLabel, Counter>,
     pub rules_loaded: Family<KindLabel, Gauge>,
@@ -209,7 +211,14 @@ pub struct DetectMetrics {
 
 impl DetectMetrics {
     fn new() -> DetectMetrics {
-        let m = DetectMetrics::default();
+        let mut m = DetectMetrics::default();
+        for kind in ["exec", "file_open", "connect", "api_call"] {
+            let c = m
+                .observations
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .clone();
+            m.observations_by_kind.push((kind, c));
+        }
         // Every rule has a series from the start, so dashboards and alerts see zeros, not gaps.
         for r in crate::detect::finding::Rule::ALL {
             m.finding(*r);
@@ -220,6 +229,12 @@ impl DetectMetrics {
             });
         }
         m
+    }
+
+    pub fn observation(&self, kind: &str) {
+        if let Some((_, c)) = self.observations_by_kind.iter().find(|(k, _)| *k == kind) {
+            c.inc();
+        }
     }
 
     pub fn finding(&self, r: crate::detect::finding::Rule) -> Counter {

@@ -12,7 +12,7 @@ use crate::{
     contracts::RuleSet,
     detect::{finding::Finding, Engine, EngineStats},
     events::observation::Observation,
-    metrics::{KindLabel, Metrics, ReasonLabel, WhatLabel},
+    metrics::{Metrics, ReasonLabel, WhatLabel},
 };
 
 pub struct FindingsStage {
@@ -90,13 +90,7 @@ impl FindingsStage {
     }
 
     pub fn observe(&mut self, o: &Observation) {
-        self.metrics
-            .detect
-            .observations
-            .get_or_create(&KindLabel {
-                kind: o.kind().into(),
-            })
-            .inc();
+        self.metrics.detect.observation(o.kind());
         if let Some(rec) = self.record.as_mut() {
             let ok = serde_json::to_writer(&mut *rec, o).is_ok() && rec.write_all(b"\n").is_ok();
             if !ok {

@@ -112,6 +112,6 @@ pub fn parse_method(s: &str) -> Option<Method> {
 }
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
