@@ -1,5 +1,6 @@
 //! nhiwatch: runtime monitor for machine identities. Kernel sensors → typed events → context → outputs.
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod contracts;
