@@ -31,6 +31,10 @@ const TEST: &[(&str, &str)] = &[
     ("libbpf-tools", "/usr/sbin/opensnoop"),
     ("bpftrace", "/usr/bin/bpftrace"),
     ("procps", "/usr/bin/pkill"),
+    // SIEM receivers and the metrics scraper the alert and dashboard tests run for real.
+    ("rsyslog", "/usr/sbin/rsyslogd"),
+    ("rsyslog-gnutls", "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so"),
+    ("prometheus", "/usr/bin/prometheus"),
 ];
 
 fn present(proof: &str) -> bool {
