@@ -470,7 +470,11 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
     )
     .await?;
     pipeline.finish();
+    let alerts = pipeline.findings_stage().and_then(|s| s.take_alerts());
     drop(pipeline);
+    if let Some(a) = alerts {
+        a.stop().await;
+    }
     findings
         .stop
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -509,8 +513,16 @@ fn start_findings(
         "learned state restored"
     );
     engine.restore(ids.items, creds.items);
-    let file =
-        (!cfg.findings.file.as_os_str().is_empty()).then(|| cfg.state_dir.join(&cfg.findings.file));
+    let node = crate::identity::node_name(cfg.identity.node_name.as_deref());
+    let me = crate::alerts::route::daemon_identity(&cfg.identity.trust_domain, &node);
+    let alerts = crate::alerts::Alerts::start(
+        &cfg.alerts,
+        &cfg.state_dir,
+        &node,
+        Arc::new(me),
+        metrics.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     crate::contracts::watch::spawn(
@@ -525,11 +537,11 @@ fn start_findings(
     let stage = crate::pipeline::findings::FindingsStage::new(
         engine,
         metrics.clone(),
-        cfg.findings.stdout,
-        file,
+        cfg.alerts.stdout,
         record,
     )
-    .context("opening the findings or record file")?
+    .context("opening the record file")?
+    .with_alerts(alerts)
     .with_reloads(rx)
     .with_store(store);
     Ok(Findings { stage, stop })

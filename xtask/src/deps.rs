@@ -33,7 +33,10 @@ const TEST: &[(&str, &str)] = &[
     ("procps", "/usr/bin/pkill"),
     // SIEM receivers and the metrics scraper the alert and dashboard tests run for real.
     ("rsyslog", "/usr/sbin/rsyslogd"),
-    ("rsyslog-gnutls", "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so"),
+    (
+        "rsyslog-gnutls",
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+    ),
     ("prometheus", "/usr/bin/prometheus"),
 ];
 

@@ -16,6 +16,11 @@ use prometheus_client::{
 
 use crate::{events::EventKind, identity::Attribution};
 
+pub mod alerts;
+pub mod latency;
+pub use alerts::SinkMetrics;
+pub use latency::LatencyQuantiles;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -65,6 +70,9 @@ pub struct Metrics {
     pub pod_source_errors: Counter,
     pub api: ApiMetrics,
     pub detect: DetectMetrics,
+    pub alerts: alerts::AlertMetrics,
+    pub pipeline_latency: LatencyQuantiles,
+    pub alert_latency: LatencyQuantiles,
     ready: AtomicBool,
 }
 
@@ -476,6 +484,8 @@ impl Metrics {
         api.register(&mut registry);
         let detect = DetectMetrics::new();
         detect.register(&mut registry);
+        let alerts = alerts::AlertMetrics::default();
+        alerts.register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -506,6 +516,9 @@ impl Metrics {
             pod_source_errors,
             api,
             detect,
+            alerts,
+            pipeline_latency: LatencyQuantiles::new("stage"),
+            alert_latency: LatencyQuantiles::new("sink"),
             ready: AtomicBool::new(false),
         }
     }
