@@ -205,3 +205,142 @@ fn plain_tcp_with_octet_counting() {
     // No newline separates the frames: only octet counting keeps them apart.
     assert_received_exactly(&r.wait_received(sent.len(), WAIT), &sent, 16);
 }
+
+/// File contents the daemon sees read: never to reach the SIEM.
+const SECRET: &str = "SECRET-syslog-e2e-5c0ffee1d0d0";
+
+/// The daemon itself, configured with a syslog sink over TLS with a client certificate: an
+/// ungoverned process (cat) reads watched secret files, and rsyslog receives the daemon's own
+/// findings as OCSF Detection Findings, one message each, with the dedup keys printed on stdout.
+#[test]
+fn daemon_findings_reach_rsyslog_as_ocsf() {
+    let r = Rsyslog::start();
+    let tmp = TempDir::new("nhiwatch-e2e-syslog-daemon");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let files: Vec<_> = (0..6)
+        .map(|i| {
+            let f = secrets.join(format!("s{i:02}"));
+            std::fs::write(&f, SECRET).unwrap();
+            f
+        })
+        .collect();
+    let dir = secrets.display().to_string();
+    let cfg = format!(
+        "{}rules: []\nalerts:\n  rate_limit: {{window: 1m, max: 1000}}\n  sinks:\n    - name: siem\n      type: syslog\n      format: ocsf\n      min_severity: low\n      address: 127.0.0.1:{port}\n      tls:\n        ca: {ca}\n        cert: {cert}\n        key: {key}\n        server_name: localhost\n      retry_initial: 100ms\n      retry_max: 1s\n      timeout: 2s\n",
+        config_with(&[format!("{dir}/")], ""),
+        port = r.tls_port,
+        ca = r.ca.display(),
+        cert = r.client_cert.display(),
+        key = r.client_key.display(),
+    );
+    let d = Daemon::start(&cfg);
+    for f in &files {
+        run_ok(std::process::Command::new("cat").arg(f));
+    }
+    // NHI-020 (high) per file read, about files under `dir`: keys as rsyslog received them.
+    let ocsf_020 = |got: &[Value]| -> Vec<(Value, Value)> {
+        got.iter()
+            .filter(|m| m["msgid"] == "NHI-020")
+            .filter_map(|m| {
+                let msg = m["msg"].as_str()?;
+                let body: Value = serde_json::from_str(msg.strip_prefix('\u{feff}')?).ok()?;
+                body.to_string().contains(&dir).then(|| (m.clone(), body))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ocsf_020(&r.received()).len() < files.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rsyslog got {} of {} NHI-020 alerts; daemon stderr:\n{}\nrsyslog log:\n{}",
+            ocsf_020(&r.received()).len(),
+            files.len(),
+            d.stderr(),
+            r.internal_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // duplicates or split messages would show now
+    let got = r.received();
+    let events = d.events();
+    let (_, stderr) = d.stop();
+
+    // Every message is a whole OCSF Detection Finding whose header agrees with its body.
+    let mut rules = std::collections::BTreeSet::new();
+    for m in &got {
+        let msg = m["msg"].as_str().unwrap();
+        let body: Value = serde_json::from_str(msg.strip_prefix('\u{feff}').unwrap_or(msg))
+            .unwrap_or_else(|e| panic!("not one JSON document ({e}): {m}"));
+        assert_eq!(body["class_uid"], 2004, "{m}");
+        let rule = body["finding_info"]["analytic"]["uid"].as_str().unwrap();
+        assert_eq!(m["msgid"], rule, "{m}");
+        let key = body["finding_info"]["uid"].as_str().unwrap();
+        let sev_id = body["severity_id"].as_u64().unwrap();
+        let code = 7 - sev_id; // OCSF 1 Informational … 5 Critical → syslog 6 … 2
+        assert_eq!(m["pri"], (10 * 8 + code).to_string().as_str(), "{m}");
+        let sev = body["severity"].as_str().unwrap().to_lowercase();
+        assert_eq!(
+            m["structured_data"],
+            format!("[nhiwatch@32473 rule=\"{rule}\" severity=\"{sev}\" dedup_key=\"{key}\"]")
+                .as_str(),
+            "{m}"
+        );
+        assert_eq!(m["app_name"], "nhiwatch", "{m}");
+        let host = m["hostname"].as_str().unwrap();
+        assert!(!host.is_empty() && !host.contains(' '), "{m}");
+        assert!(
+            sev_id >= 2,
+            "min_severity low let an info finding through: {m}"
+        );
+        rules.insert(rule.to_owned());
+    }
+    assert!(
+        rules.contains("NHI-001"),
+        "the ungoverned identity itself: {rules:?}"
+    );
+
+    // Exactly the daemon's own NHI-020 findings about these files, each once.
+    let received_keys: Vec<String> = ocsf_020(&got)
+        .iter()
+        .map(|(_, b)| b["finding_info"]["uid"].as_str().unwrap().to_owned())
+        .collect();
+    let mut unique_keys = received_keys.clone();
+    unique_keys.sort();
+    unique_keys.dedup();
+    assert_eq!(
+        unique_keys.len(),
+        received_keys.len(),
+        "duplicates: {received_keys:?}"
+    );
+    let printed: Vec<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "finding" && e["rule"]["id"] == "NHI-020")
+        .filter(|e| {
+            e["evidence"]["file"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(&dir))
+        })
+        .map(|e| e["dedup_key"].as_str().unwrap().to_owned())
+        .collect();
+    let mut printed_sorted = printed.clone();
+    printed_sorted.sort();
+    assert_eq!(
+        printed_sorted.len(),
+        files.len(),
+        "the daemon found every read"
+    );
+    assert_eq!(
+        unique_keys, printed_sorted,
+        "rsyslog got exactly the daemon's findings"
+    );
+
+    // Secrets never leave: not in what rsyslog wrote, not in the daemon's log.
+    let raw = r.received_raw();
+    assert!(!raw.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&raw).contains(SECRET),
+        "file content reached the SIEM"
+    );
+    assert!(!stderr.contains(SECRET), "file content in the daemon's log");
+}
