@@ -118,6 +118,15 @@ pub struct ReplayArgs {
     /// keep nothing). Then `nhiwatch inventory --state-dir` shows what the replay saw.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Findings as nhiwatch prints them (native) or as the OCSF Detection Findings sinks send.
+    #[arg(long, value_enum, default_value = "native")]
+    pub format: ReplayFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplayFormat {
+    Native,
+    Ocsf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,7 +314,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let stats = crate::detect::replay::replay(&mut engine, &args.files, &mut out)?;
+    let format = match args.format {
+        ReplayFormat::Native => crate::alerts::Format::Native,
+        ReplayFormat::Ocsf => crate::alerts::Format::Ocsf,
+    };
+    let stats = crate::detect::replay::replay(&mut engine, &args.files, format, &mut out)?;
     drop(out);
     if let Some(store) = store.as_mut() {
         engine.persist(|ids, creds| store.save(ids, creds, &[], &[]))?;
