@@ -428,10 +428,7 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         cfg.sensors.process_table_capacity,
         cfg.sensors.exited_linger_ms.saturating_mul(1_000_000),
     );
-    let seeded = procs.scan_proc(
-        std::path::Path::new("/proc"),
-        std::path::Path::new(crate::CGROUP_V2_ROOT),
-    );
+    let seeded = procs.scan_proc(std::path::Path::new("/proc"), &crate::cgroup_v2_root());
 
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     let upkeep = Upkeep::new(sensors, metrics.clone(), PathBuf::from("/proc"));
@@ -567,7 +564,9 @@ fn start_identity(cfg: &Config, metrics: &Metrics) -> anyhow::Result<IdentityRes
     };
     let id = &cfg.identity;
     let node = crate::identity::node_name(id.node_name.as_deref());
-    let cgroups = CgroupResolver::new(std::path::Path::new(crate::CGROUP_V2_ROOT), 16384);
+    let root = crate::cgroup_v2_root();
+    tracing::debug!(root = %root.display(), "cgroup v2 hierarchy");
+    let cgroups = CgroupResolver::new(&root, 16384);
     let k = &id.kubernetes;
     let (pods, refresh) = if k.source == PodSourceKind::None {
         (None, None)
