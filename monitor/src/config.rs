@@ -34,27 +34,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Rules files or directories (access contracts and data sources); relative to the config file.
     pub rules: Vec<PathBuf>,
-    pub findings: FindingsConfig,
+    /// Where findings go: stdout, SIEM sinks, routing.
+    pub alerts: crate::alerts::AlertsConfig,
     pub detectors: crate::detect::DetectConfig,
-}
-
-/// Where findings go (SIEM sinks come on top of these).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FindingsConfig {
-    /// One JSON object per line on standard output.
-    pub stdout: bool,
-    /// A JSON-lines file, relative to `state_dir`; empty disables it.
-    pub file: PathBuf,
-}
-
-impl Default for FindingsConfig {
-    fn default() -> Self {
-        FindingsConfig {
-            stdout: true,
-            file: PathBuf::from("findings.jsonl"),
-        }
-    }
 }
 
 /// Turning TLS plaintext into API calls.
@@ -152,7 +134,7 @@ impl Default for Config {
             api_calls: ApiCallConfig::default(),
             metrics: MetricsConfig::default(),
             rules: vec![PathBuf::from("/etc/nhiwatch/rules")],
-            findings: FindingsConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
             detectors: crate::detect::DetectConfig::default(),
         }
     }
@@ -294,6 +276,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.alerts.sinks {
+            sink.validate()?;
+            if !names.insert(sink.name.as_str()) {
+                return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
+            }
+        }
         let s = &self.sensors;
         let rb = s.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {

@@ -505,3 +505,80 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+impl Daemon {
+    /// Starts `wrapper… nhiwatch run --events --config … --metrics-addr …` (the wrapper being
+    /// e.g. `setpriv --bounding-set=… --`), like `start_with_args`; `Err(stderr)` if the daemon
+    /// exits or is not ready within 60 s, so tests can assert that a start fails.
+    pub fn try_start_wrapped(
+        wrapper: &[String],
+        config_yaml: &str,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        let dir = TempDir::new("nhiwatch-e2e-daemon");
+        let cfg = dir.path().join("nhiwatch.yaml");
+        let state_dir = dir.path().join("state");
+        let yaml = format!("state_dir: {}\n{config_yaml}", state_dir.display());
+        std::fs::write(&cfg, yaml).unwrap();
+        let metrics_port = free_port();
+        let (program, pre) = wrapper.split_first().expect("a wrapper command");
+        let mut child = Command::new(program)
+            .args(pre)
+            .arg(nhiwatch_bin())
+            .args(["run", "--events", "--config"])
+            .arg(&cfg)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(extra)
+            .env("NHIWATCH_LOG", "info,nhiwatch=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout_raw = Arc::new(Mutex::new(String::new()));
+        let stderr_raw = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let (ev, raw) = (events.clone(), stdout_raw.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                ev.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let raw = stderr_raw.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child,
+            events,
+            stdout_raw,
+            stderr_raw,
+            metrics_port,
+            state_dir,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                thread::sleep(Duration::from_millis(200)); // let the stderr reader finish
+                return Err(format!("exited during start ({status}):\n{}", d.stderr()));
+            }
+            if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after 60 s:\n{}", d.stderr()));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

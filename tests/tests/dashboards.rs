@@ -14,6 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const API_KEY: &str = "sk-ant-api03-LEAKCANARYdashboardkey51f0c9";
 const FHIR: &str = "fhir.nhiwatch.test";
 const LLM: &str = "llm.nhiwatch.test";
+const BH: &str = "bh.nhiwatch.test";
 
 fn dashboards_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
@@ -363,7 +364,8 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     std::fs::write(&kube_token, "e2e-kube-token\n").unwrap();
     let nginx = Nginx::start(
         "location /R4/ { return 200 '{\"resourceType\":\"Bundle\"}'; }\n\
-         location = /v1/messages { return 200 '{\"type\":\"message\"}'; }",
+         location = /v1/messages { return 200 '{\"type\":\"message\"}'; }\n\
+         location /notes/ { return 200 '{\"note\":\"session\"}'; }",
     );
     let summarizer = FakePod::new(
         Driver::Systemd,
@@ -382,8 +384,9 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     api.add(&summarizer);
     api.add(&stranger);
     let py = python();
-    // The summarizer may read FHIR medications; the LLM is outside its contract (NHI-010) and the
-    // claims bot has no contract at all (NHI-001) yet uses the summarizer's API key (NHI-050).
+    // The summarizer may read FHIR medications; the LLM and the notes are outside its contract
+    // (NHI-010 twice: the second is rate-limited) and the claims bot has no contract at all
+    // (NHI-001) yet uses the summarizer's API key (NHI-050).
     std::fs::write(
         rules.join("rules.yaml"),
         format!(
@@ -406,6 +409,14 @@ spec:
       paths: ["/v1/messages"]
 ---
 apiVersion: nhiwatch.dev/v1
+kind: DataSource
+metadata: {{name: mental-health-notes}}
+spec:
+  classification: phi
+  match:
+    - host: {BH}
+---
+apiVersion: nhiwatch.dev/v1
 kind: AccessContract
 metadata: {{name: med-summarizer}}
 spec:
@@ -424,8 +435,10 @@ spec:
         ),
     )
     .unwrap();
+    // A file sink gives the sink series; one alert per (identity, rule) a minute gives suppressions.
     let config = format!(
-        "{}identity:\n  node_name: e2e-node\n  pending_hold_ms: 8000\n  kubernetes:\n    source: kubelet\n    url: {}\n    token_file: {}\n    refresh_seconds: 1\nrules: [{}]\n",
+        "{}identity:\n  node_name: e2e-node\n  pending_hold_ms: 8000\n  kubernetes:\n    source: kubelet\n    url: {}\n    token_file: {}\n    refresh_seconds: 1\nrules: [{}]\n\
+         alerts:\n  rate_limit: {{window: 1m, max: 1}}\n  sinks:\n    - {{name: archive, type: file, path: alerts.jsonl}}\n",
         config_with(&[format!("{}/", secrets.display())], ""),
         api.url(),
         kube_token.display(),
@@ -442,12 +455,13 @@ spec:
             "key = read({key:?})\n\
              call('{FHIR}', 'GET', '/R4/MedicationRequest/123', {{'x-api-key': key}})\n\
              call('{FHIR}', 'GET', '/R4/Appointment/9')\n\
-             call('{LLM}', 'POST', '/v1/messages', {{'x-api-key': key}}, b'{{}}')\n"
+             call('{LLM}', 'POST', '/v1/messages', {{'x-api-key': key}}, b'{{}}')\n\
+             call('{BH}', 'GET', '/notes/7')\n"
         ),
     );
     let pid = spawn_pid(&mut summarizer.command(&format!("exec {py} {}", work.display())));
-    d.wait_for("the summarizer's LLM call", WAIT, |v| {
-        kind_is(v, "api_call") && pid_is(v, pid) && v["destination"]["name"] == LLM
+    d.wait_for("the summarizer's notes call", WAIT, |v| {
+        kind_is(v, "api_call") && pid_is(v, pid) && v["destination"]["name"] == BH
     });
     let shared = client(
         &nginx,
@@ -483,6 +497,16 @@ spec:
     );
     prom.wait_for("nhiwatch_pipeline_latency_seconds_count", |v| v >= 3.0);
     prom.wait_for(r#"nhiwatch_findings_total{rule="NHI-050"}"#, |v| v >= 1.0);
+    prom.wait_for(r#"nhiwatch_alerts_sent_total{sink="archive"}"#, |v| {
+        v >= 3.0
+    });
+    prom.wait_for(r#"nhiwatch_alerts_suppressed_total{rule="NHI-010"}"#, |v| {
+        v >= 1.0
+    });
+    prom.wait_for(
+        r#"nhiwatch_alert_latency_seconds_count{sink="archive"}"#,
+        |v| v >= 1.0,
+    );
     std::thread::sleep(Duration::from_secs(5));
 
     // The variables: every query variable has values; `identity` offers the summarizer.
@@ -555,8 +579,8 @@ spec:
         one(&format!(
             "count(sum by (data_source) (nhiwatch_api_calls_by_identity_total{{identity=\"{summarizer_id}\",data_source!=\"none\"}}))"
         )),
-        2.0,
-        "the summarizer called two data sources"
+        3.0,
+        "the summarizer called three data sources"
     );
     assert!(
         one(&format!(

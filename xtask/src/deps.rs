@@ -33,8 +33,14 @@ const TEST: &[(&str, &str)] = &[
     ("procps", "/usr/bin/pkill"),
     // SIEM receivers and the metrics scraper the alert and dashboard tests run for real.
     ("rsyslog", "/usr/sbin/rsyslogd"),
-    ("rsyslog-gnutls", "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so"),
+    (
+        "rsyslog-gnutls",
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+    ),
     ("prometheus", "/usr/bin/prometheus"),
+    // Deployment checks: the unit file's verifier, and a venv for kubernetes-validate (PyPI).
+    ("systemd", "/usr/bin/systemd-analyze"),
+    ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
 
 fn present(proof: &str) -> bool {

@@ -71,6 +71,8 @@ rules! {
     ExpiredToken = "NHI-054", "expired-token", High, "Expired token presented";
     TokenReplayed = "NHI-055", "token-replayed", Critical, "Token presented by a second identity";
     BreakGlass = "NHI-060", "break-glass-activity", High, "Break-glass identity active";
+    AlertsRateLimited = "NHI-090", "alerts-rate-limited", Low, "Alerts held back by the rate limit";
+    AlertSpoolFull = "NHI-091", "alert-spool-full", High, "Alert spool full: alerts for a sink dropped";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,8 +16,9 @@ use prometheus_client::{
 
 use crate::{events::EventKind, identity::Attribution};
 
+pub mod alerts;
 pub mod latency;
-
+pub use alerts::SinkMetrics;
 pub use latency::LatencyQuantiles;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +70,7 @@ pub struct Metrics {
     pub pod_source_errors: Counter,
     pub api: ApiMetrics,
     pub detect: DetectMetrics,
+    pub alerts: alerts::AlertMetrics,
     /// Kernel timestamp → finding judged, by `stage` ("finding").
     pub pipeline_latency: LatencyQuantiles,
     /// Kernel timestamp → alert written to a sink, by `sink`.
@@ -563,6 +565,8 @@ impl Metrics {
                 status: s.name().into(),
             });
         }
+        let alerts = alerts::AlertMetrics::default();
+        alerts.register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -593,6 +597,7 @@ impl Metrics {
             pod_source_errors,
             api,
             detect,
+            alerts,
             pipeline_latency: LatencyQuantiles::new("stage"),
             alert_latency: LatencyQuantiles::new("sink"),
             calls_by_identity,

@@ -1,4 +1,4 @@
-//! Observations → detectors → findings in the daemon: runs the engine, writes findings (stdout, JSON-lines file), records observations, applies rule reloads.
+//! Observations → detectors → findings in the daemon: runs the engine, hands findings to the alert router (and stdout), records observations, applies rule reloads.
 
 use std::{
     fs::File,
@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    alerts::Alerts,
     contracts::RuleSet,
     detect::{finding::Finding, Engine, EngineStats},
     events::observation::Observation,
@@ -18,7 +19,8 @@ use crate::{
 pub struct FindingsStage {
     engine: Engine,
     metrics: Arc<Metrics>,
-    file: Option<BufWriter<File>>,
+    /// Routes findings to the SIEM sinks; None sends them nowhere but stdout.
+    alerts: Option<Alerts>,
     /// Findings waiting for the pipeline to print them (it owns standard output).
     pub pending: Vec<Finding>,
     pub stdout: bool,
@@ -45,12 +47,11 @@ fn append(path: &Path) -> std::io::Result<File> {
 }
 
 impl FindingsStage {
-    /// `findings_file` and `record` are opened here so a bad path fails the start, not later.
+    /// `record` is opened here so a bad path fails the start, not later.
     pub fn new(
         engine: Engine,
         metrics: Arc<Metrics>,
         stdout: bool,
-        findings_file: Option<PathBuf>,
         record: Option<PathBuf>,
     ) -> std::io::Result<FindingsStage> {
         let open = |p: &PathBuf| {
@@ -59,7 +60,7 @@ impl FindingsStage {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
         };
         Ok(FindingsStage {
-            file: findings_file.as_ref().map(open).transpose()?,
+            alerts: None,
             record: record.as_ref().map(open).transpose()?,
             engine,
             metrics,
@@ -77,6 +78,16 @@ impl FindingsStage {
     pub fn with_reloads(mut self, rx: Receiver<RuleSet>) -> FindingsStage {
         self.reloads = Some(rx);
         self
+    }
+
+    pub fn with_alerts(mut self, alerts: Alerts) -> FindingsStage {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// The router, for its asynchronous shutdown once the last findings were routed.
+    pub fn take_alerts(&mut self) -> Option<Alerts> {
+        self.alerts.take()
     }
 
     /// Learned state is restored from and written to this store.
@@ -111,7 +122,8 @@ impl FindingsStage {
             .inc();
     }
 
-    /// Counts and files the findings from `pending[from..]`.
+    /// Counts the findings from `pending[from..]` and routes them to the sinks (the rate limit
+    /// may hold some back: they leave `pending` and are reported by NHI-090).
     fn written(&mut self, from: usize) {
         for f in self.pending.get(from..).unwrap_or_default() {
             if f.phase == crate::detect::finding::Phase::Opened {
@@ -119,18 +131,9 @@ impl FindingsStage {
                     self.metrics.detect.finding(r).inc();
                 }
             }
-            if let Some(file) = self.file.as_mut() {
-                let ok =
-                    serde_json::to_writer(&mut *file, f).is_ok() && file.write_all(b"\n").is_ok();
-                if !ok {
-                    self.metrics
-                        .userspace_dropped
-                        .get_or_create(&ReasonLabel {
-                            reason: "findings_file".into(),
-                        })
-                        .inc();
-                }
-            }
+        }
+        if let Some(a) = self.alerts.as_mut() {
+            a.route(&mut self.pending, from);
         }
         if !self.stdout {
             self.pending.truncate(from);
@@ -150,12 +153,12 @@ impl FindingsStage {
         }
         let before = self.pending.len();
         self.engine.advance(now_ns, &mut self.pending);
+        if let Some(a) = self.alerts.as_mut() {
+            a.tick(now_ns, &mut self.pending);
+        }
         self.written(before);
         self.update_metrics();
-        for w in [self.file.as_mut(), self.record.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(w) = self.record.as_mut() {
             let _ = w.flush();
         }
         if self.last_persist.elapsed() >= self.engine_persist_interval() {
@@ -244,12 +247,12 @@ impl FindingsStage {
     pub fn finish(&mut self) {
         let before = self.pending.len();
         self.engine.finish(&mut self.pending);
+        if let Some(a) = self.alerts.as_mut() {
+            a.finish(&mut self.pending);
+        }
         self.written(before);
         self.persist();
-        for w in [self.file.as_mut(), self.record.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(w) = self.record.as_mut() {
             let _ = w.flush();
         }
     }

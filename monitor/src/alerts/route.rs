@@ -1,0 +1,527 @@
+//! Alert routing in the pipeline thread: takes findings, rate-limits them per (identity, rule), writes each to the spool of every sink whose minimum severity it meets, and raises NHI-090 (held back) and NHI-091 (spool full).
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    sinks::Transport,
+    spool::{Spool, SpoolError},
+    worker, AlertsConfig, Format, Outgoing, RateLimitConfig,
+};
+use crate::{
+    detect::finding::{dedup_key, Evidence, Finding, Phase, Rule, RuleRef, Severity},
+    identity::WorkloadIdentity,
+    metrics::Metrics,
+};
+
+/// Keys the rate limiter tracks at most; beyond it new keys pass unlimited (and are counted).
+const LIMITER_KEYS: usize = 100_000;
+
+struct Entry {
+    start: i64,
+    sent: u32,
+    held: u64,
+    worst: Severity,
+    identity: Arc<WorkloadIdentity>,
+}
+
+/// Fixed windows per (identity, rule), timed by the findings' own clock so replays agree.
+pub struct RateLimiter {
+    window_ns: i64,
+    max: u32,
+    entries: HashMap<(String, String), Entry>,
+    pub untracked: u64,
+}
+
+impl RateLimiter {
+    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+        RateLimiter {
+            window_ns: i64::try_from(cfg.window.as_nanos())
+                .unwrap_or(i64::MAX)
+                .max(1),
+            max: cfg.max,
+            entries: HashMap::new(),
+            untracked: 0,
+        }
+    }
+
+    /// Whether `f` goes out. Summaries (one per dedup window) and the router's own alerts always do.
+    pub fn allow(&mut self, f: &Finding) -> bool {
+        if self.max == 0
+            || f.phase == Phase::Summary
+            || f.rule.id == Rule::AlertsRateLimited.id()
+            || f.rule.id == Rule::AlertSpoolFull.id()
+        {
+            return true;
+        }
+        let key = (f.identity.id.clone(), f.rule.id.clone());
+        let len = self.entries.len();
+        let Some(e) = (match self.entries.get_mut(&key) {
+            Some(e) => Some(e),
+            None if len < LIMITER_KEYS => Some(self.entries.entry(key).or_insert(Entry {
+                start: f.time,
+                sent: 0,
+                held: 0,
+                worst: f.severity,
+                identity: f.identity.clone(),
+            })),
+            None => None,
+        }) else {
+            self.untracked += 1;
+            return true;
+        };
+        if e.sent < self.max {
+            e.sent += 1;
+            return true;
+        }
+        e.held += 1;
+        e.worst = e.worst.max(f.severity);
+        false
+    }
+
+    /// Closes the windows that ended by `now`; each that held alerts back leaves an NHI-090.
+    pub fn expire(&mut self, now: i64, out: &mut Vec<Finding>) {
+        let window = self.window_ns;
+        let max = self.max;
+        self.entries.retain(|(_, rule), e| {
+            if now.saturating_sub(e.start) < window {
+                return true;
+            }
+            if e.held > 0 {
+                out.push(held_back(e, rule, window, max));
+            }
+            false
+        });
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        self.expire(i64::MAX, out);
+    }
+}
+
+fn held_back(e: &Entry, rule: &str, window_ns: i64, max: u32) -> Finding {
+    let r = Rule::AlertsRateLimited;
+    let window_s = (window_ns / 1_000_000_000).max(0) as u64;
+    let start = e.start.to_string();
+    Finding {
+        kind: "finding".into(),
+        time: e.start.saturating_add(window_ns),
+        last_seen: e.start.saturating_add(window_ns),
+        rule: RuleRef {
+            id: r.id().into(),
+            name: r.name().into(),
+        },
+        // As severe as the worst alert held back, so severity routing still lets it through.
+        severity: e.worst,
+        summary: format!(
+            "{} more {rule} alerts for {} held back by the rate limit ({max} per {window_s} s)",
+            e.held, e.identity.id
+        ),
+        identity: e.identity.clone(),
+        contract: None,
+        evidence: Evidence {
+            metric: Some(format!("alerts:{rule}")),
+            observed: Some(e.held as f64),
+            limit: Some(f64::from(max)),
+            window_seconds: Some(window_s),
+            ..Evidence::default()
+        },
+        count: e.held,
+        phase: Phase::Opened,
+        dedup_key: format!(
+            "{:016x}",
+            dedup_key(&e.identity.id, r, &[rule, "@", &start])
+        ),
+    }
+}
+
+struct Sink {
+    name: String,
+    format: Format,
+    min_severity: Severity,
+    max_bytes: u64,
+    spool: Arc<Spool>,
+    routed: Counter,
+    dropped_full: Counter,
+    dropped_error: Counter,
+    /// Set while the spool is full, so one NHI-091 goes out per episode.
+    full: bool,
+}
+
+/// The alert side of the daemon: the router and its sinks' workers.
+pub struct Alerts {
+    sinks: Vec<Sink>,
+    limiter: RateLimiter,
+    metrics: Arc<Metrics>,
+    /// The daemon itself, the identity of its own alerts (NHI-091).
+    me: Arc<WorkloadIdentity>,
+    internal: Vec<Finding>,
+    stop: tokio::sync::watch::Sender<Option<Instant>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    last_expire: Instant,
+    last_sync: Instant,
+    drain: Duration,
+}
+
+impl Alerts {
+    /// Opens every sink's transport and spool and starts its worker (inside the Tokio runtime).
+    /// A bad sink (unreadable CA, bad address, unwritable spool) fails the start.
+    pub fn start(
+        cfg: &AlertsConfig,
+        state_dir: &Path,
+        hostname: &str,
+        me: Arc<WorkloadIdentity>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Alerts, String> {
+        let (stop, stop_rx) = tokio::sync::watch::channel(None);
+        let mut sinks = Vec::new();
+        let mut workers = Vec::new();
+        for sc in &cfg.sinks {
+            sc.validate()?;
+            if sinks.iter().any(|s: &Sink| s.name == sc.name) {
+                return Err(format!("alerts.sinks: two sinks are named {:?}", sc.name));
+            }
+            let transport = Transport::open(sc, state_dir, hostname)
+                .map_err(|e| format!("alerts.sinks {:?}: {e}", sc.name))?;
+            let dir = state_dir.join(&cfg.spool_dir).join(&sc.name);
+            let spool = Arc::new(
+                Spool::open(&dir, sc.spool_max_bytes)
+                    .map_err(|e| format!("alerts.sinks {:?}: {e}", sc.name))?,
+            );
+            let (pending, _) = spool.pending();
+            if pending > 0 {
+                tracing::info!(sink = %sc.name, pending, "undelivered alerts from an earlier run will be sent");
+            }
+            let m = metrics.alerts.sink(&sc.name);
+            sinks.push(Sink {
+                name: sc.name.clone(),
+                format: sc.format,
+                min_severity: sc.min_severity,
+                max_bytes: sc.spool_max_bytes,
+                spool: spool.clone(),
+                routed: m.routed.clone(),
+                dropped_full: metrics.alerts.dropped(&sc.name, "spool_full"),
+                dropped_error: metrics.alerts.dropped(&sc.name, "spool_error"),
+                full: false,
+            });
+            workers.push(tokio::spawn(worker::run(
+                worker::Settings::from(sc),
+                transport,
+                spool,
+                m,
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(Alerts {
+            sinks,
+            limiter: RateLimiter::new(&cfg.rate_limit),
+            metrics,
+            me,
+            internal: Vec::new(),
+            stop,
+            workers,
+            last_expire: Instant::now(),
+            last_sync: Instant::now(),
+            drain: cfg.drain_timeout,
+        })
+    }
+
+    /// Rate-limits `findings[from..]` in place (what is held back is removed) and spools what
+    /// remains to every sink it is severe enough for.
+    pub fn route(&mut self, findings: &mut Vec<Finding>, from: usize) {
+        let mut kept = from;
+        for i in from..findings.len() {
+            if !self.limiter.allow(&findings[i]) {
+                if let Some(r) = Rule::from_id(&findings[i].rule.id) {
+                    self.metrics.alerts.suppressed(r).inc();
+                }
+                continue;
+            }
+            findings.swap(kept, i);
+            kept += 1;
+        }
+        findings.truncate(kept);
+        for f in &findings[from..] {
+            let mut shaped: [Option<Outgoing>; 2] = [None, None];
+            for s in &mut self.sinks {
+                if f.severity < s.min_severity {
+                    continue;
+                }
+                let slot = &mut shaped[s.format as usize];
+                let o = slot.get_or_insert_with(|| Outgoing::new(f, s.format));
+                match s.spool.append(o) {
+                    Ok(()) => {
+                        s.routed.inc();
+                    }
+                    Err(SpoolError::Full(_)) => {
+                        s.dropped_full.inc();
+                        if !s.full {
+                            s.full = true;
+                            tracing::error!(sink = %s.name, max_bytes = s.max_bytes, "alert spool full: new alerts for this sink are dropped until it drains");
+                            self.internal
+                                .push(spool_full(&self.me, &s.name, s.max_bytes, f.time));
+                        }
+                    }
+                    Err(e) => {
+                        s.dropped_error.inc();
+                        tracing::warn!(sink = %s.name, error = %e, "alert not spooled");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Once per batch: held-back summaries and the router's own alerts go to `out` (the caller
+    /// routes them like any finding), spools are synced about once a second, gauges updated.
+    pub fn tick(&mut self, now_ns: i64, out: &mut Vec<Finding>) {
+        if self.last_expire.elapsed() >= Duration::from_secs(1) {
+            self.last_expire = Instant::now();
+            self.limiter.expire(now_ns, out);
+        }
+        out.append(&mut self.internal);
+        let sync = self.last_sync.elapsed() >= Duration::from_secs(1);
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        for s in &mut self.sinks {
+            let (n, bytes) = s.spool.pending();
+            // The episode ends once half the room is back, so a spool hovering at its limit
+            // does not raise an alert per alert.
+            if s.full && bytes < s.max_bytes / 2 {
+                s.full = false;
+                tracing::info!(sink = %s.name, "alert spool has room again");
+            }
+            let m = self.metrics.alerts.sink(&s.name);
+            m.queue.set(n as i64);
+            m.spool_bytes.set(bytes as i64);
+            if sync {
+                if let Err(e) = s.spool.sync() {
+                    tracing::warn!(sink = %s.name, error = %e, "spool sync failed");
+                }
+            }
+        }
+    }
+
+    /// Shutdown: the held-back summaries go to `out`; call [`Alerts::route`] on them, then [`Alerts::stop`].
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        self.limiter.finish(out);
+        out.append(&mut self.internal);
+    }
+
+    /// Lets each worker deliver what is spooled for up to `drain_timeout`, then stops it; the
+    /// rest stays spooled for the next start.
+    pub async fn stop(self) {
+        for s in &self.sinks {
+            let _ = s.spool.sync();
+        }
+        let _ = self.stop.send(Some(Instant::now() + self.drain));
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// The daemon's own identity for its own alerts.
+pub fn daemon_identity(trust_domain: &str, node: &str) -> WorkloadIdentity {
+    WorkloadIdentity {
+        id: format!("spiffe://{trust_domain}/node/{node}/nhiwatch"),
+        kind: crate::identity::IdentityKind::Unix,
+        namespace: None,
+        service_account: None,
+        pod: None,
+        pod_uid: None,
+        container: None,
+        container_id: None,
+        image: None,
+        owner: None,
+        unit: None,
+        uid: Some(0),
+        user: None,
+        exe: std::env::current_exe()
+            .ok()
+            .map(|p| p.display().to_string()),
+        node: node.to_owned(),
+    }
+}
+
+fn spool_full(me: &Arc<WorkloadIdentity>, sink: &str, max_bytes: u64, t: i64) -> Finding {
+    let r = Rule::AlertSpoolFull;
+    Finding {
+        kind: "finding".into(),
+        time: t,
+        last_seen: t,
+        rule: RuleRef {
+            id: r.id().into(),
+            name: r.name().into(),
+        },
+        severity: r.severity(),
+        summary: format!(
+            "the alert spool of sink {sink} is full ({max_bytes} bytes undelivered): its new alerts are dropped until it drains"
+        ),
+        identity: me.clone(),
+        contract: None,
+        evidence: Evidence {
+            destination: Some(sink.to_owned()),
+            metric: Some("spool_bytes".into()),
+            limit: Some(max_bytes as f64),
+            ..Evidence::default()
+        },
+        count: 1,
+        phase: Phase::Opened,
+        dedup_key: format!(
+            "{:016x}",
+            dedup_key(&me.id, r, &[sink, "@", &t.to_string()])
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(id: &str, rule: Rule, t: i64) -> Finding {
+        let mut me = daemon_identity("test", "n");
+        me.id = id.into();
+        Finding {
+            kind: "finding".into(),
+            time: t,
+            last_seen: t,
+            rule: RuleRef {
+                id: rule.id().into(),
+                name: rule.name().into(),
+            },
+            severity: rule.severity(),
+            summary: String::new(),
+            identity: Arc::new(me),
+            contract: None,
+            evidence: Evidence::default(),
+            count: 1,
+            phase: Phase::Opened,
+            dedup_key: format!("{t:x}"),
+        }
+    }
+
+    #[test]
+    fn limits_per_identity_and_rule_and_reports_what_it_held() {
+        let mut l = RateLimiter::new(&RateLimitConfig {
+            window: Duration::from_secs(60),
+            max: 3,
+        });
+        let s = 1_000_000_000i64;
+        let mut passed = 0;
+        for i in 0..10 {
+            passed += l.allow(&finding("a", Rule::UndeclaredDestination, i * s)) as u32;
+        }
+        assert_eq!(passed, 3);
+        // Another rule and another identity have their own budgets.
+        assert!(l.allow(&finding("a", Rule::UndeclaredMethod, 5 * s)));
+        assert!(l.allow(&finding("b", Rule::UndeclaredDestination, 5 * s)));
+        // Summaries are never held.
+        let mut sum = finding("a", Rule::UndeclaredDestination, 9 * s);
+        sum.phase = Phase::Summary;
+        assert!(l.allow(&sum));
+        let mut out = Vec::new();
+        l.expire(59 * s, &mut out);
+        assert!(out.is_empty(), "window still open");
+        l.expire(60 * s, &mut out);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        let h = &out[0];
+        assert_eq!(h.rule.id, "NHI-090");
+        assert_eq!(h.count, 7);
+        assert_eq!(h.identity.id, "a");
+        assert_eq!(h.evidence.metric.as_deref(), Some("alerts:NHI-012"));
+        assert_eq!(h.severity, Rule::UndeclaredDestination.severity());
+        // A new window starts afresh.
+        assert!(l.allow(&finding("a", Rule::UndeclaredDestination, 61 * s)));
+        let mut off = RateLimiter::new(&RateLimitConfig {
+            window: Duration::from_secs(60),
+            max: 0,
+        });
+        assert!((0..100).all(|i| off.allow(&finding("a", Rule::UndeclaredDestination, i))));
+    }
+}
+
+#[cfg(test)]
+mod spool_full_tests {
+    use super::*;
+    use crate::alerts::sinks::{file::FileConfig, webhook, SinkConfig, SinkKind};
+
+    fn sink(name: &str, kind: SinkKind) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            kind,
+            spool_max_bytes: 64 << 10,
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(100),
+            timeout: Duration::from_millis(200),
+            ..SinkConfig::local_file()
+        }
+    }
+
+    /// A receiver that never answers fills its spool: its alerts are dropped and counted, one
+    /// NHI-091 per episode reaches the other sinks, and nothing else is held up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_drops_counts_and_raises_nhi_091_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AlertsConfig {
+            stdout: false,
+            rate_limit: RateLimitConfig {
+                window: Duration::from_secs(60),
+                max: 0,
+            },
+            spool_dir: "spool".into(),
+            drain_timeout: Duration::from_millis(500),
+            sinks: vec![
+                sink("local", SinkKind::File(FileConfig::default())),
+                sink(
+                    "down",
+                    SinkKind::Webhook(webhook::WebhookConfig {
+                        url: "http://127.0.0.1:1/hook".into(),
+                        body: webhook::Body::Json,
+                        token_file: None,
+                        tls: None,
+                        index: None,
+                        sourcetype: None,
+                    }),
+                ),
+            ],
+        };
+        let metrics = Arc::new(Metrics::new());
+        let me = Arc::new(daemon_identity("test", "n1"));
+        let mut a = Alerts::start(&cfg, dir.path(), "n1", me, metrics.clone()).unwrap();
+        let mut findings: Vec<Finding> = (0..400)
+            .map(|i| {
+                let mut f = spool_full(&Arc::new(daemon_identity("t", "x")), "s", 1, i);
+                f.rule = RuleRef {
+                    id: Rule::UndeclaredDestination.id().into(),
+                    name: Rule::UndeclaredDestination.name().into(),
+                };
+                f.summary = "x".repeat(300);
+                f
+            })
+            .collect();
+        a.route(&mut findings, 0);
+        let dropped = metrics.alerts.dropped("down", "spool_full").get();
+        assert!(dropped > 0, "the 64 KiB spool must fill");
+        assert_eq!(metrics.alerts.dropped("local", "spool_full").get(), 0);
+        let mut out = Vec::new();
+        a.tick(0, &mut out);
+        let full: Vec<_> = out.iter().filter(|f| f.rule.id == "NHI-091").collect();
+        assert_eq!(full.len(), 1, "one alert per episode: {out:#?}");
+        assert_eq!(full[0].evidence.destination.as_deref(), Some("down"));
+        let routed_local = metrics.alerts.sink("local").routed.get();
+        a.route(&mut out, 0);
+        assert_eq!(metrics.alerts.sink("local").routed.get(), routed_local + 1);
+        a.stop().await;
+        let local = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
+        assert_eq!(local.lines().count() as u64, routed_local + 1);
+        assert!(local.contains("NHI-091"));
+    }
+}

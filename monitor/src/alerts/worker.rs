@@ -1,0 +1,201 @@
+//! One sink's delivery loop: takes alerts from its spool in order, gives them to the transport in batches, retries with capped exponential backoff and jitter, acknowledges only what was delivered, and keeps the sink's health and metrics.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::watch;
+
+use super::{
+    sinks::{SinkConfig, SinkError, Transport},
+    spool::Spool,
+};
+use crate::metrics::{Metrics, SinkMetrics};
+
+/// How often an idle sink's receiver is checked (the `alert_sink_up` gauge).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct Settings {
+    name: String,
+    batch_max: usize,
+    retry_initial: Duration,
+    retry_max: Duration,
+    timeout: Duration,
+}
+
+impl From<&SinkConfig> for Settings {
+    fn from(c: &SinkConfig) -> Settings {
+        Settings {
+            name: c.name.clone(),
+            batch_max: c.batch_max,
+            retry_initial: c.retry_initial,
+            retry_max: c.retry_max,
+            timeout: c.timeout,
+        }
+    }
+}
+
+/// A small xorshift for backoff jitter: sinks that failed together do not retry in lockstep.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        Jitter(seed | 1)
+    }
+
+    /// `d` scaled by a factor in [0.5, 1.0).
+    fn spread(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let f = 0.5 + (self.0 % 1000) as f64 / 2000.0;
+        d.mul_f64(f)
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Runs until `stop` carries a deadline and either the spool is empty or the deadline passed.
+pub async fn run(
+    set: Settings,
+    mut transport: Transport,
+    spool: Arc<Spool>,
+    m: SinkMetrics,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
+    let mut reader = spool.reader();
+    let mut backoff = set.retry_initial;
+    let mut jitter = Jitter::new();
+    let mut failing = false;
+    let mut last_health = Instant::now();
+    m.up.set(1);
+    loop {
+        let deadline = *stop.borrow();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let mut bad = 0;
+        let batch = match reader.read(&spool, set.batch_max, &mut bad) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(sink = %set.name, error = %e, "reading the alert spool failed; retrying");
+                reader.rewind(spool.acked());
+                if wait(&mut stop, Duration::from_secs(1)).await && deadline.is_some() {
+                    break;
+                }
+                continue;
+            }
+        };
+        if bad > 0 {
+            tracing::warn!(sink = %set.name, lines = bad, "damaged lines in the alert spool skipped");
+            metrics.alerts.dropped(&set.name, "spool_error").inc_by(bad);
+        }
+        if batch.alerts.is_empty() {
+            if batch.end > spool.acked() {
+                let _ = spool.ack(batch.end, batch.lines, batch.bytes);
+            }
+            if deadline.is_some() {
+                break;
+            }
+            let idle = HEALTH_INTERVAL.saturating_sub(last_health.elapsed());
+            tokio::select! {
+                _ = spool.notify.notified() => {}
+                r = stop.changed() => {
+                    if r.is_err() {
+                        // The router is gone without a stop: the daemon is going down.
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(idle) => {
+                    last_health = Instant::now();
+                    let ok = matches!(
+                        tokio::time::timeout(set.timeout, transport.check()).await,
+                        Ok(Ok(()))
+                    );
+                    m.up.set(i64::from(ok));
+                }
+            }
+            continue;
+        }
+        let budget = match deadline {
+            Some(d) => set.timeout.min(d.saturating_duration_since(Instant::now())),
+            None => set.timeout,
+        };
+        let n = batch.alerts.len() as u64;
+        let result = match tokio::time::timeout(budget, transport.send(&batch.alerts)).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::Transient(format!(
+                "no answer within {}",
+                humantime::format_duration(budget)
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                let done = now_ns();
+                for a in batch.alerts.iter().filter(|a| a.fresh) {
+                    let ns = done.saturating_sub(a.time_ns).max(0) as u64;
+                    metrics.alert_latency.record(&set.name, ns);
+                }
+                if let Err(e) = spool.ack(batch.end, batch.lines, batch.bytes) {
+                    tracing::warn!(sink = %set.name, error = %e, "alert cursor not saved: these alerts may be sent again after a restart");
+                }
+                m.sent.inc_by(n);
+                m.up.set(1);
+                last_health = Instant::now();
+                if failing {
+                    tracing::info!(sink = %set.name, "alert sink recovered");
+                    failing = false;
+                }
+                backoff = set.retry_initial;
+            }
+            Err(SinkError::Rejected(e)) => {
+                tracing::error!(sink = %set.name, alerts = n, error = %e, "receiver rejected alerts; dropped");
+                let _ = spool.ack(batch.end, batch.lines, batch.bytes);
+                metrics.alerts.dropped(&set.name, "rejected").inc_by(n);
+            }
+            Err(e) => {
+                m.failures.inc();
+                m.up.set(0);
+                if !failing || backoff >= set.retry_max {
+                    tracing::warn!(sink = %set.name, error = %e, retry_in = %humantime::format_duration(backoff), pending = spool.pending().0, "alert delivery failed; alerts stay spooled");
+                }
+                failing = true;
+                reader.rewind(spool.acked());
+                let pause = jitter.spread(backoff);
+                backoff = (backoff * 2).min(set.retry_max);
+                let pause = match deadline {
+                    Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+                    None => pause,
+                };
+                wait(&mut stop, pause).await;
+            }
+        }
+    }
+    let (left, _) = spool.pending();
+    if left > 0 {
+        tracing::info!(sink = %set.name, alerts = left, "undelivered alerts stay spooled for the next start");
+    }
+    let _ = spool.sync();
+}
+
+/// Sleeps for `d` or until `stop` changes; true when it changed.
+async fn wait(stop: &mut watch::Receiver<Option<Instant>>, d: Duration) -> bool {
+    tokio::select! {
+        r = stop.changed() => {
+            if r.is_err() {
+                tokio::time::sleep(d).await;
+            }
+            r.is_ok()
+        }
+        _ = tokio::time::sleep(d) => false,
+    }
+}
