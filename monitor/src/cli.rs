@@ -380,7 +380,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_config(&cfg.metrics));
     // Rules first: invalid contracts stop the start before any probe is loaded.
     let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(rules_error)?;
     // Installed before anything else so SIGHUP never takes the default action (terminate).

@@ -295,7 +295,27 @@ impl Pipeline {
             exe: self.procs.get(pid).map(|p| p.exe.clone()),
             activity,
         };
+        let before = stage.pending.len();
         stage.observe(&o);
+        if let Activity::ApiCall(call) = &o.activity {
+            let ds = call
+                .host
+                .as_deref()
+                .and_then(|h| stage.engine().data_source_of_call(h, &call.path));
+            self.metrics
+                .calls_by_identity
+                .inc(&identity.id, ds.unwrap_or("none"));
+        }
+        // Kernel timestamp → judged; only first occurrences (summaries come when windows close).
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        for f in stage.pending.get(before..).unwrap_or_default() {
+            if f.phase == crate::detect::finding::Phase::Opened {
+                let ns = u64::try_from(now.saturating_sub(time)).unwrap_or(0);
+                self.metrics.pipeline_latency.record("finding", ns);
+            }
+        }
         self.print_findings();
     }
 
@@ -927,6 +947,13 @@ impl RecordHandler for Pipeline {
         self.metrics.flows.set(self.flows.len() as i64);
         self.metrics.identities.set(self.inventory.len() as i64);
         self.metrics.held_events.set(self.held.len() as i64);
+        if self.metrics.identities_by_attribution_due() {
+            let mut waiting: Vec<u64> = self.held.iter().map(|h| h.cgroup_id).collect();
+            waiting.sort_unstable();
+            waiting.dedup();
+            self.metrics
+                .set_identities_by_attribution(self.inventory.len(), waiting.len());
+        }
     }
 
     fn tick(&mut self) {
