@@ -295,7 +295,6 @@ impl Pipeline {
             exe: self.procs.get(pid).map(|p| p.exe.clone()),
             activity,
         };
-        let before = stage.pending.len();
         stage.observe(&o);
         if let Activity::ApiCall(call) = &o.activity {
             let ds = call
@@ -305,16 +304,6 @@ impl Pipeline {
             self.metrics
                 .calls_by_identity
                 .inc(&identity.id, ds.unwrap_or("none"));
-        }
-        // Kernel timestamp → judged; only first occurrences (summaries come when windows close).
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        for f in stage.pending.get(before..).unwrap_or_default() {
-            if f.phase == crate::detect::finding::Phase::Opened {
-                let ns = u64::try_from(now.saturating_sub(time)).unwrap_or(0);
-                self.metrics.pipeline_latency.record("finding", ns);
-            }
         }
         self.print_findings();
     }
