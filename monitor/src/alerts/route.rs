@@ -148,6 +148,8 @@ struct Sink {
     max_bytes: u64,
     spool: Arc<Spool>,
     routed: Counter,
+    queue: prometheus_client::metrics::gauge::Gauge,
+    spool_bytes: prometheus_client::metrics::gauge::Gauge,
     dropped_full: Counter,
     dropped_error: Counter,
     /// Set while the spool is full, so one NHI-091 goes out per episode.
@@ -165,7 +167,6 @@ pub struct Alerts {
     stop: tokio::sync::watch::Sender<Option<Instant>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     last_expire: Instant,
-    last_sync: Instant,
     drain: Duration,
 }
 
@@ -206,6 +207,8 @@ impl Alerts {
                 max_bytes: sc.spool_max_bytes,
                 spool: spool.clone(),
                 routed: m.routed.clone(),
+                queue: m.queue.clone(),
+                spool_bytes: m.spool_bytes.clone(),
                 dropped_full: metrics.alerts.dropped(&sc.name, "spool_full"),
                 dropped_error: metrics.alerts.dropped(&sc.name, "spool_error"),
                 full: false,
@@ -228,7 +231,6 @@ impl Alerts {
             stop,
             workers,
             last_expire: Instant::now(),
-            last_sync: Instant::now(),
             drain: cfg.drain_timeout,
         })
     }
@@ -279,17 +281,14 @@ impl Alerts {
     }
 
     /// Once per batch: held-back summaries and the router's own alerts go to `out` (the caller
-    /// routes them like any finding), spools are synced about once a second, gauges updated.
+    /// routes them like any finding), gauges are updated. Never touches the disk beyond appends:
+    /// the workers sync their spools.
     pub fn tick(&mut self, now_ns: i64, out: &mut Vec<Finding>) {
         if self.last_expire.elapsed() >= Duration::from_secs(1) {
             self.last_expire = Instant::now();
             self.limiter.expire(now_ns, out);
         }
         out.append(&mut self.internal);
-        let sync = self.last_sync.elapsed() >= Duration::from_secs(1);
-        if sync {
-            self.last_sync = Instant::now();
-        }
         for s in &mut self.sinks {
             let (n, bytes) = s.spool.pending();
             // The episode ends once half the room is back, so a spool hovering at its limit
@@ -298,14 +297,8 @@ impl Alerts {
                 s.full = false;
                 tracing::info!(sink = %s.name, "alert spool has room again");
             }
-            let m = self.metrics.alerts.sink(&s.name);
-            m.queue.set(n as i64);
-            m.spool_bytes.set(bytes as i64);
-            if sync {
-                if let Err(e) = s.spool.sync() {
-                    tracing::warn!(sink = %s.name, error = %e, "spool sync failed");
-                }
-            }
+            s.queue.set(n as i64);
+            s.spool_bytes.set(bytes as i64);
         }
     }
 

@@ -229,31 +229,52 @@ impl Spool {
         Ok(())
     }
 
-    /// Pushes written alerts and the cursor to the disk (about once a second and at shutdown).
+    /// Pushes written alerts and the cursor to the disk (the sink's worker, about once a second,
+    /// and at shutdown). The disk waits happen outside the lock, on a duplicate of the handle, so
+    /// the pipeline thread appending alerts never waits for them.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        let mut w = self.lock();
-        if w.dirty {
-            w.file.sync_data().map_err(|e| self.io(e))?;
-            w.dirty = false;
+        let file = {
+            let mut w = self.lock();
+            if w.dirty {
+                w.dirty = false;
+                Some(w.file.try_clone().map_err(|e| self.io(e))?)
+            } else {
+                None
+            }
+        };
+        if let Some(f) = file {
+            f.sync_data().map_err(|e| self.io(e))?;
         }
-        self.save_cursor(&mut w)
+        self.save_cursor()
     }
 
-    fn save_cursor(&self, w: &mut Writer) -> Result<(), SpoolError> {
-        if w.saved != w.acked {
-            write_cursor(&self.dir, w.acked).map_err(|e| self.io(e))?;
-            w.saved = w.acked;
-            w.saved_at = std::time::Instant::now();
-        }
-        // Segments wholly before the saved cursor are never needed again.
-        while w.segments.len() > 1
-            && w.segments
-                .front()
-                .is_some_and(|&(s, _)| s < w.saved.segment)
-        {
-            if let Some((s, _)) = w.segments.pop_front() {
-                let _ = std::fs::remove_file(seg_path(&self.dir, s));
+    fn save_cursor(&self) -> Result<(), SpoolError> {
+        let to = {
+            let w = self.lock();
+            if w.saved >= w.acked {
+                return Ok(());
             }
+            w.acked
+        };
+        write_cursor(&self.dir, to).map_err(|e| self.io(e))?;
+        let mut gone = Vec::new();
+        {
+            let mut w = self.lock();
+            w.saved = w.saved.max(to);
+            w.saved_at = std::time::Instant::now();
+            // Segments wholly before the saved cursor are never needed again.
+            while w.segments.len() > 1
+                && w.segments
+                    .front()
+                    .is_some_and(|&(s, _)| s < w.saved.segment)
+            {
+                if let Some((s, _)) = w.segments.pop_front() {
+                    gone.push(s);
+                }
+            }
+        }
+        for s in gone {
+            let _ = std::fs::remove_file(seg_path(&self.dir, s));
         }
         Ok(())
     }
@@ -278,8 +299,10 @@ impl Spool {
         w.acked = to;
         w.unacked = w.unacked.saturating_sub(n);
         w.unacked_bytes = w.unacked_bytes.saturating_sub(bytes);
-        if w.saved_at.elapsed() >= CURSOR_EVERY {
-            self.save_cursor(&mut w)?;
+        let due = w.saved_at.elapsed() >= CURSOR_EVERY;
+        drop(w);
+        if due {
+            self.save_cursor()?;
         }
         Ok(())
     }

@@ -15,6 +15,19 @@ use crate::metrics::{Metrics, SinkMetrics};
 
 /// How often an idle sink's receiver is checked (the `alert_sink_up` gauge).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the spool is pushed to the disk (fdatasync, cursor).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Syncs the spool on a blocking thread: the disk may take milliseconds, and neither the
+/// runtime's workers nor the pipeline should wait for it.
+async fn sync(spool: &Arc<Spool>, name: &str) {
+    let s = spool.clone();
+    match tokio::task::spawn_blocking(move || s.sync()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(sink = %name, error = %e, "spool sync failed"),
+        Err(e) => tracing::warn!(sink = %name, error = %e, "spool sync did not run"),
+    }
+}
 
 pub struct Settings {
     name: String,
@@ -77,8 +90,13 @@ pub async fn run(
     let mut jitter = Jitter::new();
     let mut failing = false;
     let mut last_health = Instant::now();
+    let mut last_sync = Instant::now();
     m.up.set(1);
     loop {
+        if last_sync.elapsed() >= SYNC_INTERVAL {
+            last_sync = Instant::now();
+            sync(&spool, &set.name).await;
+        }
         let deadline = *stop.borrow();
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -106,7 +124,9 @@ pub async fn run(
             if deadline.is_some() {
                 break;
             }
-            let idle = HEALTH_INTERVAL.saturating_sub(last_health.elapsed());
+            let idle = HEALTH_INTERVAL
+                .saturating_sub(last_health.elapsed())
+                .min(SYNC_INTERVAL);
             tokio::select! {
                 _ = spool.notify.notified() => {}
                 r = stop.changed() => {
@@ -116,6 +136,9 @@ pub async fn run(
                     }
                 }
                 _ = tokio::time::sleep(idle) => {
+                    if last_health.elapsed() < HEALTH_INTERVAL {
+                        continue;
+                    }
                     last_health = Instant::now();
                     let ok = matches!(
                         tokio::time::timeout(set.timeout, transport.check()).await,
@@ -184,7 +207,7 @@ pub async fn run(
     if left > 0 {
         tracing::info!(sink = %set.name, alerts = left, "undelivered alerts stay spooled for the next start");
     }
-    let _ = spool.sync();
+    sync(&spool, &set.name).await;
 }
 
 /// Sleeps for `d` or until `stop` changes; true when it changed.
