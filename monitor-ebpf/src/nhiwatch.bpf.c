@@ -185,12 +185,23 @@ static __always_inline void *scratch_buf(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
+/* Watched-file opens become alerts, and they are rare: flags 0 let the kernel wake the reader
+ * at once when it has caught up (and only then), instead of leaving the record for the reader's
+ * poll timer — which was most of the kernel → alert latency (BENCHMARKS.md, benchmark 5). */
+static __always_inline u64 wakeup_flags_urgent(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return 0;
+}
+
 /* Emits a staged variable-length record; size is already bounded by the caller. */
 static __always_inline void emit(void *rec, u32 size, u16 kind)
 {
 	if (size > SCRATCH_SIZE)
 		return;
-	if (bpf_ringbuf_output(&events, rec, size, wakeup_flags()))
+	u64 flags = kind == NW_EVENT_FILE_OPEN ? wakeup_flags_urgent() : wakeup_flags();
+	if (bpf_ringbuf_output(&events, rec, size, flags))
 		count(kind);
 }
 
