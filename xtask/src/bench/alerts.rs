@@ -1,0 +1,1098 @@
+//! Benchmark 5: alert latency from the kernel's timestamp to the sink write — the daemon's own
+//! quantiles for the finding stage and per sink (file, HTTPS webhook, syslog over TLS), beside an
+//! independent open() → alert-visible measurement taken outside the daemon.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File},
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::{self, sleep},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{event_rate::watch_config, stats, sys, Ctx, Section, SummaryRow};
+
+/// Distinct watched files per run: each open is a new NHI-020 finding (one per file and executable).
+const FILES: usize = 2_000;
+const TARGET_MS: f64 = 5.0;
+const DAEMON_CPU: usize = 0;
+const QUANTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9")];
+/// The sinks, by name (the `sink` metrics label).
+const SINKS: [&str; 3] = ["file", "hec", "syslog"];
+
+/// A loopback receiver, one script for both protocols: `hec` answers Splunk HEC POSTs over
+/// HTTPS (HTTP/1.1 keep-alive, one write per answer, Nagle off, the answer sent before any
+/// bookkeeping); `syslog` reads RFC 5425 octet-counted frames over TLS and never writes.
+/// Both append "<CLOCK_MONOTONIC ns when the request or frame was read> <file index>" for
+/// every NHI-020 alert about PREFIX/fNNNNN they receive.
+const RECEIVER: &str = r#"
+import re, socket, ssl, sys, threading, time
+mode, port, cert, key, out, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+token = open(sys.argv[7]).read().strip().encode() if mode == 'hec' else b''
+index = re.compile(re.escape(prefix.encode()) + rb'/f(\d{5})(?!\d)')
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+lock = threading.Lock()
+log = open(out, 'a')
+
+def note(t, msgs):
+    lines = []
+    for m in msgs:
+        g = index.search(m) if b'"NHI-020"' in m else None
+        if g:
+            lines.append('%d %d\n' % (t, int(g.group(1))))
+    if lines:
+        with lock:
+            log.write(''.join(lines))
+            log.flush()
+
+def hec(c):
+    f = c.makefile('rb')
+    while True:
+        line = f.readline()
+        if not line:
+            return
+        parts = line.split()
+        headers = {}
+        while True:
+            h = f.readline()
+            if not h.strip():
+                break
+            k, _, v = h.partition(b':')
+            headers[k.strip().lower()] = v.strip()
+        body = f.read(int(headers.get(b'content-length', b'0')))
+        t = time.monotonic_ns()
+        get = parts[:1] == [b'GET']
+        ok = get or headers.get(b'authorization') == b'Splunk ' + token
+        reply = b'{"text":"Success","code":0}' if ok else b'{"text":"Invalid authorization","code":3}'
+        status = b'200 OK' if ok else b'401 Unauthorized'
+        c.sendall(b'HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s' % (status, len(reply), reply))
+        if ok and not get:
+            note(t, body.split(b'\n'))
+
+def syslog(c):
+    buf = b''
+    while True:
+        d = c.recv(65536)
+        if not d:
+            return
+        t = time.monotonic_ns()
+        buf += d
+        msgs = []
+        while True:
+            sp = buf.find(b' ')
+            if sp < 0 or len(buf) < sp + 1 + int(buf[:sp]):
+                break
+            n = int(buf[:sp])
+            msgs.append(buf[sp + 1:sp + 1 + n])
+            buf = buf[sp + 1 + n:]
+        note(t, msgs)
+
+def serve(c):
+    try:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = ctx.wrap_socket(c, server_side=True)
+        (hec if mode == 'hec' else syslog)(s)
+    except Exception:
+        pass
+    finally:
+        c.close()
+
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(('127.0.0.1', port))
+l.listen(64)
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+struct Spec {
+    rate: f64,
+    /// `sensors.poll_interval_ms` when not the bundled value (diagnostic runs).
+    poll_ms: Option<u64>,
+}
+
+const SPECS: [Spec; 3] = [
+    Spec {
+        rate: 200.0,
+        poll_ms: None,
+    },
+    Spec {
+        rate: 1000.0,
+        poll_ms: None,
+    },
+    Spec {
+        rate: 1000.0,
+        poll_ms: Some(1),
+    },
+];
+
+/// One latency series: where it comes from, what it spans, and its quantiles in ms.
+struct Series {
+    span: String,
+    source: String,
+    count: u64,
+    /// p50, p90, p99, p99.9 in ms; None when the daemon does not export the series.
+    q: Option<[f64; 4]>,
+    max_ms: Option<f64>,
+}
+
+struct Run {
+    label: String,
+    spec_rate: f64,
+    diagnostic: bool,
+    poll_ms: u64,
+    achieved: f64,
+    daemon: Vec<Series>,
+    external: Vec<Series>,
+    daemon_cpu_s: f64,
+    window_s: f64,
+    alerts_in_file: usize,
+    lost: u64,
+}
+
+impl Run {
+    fn daemon_q(&self, i: usize) -> Option<[f64; 4]> {
+        self.daemon.get(i).and_then(|s| s.q)
+    }
+}
+
+/// What every run shares: the workload, the certificates, the token, the receiver script.
+struct Setup {
+    alertload: PathBuf,
+    files: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    token: PathBuf,
+    script: PathBuf,
+    base: String,
+    bundled_poll_ms: u64,
+    load_cpu: usize,
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<Section> {
+    let root = ctx.tmp.path().join("alerts");
+    let files = root.join("secrets");
+    fs::create_dir_all(&files)?;
+    for i in 0..FILES {
+        fs::write(files.join(format!("f{i:05}")), b"not really a secret\n")?;
+    }
+    fs::write(files.join("warmup"), b"not really a secret\n")?;
+    let tls = root.join("tls");
+    fs::create_dir_all(&tls)?;
+    let (ca, cert, key) = make_certs(&tls)?;
+    let token = root.join("hec-token");
+    fs::write(
+        &token,
+        format!(
+            "bench-{:016x}\n",
+            sys::mono_ns() ^ u64::from(std::process::id())
+        ),
+    )?;
+    let script = root.join("receiver.py");
+    fs::write(&script, RECEIVER)?;
+    let base = fs::read_to_string(ctx.bundled_config())?;
+    let bundled_poll_ms = yaml_number(&base, "poll_interval_ms").unwrap_or(5);
+    let setup = Setup {
+        alertload: super::compile(&ctx.root, "alertload", &[])?,
+        files,
+        ca,
+        cert,
+        key,
+        token,
+        script,
+        base,
+        bundled_poll_ms,
+        load_cpu: ctx.nproc - 1,
+    };
+
+    let mut runs = Vec::new();
+    for (i, spec) in SPECS.iter().enumerate() {
+        let dir = root.join(format!("run{i}"));
+        fs::create_dir_all(&dir)?;
+        runs.push(one_run(ctx, &setup, spec, &dir)?);
+    }
+    render(&setup, &runs)
+}
+
+fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
+    let poll_ms = spec.poll_ms.unwrap_or(s.bundled_poll_ms);
+    let diagnostic = spec.poll_ms.is_some();
+    let label = format!(
+        "{}/s, poll_interval_ms {poll_ms}{}",
+        stats::count(spec.rate),
+        if diagnostic { " (diagnostic)" } else { "" }
+    );
+    eprintln!("bench: alert latency, {label}");
+    let prefix = format!("{}/f", s.files.display());
+    let sink_file = dir.join("alerts.ocsf.jsonl");
+    let (hec_port, syslog_port) = (sys::free_port()?, sys::free_port()?);
+    let hec_out = dir.join("hec.times");
+    let syslog_out = dir.join("syslog.times");
+    let mut receivers = Vec::new();
+    for (mode, port, out) in [
+        ("hec", hec_port, &hec_out),
+        ("syslog", syslog_port, &syslog_out),
+    ] {
+        fs::write(out, b"")?;
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &s.load_cpu.to_string(), "python3"])
+            .arg(&s.script)
+            .arg(mode)
+            .arg(port.to_string())
+            .arg(&s.cert)
+            .arg(&s.key)
+            .arg(out)
+            .arg(s.files.display().to_string())
+            .arg(&s.token);
+        let mut p = ctx.spawn(&format!("{mode}-receiver"), &mut cmd, Stdio::null())?;
+        sys::wait_port(&mut p, port, Duration::from_secs(15))?;
+        receivers.push(p);
+    }
+
+    let alerts = format!(
+        "alerts:\n  stdout: false\n  rate_limit: {{window: 1m, max: 0}}\n  sinks:\n\
+         \x20   - name: file\n      type: file\n      format: ocsf\n      path: {file}\n      max_bytes: 0\n\
+         \x20   - name: hec\n      type: webhook\n      body: hec\n      url: https://127.0.0.1:{hec_port}/services/collector/event\n      token_file: {token}\n      tls: {{ca: {ca}}}\n\
+         \x20   - name: syslog\n      type: syslog\n      address: 127.0.0.1:{syslog_port}\n      tls: {{ca: {ca}}}\n",
+        file = sink_file.display(),
+        token = s.token.display(),
+        ca = s.ca.display(),
+    );
+    let mut yaml = watch_config(&s.base, &format!("{}/", s.files.display()))?;
+    yaml = set_top(
+        &yaml,
+        "state_dir",
+        &format!("state_dir: {}\n", dir.join("state").display()),
+    );
+    yaml = set_top(&yaml, "rules", "rules: []\n");
+    yaml = set_top(&yaml, "alerts", &alerts);
+    if let Some(ms) = spec.poll_ms {
+        yaml = set_nested(&yaml, "poll_interval_ms", &ms.to_string())?;
+    }
+    let config = dir.join("nhiwatch.yaml");
+    fs::write(&config, yaml)?;
+
+    let mut daemon = ctx.start_daemon(&config, Some(DAEMON_CPU))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sink_file.exists() {
+        daemon.proc.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("the daemon did not create {}", sink_file.display());
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (path, prefix, cpu) = (sink_file.clone(), prefix.clone(), s.load_cpu);
+        let (stop, seen) = (stop.clone(), seen.clone());
+        thread::spawn(move || watch_sink(&path, &prefix, cpu, &stop, &seen))
+    };
+    // The sinks connect and check their receivers once at start; let that pass.
+    sleep(Duration::from_secs(1));
+
+    let lost0 = lost(&daemon)?;
+    let cpu0 = sys::cpu_ns(daemon.proc.pid())?;
+    let t0 = Instant::now();
+    let out = sys::output(
+        Command::new(&s.alertload)
+            .arg(&s.files)
+            .arg(FILES.to_string())
+            .arg(format!("{:.0}", spec.rate))
+            .arg(s.load_cpu.to_string()),
+    )?;
+    let (opened_at, achieved) = parse_alertload(&out)?;
+
+    // Everything delivered: the file watcher saw every alert, each sink sent all it was routed,
+    // and both receivers logged every alert.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        daemon.proc.check_alive()?;
+        let (status, text) = sys::http_get(daemon.addr, "/metrics")?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}");
+        }
+        let delivered = SINKS.iter().all(|k| {
+            let l = format!("sink=\"{k}\"");
+            let routed = sample(&text, "nhiwatch_alerts_routed_total", &[&l]).unwrap_or(0.0);
+            let sent = sample(&text, "nhiwatch_alerts_sent_total", &[&l]).unwrap_or(0.0);
+            routed >= FILES as f64 && sent >= routed
+        });
+        let received = [&hec_out, &syslog_out]
+            .iter()
+            .all(|p| line_count(p) >= FILES);
+        if delivered && received && seen.load(Ordering::SeqCst) >= FILES {
+            break text;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not everything was delivered within 30 s of the last open: file watcher saw {} \
+                 of {FILES}, HEC receiver {}, syslog receiver {}; sinks (routed/sent): {}{}",
+                seen.load(Ordering::SeqCst),
+                line_count(&hec_out),
+                line_count(&syslog_out),
+                SINKS
+                    .iter()
+                    .map(|k| {
+                        let l = format!("sink=\"{k}\"");
+                        format!(
+                            "{k} {}/{}",
+                            sample(&text, "nhiwatch_alerts_routed_total", &[&l]).unwrap_or(0.0),
+                            sample(&text, "nhiwatch_alerts_sent_total", &[&l]).unwrap_or(0.0)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                daemon.proc.log_tail()
+            );
+        }
+        sleep(Duration::from_millis(100));
+    };
+    let cpu1 = sys::cpu_ns(daemon.proc.pid())?;
+    let window_s = t0.elapsed().as_secs_f64();
+    let lost1 = lost(&daemon)?;
+    stop.store(true, Ordering::SeqCst);
+    let seen_at = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sink file watcher panicked"))??;
+    daemon.finish(ctx)?;
+    for r in receivers {
+        r.stop()?;
+    }
+
+    let dropped: f64 = SINKS
+        .iter()
+        .map(|k| {
+            sample_sum(
+                &text,
+                "nhiwatch_alerts_dropped_total",
+                &format!("sink=\"{k}\""),
+            )
+        })
+        .sum();
+    if dropped > 0.0 {
+        bail!("{label}: the daemon dropped {dropped} alerts (nhiwatch_alerts_dropped_total)");
+    }
+    let alerts_in_file = check_file_sink(&sink_file, &prefix)?;
+
+    let mut daemon_series = vec![Series {
+        span: "kernel timestamp → finding judged (no delivery)".into(),
+        source: "`nhiwatch_pipeline_latency_seconds{stage=\"finding\"}`".into(),
+        count: sample(
+            &text,
+            "nhiwatch_pipeline_latency_seconds_count",
+            &["stage=\"finding\""],
+        )
+        .unwrap_or(0.0) as u64,
+        q: summary_quantiles(
+            &text,
+            "nhiwatch_pipeline_latency_seconds",
+            "stage=\"finding\"",
+        ),
+        max_ms: None,
+    }];
+    for (sink, what) in [
+        ("file", "file sink: OCSF line written"),
+        ("hec", "webhook (Splunk HEC over HTTPS): 200 received"),
+        ("syslog", "syslog over TLS: frames written to the socket"),
+    ] {
+        let l = format!("sink=\"{sink}\"");
+        daemon_series.push(Series {
+            span: format!("kernel timestamp → {what}"),
+            source: format!("`nhiwatch_alert_latency_seconds{{{l}}}`"),
+            count: sample(&text, "nhiwatch_alert_latency_seconds_count", &[&l]).unwrap_or(0.0)
+                as u64,
+            q: summary_quantiles(&text, "nhiwatch_alert_latency_seconds", &l),
+            max_ms: None,
+        });
+    }
+    let external = vec![
+        external_series(
+            "open() → OCSF line visible in the file sink (inotify)",
+            &opened_at,
+            &seen_at,
+        )?,
+        external_series(
+            "open() → HEC receiver read the POST",
+            &opened_at,
+            &read_times(&hec_out)?,
+        )?,
+        external_series(
+            "open() → syslog receiver read the frame",
+            &opened_at,
+            &read_times(&syslog_out)?,
+        )?,
+    ];
+    let run = Run {
+        label,
+        spec_rate: spec.rate,
+        diagnostic,
+        poll_ms,
+        achieved,
+        daemon: daemon_series,
+        external,
+        daemon_cpu_s: cpu1.saturating_sub(cpu0) as f64 / 1e9,
+        window_s,
+        alerts_in_file,
+        lost: lost1.saturating_sub(lost0),
+    };
+    for s in run.daemon.iter().chain(&run.external) {
+        eprintln!(
+            "bench:   {:<70} {}",
+            s.span,
+            match s.q {
+                Some(q) => format!("p50 {:.2} ms, p99 {:.2} ms", q[0], q[2]),
+                None => "not exported".into(),
+            }
+        );
+    }
+    Ok(run)
+}
+
+/// Follows the file sink with inotify from `cpu` until `stop`: (file index, CLOCK_MONOTONIC ns
+/// when the write that completed its NHI-020 line was seen) per alert line.
+fn watch_sink(
+    path: &Path,
+    prefix: &str,
+    cpu: usize,
+    stop: &AtomicBool,
+    seen: &AtomicUsize,
+) -> Result<Vec<(usize, u64)>> {
+    sys::pin_thread(cpu)?;
+    let ino = sys::Inotify::modify(path)?;
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let woke = ino.wait(50)?;
+        let t = sys::mono_ns();
+        if woke || stopping {
+            f.read_to_end(&mut buf)?;
+            let mut start = 0;
+            while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                if let Some(i) = nhi020_index(&buf[start..start + nl], prefix) {
+                    out.push((i, t));
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                start += nl + 1;
+            }
+            buf.drain(..start);
+        }
+        if stopping {
+            return Ok(out);
+        }
+    }
+}
+
+/// The index N of an NHI-020 alert line about PREFIXNNNNN (5 digits), if it is one.
+fn nhi020_index(line: &[u8], prefix: &str) -> Option<usize> {
+    let s = std::str::from_utf8(line).ok()?;
+    if !s.contains("\"NHI-020\"") {
+        return None;
+    }
+    let at = s.find(prefix)? + prefix.len();
+    let digits = s.get(at..at + 5)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit())
+        || s.as_bytes().get(at + 5).is_some_and(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Every file must have exactly one NHI-020 alert in the file sink. Returns the alert lines.
+fn check_file_sink(path: &Path, prefix: &str) -> Result<usize> {
+    let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut per = vec![0u32; FILES];
+    let mut lines = 0;
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(i) = nhi020_index(line, prefix) {
+            if let Some(n) = per.get_mut(i) {
+                *n += 1;
+                lines += 1;
+            }
+        }
+    }
+    let missing: Vec<usize> = (0..FILES).filter(|&i| per[i] == 0).collect();
+    let repeated: Vec<usize> = (0..FILES).filter(|&i| per[i] > 1).collect();
+    if !missing.is_empty() || !repeated.is_empty() {
+        bail!(
+            "the file sink does not hold exactly one NHI-020 alert per opened file: {} missing \
+             (first {:?}), {} more than once (first {:?})",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            repeated.len(),
+            &repeated[..repeated.len().min(5)]
+        );
+    }
+    Ok(lines)
+}
+
+/// Latency from each open to the first time its alert was seen, in ms.
+fn external_series(span: &str, opened_at: &[u64], seen: &[(usize, u64)]) -> Result<Series> {
+    let mut first = vec![None::<u64>; opened_at.len()];
+    for &(i, t) in seen {
+        if let Some(slot) = first.get_mut(i) {
+            *slot = Some(slot.map_or(t, |x| x.min(t)));
+        }
+    }
+    let ms: Vec<f64> = first
+        .iter()
+        .zip(opened_at)
+        .filter_map(|(seen, &open)| Some(seen.as_ref()?.saturating_sub(open) as f64 / 1e6))
+        .collect();
+    if ms.len() != opened_at.len() {
+        bail!(
+            "{span}: {} of {} opens were never seen",
+            opened_at.len() - ms.len(),
+            opened_at.len()
+        );
+    }
+    Ok(Series {
+        span: span.into(),
+        source: "external".into(),
+        count: ms.len() as u64,
+        q: Some(QUANTILES.map(|(q, _)| stats::quantile(&ms, q))),
+        max_ms: Some(stats::quantile(&ms, 1.0)),
+    })
+}
+
+/// The receivers' "<ns> <index>" lines.
+fn read_times(path: &Path) -> Result<Vec<(usize, u64)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| {
+            let (t, i) = l
+                .split_once(' ')
+                .with_context(|| format!("{}: bad line {l:?}", path.display()))?;
+            Ok((i.parse()?, t.parse()?))
+        })
+        .collect()
+}
+
+fn line_count(path: &Path) -> usize {
+    fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+}
+
+/// alertload's output: the CLOCK_MONOTONIC ns before each open, and the rate it achieved.
+fn parse_alertload(out: &str) -> Result<(Vec<u64>, f64)> {
+    let mut at = vec![0u64; FILES];
+    let mut got = 0;
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["done", opens, failed, _secs, rate] => {
+                if opens.parse::<usize>()? != FILES || failed.parse::<u64>()? != 0 {
+                    bail!("alertload: {line}");
+                }
+                if got != FILES {
+                    bail!("alertload printed {got} open times, not {FILES}");
+                }
+                return Ok((at, rate.parse()?));
+            }
+            [i, t] => {
+                let i: usize = i.parse()?;
+                *at.get_mut(i).context("alertload: index out of range")? = t.parse()?;
+                got += 1;
+            }
+            _ => bail!("alertload printed {line:?}"),
+        }
+    }
+    bail!("alertload did not finish: {out:.200}")
+}
+
+fn lost(daemon: &super::Daemon) -> Result<u64> {
+    let (_, text) = sys::http_get(daemon.addr, "/metrics")?;
+    Ok(sample_sum(&text, "nhiwatch_kernel_events_lost_total", "") as u64)
+}
+
+/// The value of the sample of `name` (exactly; `{` follows) whose labels contain every one of
+/// `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (ls, value) = rest.split_once('}')?;
+        if !labels.iter().all(|want| ls.contains(want)) {
+            return None;
+        }
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Sum of the samples of `name` whose labels contain `label`.
+fn sample_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (ls, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            if !ls.contains(label) {
+                return None;
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// p50, p90, p99, p99.9 of a summary in ms.
+fn summary_quantiles(text: &str, name: &str, label: &str) -> Option<[f64; 4]> {
+    let mut out = [0.0; 4];
+    for (slot, (q, _)) in out.iter_mut().zip(QUANTILES) {
+        let ql = format!("quantile=\"{q}\"");
+        *slot = sample(text, name, &[label, &ql])? * 1e3;
+    }
+    Some(out)
+}
+
+/// `yaml` without its top-level block `key` (the `key:` line and the indented or blank lines
+/// after it), with `block` appended at the end.
+fn set_top(yaml: &str, key: &str, block: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        let top = line.starts_with(|c: char| !c.is_whitespace());
+        if top {
+            skipping = line.strip_prefix(key).is_some_and(|r| r.starts_with(':'));
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(block);
+    out
+}
+
+/// `yaml` with the value of the (only) line `KEY: …` at any depth replaced.
+fn set_nested(yaml: &str, key: &str, value: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut done = false;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        match line.trim_start().strip_prefix(key) {
+            Some(r) if r.starts_with(':') && !done => {
+                let _ = writeln!(out, "{}{key}: {value}", " ".repeat(indent));
+                done = true;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if !done {
+        bail!("no `{key}:` in the configuration");
+    }
+    Ok(out)
+}
+
+/// The number after the first `KEY:` in `yaml`.
+fn yaml_number(yaml: &str, key: &str) -> Option<u64> {
+    yaml.lines().find_map(|l| {
+        let r = l.trim_start().strip_prefix(key)?.strip_prefix(':')?;
+        r.split('#').next()?.trim().parse().ok()
+    })
+}
+
+/// A CA and a server certificate it signed, for 127.0.0.1 and localhost (P-256, 1 day).
+fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    let ext = p("server.ext");
+    fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    sys::output(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "1", "-subj", "/CN=nhiwatch-bench-ca", "-keyout"])
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    )?;
+    sys::output(
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(p("key.pem"))
+            .arg("-out")
+            .arg(p("server.csr")),
+    )?;
+    sys::output(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(p("cert.pem")),
+    )?;
+    Ok((p("ca.pem"), p("cert.pem"), p("key.pem")))
+}
+
+fn ms(x: f64) -> String {
+    if x < 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "Workload: `bench/alertload.c` opens, reads one byte of and closes {} distinct files in \
+         a watched directory, one at a time, at a steady paced rate (absolute `CLOCK_MONOTONIC` \
+         deadlines), pinned to CPU {}; it is one process, so one identity, and stamps the clock \
+         just before each open(). It first opens a warm-up file and waits 500 ms, so the daemon \
+         has learned the process before the measured opens. The daemon runs pinned to CPU \
+         {DAEMON_CPU} (all its threads) with the bundled configuration except: only that \
+         directory watched, `rules: []` (every identity is ungoverned, so each open is a fresh \
+         NHI-020 finding — one per file and executable — and nothing is deduplicated), \
+         `alerts.rate_limit.max: 0` (off), `alerts.stdout: false`, a fresh state directory, and \
+         three sinks: `file` (OCSF, one JSON line per alert, no rotation), `hec` (webhook, \
+         `body: hec`, `token_file`, HTTPS to a loopback receiver with a CA generated by the \
+         openssl CLI), `syslog` (RFC 5425 over TLS to a loopback receiver). Both receivers are \
+         one python3 script (`ssl` module; xtask has no TLS or HTTP server crates), pinned to CPU \
+         {}: the HEC side answers each POST at once with one write (HTTP/1.1 keep-alive, Nagle \
+         off) and only then logs; the syslog side only reads. Sink tuning is the default \
+         (`batch_max` 100, no batching delay). Each run starts a fresh daemon and fresh \
+         receivers, so the daemon's quantiles cover that run only.\n",
+        stats::count(FILES as f64),
+        s.load_cpu,
+        s.load_cpu
+    );
+    let _ = writeln!(
+        body,
+        "Daemon figures are the quantiles the daemon exports on `/metrics` (HdrHistogram, 3 \
+         significant digits, read once everything was delivered), measured from the event's \
+         kernel timestamp (converted to wall-clock time) to the finding being judged, and to the \
+         moment the sink's transport returned (file: `write` done; webhook: the receiver's 200 \
+         read; syslog: the frames written to the TLS socket). *Delivery adds* is the sink's \
+         quantile minus the finding stage's quantile (a difference of quantiles, not a quantile \
+         of differences). The **external** rows are measured outside the daemon and \
+         independently of its histograms: from the workload's clock reading just before open() \
+         to the moment a watcher thread in the harness (inotify `IN_MODIFY` on the sink file, \
+         pinned to CPU {}, no polling) saw the alert's line, or the receiver read the request or \
+         frame (`time.monotonic_ns`, the same clock). They therefore also include the syscall \
+         up to the kernel's timestamp, and the watcher's or receiver's own wake-up.\n",
+        s.load_cpu
+    );
+    let mut headline: Vec<(String, f64)> = Vec::new();
+    let mut finding_missing = false;
+    for r in runs {
+        let _ = writeln!(
+            body,
+            "### {}{}\n",
+            r.label,
+            if r.diagnostic {
+                " — not part of the verdict"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            body,
+            "Achieved {:.0} opens/s; {} NHI-020 alerts in the file sink, exactly one per file; \
+             0 alerts dropped (`nhiwatch_alerts_dropped_total`); {} kernel events lost. Daemon \
+             CPU {:.2} s over the {:.1} s from the first open to the last delivery.\n",
+            r.achieved,
+            stats::count(r.alerts_in_file as f64),
+            r.lost,
+            r.daemon_cpu_s,
+            r.window_s
+        );
+        let _ = writeln!(
+            body,
+            "| Span | Source | Count | p50 (ms) | p90 (ms) | p99 (ms) | p99.9 (ms) | Delivery \
+             adds, p50 / p99 (ms) |"
+        );
+        let _ = writeln!(body, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let finding = r.daemon_q(0);
+        for (i, series) in r.daemon.iter().enumerate() {
+            let adds = match (i, series.q, finding) {
+                (0, _, _) => "—".to_owned(),
+                (_, Some(q), Some(f)) => format!("+{} / +{}", ms(q[0] - f[0]), ms(q[2] - f[2])),
+                _ => "—".to_owned(),
+            };
+            row(&mut body, series, &adds);
+        }
+        for series in &r.external {
+            let adds = format!("max {}", ms(series.max_ms.unwrap_or(f64::NAN)));
+            row(&mut body, series, &adds);
+        }
+        body.push('\n');
+        if finding.is_none() {
+            finding_missing = true;
+        }
+        if !r.diagnostic {
+            for (i, name) in [(1, "file"), (2, "webhook")] {
+                if let Some(q) = r.daemon_q(i) {
+                    headline.push((format!("{name} at {}/s", stats::count(r.spec_rate)), q[2]));
+                }
+            }
+        }
+    }
+    if finding_missing {
+        let _ = writeln!(
+            body,
+            "`nhiwatch_pipeline_latency_seconds{{stage=\"finding\"}}` is not exported by this \
+             build of the daemon, so the finding-stage baseline is missing.\n"
+        );
+    }
+    body.push_str(&analysis(s, runs));
+
+    let main: Vec<&Run> = runs.iter().filter(|r| !r.diagnostic).collect();
+    let worst = |i: usize| -> Option<(f64, f64)> {
+        let ps: Vec<f64> = main
+            .iter()
+            .map(|r| r.daemon_q(i).map(|q| q[2]))
+            .collect::<Option<_>>()?;
+        Some((
+            ps.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ps.iter().copied().fold(f64::INFINITY, f64::min),
+        ))
+    };
+    let (measured, verdict) = match (worst(1), worst(2)) {
+        (Some(file), Some(hec)) => {
+            let finding = worst(0)
+                .map(|(hi, _)| format!("; kernel → finding alone p99 up to {} ms", ms(hi)))
+                .unwrap_or_default();
+            let measured = format!(
+                "p99 file sink {}–{} ms, webhook (HEC/HTTPS) {}–{} ms over {} (daemon's \
+                 histograms){finding}",
+                ms(file.1),
+                ms(file.0),
+                ms(hec.1),
+                ms(hec.0),
+                main.iter()
+                    .map(|r| format!("{}/s", stats::count(r.spec_rate)))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            let over: Vec<String> = headline
+                .iter()
+                .filter(|(_, p99)| *p99 > TARGET_MS)
+                .map(|(what, p99)| format!("{what}: {} ms", ms(*p99)))
+                .collect();
+            let verdict = if over.is_empty() {
+                format!("**met** (every p99 ≤ {TARGET_MS} ms)")
+            } else {
+                format!("**missed** ({})", over.join("; "))
+            };
+            (measured, verdict)
+        }
+        _ => (
+            "the daemon does not export `nhiwatch_alert_latency_seconds`".to_owned(),
+            "not measured".to_owned(),
+        ),
+    };
+    let _ = writeln!(
+        body,
+        "\n**Target:** alert latency p99 ≤ {TARGET_MS} ms from the kernel timestamp to the sink \
+         write, on loopback (no network delay). {measured}. Verdict: {verdict}."
+    );
+    Ok(Section {
+        title: String::new(),
+        body,
+        summary: vec![SummaryRow {
+            target: format!(
+                "5. Alert latency p99 ≤ {TARGET_MS} ms (kernel → sink write, loopback)"
+            ),
+            measured,
+            verdict,
+        }],
+    })
+}
+
+fn row(body: &mut String, s: &Series, last: &str) {
+    let q = match s.q {
+        Some(q) => q.map(ms),
+        None => ["—".into(), "—".into(), "—".into(), "—".into()],
+    };
+    let _ = writeln!(
+        body,
+        "| {} | {} | {} | {} | {} | {} | {} | {last} |",
+        s.span,
+        s.source,
+        stats::count(s.count as f64),
+        q[0],
+        q[1],
+        q[2],
+        q[3]
+    );
+}
+
+/// Where the time goes, from the runs' own numbers.
+fn analysis(s: &Setup, runs: &[Run]) -> String {
+    let mut t = String::new();
+    let bundled = runs.iter().find(|r| !r.diagnostic && r.spec_rate == 1000.0);
+    let fast = runs.iter().find(|r| r.diagnostic);
+    let _ = writeln!(
+        t,
+        "**Where the time goes.** At these rates the ring buffer never holds `wakeup_bytes` \
+         (256 KiB in the bundled configuration), so the kernel never wakes the reader: every \
+         event waits in the ring for the reader's next poll tick, `sensors.poll_interval_ms` \
+         ({} ms bundled) — on average half of it, at worst all of it plus the timer's slack. \
+         That wait is inside the finding stage.",
+        s.bundled_poll_ms
+    );
+    if let (Some(b), Some(f)) = (bundled, fast) {
+        if let (Some(bq), Some(fq)) = (b.daemon_q(0), f.daemon_q(0)) {
+            let _ = writeln!(
+                t,
+                " With `poll_interval_ms: {}` (diagnostic run, same rate) the finding stage's \
+                 p50/p99 go from {} / {} ms to {} / {} ms.",
+                f.poll_ms,
+                ms(bq[0]),
+                ms(bq[2]),
+                ms(fq[0]),
+                ms(fq[2])
+            );
+        }
+        if let (Some(bq), Some(fq)) = (b.daemon_q(1), f.daemon_q(1)) {
+            let _ = writeln!(
+                t,
+                " The file sink's p50/p99 go from {} / {} ms to {} / {} ms.",
+                ms(bq[0]),
+                ms(bq[2]),
+                ms(fq[0]),
+                ms(fq[2])
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        " What follows the finding — the router appends the alert to each sink's spool file and \
+         notifies the sink's worker, the worker wakes on the daemon's CPU, reads the batch back \
+         from the spool, hands it to the transport and records the latency when the transport \
+         returns — is the *delivery adds* column.\n"
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_file_index_of_nhi020_lines_only() {
+        let p = "/tmp/x/secrets/f";
+        let line = br#"{"finding_info":{"analytic":{"uid":"NHI-020"}},"evidence":{"file":{"path":"/tmp/x/secrets/f01234"}}}"#;
+        assert_eq!(nhi020_index(line, p), Some(1234));
+        let other = br#"{"uid":"NHI-001","path":"/tmp/x/secrets/f01234"}"#;
+        assert_eq!(nhi020_index(other, p), None);
+        let warm = br#"{"uid":"NHI-020","path":"/tmp/x/secrets/warmup"}"#;
+        assert_eq!(nhi020_index(warm, p), None);
+        let long = br#"{"uid":"NHI-020","path":"/tmp/x/secrets/f012345"}"#;
+        assert_eq!(nhi020_index(long, p), None);
+    }
+
+    #[test]
+    fn reads_summary_quantiles() {
+        let text = "# TYPE nhiwatch_alert_latency_seconds summary\n\
+            nhiwatch_alert_latency_seconds{sink=\"file\",quantile=\"0.5\"} 0.002\n\
+            nhiwatch_alert_latency_seconds{sink=\"file\",quantile=\"0.9\"} 0.003\n\
+            nhiwatch_alert_latency_seconds{sink=\"file\",quantile=\"0.99\"} 0.004\n\
+            nhiwatch_alert_latency_seconds{sink=\"file\",quantile=\"0.999\"} 0.005\n\
+            nhiwatch_alert_latency_seconds_sum{sink=\"file\"} 6.0\n\
+            nhiwatch_alert_latency_seconds_count{sink=\"file\"} 2001\n\
+            nhiwatch_alerts_dropped_total{sink=\"hec\",reason=\"spool_full\"} 1\n\
+            nhiwatch_alerts_dropped_total{sink=\"hec\",reason=\"rejected\"} 2\n";
+        let q = summary_quantiles(text, "nhiwatch_alert_latency_seconds", "sink=\"file\"").unwrap();
+        assert_eq!(q, [2.0, 3.0, 4.0, 5.0]);
+        assert!(
+            summary_quantiles(text, "nhiwatch_alert_latency_seconds", "sink=\"hec\"").is_none()
+        );
+        assert_eq!(
+            sample(
+                text,
+                "nhiwatch_alert_latency_seconds_count",
+                &["sink=\"file\""]
+            ),
+            Some(2001.0)
+        );
+        assert_eq!(
+            sample_sum(text, "nhiwatch_alerts_dropped_total", "sink=\"hec\""),
+            3.0
+        );
+    }
+
+    #[test]
+    fn rewrites_the_bundled_configuration() {
+        let base = include_str!("../../../config/nhiwatch.yaml");
+        let y = set_top(base, "rules", "rules: []\n");
+        let y = set_top(&y, "alerts", "alerts:\n  stdout: false\n");
+        let y = set_top(&y, "state_dir", "state_dir: /tmp/s\n");
+        let y = set_nested(&y, "poll_interval_ms", "1").unwrap();
+        assert_eq!(y.matches("\nrules:").count(), 1, "{y}");
+        assert!(y.contains("\nrules: []\n"), "{y}");
+        assert!(!y.contains("/etc/nhiwatch/rules"), "{y}");
+        assert!(!y.contains("findings.jsonl"), "{y}");
+        assert!(y.contains("\nalerts:\n  stdout: false\n"), "{y}");
+        assert!(!y.contains("/var/lib/nhiwatch"), "{y}");
+        assert!(y.contains("  poll_interval_ms: 1\n"), "{y}");
+        // the blocks after the replaced ones survive
+        assert!(y.contains("\ndetectors:\n"), "{y}");
+        assert!(y.contains("  persist_interval: 30s"), "{y}");
+        assert_eq!(yaml_number(base, "poll_interval_ms"), Some(5));
+        assert!(set_nested("a: 1\n", "poll_interval_ms", "1").is_err());
+    }
+
+    #[test]
+    fn parses_the_workload_output() {
+        let mut out = String::new();
+        for i in 0..FILES {
+            let _ = writeln!(out, "{i} {}", 1000 + i);
+        }
+        let (at, rate) = parse_alertload(&format!("{out}done {FILES} 0 2.0 1000.0\n")).unwrap();
+        assert_eq!(at[5], 1005);
+        assert_eq!(rate, 1000.0);
+        assert!(parse_alertload(&format!("{out}done {FILES} 3 2.0 1000.0\n")).is_err());
+        assert!(parse_alertload("0 5\ndone 1 0 1 1\n").is_err());
+    }
+
+    #[test]
+    fn external_latency_takes_the_first_sighting() {
+        let opened = vec![1_000_000u64, 2_000_000];
+        let s = external_series(
+            "x",
+            &opened,
+            &[(1, 5_000_000), (0, 3_000_000), (1, 9_000_000)],
+        )
+        .unwrap();
+        assert_eq!(s.q.unwrap()[0], 2.0);
+        assert_eq!(s.max_ms, Some(3.0));
+        assert!(external_series("x", &opened, &[(0, 3_000_000)]).is_err());
+    }
+}
