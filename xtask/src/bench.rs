@@ -115,7 +115,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
 
     let mut ctx = Ctx {
         root: root.to_path_buf(),
-        nhiwatch: root.join("target/release/nhiwatch"),
+        nhiwatch: cargo_target_dir(root).join("release/nhiwatch"),
         openloop,
         openload,
         tmp: TempDir::new()?,
@@ -212,6 +212,14 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         bail!("benchmarks failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace),
+/// else `target/` in the workspace.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
 /// Compiles bench/NAME.c into target/bench/NAME, with `extra` (libraries) after the source.

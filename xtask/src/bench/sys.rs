@@ -38,6 +38,7 @@ struct PollFd {
     revents: i16,
 }
 
+const CLOCK_REALTIME: i32 = 0;
 const CLOCK_MONOTONIC: i32 = 1;
 const IN_NONBLOCK: i32 = 0o4000;
 const IN_CLOEXEC: i32 = 0o2000000;
@@ -468,16 +469,25 @@ pub fn foreign_processes(names: &[&str], ours: &[u32]) -> Vec<String> {
     found
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock C workloads and Python receivers
-/// (`time.monotonic_ns`) stamp with, so their times and ours compare directly.
-pub fn mono_ns() -> u64 {
+fn clock_ns(clock: i32) -> u64 {
     let mut ts = Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into memory we own.
-    unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
+    unsafe { clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock C workloads and Python receivers
+/// (`time.monotonic_ns`) stamp with, so their times and ours compare directly.
+pub fn mono_ns() -> u64 {
+    clock_ns(CLOCK_MONOTONIC)
+}
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch: the clock the daemon's finding times use.
+pub fn real_ns() -> u64 {
+    clock_ns(CLOCK_REALTIME)
 }
 
 /// Pins the calling thread (not the whole process) to one CPU.
@@ -498,29 +508,31 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// An inotify instance watching one file for writes (IN_MODIFY), closed on drop.
+/// An inotify instance watching files for writes (IN_MODIFY), closed on drop.
 pub struct Inotify(i32);
 
 impl Inotify {
-    pub fn modify(path: &Path) -> Result<Inotify> {
+    pub fn new() -> Result<Inotify> {
+        // SAFETY: a plain syscall; the descriptor is owned by the value returned.
+        let fd = unsafe { inotify_init1(IN_NONBLOCK | IN_CLOEXEC) };
+        if fd < 0 {
+            bail!("inotify_init1: {}", std::io::Error::last_os_error());
+        }
+        Ok(Inotify(fd))
+    }
+
+    pub fn watch_writes(&self, path: &Path) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: plain syscalls on a descriptor we own and a NUL-terminated path.
-        unsafe {
-            let fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-            if fd < 0 {
-                bail!("inotify_init1: {}", std::io::Error::last_os_error());
-            }
-            let me = Inotify(fd);
-            if inotify_add_watch(fd, c.as_ptr(), IN_MODIFY) < 0 {
-                bail!(
-                    "inotify_add_watch {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            Ok(me)
+        // SAFETY: our descriptor and a NUL-terminated path.
+        if unsafe { inotify_add_watch(self.0, c.as_ptr(), IN_MODIFY) } < 0 {
+            bail!(
+                "inotify_add_watch {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
+        Ok(())
     }
 
     /// Waits up to `timeout_ms` for writes; true if there were any (the events are consumed).
