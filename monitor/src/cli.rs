@@ -118,6 +118,15 @@ pub struct ReplayArgs {
     /// keep nothing). Then `nhiwatch inventory --state-dir` shows what the replay saw.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Findings as nhiwatch prints them (native) or as the OCSF Detection Findings sinks send.
+    #[arg(long, value_enum, default_value = "native")]
+    pub format: ReplayFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplayFormat {
+    Native,
+    Ocsf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,7 +314,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let stats = crate::detect::replay::replay(&mut engine, &args.files, &mut out)?;
+    let format = match args.format {
+        ReplayFormat::Native => crate::alerts::Format::Native,
+        ReplayFormat::Ocsf => crate::alerts::Format::Ocsf,
+    };
+    let stats = crate::detect::replay::replay(&mut engine, &args.files, format, &mut out)?;
     drop(out);
     if let Some(store) = store.as_mut() {
         engine.persist(|ids, creds| store.save(ids, creds, &[], &[]))?;
@@ -367,7 +380,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_config(&cfg.metrics));
     // Rules first: invalid contracts stop the start before any probe is loaded.
     let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(rules_error)?;
     // Installed before anything else so SIGHUP never takes the default action (terminate).
@@ -415,10 +428,7 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         cfg.sensors.process_table_capacity,
         cfg.sensors.exited_linger_ms.saturating_mul(1_000_000),
     );
-    let seeded = procs.scan_proc(
-        std::path::Path::new("/proc"),
-        std::path::Path::new(crate::CGROUP_V2_ROOT),
-    );
+    let seeded = procs.scan_proc(std::path::Path::new("/proc"), &crate::cgroup_v2_root());
 
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     let upkeep = Upkeep::new(sensors, metrics.clone(), PathBuf::from("/proc"));
@@ -554,7 +564,9 @@ fn start_identity(cfg: &Config, metrics: &Metrics) -> anyhow::Result<IdentityRes
     };
     let id = &cfg.identity;
     let node = crate::identity::node_name(id.node_name.as_deref());
-    let cgroups = CgroupResolver::new(std::path::Path::new(crate::CGROUP_V2_ROOT), 16384);
+    let root = crate::cgroup_v2_root();
+    tracing::debug!(root = %root.display(), "cgroup v2 hierarchy");
+    let cgroups = CgroupResolver::new(&root, 16384);
     let k = &id.kubernetes;
     let (pods, refresh) = if k.source == PodSourceKind::None {
         (None, None)

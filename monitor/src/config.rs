@@ -194,6 +194,8 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
+    /// Distinct (identity, data source) series of `nhiwatch_api_calls_by_identity_total`; 0 disables it.
+    pub identity_series: usize,
 }
 
 impl Default for SensorConfig {
@@ -224,6 +226,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            identity_series: 500,
         }
     }
 }

@@ -296,6 +296,15 @@ impl Pipeline {
             activity,
         };
         stage.observe(&o);
+        if let Activity::ApiCall(call) = &o.activity {
+            let ds = call
+                .host
+                .as_deref()
+                .and_then(|h| stage.engine().data_source_of_call(h, &call.path));
+            self.metrics
+                .calls_by_identity
+                .inc(&identity.id, ds.unwrap_or("none"));
+        }
         self.print_findings();
     }
 
@@ -927,6 +936,13 @@ impl RecordHandler for Pipeline {
         self.metrics.flows.set(self.flows.len() as i64);
         self.metrics.identities.set(self.inventory.len() as i64);
         self.metrics.held_events.set(self.held.len() as i64);
+        if self.metrics.identities_by_attribution_due() {
+            let mut waiting: Vec<u64> = self.held.iter().map(|h| h.cgroup_id).collect();
+            waiting.sort_unstable();
+            waiting.dedup();
+            self.metrics
+                .set_identities_by_attribution(self.inventory.len(), waiting.len());
+        }
     }
 
     fn tick(&mut self) {

@@ -94,6 +94,10 @@ fn load_corpus() -> Vec<Scenario> {
 
 /// Runs `nhiwatch replay` in a fresh directory (so no state of an earlier run is found).
 fn replay(s: &Scenario, run: &str) -> Result<(String, String), String> {
+    replay_with(s, run, &[])
+}
+
+fn replay_with(s: &Scenario, run: &str, extra: &[&str]) -> Result<(String, String), String> {
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("scenarios")
         .join(&s.name)
@@ -114,7 +118,7 @@ fn replay(s: &Scenario, run: &str) -> Result<(String, String), String> {
     if config.is_file() {
         cmd.arg("--config").arg(&config);
     }
-    cmd.arg(s.dir.join("observations.jsonl"));
+    cmd.args(extra).arg(s.dir.join("observations.jsonl"));
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run nhiwatch: {e}"))?;
@@ -455,4 +459,50 @@ findings:
     assert!(judge(&wrong_evidence, &stdout).contains("expected, not reported"));
     let orphan = line("NHI-012", "summary", 2, "zz", "{}");
     assert!(judge(&none, &orphan).contains("summary without an opened finding"));
+}
+
+/// The OCSF shape the SIEM sinks send carries exactly the native findings: same order, rule,
+/// dedup key, phase, severity and count, as Detection Findings (class 2004).
+#[test]
+fn ocsf_replay_is_the_native_replay_as_detection_findings() {
+    let mut compared = 0;
+    for s in load_corpus() {
+        let (native, _) = replay(&s, "native").unwrap();
+        let (ocsf, _) = replay_with(&s, "ocsf", &["--format", "ocsf"]).unwrap();
+        let native: Vec<Value> = native
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ocsf: Vec<Value> = ocsf
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(native.len(), ocsf.len(), "{}", s.name);
+        for (n, o) in native.iter().zip(&ocsf) {
+            let ctx = format!("{}: {n}\n{o}", s.name);
+            assert_eq!(o["class_uid"], 2004, "{ctx}");
+            assert_eq!(
+                o["finding_info"]["analytic"]["uid"], n["rule"]["id"],
+                "{ctx}"
+            );
+            assert_eq!(o["finding_info"]["uid"], n["dedup_key"], "{ctx}");
+            assert_eq!(o["count"], n["count"], "{ctx}");
+            assert_eq!(o["actor"]["user"]["uid"], n["identity"]["id"], "{ctx}");
+            let (activity, type_uid) = if n["phase"] == "opened" {
+                (1, 200401)
+            } else {
+                (2, 200402)
+            };
+            assert_eq!(o["activity_id"], activity, "{ctx}");
+            assert_eq!(o["type_uid"], type_uid, "{ctx}");
+            let sev = ["info", "low", "medium", "high", "critical"]
+                .iter()
+                .position(|x| n["severity"] == *x)
+                .unwrap() as u64
+                + 1;
+            assert_eq!(o["severity_id"], sev, "{ctx}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 50, "only {compared} findings compared");
 }

@@ -505,3 +505,289 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A client certificate for `name` (SAN `DNS:name`, clientAuth) signed by the CA that
+/// `make_cert(dir)` left in `dir`: `(cert, key)`.
+pub fn make_client_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj"])
+            .arg(format!("/CN={name}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-set_serial", "3"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(dir.join("ca.pem"))
+            .arg("-CAkey")
+            .arg(dir.join("ca.key"))
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (cert, key)
+}
+
+/// rsyslogd in the foreground with its own work directory and no local log socket: an RFC 5425
+/// TLS input (client certificate required: `x509/name`, peer `nhiwatch-client`) and a plain TCP
+/// input on loopback, both octet-counting aware. Everything received over the network is written
+/// to `received.jsonl` (one JSON object per message: pri, severity, facility, hostname, app_name,
+/// procid, msgid, structured_data, msg) and `received.log` (RFC 5424 as rsyslog re-emits it).
+pub struct Rsyslog {
+    child: Child,
+    pub dir: TempDir,
+    pub tls_port: u16,
+    pub tcp_port: u16,
+    /// The CA the server certificate chains to (clients trust it) and that signs accepted clients.
+    pub ca: PathBuf,
+    /// A client certificate rsyslog accepts, and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// The name rsyslog's TLS input permits (SAN of `Rsyslog::client_cert`).
+pub const RSYSLOG_PEER: &str = "nhiwatch-client";
+
+impl Rsyslog {
+    pub fn start() -> Rsyslog {
+        let dir = TempDir::new("nhiwatch-e2e-rsyslog");
+        let d = dir.path();
+        let (ca, cert, key) = make_cert(d);
+        let (client_cert, client_key) = make_client_cert(d, RSYSLOG_PEER);
+        let work = d.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let (tls_port, tcp_port) = (free_port(), free_port());
+        let conf = format!(
+            r#"global(workDirectory="{work}" maxMessageSize="64k"
+       defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{cert}"
+       defaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp")
+template(name="nhiwatch_json" type="list" option.jsonf="on") {{
+  property(outname="pri" name="pri" format="jsonf")
+  property(outname="severity" name="syslogseverity" format="jsonf")
+  property(outname="facility" name="syslogfacility" format="jsonf")
+  property(outname="timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="hostname" name="hostname" format="jsonf")
+  property(outname="app_name" name="app-name" format="jsonf")
+  property(outname="procid" name="procid" format="jsonf")
+  property(outname="msgid" name="msgid" format="jsonf")
+  property(outname="structured_data" name="structured-data" format="jsonf")
+  property(outname="msg" name="msg" format="jsonf")
+}}
+ruleset(name="net") {{
+  action(type="omfile" file="{d}/received.jsonl" template="nhiwatch_json")
+  action(type="omfile" file="{d}/received.log" template="RSYSLOG_SyslogProtocol23Format")
+}}
+input(type="imtcp" address="127.0.0.1" port="{tls_port}" ruleset="net"
+      streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/name"
+      permittedPeer=["{RSYSLOG_PEER}"])
+input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="net" streamDriver.name="ptcp")
+*.* action(type="omfile" file="{d}/internal.log")
+"#,
+            work = work.display(),
+            ca = ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+            d = d.display(),
+        );
+        let conf_path = d.join("rsyslog.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        run_ok(
+            Command::new("/usr/sbin/rsyslogd")
+                .arg("-N1")
+                .arg("-f")
+                .arg(&conf_path),
+        );
+        let child = Command::new("/usr/sbin/rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(d.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "starting /usr/sbin/rsyslogd (cargo xtask deps installs rsyslog, rsyslog-gnutls)",
+            );
+        let mut r = Rsyslog {
+            child,
+            dir,
+            tls_port,
+            tcp_port,
+            ca,
+            client_cert,
+            client_key,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Listening sockets show up in /proc without connecting (a probe connection would be a
+        // session, and a failed TLS handshake, in rsyslog's own log).
+        while !(listening(tls_port) && listening(tcp_port)) {
+            if let Ok(Some(s)) = r.child.try_wait() {
+                panic!("rsyslogd exited ({s}):\n{}", r.internal_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not listen on {tls_port}/{tcp_port}:\n{}",
+                r.internal_log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// What rsyslog logged about itself (start, TLS errors …).
+    pub fn internal_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("internal.log")).unwrap_or_default()
+    }
+
+    /// Every message received over the network so far, as rsyslog parsed it.
+    pub fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("received.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("rsyslog line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Both output files, raw: what leak checks grep.
+    pub fn received_raw(&self) -> Vec<u8> {
+        let mut out = std::fs::read(self.dir.path().join("received.jsonl")).unwrap_or_default();
+        out.extend(std::fs::read(self.dir.path().join("received.log")).unwrap_or_default());
+        out
+    }
+
+    /// Waits until at least `n` messages arrived, then a little longer so that extra (split or
+    /// duplicated) messages would show too; returns all of them.
+    pub fn wait_received(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        while self.received().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "rsyslog received {} of {n} messages within {timeout:?}; its log:\n{}",
+                self.received().len(),
+                self.internal_log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(500));
+        self.received()
+    }
+}
+
+/// Whether something listens on 127.0.0.1:`port` (TCP, IPv4), read from /proc/net/tcp.
+fn listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts `wrapper… nhiwatch run --events --config … --metrics-addr …` (the wrapper being
+    /// e.g. `setpriv --bounding-set=… --`), like `start_with_args`; `Err(stderr)` if the daemon
+    /// exits or is not ready within 60 s, so tests can assert that a start fails.
+    pub fn try_start_wrapped(
+        wrapper: &[String],
+        config_yaml: &str,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        let dir = TempDir::new("nhiwatch-e2e-daemon");
+        let cfg = dir.path().join("nhiwatch.yaml");
+        let state_dir = dir.path().join("state");
+        let yaml = format!("state_dir: {}\n{config_yaml}", state_dir.display());
+        std::fs::write(&cfg, yaml).unwrap();
+        let metrics_port = free_port();
+        let (program, pre) = wrapper.split_first().expect("a wrapper command");
+        let mut child = Command::new(program)
+            .args(pre)
+            .arg(nhiwatch_bin())
+            .args(["run", "--events", "--config"])
+            .arg(&cfg)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(extra)
+            .env("NHIWATCH_LOG", "info,nhiwatch=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout_raw = Arc::new(Mutex::new(String::new()));
+        let stderr_raw = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let (ev, raw) = (events.clone(), stdout_raw.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                ev.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let raw = stderr_raw.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                raw.lock().unwrap().push_str(&line);
+                raw.lock().unwrap().push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child,
+            events,
+            stdout_raw,
+            stderr_raw,
+            metrics_port,
+            state_dir,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                thread::sleep(Duration::from_millis(200)); // let the stderr reader finish
+                return Err(format!("exited during start ({status}):\n{}", d.stderr()));
+            }
+            if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after 60 s:\n{}", d.stderr()));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

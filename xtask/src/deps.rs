@@ -38,6 +38,9 @@ const TEST: &[(&str, &str)] = &[
         "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
     ),
     ("prometheus", "/usr/bin/prometheus"),
+    // Deployment checks: the unit file's verifier, and a venv for kubernetes-validate (PyPI).
+    ("systemd", "/usr/bin/systemd-analyze"),
+    ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
 
 fn present(proof: &str) -> bool {

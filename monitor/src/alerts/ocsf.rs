@@ -92,14 +92,18 @@ pub fn detection_finding(f: &Finding) -> Value {
         resources.push(json!({"type": "Pod", "name": pod, "namespace": ns, "uid": id.pod_uid}));
     }
     for d in ev.data_source.iter().chain(ev.data_sources.iter()) {
-        if !resources
+        if resources
             .iter()
             .any(|r| r["name"] == d.as_str() && r["type"] == "DataSource")
         {
-            resources.push(
-                json!({"type": "DataSource", "name": d, "data_classification": ev.classification}),
-            );
+            continue;
         }
+        let mut r = json!({"type": "DataSource", "name": d});
+        // The evidence's classification belongs to its single `data_source`, not to the others.
+        if let (Some(c), true) = (&ev.classification, ev.data_source.as_ref() == Some(d)) {
+            r["data_classification"] = json!(c);
+        }
+        resources.push(r);
     }
 
     let mut out = json!({

@@ -447,3 +447,81 @@ mod tests {
         assert!((0..100).all(|i| off.allow(&finding("a", Rule::UndeclaredDestination, i))));
     }
 }
+
+#[cfg(test)]
+mod spool_full_tests {
+    use super::*;
+    use crate::alerts::sinks::{file::FileConfig, webhook, SinkConfig, SinkKind};
+
+    fn sink(name: &str, kind: SinkKind) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            kind,
+            spool_max_bytes: 64 << 10,
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(100),
+            timeout: Duration::from_millis(200),
+            ..SinkConfig::local_file()
+        }
+    }
+
+    /// A receiver that never answers fills its spool: its alerts are dropped and counted, one
+    /// NHI-091 per episode reaches the other sinks, and nothing else is held up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_drops_counts_and_raises_nhi_091_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AlertsConfig {
+            stdout: false,
+            rate_limit: RateLimitConfig {
+                window: Duration::from_secs(60),
+                max: 0,
+            },
+            spool_dir: "spool".into(),
+            drain_timeout: Duration::from_millis(500),
+            sinks: vec![
+                sink("local", SinkKind::File(FileConfig::default())),
+                sink(
+                    "down",
+                    SinkKind::Webhook(webhook::WebhookConfig {
+                        url: "http://127.0.0.1:1/hook".into(),
+                        body: webhook::Body::Json,
+                        token_file: None,
+                        tls: None,
+                        index: None,
+                        sourcetype: None,
+                    }),
+                ),
+            ],
+        };
+        let metrics = Arc::new(Metrics::new());
+        let me = Arc::new(daemon_identity("test", "n1"));
+        let mut a = Alerts::start(&cfg, dir.path(), "n1", me, metrics.clone()).unwrap();
+        let mut findings: Vec<Finding> = (0..400)
+            .map(|i| {
+                let mut f = spool_full(&Arc::new(daemon_identity("t", "x")), "s", 1, i);
+                f.rule = RuleRef {
+                    id: Rule::UndeclaredDestination.id().into(),
+                    name: Rule::UndeclaredDestination.name().into(),
+                };
+                f.summary = "x".repeat(300);
+                f
+            })
+            .collect();
+        a.route(&mut findings, 0);
+        let dropped = metrics.alerts.dropped("down", "spool_full").get();
+        assert!(dropped > 0, "the 64 KiB spool must fill");
+        assert_eq!(metrics.alerts.dropped("local", "spool_full").get(), 0);
+        let mut out = Vec::new();
+        a.tick(0, &mut out);
+        let full: Vec<_> = out.iter().filter(|f| f.rule.id == "NHI-091").collect();
+        assert_eq!(full.len(), 1, "one alert per episode: {out:#?}");
+        assert_eq!(full[0].evidence.destination.as_deref(), Some("down"));
+        let routed_local = metrics.alerts.sink("local").routed.get();
+        a.route(&mut out, 0);
+        assert_eq!(metrics.alerts.sink("local").routed.get(), routed_local + 1);
+        a.stop().await;
+        let local = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
+        assert_eq!(local.lines().count() as u64, routed_local + 1);
+        assert!(local.contains("NHI-091"));
+    }
+}

@@ -285,6 +285,16 @@ impl Engine {
         self.creds.len()
     }
 
+    /// The data source an API call to `host` (lowercase, no port) and `path` (template) belongs to,
+    /// as the detectors classify it; None when no data source claims it.
+    pub fn data_source_of_call(&self, host: &str, path: &str) -> Option<&str> {
+        let ds = match self.caches.http.get(&KeyRef(0, host, path)) {
+            Some(d) => *d,
+            None => self.rules.classify_http(host, path),
+        };
+        ds.map(|d| self.rules.ds_name(d))
+    }
+
     pub fn open_findings(&self) -> usize {
         self.dedup.len() + self.identity_dedup.len()
     }

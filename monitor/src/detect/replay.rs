@@ -37,6 +37,7 @@ const BAD_SHOWN: usize = 20;
 pub fn replay(
     engine: &mut Engine,
     files: &[PathBuf],
+    format: crate::alerts::Format,
     out: &mut dyn Write,
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
@@ -71,24 +72,26 @@ pub fn replay(
                     }
                 }
             }
-            write(out, &mut found, &mut stats)?;
+            write(out, format, &mut found, &mut stats)?;
         }
     }
     engine.finish(&mut found);
-    write(out, &mut found, &mut stats)?;
+    write(out, format, &mut found, &mut stats)?;
     out.flush().map_err(ReplayError::Write)?;
     Ok(stats)
 }
 
 fn write(
     out: &mut dyn Write,
+    format: crate::alerts::Format,
     found: &mut Vec<Finding>,
     stats: &mut ReplayStats,
 ) -> Result<(), ReplayError> {
     for f in found.drain(..) {
         stats.findings += 1;
-        serde_json::to_writer(&mut *out, &f).map_err(|e| ReplayError::Write(e.into()))?;
-        out.write_all(b"\n").map_err(ReplayError::Write)?;
+        out.write_all(format.render(&f).as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(ReplayError::Write)?;
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
 };
 
@@ -71,9 +71,67 @@ pub struct Metrics {
     pub api: ApiMetrics,
     pub detect: DetectMetrics,
     pub alerts: alerts::AlertMetrics,
+    /// Kernel timestamp → finding judged, by `stage` ("finding").
     pub pipeline_latency: LatencyQuantiles,
+    /// Kernel timestamp → alert written to a sink, by `sink`.
     pub alert_latency: LatencyQuantiles,
+    pub calls_by_identity: CallsByIdentity,
+    /// Identities by attribution status (resolved, pending), refreshed at most once a second.
+    identities_by_attribution: Family<StatusLabel, Gauge>,
+    identities_by_attribution_at: AtomicU64,
     ready: AtomicBool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityCallLabel {
+    pub identity: String,
+    pub data_source: String,
+}
+
+/// API calls by workload identity × data source, with at most `limit` distinct pairs: later pairs
+/// count under identity "other" (one series per data source), so a burst of short-lived identities
+/// cannot blow up the scrape.
+pub struct CallsByIdentity {
+    limit: usize,
+    family: Family<IdentityCallLabel, Counter>,
+    admitted: Mutex<usize>,
+}
+
+/// The `identity` label of calls beyond `metrics.identity_series` (SPIFFE IDs never look like it).
+pub const OTHER_IDENTITY: &str = "other";
+
+impl CallsByIdentity {
+    fn new(limit: usize) -> CallsByIdentity {
+        CallsByIdentity {
+            limit,
+            family: Family::default(),
+            admitted: Mutex::new(0),
+        }
+    }
+
+    /// Counts one call; `data_source` is "none" for calls no data source classifies.
+    pub fn inc(&self, identity: &str, data_source: &str) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut label = IdentityCallLabel {
+            identity: identity.to_owned(),
+            data_source: data_source.to_owned(),
+        };
+        if let Some(c) = self.family.get(&label) {
+            c.inc();
+            return;
+        }
+        {
+            let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+            if *admitted >= self.limit {
+                label.identity = OTHER_IDENTITY.to_owned();
+            } else {
+                *admitted += 1;
+            }
+        }
+        self.family.get_or_create(&label).inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -351,6 +409,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_config(&crate::config::MetricsConfig::default())
+    }
+
+    pub fn with_config(cfg: &crate::config::MetricsConfig) -> Metrics {
         let mut registry = Registry::with_prefix("nhiwatch");
         let events = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -484,6 +546,25 @@ impl Metrics {
         api.register(&mut registry);
         let detect = DetectMetrics::new();
         detect.register(&mut registry);
+        let calls_by_identity = CallsByIdentity::new(cfg.identity_series);
+        if cfg.identity_series > 0 {
+            registry.register(
+                "api_calls_by_identity",
+                "API calls by workload identity (SPIFFE ID) and data source (\"none\": unclassified); pairs beyond metrics.identity_series count under identity=\"other\"",
+                calls_by_identity.family.clone(),
+            );
+        }
+        let identities_by_attribution = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "identities_by_attribution",
+            "Workloads by attribution status: resolved (identities in the inventory), pending (workloads whose events wait for pod metadata); host and unknown activity has no identity (see nhiwatch_attributions_total)",
+            identities_by_attribution.clone(),
+        );
+        for s in [Attribution::Resolved, Attribution::Pending] {
+            let _ = identities_by_attribution.get_or_create(&StatusLabel {
+                status: s.name().into(),
+            });
+        }
         let alerts = alerts::AlertMetrics::default();
         alerts.register(&mut registry);
         registry.register(
@@ -519,7 +600,37 @@ impl Metrics {
             alerts,
             pipeline_latency: LatencyQuantiles::new("stage"),
             alert_latency: LatencyQuantiles::new("sink"),
+            calls_by_identity,
+            identities_by_attribution,
+            identities_by_attribution_at: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the identities-by-attribution gauges are due for a refresh (once a second: counting
+    /// the held workloads walks the hold queue). Claims the refresh when it returns true.
+    pub fn identities_by_attribution_due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.identities_by_attribution_at.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .identities_by_attribution_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    pub fn set_identities_by_attribution(&self, resolved: usize, pending: usize) {
+        for (s, n) in [
+            (Attribution::Resolved, resolved),
+            (Attribution::Pending, pending),
+        ] {
+            self.identities_by_attribution
+                .get_or_create(&StatusLabel {
+                    status: s.name().into(),
+                })
+                .set(n as i64);
         }
     }
 
@@ -606,6 +717,21 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        // prometheus-client 0.23 has no summary type (a Collector could only label these gauges,
+        // which Prometheus lints reject), so the latency summaries are written here, before `# EOF`.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let mut summaries = String::new();
+        self.pipeline_latency.encode(
+            "nhiwatch_pipeline_latency_seconds",
+            "Kernel timestamp to finding judged, by stage, since the start",
+            &mut summaries,
+        );
+        self.alert_latency.encode(
+            "nhiwatch_alert_latency_seconds",
+            "Kernel timestamp to alert written to the sink, by sink, since the start",
+            &mut summaries,
+        );
+        out.insert_str(eof, &summaries);
         out
     }
 }
@@ -672,6 +798,60 @@ mod tests {
         );
         assert!(
             text.contains("nhiwatch_build_info") || text.contains("nhiwatch_build{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn calls_by_identity_are_bounded() {
+        let cfg = crate::config::MetricsConfig {
+            identity_series: 2,
+            ..Default::default()
+        };
+        let m = Metrics::with_config(&cfg);
+        m.calls_by_identity.inc("spiffe://t/a", "ehr");
+        m.calls_by_identity.inc("spiffe://t/a", "ehr");
+        m.calls_by_identity.inc("spiffe://t/a", "none");
+        // The limit is reached: new pairs go to "other", known ones keep counting.
+        m.calls_by_identity.inc("spiffe://t/b", "ehr");
+        m.calls_by_identity.inc("spiffe://t/c", "ehr");
+        m.calls_by_identity.inc("spiffe://t/a", "ehr");
+        let text = m.render();
+        for line in [
+            "nhiwatch_api_calls_by_identity_total{identity=\"spiffe://t/a\",data_source=\"ehr\"} 3",
+            "nhiwatch_api_calls_by_identity_total{identity=\"spiffe://t/a\",data_source=\"none\"} 1",
+            "nhiwatch_api_calls_by_identity_total{identity=\"other\",data_source=\"ehr\"} 2",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        assert!(!text.contains("spiffe://t/b"), "{text}");
+
+        let off = Metrics::with_config(&crate::config::MetricsConfig {
+            identity_series: 0,
+            ..Default::default()
+        });
+        off.calls_by_identity.inc("spiffe://t/a", "ehr");
+        assert!(!off.render().contains("api_calls_by_identity"));
+    }
+
+    #[test]
+    fn latency_summaries_come_before_eof() {
+        let m = Metrics::new();
+        m.pipeline_latency.record("finding", 1_500_000);
+        m.set_identities_by_attribution(3, 1);
+        let text = m.render();
+        let summary = text
+            .find("# TYPE nhiwatch_pipeline_latency_seconds summary")
+            .expect("summary family");
+        let eof = text.rfind("# EOF").expect("# EOF");
+        assert!(summary < eof && text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("nhiwatch_pipeline_latency_seconds_count{stage=\"finding\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE nhiwatch_alert_latency_seconds summary"));
+        assert!(
+            text.contains("nhiwatch_identities_by_attribution{status=\"pending\"} 1"),
             "{text}"
         );
     }

@@ -110,6 +110,18 @@ impl FindingsStage {
         }
         let before = self.pending.len();
         self.engine.observe(o, &mut self.pending);
+        if self.pending.len() > before {
+            // Kernel timestamp → judged; first occurrences only (summaries wait for their window).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            let ns = u64::try_from(now.saturating_sub(o.time)).unwrap_or(0);
+            for f in &self.pending[before..] {
+                if f.phase == crate::detect::finding::Phase::Opened {
+                    self.metrics.pipeline_latency.record("finding", ns);
+                }
+            }
+        }
         self.written(before);
     }
 

@@ -384,13 +384,9 @@ fn attach_tracepoint(bpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> 
     Ok(())
 }
 
-/// The cgroup v2 hierarchy: hybrid hosts mount it at [`crate::CGROUP_V2_ROOT`],
-/// unified ones at /sys/fs/cgroup.
+/// The cgroup v2 hierarchy, if one is mounted.
 fn cgroup_v2_root() -> Option<PathBuf> {
-    [crate::CGROUP_V2_ROOT, "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+    Some(crate::cgroup_v2_root()).filter(|p| p.join("cgroup.procs").exists())
 }
 
 /// Attaches the DNS answer sensor to the root cgroup, so it sees every socket on

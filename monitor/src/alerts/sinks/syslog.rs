@@ -371,3 +371,6 @@ pub fn rfc5424(o: &Outgoing, facility: u8, hostname: &str, app_name: &str, proci
         body = o.body,
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,732 @@
+//! Deployment: the DaemonSet and the systemd unit grant the same capabilities, the real daemon works with exactly those and with none fewer; manifests match their generator and the Kubernetes schemas; the unit passes systemd-analyze.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nhiwatch_e2e::*;
+use serde_yaml_ng::Value as Yaml;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// For runs where a sensor is expected to be missing: long enough for a working one.
+const SHORT: Duration = Duration::from_secs(8);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Capability names by number (include/uapi/linux/capability.h), without the CAP_ prefix.
+const CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+fn cap_mask(caps: &BTreeSet<String>) -> u64 {
+    caps.iter()
+        .map(|c| {
+            let n = CAPS
+                .iter()
+                .position(|k| k == c)
+                .unwrap_or_else(|| panic!("unknown capability {c}"));
+            1u64 << n
+        })
+        .fold(0, |a, b| a | b)
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn daemonset() -> Yaml {
+    serde_yaml_ng::from_str(&read("deploy/kubernetes/daemonset.yaml")).unwrap()
+}
+
+/// Every container (init ones too) of a pod template that sets `privileged: true`.
+fn privileged_containers(ds: &Yaml) -> Vec<String> {
+    let spec = &ds["spec"]["template"]["spec"];
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec[*k].as_sequence())
+        .flatten()
+        .filter(|c| c["securityContext"]["privileged"].as_bool() == Some(true))
+        .map(|c| c["name"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// The capabilities the DaemonSet adds (after dropping ALL), as CAP_ names without the prefix.
+fn manifest_caps() -> BTreeSet<String> {
+    let ds = daemonset();
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    assert_eq!(containers.len(), 1, "one container: the daemon");
+    let caps = &containers[0]["securityContext"]["capabilities"];
+    let list = |k: &str| -> Vec<String> {
+        caps[k]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("capabilities.{k} missing"))
+            .iter()
+            .map(|v| v.as_str().expect("a capability name").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        list("drop"),
+        ["ALL"],
+        "every capability not added is dropped"
+    );
+    list("add")
+        .into_iter()
+        .map(|c| c.trim_start_matches("CAP_").to_uppercase())
+        .collect()
+}
+
+/// The capabilities of the unit file; its bounding and ambient sets must agree.
+fn unit_caps(unit: &str) -> Result<BTreeSet<String>, String> {
+    let get = |key: &str| -> Result<BTreeSet<String>, String> {
+        let values: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .collect();
+        let [value] = values[..] else {
+            return Err(format!("{} {key}= lines, not one", values.len()));
+        };
+        value
+            .split_whitespace()
+            .map(|c| {
+                c.strip_prefix("CAP_")
+                    .map(str::to_owned)
+                    .ok_or(format!("{key}: {c} is not a CAP_ name"))
+            })
+            .collect()
+    };
+    let bounding = get("CapabilityBoundingSet")?;
+    let ambient = get("AmbientCapabilities")?;
+    if bounding != ambient {
+        return Err(format!("bounding {bounding:?} != ambient {ambient:?}"));
+    }
+    Ok(bounding)
+}
+
+fn deployed_caps() -> BTreeSet<String> {
+    let k8s = manifest_caps();
+    let unit = unit_caps(&read("deploy/systemd/nhiwatch.service")).unwrap();
+    assert_eq!(
+        k8s, unit,
+        "the DaemonSet and the systemd unit grant different capabilities"
+    );
+    assert!(!k8s.is_empty());
+    k8s
+}
+
+#[test]
+fn the_daemonset_and_the_unit_grant_the_same_capabilities_and_never_privileged() {
+    let caps = deployed_caps();
+    let ds = daemonset();
+    assert!(
+        privileged_containers(&ds).is_empty(),
+        "privileged DaemonSet"
+    );
+    // The check itself catches a privileged container (it is not vacuous).
+    let bad: Yaml = serde_yaml_ng::from_str(
+        &read("deploy/kubernetes/daemonset.yaml").replace("privileged: false", "privileged: true"),
+    )
+    .unwrap();
+    assert_eq!(privileged_containers(&bad), ["nhiwatch"]);
+    // A unit whose two lists disagree is refused.
+    let skewed = read("deploy/systemd/nhiwatch.service").replace(
+        "AmbientCapabilities=CAP_",
+        "AmbientCapabilities=CAP_NET_RAW CAP_",
+    );
+    assert!(unit_caps(&skewed).is_err());
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"].as_bool(), Some(true));
+    assert!(pod["hostNetwork"].is_null(), "hostNetwork is not needed");
+    assert_eq!(
+        pod["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
+    let tol = pod["tolerations"].as_sequence().unwrap();
+    assert!(
+        tol.iter()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null()),
+        "tolerates every taint: {tol:?}"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env = c["env"].as_sequence().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "NODE_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"));
+    eprintln!("deployed capabilities: {caps:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes manifests: generated copies are current, every resource passes the real schemas.
+
+/// kubernetes-validate (PyPI; bundles the Kubernetes OpenAPI schemas) in a venv kept under
+/// the target directory, installed on first use.
+fn kubernetes_validate() -> PathBuf {
+    const VERSION: &str = "1.37.0";
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kubernetes-validate-{VERSION}"));
+    let bin = dir.join("bin/kubernetes-validate");
+    if bin.exists() {
+        return bin;
+    }
+    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    run_ok(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&partial),
+    );
+    run_ok(
+        Command::new(partial.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes-validate=={VERSION}")),
+    );
+    // venv scripts name their interpreter by absolute path: fix them for the final place.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).unwrap();
+    run_ok(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&dir),
+    );
+    let fixed = std::fs::read_to_string(&bin)
+        .unwrap()
+        .replace(&partial.display().to_string(), &dir.display().to_string());
+    std::fs::write(&bin, fixed).unwrap();
+    bin
+}
+
+fn validate(files: &[PathBuf]) -> std::process::Output {
+    Command::new(kubernetes_validate())
+        .arg("--strict")
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kubernetes_manifests_are_generated_and_valid_against_the_kubernetes_schemas() {
+    let root = repo();
+    let k8s = root.join("deploy/kubernetes");
+    // The committed ConfigMaps, checksum and kustomization are what the generator makes.
+    let out = Command::new("python3")
+        .arg(k8s.join("generate.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generated manifests are stale: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The kustomization names every manifest in the directory, and only those.
+    let kust: Yaml =
+        serde_yaml_ng::from_str(&read("deploy/kubernetes/kustomization.yaml")).unwrap();
+    let listed: BTreeSet<String> = kust["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(&k8s)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+
+    // The rules ConfigMap holds rules/*.yaml byte for byte, the config ConfigMap the config.
+    let cm: Yaml =
+        serde_yaml_ng::from_str(&read("deploy/kubernetes/configmap-rules.yaml")).unwrap();
+    let data = cm["data"].as_mapping().unwrap();
+    let rules: BTreeSet<String> = std::fs::read_dir(root.join("rules"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    assert_eq!(
+        data.keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect::<BTreeSet<_>>(),
+        rules
+    );
+    for (k, v) in data {
+        let k = k.as_str().unwrap();
+        assert_eq!(v.as_str().unwrap(), read(&format!("rules/{k}")), "{k}");
+    }
+
+    // Every resource passes the Kubernetes OpenAPI schemas, strictly (no unknown fields).
+    let files: Vec<PathBuf> = listed.iter().map(|f| k8s.join(f)).collect();
+    let out = validate(&files);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schema errors:\n{text}");
+    for kind in [
+        "namespace/nhiwatch",
+        "serviceaccount/nhiwatch",
+        "clusterrole/nhiwatch",
+        "clusterrolebinding/nhiwatch",
+        "service/nhiwatch-metrics",
+        "daemonset/nhiwatch",
+        "configmap/nhiwatch-config",
+        "configmap/nhiwatch-rules",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {kind} ")),
+            "{kind} not validated:\n{text}"
+        );
+    }
+    // The validator rejects what it should: a misspelt field and a wrong type.
+    let tmp = TempDir::new("nhiwatch-e2e-k8s");
+    for (what, from, to) in [
+        ("unknown field", "hostPID: true", "hostPIDs: true"),
+        (
+            "wrong type",
+            "containerPort: 9464",
+            "containerPort: metrics-port",
+        ),
+    ] {
+        let bad = tmp.path().join("daemonset.yaml");
+        let text = read("deploy/kubernetes/daemonset.yaml");
+        assert!(text.contains(from));
+        std::fs::write(&bad, text.replace(from, to)).unwrap();
+        assert!(!validate(&[bad]).status.success(), "{what} not caught");
+    }
+}
+
+#[test]
+fn the_deployed_config_and_rules_load_in_the_daemon_as_mounted_from_configmaps() {
+    // The daemon config the ConfigMap carries is valid for this daemon.
+    run_ok(
+        Command::new(nhiwatch_bin())
+            .arg("check-config")
+            .arg(repo().join("deploy/kubernetes/config/nhiwatch.yaml")),
+    );
+    // A ConfigMap volume: KEY -> ..data/KEY, ..data -> ..<timestamp>/ (swapped on update).
+    let cm: Yaml =
+        serde_yaml_ng::from_str(&read("deploy/kubernetes/configmap-rules.yaml")).unwrap();
+    let tmp = TempDir::new("nhiwatch-e2e-cm");
+    let ts = tmp.path().join("..2026_11_23_10_00_00.000000001");
+    std::fs::create_dir(&ts).unwrap();
+    symlink(ts.file_name().unwrap(), tmp.path().join("..data")).unwrap();
+    for (k, v) in cm["data"].as_mapping().unwrap() {
+        let k = k.as_str().unwrap();
+        std::fs::write(ts.join(k), v.as_str().unwrap()).unwrap();
+        symlink(format!("..data/{k}"), tmp.path().join(k)).unwrap();
+    }
+    let mounted = run_ok(Command::new(nhiwatch_bin()).arg("check").arg(tmp.path()));
+    let direct = run_ok(
+        Command::new(nhiwatch_bin())
+            .arg("check")
+            .arg(repo().join("rules")),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&mounted.stdout),
+        String::from_utf8_lossy(&direct.stdout),
+        "each rule read once, not once per ..data alias"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = read("deploy/systemd/nhiwatch.service");
+    let bin = nhiwatch_bin()
+        .canonicalize()
+        .expect("built nhiwatch binary");
+    let tmp = TempDir::new("nhiwatch-e2e-unit");
+    // The unit as installed, with ExecStart pointing at the binary this test built.
+    let copy = tmp.path().join("nhiwatch.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/nhiwatch", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.trim().is_empty(), "warnings: {text}");
+    // The verifier does look at ExecStart: an unresolvable binary is an error.
+    let missing = tmp.path().join("missing");
+    std::fs::create_dir(&missing).unwrap();
+    std::fs::write(
+        missing.join("nhiwatch.service"),
+        unit.replace("/usr/local/bin/nhiwatch", "/nonexistent/nhiwatch"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(missing.join("nhiwatch.service"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let line = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+            .to_owned()
+    };
+    // No sd_notify in the daemon: Type=notify would time out.
+    assert!(["simple", "exec"].contains(&line("Type").as_str()));
+    assert_eq!(line("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(line("ProtectSystem"), "strict");
+    assert_eq!(line("ReadWritePaths"), "/var/lib/nhiwatch");
+    assert_eq!(line("NoNewPrivileges"), "yes");
+    assert_eq!(line("Restart"), "on-failure");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities: the daemon with exactly the deployed set works; with any one removed it does not.
+
+/// What the capability runs exercise, built once per test.
+struct Fixture {
+    _tmp: TempDir,
+    nginx: Nginx,
+    /// A secret in a directory only its owner (not root without DAC_READ_SEARCH) may search.
+    locked_secret: PathBuf,
+    /// A symlink to it from outside: only the inode match catches opens through it.
+    link: PathBuf,
+    /// A private copy of libssl, mapped only by `preloaded` (started before the daemon).
+    private_libssl: PathBuf,
+    preloaded: Child,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.preloaded.kill();
+        let _ = self.preloaded.wait();
+    }
+}
+
+fn system_libssl() -> PathBuf {
+    for dir in ["/usr/lib", "/lib", "/usr/lib64"] {
+        let mut cands = vec![PathBuf::from(dir).join("libssl.so.3")];
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            cands.extend(rd.filter_map(|e| Some(e.ok()?.path().join("libssl.so.3"))));
+        }
+        if let Some(p) = cands.into_iter().find(|p| p.is_file()) {
+            return p;
+        }
+    }
+    panic!("no libssl.so.3 on this machine");
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        // The deployments bring tracefs (hostPath; systemd mounts it at boot); the daemon,
+        // without CAP_SYS_ADMIN in some runs, must not be the one to mount it.
+        if !Path::new("/sys/kernel/tracing/events").exists() {
+            run_ok(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
+        }
+        let tmp = TempDir::new("nhiwatch-e2e-caps");
+        let locked = tmp.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        let locked_secret = locked.join("secret");
+        std::fs::write(&locked_secret, "not-a-real-secret").unwrap();
+        let link = tmp.path().join("innocent-link");
+        symlink(&locked_secret, &link).unwrap();
+        // Owned by a uid nobody uses, mode 0700: root passes only by capability.
+        std::os::unix::fs::chown(&locked, Some(64_123), Some(64_123)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        let libdir = tmp.path().join("lib");
+        std::fs::create_dir(&libdir).unwrap();
+        let private_libssl = libdir.join("libssl.so.3");
+        std::fs::copy(system_libssl(), &private_libssl).unwrap();
+        // A process with every capability, started before the daemon, that maps the copy: the
+        // daemon finds it only through /proc/PID/maps and opens it through /proc/PID/root.
+        let mut preloaded = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import ssl, sys; print(ssl.OPENSSL_VERSION, flush=True); sys.stdin.read()",
+            ])
+            .env("LD_LIBRARY_PATH", &libdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(preloaded.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("OpenSSL"), "{line}");
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", preloaded.id())).unwrap();
+        assert!(
+            maps.contains(&private_libssl.display().to_string()),
+            "python3 did not load the private libssl"
+        );
+        Fixture {
+            nginx: Nginx::start("location = /deploy { return 200 'ok'; }"),
+            _tmp: tmp,
+            locked_secret,
+            link,
+            private_libssl,
+            preloaded,
+        }
+    }
+
+    /// Starts the daemon through setpriv with exactly `caps` (bounding, inheritable, ambient,
+    /// hence permitted and effective for root) and no_new_privs, like both deployments, then
+    /// lists what does not work. Empty: everything the daemon does works.
+    fn shortfalls(&self, caps: &BTreeSet<String>, wait: Duration) -> Vec<String> {
+        let list: String = caps
+            .iter()
+            .map(|c| format!(",+{}", c.to_lowercase()))
+            .collect();
+        let wrapper: Vec<String> = vec![
+            "setpriv".into(),
+            "--no-new-privs".into(),
+            format!("--inh-caps=-all{list}"),
+            format!("--ambient-caps=-all{list}"),
+            format!("--bounding-set=-all{list}"),
+            "--".into(),
+        ];
+        let watch = [self.locked_secret.display().to_string()];
+        let d = match Daemon::try_start_wrapped(&wrapper, &config_with(&watch, ""), &[]) {
+            Ok(d) => d,
+            Err(e) => return vec![format!("the daemon did not start: {e}")],
+        };
+        // It runs with exactly these capabilities, not more.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let want = cap_mask(caps);
+        for key in ["CapEff", "CapPrm", "CapBnd"] {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}:")))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap();
+            assert_eq!(
+                v, want,
+                "{key} of the daemon is {v:x}, not {want:x} ({caps:?})"
+            );
+        }
+
+        let mut missing = Vec::new();
+        let seen = |pred: &dyn Fn(&Value) -> bool| {
+            let deadline = Instant::now() + wait;
+            loop {
+                if d.events().iter().any(pred) {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        };
+
+        // Kernel probes: every one attached, the essential ones present.
+        let metrics = d.metrics();
+        let probes: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("nhiwatch_probe_attached{"))
+            .collect();
+        for p in probes.iter().filter(|l| l.ends_with(" 0")) {
+            missing.push(format!("not attached: {p}"));
+        }
+        for p in [
+            "process/handle_exec",
+            "files/enter_openat",
+            "tcp/handle_sock_state",
+            "dns/dns_ingress",
+            "core/canary",
+        ] {
+            let needle = format!("{{probe=\"{p}\",");
+            if !probes
+                .iter()
+                .any(|l| l.contains(&needle) && l.ends_with(" 1"))
+            {
+                missing.push(format!("kernel probe {p} not attached"));
+            }
+        }
+        // TLS uprobes on the system's libssl and on the private copy found through /proc.
+        let tls_on = |target: &dyn Fn(&str) -> bool| {
+            probes
+                .iter()
+                .any(|l| l.contains("probe=\"tls/SSL_write\"") && target(l) && l.ends_with(" 1"))
+        };
+        if !tls_on(&|l| l.contains("libssl.so") && !l.contains("target=\"/proc/")) {
+            missing.push("TLS uprobes not attached to the system libssl".into());
+        }
+        let private = self.private_libssl.display().to_string();
+        let through_proc = format!("/root{private}\"");
+        // The /proc scan runs beside the reader, after readiness: give it time.
+        let deadline = Instant::now() + wait;
+        let found = loop {
+            let attached = d.metrics().lines().any(|l| {
+                l.starts_with("nhiwatch_probe_attached{probe=\"tls/SSL_write\"")
+                    && l.contains(&through_proc)
+                    && l.ends_with(" 1")
+            });
+            if attached || Instant::now() > deadline {
+                break attached;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        if !found {
+            missing.push(format!(
+                "TLS uprobes not attached to {private} of pid {} (found through /proc/PID)",
+                self.preloaded.id()
+            ));
+        }
+
+        // An exec.
+        let true_pid = spawn_pid(&mut Command::new("/usr/bin/true"));
+        if !seen(&|v| kind_is(v, "exec") && pid_is(v, true_pid)) {
+            missing.push("exec not seen".into());
+        }
+        // A watched file opened by its path, then through a symlink (inode match).
+        let by_path = spawn_pid(
+            Command::new("cat")
+                .arg(&self.locked_secret)
+                .stdout(Stdio::null()),
+        );
+        if !seen(&|v| kind_is(v, "file_open") && pid_is(v, by_path)) {
+            missing.push("watched file open (by path) not seen".into());
+        }
+        let by_link = spawn_pid(Command::new("cat").arg(&self.link).stdout(Stdio::null()));
+        if !seen(&|v| kind_is(v, "file_open") && pid_is(v, by_link) && v["matched_by"] == "inode") {
+            missing.push("watched file open through a symlink (inode match) not seen".into());
+        }
+        // TLS plaintext of a real client.
+        let url = format!("https://localhost:{}/deploy", self.nginx.port);
+        let curl = spawn_pid(
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--cacert"])
+                .arg(&self.nginx.cert)
+                .arg(&url),
+        );
+        if !seen(&|v| kind_is(v, "tls_data") && pid_is(v, curl) && v["direction"] == "write") {
+            missing.push("TLS write of curl not seen".into());
+        }
+        if missing.is_empty() {
+            d.stop(); // a clean exit, only JSON on stdout
+        }
+        missing
+    }
+}
+
+#[test]
+fn the_daemon_works_with_exactly_the_deployed_capabilities_and_with_none_fewer() {
+    let caps = deployed_caps();
+    let fx = Fixture::new();
+    let short = fx.shortfalls(&caps, WAIT);
+    assert!(
+        short.is_empty(),
+        "with the deployed capabilities {caps:?}:\n{}",
+        short.join("\n")
+    );
+    // Minimal: without any one of them something is lost, so none is there for nothing.
+    for cap in &caps {
+        let mut fewer = caps.clone();
+        fewer.remove(cap);
+        let short = fx.shortfalls(&fewer, SHORT);
+        assert!(
+            !short.is_empty(),
+            "CAP_{cap} is not needed: the daemon does everything without it"
+        );
+        eprintln!("without CAP_{cap}: {short:?}");
+    }
+}
+
+/// Why CAP_SYS_ADMIN and not the finer CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN: with those the
+/// kernel probes all work but the uprobe PMU refuses (perf_uprobe_event_init checks
+/// capable(CAP_SYS_ADMIN)), so TLS plaintext is lost — and nothing else.
+#[test]
+fn without_cap_sys_admin_only_the_tls_uprobes_are_lost() {
+    let caps = deployed_caps();
+    assert!(caps.contains("SYS_ADMIN"));
+    let fx = Fixture::new();
+    let mut finer = caps.clone();
+    finer.remove("SYS_ADMIN");
+    finer.extend(set(&["BPF", "PERFMON", "NET_ADMIN"]));
+    let short = fx.shortfalls(&finer, SHORT);
+    assert!(
+        !short.is_empty(),
+        "TLS uprobes attached without CAP_SYS_ADMIN"
+    );
+    for s in &short {
+        assert!(
+            s.contains("tls/") || s.contains("TLS"),
+            "with {finer:?} more than TLS is lost: {s}"
+        );
+    }
+}
