@@ -1,9 +1,12 @@
 /* alertload: open distinct watched files one at a time at a steady rate, and say when.
  *
  * usage: alertload DIR COUNT RATE CPU
- *   opens DIR/warmup once, waits 500 ms, then DIR/f00000 … DIR/f(COUNT-1), the i-th at
- *   start + i / RATE (absolute CLOCK_MONOTONIC deadlines, so a late open does not shift
- *   the rest), reading one byte and closing each; pinned to CPU first.
+ *   opens DIR/warmup once, waits 500 ms, then DIR/f00000 … DIR/f(COUNT-1), the i-th at a
+ *   point drawn uniformly (fixed seed) within the slot [start + i / RATE, start + (i+1) / RATE)
+ *   (absolute CLOCK_MONOTONIC deadlines, so a late open does not shift the rest), reading
+ *   one byte and closing each; pinned to CPU first. The rate is exact over any two slots, but
+ *   the opens do not run in step with a monitor's periodic timer (200/s is one open per 5 ms
+ *   poll tick), which would make the measured wait depend on a slowly drifting phase.
  * prints one line per file: "<index> <CLOCK_MONOTONIC ns just before open()>", then
  *   "done <opens> <failed> <seconds> <achieved opens per second>".
  *
@@ -76,9 +79,14 @@ int main(int argc, char **argv)
 	nanosleep(&pause, NULL);
 
 	long failed = 0;
+	unsigned long long seed = 0x9e3779b97f4a7c15ULL;
 	long long t0 = now_ns() + 1000000;
 	for (long i = 0; i < n; i++) {
-		long long due = t0 + (long long)(i * 1e9 / rate);
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		double u = (seed >> 11) / 9007199254740992.0; /* [0, 1) */
+		long long due = t0 + (long long)((i + u) * 1e9 / rate);
 		struct timespec ts = {due / 1000000000LL, due % 1000000000LL};
 		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL))
 			;

@@ -160,6 +160,58 @@ struct Run {
     lost: u64,
     /// Median from the workload's clock reading before open() to the kernel timestamp, in µs.
     open_to_kernel_us: f64,
+    stalls: Stalls,
+    /// The daemon's CPU over the same window, as /proc/stat saw it.
+    core: Core,
+    /// 1-minute load average when the run began.
+    load: String,
+}
+
+struct Core {
+    busy_s: f64,
+    steal_s: f64,
+    total_s: f64,
+}
+
+/// Alerts that took clearly longer than the poll wait from the kernel to the spool, grouped
+/// into bursts (slow alerts less than 100 ms apart).
+#[derive(Debug, PartialEq)]
+struct Stalls {
+    alerts: usize,
+    bursts: usize,
+    worst_ms: f64,
+    /// Median time between the starts of consecutive bursts.
+    spacing_ms: Option<f64>,
+}
+
+/// `to_spool[i]` = (kernel time, kernel → spooled) in ns; slow means above `limit_ns`.
+fn stalls(mut to_spool: Vec<(u64, u64)>, limit_ns: u64) -> Stalls {
+    to_spool.sort_unstable();
+    let slow: Vec<(u64, u64)> = to_spool
+        .into_iter()
+        .filter(|&(_, d)| d > limit_ns)
+        .collect();
+    let mut starts: Vec<u64> = Vec::new();
+    let mut last: Option<u64> = None;
+    for &(k, _) in &slow {
+        if last.is_none_or(|l| k - l > 100_000_000) {
+            starts.push(k);
+        }
+        last = Some(k);
+    }
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e6)
+        .collect();
+    Stalls {
+        alerts: slow.len(),
+        bursts: starts.len(),
+        worst_ms: slow
+            .iter()
+            .map(|&(_, d)| d as f64 / 1e6)
+            .fold(0.0, f64::max),
+        spacing_ms: (!gaps.is_empty()).then(|| stats::median(&gaps)),
+    }
 }
 
 impl Run {
@@ -310,6 +362,9 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
 
     let lost0 = lost(&daemon)?;
     let cpu0 = sys::cpu_ns(daemon.proc.pid())?;
+    let core0 = sys::cpu_times(DAEMON_CPU)?;
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_owned();
     let t0 = Instant::now();
     let out = sys::output(
         Command::new(&s.alertload)
@@ -366,7 +421,9 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
         sleep(Duration::from_millis(100));
     };
     let cpu1 = sys::cpu_ns(daemon.proc.pid())?;
+    let core1 = sys::cpu_times(DAEMON_CPU)?;
     let window_s = t0.elapsed().as_secs_f64();
+    ctx.look_around();
     let lost1 = lost(&daemon)?;
     stop.store(true, Ordering::SeqCst);
     let watched = watcher
@@ -493,9 +550,13 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
     ];
     // open() → kernel timestamp: a few µs of syscall if the daemon's clock conversion is right.
     let to_kernel: Vec<f64> = (0..FILES)
-        .filter_map(|i| Some(kernel[i]? as f64 - (opened_at[i] as i64 + offset) as f64))
+        .filter_map(|i| Some(kernel[i]? as f64 - opened_at[i] as f64))
         .collect();
     let open_to_kernel_us = stats::median(&to_kernel) / 1e3;
+    let to_spool: Vec<(u64, u64)> = (0..FILES)
+        .filter_map(|i| Some((kernel[i]?, spooled_at[i]?.saturating_sub(kernel[i]?))))
+        .collect();
+    let stalls = stalls(to_spool, (poll_ms + 3) * 1_000_000);
     raw_dump(
         &ctx.log_path(&format!("alert-latency-{:.0}-poll{poll_ms}", spec.rate)),
         offset,
@@ -516,6 +577,13 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
         alerts_in_file,
         lost: lost1.saturating_sub(lost0),
         open_to_kernel_us,
+        stalls,
+        core: Core {
+            busy_s: core1.0.saturating_sub(core0.0) as f64 / 1e9,
+            steal_s: core1.1.saturating_sub(core0.1) as f64 / 1e9,
+            total_s: core1.2.saturating_sub(core0.2) as f64 / 1e9,
+        },
+        load,
     };
     for s in run.daemon.iter().chain(&run.external) {
         eprintln!(
@@ -932,8 +1000,9 @@ fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
         body,
         "Workload: `bench/alertload.c` opens, reads one byte of and closes {} distinct files in \
          a watched directory, one at a time, at a steady paced rate (absolute `CLOCK_MONOTONIC` \
-         deadlines), pinned to CPU {}; it is one process, so one identity, and stamps the clock \
-         just before each open(). It first opens a warm-up file and waits 500 ms, so the daemon \
+         deadlines, each drawn uniformly within its 1/rate slot, so the opens do not run in step \
+         with the daemon's poll timer — 200/s is exactly one open per 5 ms tick), pinned to CPU \
+         {}; it is one process, so one identity, and stamps the clock just before each open(). It first opens a warm-up file and waits 500 ms, so the daemon \
          has learned the process before the measured opens. The daemon runs pinned to CPU \
          {DAEMON_CPU} (all its threads) with the bundled configuration except: only that \
          directory watched, `rules: []` (every identity is ungoverned, so each open is a fresh \
@@ -993,15 +1062,22 @@ fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
         let _ = writeln!(
             body,
             "Achieved {:.0} opens/s; {} NHI-020 alerts in the file sink, exactly one per file; \
-             0 alerts dropped (`nhiwatch_alerts_dropped_total`); {} kernel events lost. Daemon \
-             CPU {:.2} s over the {:.1} s from the first open to the last delivery ({:.0} µs per \
-             alert, three sinks). open() → kernel timestamp, median: {:.1} µs.\n",
+             0 alerts dropped (`nhiwatch_alerts_dropped_total`); {} kernel events lost. Over the \
+             {:.1} s from the first open to the last delivery the daemon used {:.2} s of CPU \
+             ({:.0} µs per alert with three sinks, idle work included); CPU {DAEMON_CPU}, which \
+             it is pinned to, was busy {:.0}% of the time, {:.0} points of it not the daemon \
+             (other processes, interrupts), and {:.0}% was stolen by the hypervisor; load \
+             average {} at the start. open() → kernel timestamp, median: {:.0} µs.\n",
             r.achieved,
             stats::count(r.alerts_in_file as f64),
             r.lost,
-            r.daemon_cpu_s,
             r.window_s,
+            r.daemon_cpu_s,
             r.daemon_cpu_s * 1e6 / FILES as f64,
+            100.0 * r.core.busy_s / r.core.total_s.max(1e-9),
+            (100.0 * (r.core.busy_s - r.daemon_cpu_s) / r.core.total_s.max(1e-9)).max(0.0),
+            100.0 * r.core.steal_s / r.core.total_s.max(1e-9),
+            r.load,
             r.open_to_kernel_us
         );
         let _ = writeln!(
@@ -1129,45 +1205,88 @@ fn analysis(s: &Setup, runs: &[Run]) -> String {
     let mut t = String::new();
     let bundled = runs.iter().find(|r| !r.diagnostic && r.spec_rate == 1000.0);
     let fast = runs.iter().find(|r| r.diagnostic);
-    let _ = writeln!(
+    // The finding stage as the daemon sees it, else as the harness sees it (kernel → spooled).
+    let finding = |r: &Run| {
+        r.daemon_q(0)
+            .or_else(|| r.external.first().and_then(|x| x.q))
+    };
+    let _ = write!(
         t,
-        "**Where the time goes.** At these rates the ring buffer never holds `wakeup_bytes` \
-         (256 KiB in the bundled configuration), so the kernel never wakes the reader: every \
+        "**Where the time goes.** (1) *The poll wait.* At these rates the ring buffer never \
+         holds `wakeup_bytes` (256 KiB bundled), so the kernel never wakes the reader: every \
          event waits in the ring for the reader's next poll tick, `sensors.poll_interval_ms` \
-         ({} ms bundled) — on average half of it, at worst all of it plus the timer's slack. \
-         That wait is inside the finding stage.",
+         ({} ms bundled) — on average half of it, at worst all of it plus the timer's slack — \
+         before the finding can even be judged.",
         s.bundled_poll_ms
     );
     if let (Some(b), Some(f)) = (bundled, fast) {
-        if let (Some(bq), Some(fq)) = (b.daemon_q(0), f.daemon_q(0)) {
-            let _ = writeln!(
+        if let (Some(bq), Some(fq)) = (finding(b), finding(f)) {
+            let _ = write!(
                 t,
-                " With `poll_interval_ms: {}` (diagnostic run, same rate) the finding stage's \
-                 p50/p99 go from {} / {} ms to {} / {} ms.",
+                " With `poll_interval_ms: {}` (diagnostic run, same rate) kernel → finding goes \
+                 from p50 {} ms to {} ms.",
                 f.poll_ms,
                 ms(bq[0]),
-                ms(bq[2]),
                 ms(fq[0]),
-                ms(fq[2])
-            );
-        }
-        if let (Some(bq), Some(fq)) = (b.daemon_q(1), f.daemon_q(1)) {
-            let _ = writeln!(
-                t,
-                " The file sink's p50/p99 go from {} / {} ms to {} / {} ms.",
-                ms(bq[0]),
-                ms(bq[2]),
-                ms(fq[0]),
-                ms(fq[2])
             );
         }
     }
+    let _ = write!(
+        t,
+        " (2) *Stalls of the pipeline thread.* Alerts that took more than the poll interval + 3 \
+         ms from the kernel to the spool:"
+    );
+    for r in runs {
+        let st = &r.stalls;
+        let _ = write!(
+            t,
+            " {}: {} in {} bursts, worst {} ms{};",
+            r.label,
+            st.alerts,
+            st.bursts,
+            ms(st.worst_ms),
+            st.spacing_ms
+                .map(|g| format!(", bursts a median {} ms apart", ms(g)))
+                .unwrap_or_default()
+        );
+    }
+    let periodic = runs
+        .iter()
+        .filter_map(|r| r.stalls.spacing_ms)
+        .any(|g| (900.0..=1100.0).contains(&g));
+    if periodic {
+        let _ = write!(
+            t,
+            " bursts about a second apart match the router's spool sync: once a second it \
+             calls fdatasync on every sink's spool, one after the other, on the pipeline \
+             thread (`Alerts::tick`), which judges nothing meanwhile."
+        );
+    }
+    let others: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: daemon {:.0}%, others {:.0}%",
+                r.label,
+                100.0 * r.daemon_cpu_s / r.core.total_s.max(1e-9),
+                (100.0 * (r.core.busy_s - r.daemon_cpu_s) / r.core.total_s.max(1e-9)).max(0.0)
+            )
+        })
+        .collect();
+    let _ = write!(
+        t,
+        " (3) *The CPU.* All of the daemon's threads (reader, pipeline, the three sinks' \
+         workers, TLS) share CPU {DAEMON_CPU}; any other process scheduled there delays them \
+         alike. Share of CPU {DAEMON_CPU} over each run — {}.",
+        others.join("; ")
+    );
     let _ = writeln!(
         t,
-        " What follows the finding — the router appends the alert to each sink's spool file and \
-         notifies the sink's worker, the worker wakes on the daemon's CPU, reads the batch back \
-         from the spool, hands it to the transport and records the latency when the transport \
-         returns — is the *delivery adds* column.\n"
+        " (4) *Delivery.* What follows the finding — the router appends the alert to each \
+         sink's spool and notifies the sink's worker, which wakes on the daemon's CPU, reads the \
+         batch back from the spool, hands it to the transport, and after it returned records the \
+         latency and writes the spool cursor — is the *per alert* rows (and the daemon's \
+         *delivery adds*).\n"
     );
     t
 }
@@ -1267,6 +1386,27 @@ mod tests {
         assert_eq!(s.max_ms, Some(3.0));
         assert!(latency("x", "y", &start, &[(0, 3_000_000)]).is_err());
         assert!(latency("x", "y", &[Some(1), None], &[(0, 3), (1, 4)]).is_err());
+    }
+
+    #[test]
+    fn groups_slow_alerts_into_bursts() {
+        let ms = 1_000_000u64;
+        let mut xs: Vec<(u64, u64)> = (0..300).map(|i| (i * 10 * ms, 2 * ms)).collect();
+        // two bursts a second apart, the second one with two slow alerts
+        xs.push((1000 * ms + 1, 30 * ms));
+        xs.push((2000 * ms + 1, 20 * ms));
+        xs.push((2010 * ms + 1, 12 * ms));
+        let st = stalls(xs, 8 * ms);
+        assert_eq!(
+            st,
+            Stalls {
+                alerts: 3,
+                bursts: 2,
+                worst_ms: 30.0,
+                spacing_ms: Some(1000.0),
+            }
+        );
+        assert_eq!(stalls(vec![(0, ms)], 8 * ms).bursts, 0);
     }
 
     #[test]

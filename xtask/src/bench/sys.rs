@@ -568,3 +568,28 @@ impl Drop for Inotify {
         unsafe { close(self.0) };
     }
 }
+
+/// One CPU's time from /proc/stat, in ns: (busy, steal, total). Busy is everything but idle,
+/// iowait and steal; steal is time the hypervisor gave to someone else.
+pub fn cpu_times(cpu: usize) -> Result<(u64, u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 8 {
+        bail!("short {name} line in /proc/stat: {line}");
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = f[..8].iter().sum();
+    let (idle, iowait, steal) = (f[3], f[4], f[7]);
+    // USER_HZ is 100 on every Linux architecture nhiwatch targets.
+    let ns = |ticks: u64| ticks * 10_000_000;
+    Ok((ns(total - idle - iowait - steal), ns(steal), ns(total)))
+}
