@@ -165,6 +165,8 @@ struct Run {
     core: Core,
     /// 1-minute load average when the run began.
     load: String,
+    /// TLS records the daemon received: the receivers' own OpenSSL traffic, seen by its uprobes.
+    tls_records: u64,
 }
 
 struct Core {
@@ -422,6 +424,8 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
     };
     let cpu1 = sys::cpu_ns(daemon.proc.pid())?;
     let core1 = sys::cpu_times(DAEMON_CPU)?;
+    let metrics_log = ctx.log_path(&format!("metrics-{:.0}-poll{poll_ms}", spec.rate));
+    fs::write(&metrics_log, &text)?;
     let window_s = t0.elapsed().as_secs_f64();
     ctx.look_around();
     let lost1 = lost(&daemon)?;
@@ -584,6 +588,8 @@ fn one_run(ctx: &mut Ctx, s: &Setup, spec: &Spec, dir: &Path) -> Result<Run> {
             total_s: core1.2.saturating_sub(core0.2) as f64 / 1e9,
         },
         load,
+        tls_records: sample(&text, "nhiwatch_events_total", &["kind=\"tls_data\""]).unwrap_or(0.0)
+            as u64,
     };
     for s in run.daemon.iter().chain(&run.external) {
         eprintln!(
@@ -1067,7 +1073,10 @@ fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
              ({:.0} µs per alert with three sinks, idle work included); CPU {DAEMON_CPU}, which \
              it is pinned to, was busy {:.0}% of the time, {:.0} points of it not the daemon \
              (other processes, interrupts), and {:.0}% was stolen by the hypervisor; load \
-             average {} at the start. open() → kernel timestamp, median: {:.0} µs.\n",
+             average {} at the start. open() → kernel timestamp, median: {:.0} µs. The daemon \
+             also received {} TLS data records: the receivers' own reads and writes through \
+             OpenSSL, which its uprobes see because the receivers run on this host (a remote \
+             SIEM would not cause them).\n",
             r.achieved,
             stats::count(r.alerts_in_file as f64),
             r.lost,
@@ -1078,7 +1087,8 @@ fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
             (100.0 * (r.core.busy_s - r.daemon_cpu_s) / r.core.total_s.max(1e-9)).max(0.0),
             100.0 * r.core.steal_s / r.core.total_s.max(1e-9),
             r.load,
-            r.open_to_kernel_us
+            r.open_to_kernel_us,
+            stats::count(r.tls_records as f64)
         );
         let _ = writeln!(
             body,
