@@ -203,7 +203,7 @@ impl Default for SensorConfig {
         SensorConfig {
             ring_buffer_bytes: 16 << 20,
             wakeup_bytes: 256 << 10,
-            poll_interval_ms: 5,
+            poll_interval_ms: 2,
             files: FilesConfig::default(),
             tls: TlsConfig::default(),
             process_table_capacity: 65536,

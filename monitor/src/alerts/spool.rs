@@ -45,8 +45,16 @@ struct Writer {
     unacked_bytes: u64,
     unacked: u64,
     acked: Position,
+    /// The acknowledged position last written to `cursor`, and when.
+    saved: Position,
+    saved_at: std::time::Instant,
     dirty: bool,
 }
+
+/// The cursor is written at most this often (and at every sync): a crash in between re-sends what
+/// was delivered since, which at-least-once allows, and low alert rates do not pay a file write
+/// and rename per alert.
+const CURSOR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct Spool {
     dir: PathBuf,
@@ -164,6 +172,8 @@ impl Spool {
                 unacked_bytes,
                 unacked,
                 acked,
+                saved: acked,
+                saved_at: std::time::Instant::now(),
                 dirty: false,
             }),
             notify: tokio::sync::Notify::new(),
@@ -219,12 +229,31 @@ impl Spool {
         Ok(())
     }
 
-    /// Pushes written alerts to the disk (called about once a second and at shutdown).
+    /// Pushes written alerts and the cursor to the disk (about once a second and at shutdown).
     pub fn sync(&self) -> Result<(), SpoolError> {
         let mut w = self.lock();
         if w.dirty {
             w.file.sync_data().map_err(|e| self.io(e))?;
             w.dirty = false;
+        }
+        self.save_cursor(&mut w)
+    }
+
+    fn save_cursor(&self, w: &mut Writer) -> Result<(), SpoolError> {
+        if w.saved != w.acked {
+            write_cursor(&self.dir, w.acked).map_err(|e| self.io(e))?;
+            w.saved = w.acked;
+            w.saved_at = std::time::Instant::now();
+        }
+        // Segments wholly before the saved cursor are never needed again.
+        while w.segments.len() > 1
+            && w.segments
+                .front()
+                .is_some_and(|&(s, _)| s < w.saved.segment)
+        {
+            if let Some((s, _)) = w.segments.pop_front() {
+                let _ = std::fs::remove_file(seg_path(&self.dir, s));
+            }
         }
         Ok(())
     }
@@ -249,11 +278,8 @@ impl Spool {
         w.acked = to;
         w.unacked = w.unacked.saturating_sub(n);
         w.unacked_bytes = w.unacked_bytes.saturating_sub(bytes);
-        write_cursor(&self.dir, to).map_err(|e| self.io(e))?;
-        while w.segments.len() > 1 && w.segments.front().is_some_and(|&(s, _)| s < to.segment) {
-            if let Some((s, _)) = w.segments.pop_front() {
-                let _ = std::fs::remove_file(seg_path(&self.dir, s));
-            }
+        if w.saved_at.elapsed() >= CURSOR_EVERY {
+            self.save_cursor(&mut w)?;
         }
         Ok(())
     }
@@ -268,6 +294,13 @@ impl Spool {
             pos: self.acked(),
             file: None,
         }
+    }
+}
+
+impl Drop for Spool {
+    /// An orderly end saves the cursor, so the next start sends nothing twice.
+    fn drop(&mut self) {
+        let _ = self.sync();
     }
 }
 
@@ -334,7 +367,11 @@ impl SpoolReader {
             }
             // End of what is written (or half a line being written): re-read from here later.
             let moved_on = spool.newest_segment() > self.pos.segment;
-            self.file = None;
+            if n > 0 || moved_on {
+                // Reopened at the position: a half line is read again whole, or the next
+                // segment is looked for. A plain end of file keeps the reader open.
+                self.file = None;
+            }
             if n > 0 {
                 if moved_on {
                     // Half a line in a segment the writer left: damage, never to be finished.
@@ -471,6 +508,7 @@ mod tests {
         let mut bad = 0;
         let b = r.read(&s, 5, &mut bad).unwrap();
         assert_eq!(b.alerts.len(), 5);
+        s.sync().unwrap();
         drop(s);
         let s = Spool::open_with_segment(dir.path(), 1 << 20, 300).unwrap();
         assert_eq!(s.pending().0, 30);
@@ -478,6 +516,7 @@ mod tests {
         let rest = drain(&s, &mut r, 1000);
         assert_eq!(rest, (20..50).collect::<Vec<_>>());
         assert_eq!(s.pending(), (0, 0));
+        s.sync().unwrap();
         // Delivered segments are gone; one remains to write into.
         let logs = std::fs::read_dir(dir.path())
             .unwrap()
