@@ -1007,8 +1007,7 @@ fn render(s: &Setup, runs: &[Run]) -> Result<Section> {
         "Workload: `bench/alertload.c` opens, reads one byte of and closes {} distinct files in \
          a watched directory, one at a time, at a steady paced rate (absolute `CLOCK_MONOTONIC` \
          deadlines, each drawn uniformly within its 1/rate slot, so the opens do not run in step \
-         with the daemon's poll timer — 200/s is exactly one open per 5 ms tick), pinned to CPU \
-         {}; it is one process, so one identity, and stamps the clock just before each open(). It first opens a warm-up file and waits 500 ms, so the daemon \
+         with the daemon's periodic poll timer), pinned to CPU {}; it is one process, so one identity, and stamps the clock just before each open(). It first opens a warm-up file and waits 500 ms, so the daemon \
          has learned the process before the measured opens. The daemon runs pinned to CPU \
          {DAEMON_CPU} (all its threads) with the bundled configuration except: only that \
          directory watched, `rules: []` (every identity is ungoverned, so each open is a fresh \
@@ -1223,10 +1222,11 @@ fn analysis(s: &Setup, runs: &[Run]) -> String {
     let _ = write!(
         t,
         "**Where the time goes.** (1) *The poll wait.* At these rates the ring buffer never \
-         holds `wakeup_bytes` (256 KiB bundled), so the kernel never wakes the reader: every \
+         holds `wakeup_bytes` ({} KiB bundled), so the kernel never wakes the reader: every \
          event waits in the ring for the reader's next poll tick, `sensors.poll_interval_ms` \
          ({} ms bundled) — on average half of it, at worst all of it plus the timer's slack — \
          before the finding can even be judged.",
+        yaml_number(&s.base, "wakeup_bytes").unwrap_or(0) / 1024,
         s.bundled_poll_ms
     );
     if let (Some(b), Some(f)) = (bundled, fast) {
