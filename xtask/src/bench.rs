@@ -5,11 +5,14 @@
 //! 2. HTTPS requests through OpenSSL (curl → nginx): bare, an empty uprobe floor (bpftrace),
 //!    nhiwatch, bpftrace sslsnoop.bt.
 //! 3. The highest watched-file event rate the daemon, pinned to one CPU, drains without loss.
+//! 4. Userspace stage costs without the kernel.
+//! 5. Alert latency from the kernel's timestamp to the sink write (file, HTTPS webhook, syslog/TLS).
 //!
 //! Overhead variants run in alternation (bare, A, B, bare, A, B …) so drift of a noisy machine
 //! hits every variant alike; each tool is started fresh, waited for until attached, and stopped
 //! before the next variant. Everything started is stopped on drop, also on error.
 
+mod alerts;
 mod event_rate;
 mod open_loop;
 mod stats;
@@ -57,6 +60,8 @@ enum Which {
     Rate,
     /// Userspace stage costs without the kernel (identity resolution, drain).
     Userspace,
+    /// Alert latency from the kernel timestamp to the sink write.
+    Alerts,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -110,7 +115,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
 
     let mut ctx = Ctx {
         root: root.to_path_buf(),
-        nhiwatch: root.join("target/release/nhiwatch"),
+        nhiwatch: cargo_target_dir(root).join("release/nhiwatch"),
         openloop,
         openload,
         tmp: TempDir::new()?,
@@ -128,7 +133,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 4] = [
+    let benches: [(Which, &str, Bench); 5] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -148,6 +153,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             Which::Userspace,
             "4. Userspace stages without the kernel",
             userspace::run,
+        ),
+        (
+            Which::Alerts,
+            "5. Alert latency (kernel timestamp → sink write)",
+            alerts::run,
         ),
     ];
     let mut sections = Vec::new();
@@ -202,6 +212,14 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         bail!("benchmarks failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace),
+/// else `target/` in the workspace.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
 /// Compiles bench/NAME.c into target/bench/NAME, with `extra` (libraries) after the source.
@@ -764,7 +782,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate,userspace`.",
+         {}), `--only open,tls,rate,userspace,alerts`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(

@@ -470,7 +470,7 @@ fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
 }
 
 /// The configuration `base` with its `sensors.files.watch` list replaced by `dir` alone.
-fn watch_config(base: &str, dir: &str) -> Result<String> {
+pub(super) fn watch_config(base: &str, dir: &str) -> Result<String> {
     let mut out = String::new();
     let mut files_indent: Option<usize> = None;
     let mut skip_deeper_than: Option<usize> = None;

@@ -16,6 +16,18 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// The `q` quantile (0..=1) by nearest rank: the smallest value with at least q of all at or
+/// below it, so p99 of 2,000 samples is the 1,980th smallest.
+pub fn quantile(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 /// One variant of an overhead benchmark, summarised against the bare runs of the same rounds.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -174,6 +186,17 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let xs: Vec<f64> = (1..=2000).rev().map(f64::from).collect();
+        assert_eq!(quantile(&xs, 0.5), 1000.0);
+        assert_eq!(quantile(&xs, 0.99), 1980.0);
+        assert_eq!(quantile(&xs, 0.999), 1998.0);
+        assert_eq!(quantile(&xs, 1.0), 2000.0);
+        assert_eq!(quantile(&xs, 0.0), 1.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 
     #[test]

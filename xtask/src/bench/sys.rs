@@ -1,5 +1,6 @@
 //! What the benchmarks start and ask: guarded child processes (stopped on drop), a temporary
-//! directory (removed on drop), free ports, tiny HTTP/1.0 requests, CPU time of a process.
+//! directory (removed on drop), free ports, tiny HTTP/1.0 requests, CPU time of a process,
+//! the monotonic clock, thread pinning and inotify.
 
 use std::{
     fs::{self, File},
@@ -15,7 +16,34 @@ use anyhow::{bail, Context, Result};
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    fn inotify_init1(flags: i32) -> i32;
+    fn inotify_add_watch(fd: i32, path: *const std::ffi::c_char, mask: u32) -> i32;
+    fn poll(fds: *mut PollFd, n: u64, timeout_ms: i32) -> i32;
+    fn read(fd: i32, buf: *mut u8, n: usize) -> isize;
+    fn close(fd: i32) -> i32;
 }
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+const CLOCK_REALTIME: i32 = 0;
+const CLOCK_MONOTONIC: i32 = 1;
+const IN_NONBLOCK: i32 = 0o4000;
+const IN_CLOEXEC: i32 = 0o2000000;
+const IN_MODIFY: u32 = 0x2;
+const POLLIN: i16 = 1;
 
 const SIGTERM: i32 = 15;
 
@@ -439,4 +467,129 @@ pub fn foreign_processes(names: &[&str], ours: &[u32]) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+fn clock_ns(clock: i32) -> u64 {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into memory we own.
+    unsafe { clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock C workloads and Python receivers
+/// (`time.monotonic_ns`) stamp with, so their times and ours compare directly.
+pub fn mono_ns() -> u64 {
+    clock_ns(CLOCK_MONOTONIC)
+}
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch: the clock the daemon's finding times use.
+pub fn real_ns() -> u64 {
+    clock_ns(CLOCK_REALTIME)
+}
+
+/// Pins the calling thread (not the whole process) to one CPU.
+pub fn pin_thread(cpu: usize) -> Result<()> {
+    let mut mask = [0u64; 16];
+    if cpu >= 64 * mask.len() {
+        bail!("CPU {cpu} out of range");
+    }
+    mask[cpu / 64] |= 1 << (cpu % 64);
+    // SAFETY: pid 0 is the calling thread; the mask is a cpu_set_t-sized buffer we own.
+    let r = unsafe { sched_setaffinity(0, std::mem::size_of_val(&mask), mask.as_ptr()) };
+    if r != 0 {
+        bail!(
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// An inotify instance watching files for writes (IN_MODIFY), closed on drop.
+pub struct Inotify(i32);
+
+impl Inotify {
+    pub fn new() -> Result<Inotify> {
+        // SAFETY: a plain syscall; the descriptor is owned by the value returned.
+        let fd = unsafe { inotify_init1(IN_NONBLOCK | IN_CLOEXEC) };
+        if fd < 0 {
+            bail!("inotify_init1: {}", std::io::Error::last_os_error());
+        }
+        Ok(Inotify(fd))
+    }
+
+    pub fn watch_writes(&self, path: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: our descriptor and a NUL-terminated path.
+        if unsafe { inotify_add_watch(self.0, c.as_ptr(), IN_MODIFY) } < 0 {
+            bail!(
+                "inotify_add_watch {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` for writes; true if there were any (the events are consumed).
+    pub fn wait(&self, timeout_ms: i32) -> Result<bool> {
+        let mut p = PollFd {
+            fd: self.0,
+            events: POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let r = unsafe { poll(&mut p, 1, timeout_ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            bail!("poll on inotify: {e}");
+        }
+        if r == 0 {
+            return Ok(false);
+        }
+        let mut buf = [0u8; 4096];
+        // Non-blocking: drains what is queued, then EAGAIN ends the loop.
+        // SAFETY: reads into a buffer we own, at most its length.
+        while unsafe { read(self.0, buf.as_mut_ptr(), buf.len()) } > 0 {}
+        Ok(true)
+    }
+}
+
+impl Drop for Inotify {
+    fn drop(&mut self) {
+        // SAFETY: closes the descriptor this value owns, once.
+        unsafe { close(self.0) };
+    }
+}
+
+/// One CPU's time from /proc/stat, in ns: (busy, steal, total). Busy is everything but idle,
+/// iowait and steal; steal is time the hypervisor gave to someone else.
+pub fn cpu_times(cpu: usize) -> Result<(u64, u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 8 {
+        bail!("short {name} line in /proc/stat: {line}");
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = f[..8].iter().sum();
+    let (idle, iowait, steal) = (f[3], f[4], f[7]);
+    // USER_HZ is 100 on every Linux architecture nhiwatch targets.
+    let ns = |ticks: u64| ticks * 10_000_000;
+    Ok((ns(total - idle - iowait - steal), ns(steal), ns(total)))
 }
