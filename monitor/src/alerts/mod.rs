@@ -137,6 +137,10 @@ pub struct AlertsConfig {
     /// At shutdown, sinks get this long to deliver what is spooled; the rest waits for the next start.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often spools are flushed to the disk (fdatasync). A daemon crash loses nothing
+    /// spooled (the page cache keeps it); a power loss can lose what came since the last sync.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
     pub sinks: Vec<sinks::SinkConfig>,
 }
 
@@ -147,6 +151,7 @@ impl Default for AlertsConfig {
             rate_limit: RateLimitConfig::default(),
             spool_dir: PathBuf::from("spool"),
             drain_timeout: Duration::from_secs(5),
+            sync_interval: Duration::from_secs(5),
             sinks: vec![sinks::SinkConfig::local_file()],
         }
     }

@@ -213,8 +213,10 @@ impl Alerts {
                 dropped_error: metrics.alerts.dropped(&sc.name, "spool_error"),
                 full: false,
             });
+            let mut settings = worker::Settings::from(sc);
+            settings.sync_interval = cfg.sync_interval.max(Duration::from_millis(10));
             workers.push(tokio::spawn(worker::run(
-                worker::Settings::from(sc),
+                settings,
                 transport,
                 spool,
                 m,
@@ -471,6 +473,7 @@ mod spool_full_tests {
             },
             spool_dir: "spool".into(),
             drain_timeout: Duration::from_millis(500),
+            sync_interval: Duration::from_secs(1),
             sinks: vec![
                 sink("local", SinkKind::File(FileConfig::default())),
                 sink(

@@ -15,8 +15,6 @@ use crate::metrics::{Metrics, SinkMetrics};
 
 /// How often an idle sink's receiver is checked (the `alert_sink_up` gauge).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the spool is pushed to the disk (fdatasync, cursor).
-const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Syncs the spool on a blocking thread: the disk may take milliseconds, and neither the
 /// runtime's workers nor the pipeline should wait for it.
@@ -35,6 +33,8 @@ pub struct Settings {
     retry_initial: Duration,
     retry_max: Duration,
     timeout: Duration,
+    /// How often the spool is pushed to the disk (fdatasync, cursor).
+    pub sync_interval: Duration,
 }
 
 impl From<&SinkConfig> for Settings {
@@ -45,6 +45,7 @@ impl From<&SinkConfig> for Settings {
             retry_initial: c.retry_initial,
             retry_max: c.retry_max,
             timeout: c.timeout,
+            sync_interval: Duration::from_secs(5),
         }
     }
 }
@@ -93,7 +94,7 @@ pub async fn run(
     let mut last_sync = Instant::now();
     m.up.set(1);
     loop {
-        if last_sync.elapsed() >= SYNC_INTERVAL {
+        if last_sync.elapsed() >= set.sync_interval {
             last_sync = Instant::now();
             sync(&spool, &set.name).await;
         }
@@ -126,7 +127,7 @@ pub async fn run(
             }
             let idle = HEALTH_INTERVAL
                 .saturating_sub(last_health.elapsed())
-                .min(SYNC_INTERVAL);
+                .min(set.sync_interval);
             tokio::select! {
                 _ = spool.notify.notified() => {}
                 r = stop.changed() => {
