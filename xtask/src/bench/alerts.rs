@@ -1365,7 +1365,7 @@ mod tests {
         // the blocks after the replaced ones survive
         assert!(y.contains("\ndetectors:\n"), "{y}");
         assert!(y.contains("  persist_interval: 30s"), "{y}");
-        assert_eq!(yaml_number(base, "poll_interval_ms"), Some(5));
+        assert!(yaml_number(base, "poll_interval_ms").is_some_and(|ms| ms > 0));
         assert!(set_nested("a: 1\n", "poll_interval_ms", "1").is_err());
     }
 
