@@ -446,6 +446,10 @@ spec:
     );
     let d = Daemon::start(&config);
     let prom = Prometheus::start(d.metrics_port);
+    // Prometheus first scrapes up to ~5 s after it is ready (its scrape manager applies targets on
+    // a 5 s tick). A counter first scraped after the test's findings has no increase to show, so
+    // the traffic waits for a first scrape (an earlier CI run failed on exactly this).
+    prom.wait_for("up", |v| v == 1.0);
 
     let key = key_file.display().to_string();
     let work = client(
