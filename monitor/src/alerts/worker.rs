@@ -92,6 +92,11 @@ pub async fn run(
     let mut failing = false;
     let mut last_health = Instant::now();
     let mut last_sync = Instant::now();
+    // Alerts per send: `cap` is what the receiver's size limit allows (lowered for good by a
+    // 413), `limit` shrinks while a refused batch is split to find the alert it refuses.
+    let mut cap = set.batch_max;
+    let mut limit = cap;
+    let mut refusals = Refusals::default();
     m.up.set(1);
     loop {
         if last_sync.elapsed() >= set.sync_interval {
@@ -103,7 +108,7 @@ pub async fn run(
             break;
         }
         let mut bad = 0;
-        let batch = match reader.read(&spool, set.batch_max, &mut bad) {
+        let batch = match reader.read(&spool, limit, &mut bad) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(sink = %set.name, error = %e, "reading the alert spool failed; retrying");
@@ -180,11 +185,28 @@ pub async fn run(
                     failing = false;
                 }
                 backoff = set.retry_initial;
+                limit = (limit * 2).min(cap);
             }
-            Err(SinkError::Rejected(e)) => {
-                tracing::error!(sink = %set.name, alerts = n, error = %e, "receiver rejected alerts; dropped");
+            Err(SinkError::TooLarge(e)) if n > 1 => {
+                cap = (batch.alerts.len() / 2).max(1);
+                limit = cap;
+                tracing::warn!(sink = %set.name, alerts = n, error = %e, batch_max = cap, "receiver refused a batch as too large; sending smaller batches");
+                reader.rewind(spool.acked());
+            }
+            Err(SinkError::Rejected(_)) if n > 1 => {
+                // One bad alert must not take its batch with it: halve until it stands alone.
+                limit = (batch.alerts.len() / 2).max(1);
+                reader.rewind(spool.acked());
+            }
+            Err(e @ (SinkError::Rejected(_) | SinkError::TooLarge(_))) => {
+                let reason = if matches!(e, SinkError::TooLarge(_)) {
+                    "too_large"
+                } else {
+                    "rejected"
+                };
+                refusals.log(&set.name, reason, &e);
                 let _ = spool.ack(batch.end, batch.lines, batch.bytes);
-                metrics.alerts.dropped(&set.name, "rejected").inc_by(n);
+                metrics.alerts.dropped(&set.name, reason).inc_by(n);
             }
             Err(e) => {
                 m.failures.inc();
@@ -211,6 +233,29 @@ pub async fn run(
     sync(&spool, &set.name).await;
 }
 
+/// Logs dropped alerts at most every 10 s, with the count since the last line: a receiver that
+/// refuses everything (a wrong format, say) would otherwise log once per alert.
+#[derive(Default)]
+struct Refusals {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn log(&mut self, sink: &str, reason: &str, e: &SinkError) {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::error!(sink = %sink, reason, alerts = self.unlogged, error = %e, "receiver refused alerts one by one; dropped");
+        self.last = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
 /// Sleeps for `d` or until `stop` changes; true when it changed.
 async fn wait(stop: &mut watch::Receiver<Option<Instant>>, d: Duration) -> bool {
     tokio::select! {
@@ -221,5 +266,115 @@ async fn wait(stop: &mut watch::Receiver<Option<Instant>>, d: Duration) -> bool 
             r.is_ok()
         }
         _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
+
+    use super::*;
+    use crate::{
+        alerts::{
+            sinks::{webhook::WebhookConfig, SinkKind},
+            Format, Outgoing,
+        },
+        detect::finding::Severity,
+    };
+
+    /// A receiver with two limits real ones have: at most 8 alerts or 2,000 bytes per request
+    /// (413), and it refuses for good any batch holding an alert it cannot take (400).
+    async fn hook(State(got): State<Arc<Mutex<Vec<Vec<u64>>>>>, body: Bytes) -> StatusCode {
+        let alerts: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        if alerts.len() > 8 || body.len() > 2000 {
+            return StatusCode::PAYLOAD_TOO_LARGE;
+        }
+        if alerts.iter().any(|a| a["poison"] == true) {
+            return StatusCode::BAD_REQUEST;
+        }
+        let ns = alerts.iter().map(|a| a["n"].as_u64().unwrap()).collect();
+        got.lock().unwrap().push(ns);
+        StatusCode::OK
+    }
+
+    fn alert(n: u64, body: String) -> Outgoing {
+        Outgoing {
+            time_ns: n as i64,
+            fresh: false,
+            severity: Severity::High,
+            rule: "NHI-010".into(),
+            dedup_key: format!("{n:016x}"),
+            body,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_batches_are_split_and_only_the_refused_alert_is_dropped() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(got.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool"), 1 << 20).unwrap());
+        let (poison, huge) = ([7, 30], 19);
+        for n in 0..60u64 {
+            let body = if poison.contains(&n) {
+                format!("{{\"n\":{n},\"poison\":true}}")
+            } else if n == huge {
+                format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(3000))
+            } else {
+                format!("{{\"n\":{n}}}")
+            };
+            spool.append(&alert(n, body)).unwrap();
+        }
+        let mut cfg = super::super::sinks::SinkConfig::local_file();
+        cfg.name = "hook".into();
+        cfg.format = Format::Native;
+        cfg.batch_max = 50;
+        cfg.kind = SinkKind::Webhook(WebhookConfig {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            body: Default::default(),
+            token_file: None,
+            tls: None,
+            index: None,
+            sourcetype: None,
+        });
+        let transport = Transport::open(&cfg, dir.path(), "host").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let m = metrics.alerts.sink("hook");
+        // A deadline from the start: the worker delivers what is spooled, then returns.
+        let (_tx, stop) = watch::channel(Some(Instant::now() + Duration::from_secs(20)));
+        run(
+            Settings::from(&cfg),
+            transport,
+            spool.clone(),
+            m.clone(),
+            metrics.clone(),
+            stop,
+        )
+        .await;
+
+        let got = got.lock().unwrap().clone();
+        let delivered: Vec<u64> = got.iter().flatten().copied().collect();
+        let expected: Vec<u64> = (0..60)
+            .filter(|n| !poison.contains(n) && *n != huge)
+            .collect();
+        assert_eq!(delivered, expected, "every other alert, once, in order");
+        assert!(got.iter().all(|b| b.len() <= 8), "{got:?}");
+        assert!(
+            got.iter().any(|b| b.len() > 1),
+            "batching resumes after a split: {got:?}"
+        );
+        assert_eq!(m.sent.get(), expected.len() as u64);
+        assert_eq!(metrics.alerts.dropped("hook", "rejected").get(), 2);
+        assert_eq!(metrics.alerts.dropped("hook", "too_large").get(), 1);
+        assert_eq!(m.failures.get(), 0, "a refusal is not a delivery failure");
+        assert_eq!(spool.pending().0, 0);
     }
 }

@@ -45,7 +45,7 @@ pub struct SinkMetrics {
     pub up: Gauge,
 }
 
-pub const DROP_REASONS: [&str; 3] = ["spool_full", "rejected", "spool_error"];
+pub const DROP_REASONS: [&str; 4] = ["spool_full", "rejected", "too_large", "spool_error"];
 
 impl AlertMetrics {
     pub fn register(&self, registry: &mut Registry) {
@@ -66,7 +66,7 @@ impl AlertMetrics {
         );
         registry.register(
             "alerts_dropped",
-            "Alerts that will never reach the sink, by reason (spool_full, rejected by the receiver, spool_error)",
+            "Alerts that will never reach the sink, by reason (spool_full, rejected by the receiver, too_large for the receiver on its own, spool_error)",
             self.dropped.clone(),
         );
         registry.register(

@@ -19,9 +19,13 @@ pub enum SinkError {
     /// Connect, I/O, TLS, 5xx, timeout: the worker retries the batch with backoff.
     #[error("{0}")]
     Transient(String),
-    /// The receiver refused these alerts for good (HTTP 400 …): counted and dropped.
+    /// The receiver refused these alerts for good (HTTP 400 …): the worker splits the batch to
+    /// find the alert it refuses, and drops (and counts) only that one.
     #[error("{0}")]
     Rejected(String),
+    /// The batch is over the receiver's size limit (HTTP 413): the worker sends smaller ones.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// One entry of `alerts.sinks`.

@@ -209,8 +209,9 @@ impl WebhookSink {
                 }
                 Err(SinkError::Transient(msg))
             }
-            // Malformed for this receiver: retrying cannot help.
+            // Malformed for this receiver: retrying the same batch cannot help.
             400 | 422 => Err(SinkError::Rejected(msg)),
+            413 => Err(SinkError::TooLarge(msg)),
             _ => Err(SinkError::Transient(msg)),
         }
     }
