@@ -36,18 +36,19 @@ pub struct RateLimiter {
     window_ns: i64,
     max: u32,
     entries: HashMap<(String, String), Entry>,
-    pub untracked: u64,
+    /// Findings let through unlimited because the table was full.
+    untracked: Counter,
 }
 
 impl RateLimiter {
-    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+    pub fn new(cfg: &RateLimitConfig, untracked: Counter) -> RateLimiter {
         RateLimiter {
             window_ns: i64::try_from(cfg.window.as_nanos())
                 .unwrap_or(i64::MAX)
                 .max(1),
             max: cfg.max,
             entries: HashMap::new(),
-            untracked: 0,
+            untracked,
         }
     }
 
@@ -73,7 +74,9 @@ impl RateLimiter {
             })),
             None => None,
         }) else {
-            self.untracked += 1;
+            if self.untracked.inc() == 0 {
+                tracing::warn!(keys = LIMITER_KEYS, "the alert rate limiter tracks its maximum of (identity, rule) keys; alerts for new ones pass unlimited until windows close (nhiwatch_alert_rate_limit_untracked_total)");
+            }
             return true;
         };
         if e.sent < self.max {
@@ -226,7 +229,7 @@ impl Alerts {
         }
         Ok(Alerts {
             sinks,
-            limiter: RateLimiter::new(&cfg.rate_limit),
+            limiter: RateLimiter::new(&cfg.rate_limit, metrics.alerts.limiter_untracked()),
             metrics,
             me,
             internal: Vec::new(),
@@ -405,10 +408,13 @@ mod tests {
 
     #[test]
     fn limits_per_identity_and_rule_and_reports_what_it_held() {
-        let mut l = RateLimiter::new(&RateLimitConfig {
-            window: Duration::from_secs(60),
-            max: 3,
-        });
+        let mut l = RateLimiter::new(
+            &RateLimitConfig {
+                window: Duration::from_secs(60),
+                max: 3,
+            },
+            Counter::default(),
+        );
         let s = 1_000_000_000i64;
         let mut passed = 0;
         for i in 0..10 {
@@ -435,11 +441,41 @@ mod tests {
         assert_eq!(h.severity, Rule::UndeclaredDestination.severity());
         // A new window starts afresh.
         assert!(l.allow(&finding("a", Rule::UndeclaredDestination, 61 * s)));
-        let mut off = RateLimiter::new(&RateLimitConfig {
-            window: Duration::from_secs(60),
-            max: 0,
-        });
+        let mut off = RateLimiter::new(
+            &RateLimitConfig {
+                window: Duration::from_secs(60),
+                max: 0,
+            },
+            Counter::default(),
+        );
         assert!((0..100).all(|i| off.allow(&finding("a", Rule::UndeclaredDestination, i))));
+    }
+
+    #[test]
+    fn a_full_table_lets_new_keys_through_and_counts_them() {
+        let untracked = Counter::default();
+        let cfg = RateLimitConfig {
+            window: Duration::from_secs(60),
+            max: 1,
+        };
+        let mut l = RateLimiter::new(&cfg, untracked.clone());
+        let r = Rule::UndeclaredDestination;
+        for i in 0..LIMITER_KEYS {
+            assert!(l.allow(&finding(&i.to_string(), r, 0)));
+        }
+        assert!(!l.allow(&finding("0", r, 1)), "tracked keys stay limited");
+        assert_eq!(untracked.get(), 0);
+        assert!(l.allow(&finding("new", r, 1)));
+        assert!(
+            l.allow(&finding("new", r, 2)),
+            "an untracked key is not limited"
+        );
+        assert_eq!(untracked.get(), 2);
+        // Closed windows free the table.
+        l.expire(60_000_000_000, &mut Vec::new());
+        assert!(l.allow(&finding("new", r, 60_000_000_001)));
+        assert!(!l.allow(&finding("new", r, 60_000_000_002)));
+        assert_eq!(untracked.get(), 2);
     }
 }
 

@@ -29,6 +29,7 @@ pub struct AlertMetrics {
     failures: Family<SinkLabel, Counter>,
     dropped: Family<SinkReasonLabel, Counter>,
     suppressed: Family<RuleLabel, Counter>,
+    limiter_untracked: Counter,
     queue: Family<SinkLabel, Gauge>,
     spool_bytes: Family<SinkLabel, Gauge>,
     up: Family<SinkLabel, Gauge>,
@@ -75,6 +76,11 @@ impl AlertMetrics {
             self.suppressed.clone(),
         );
         registry.register(
+            "alert_rate_limit_untracked",
+            "Alerts let through without a rate limit because the limiter already tracked its maximum of 100,000 (identity, rule) windows",
+            self.limiter_untracked.clone(),
+        );
+        registry.register(
             "alert_queue_alerts",
             "Alerts spooled for the sink and not yet delivered",
             self.queue.clone(),
@@ -114,6 +120,10 @@ impl AlertMetrics {
                 reason: reason.into(),
             })
             .clone()
+    }
+
+    pub fn limiter_untracked(&self) -> Counter {
+        self.limiter_untracked.clone()
     }
 
     pub fn suppressed(&self, rule: crate::detect::finding::Rule) -> Counter {
