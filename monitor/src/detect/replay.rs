@@ -31,6 +31,29 @@ pub enum ReplayError {
 /// Bad lines reported individually; the rest are only counted.
 const BAD_SHOWN: usize = 20;
 
+/// What is wrong with a line, without quoting it: serde's messages for values that do not fit
+/// ("invalid type: string \"…\"", "unknown variant `…`") carry the line's own bytes, and a
+/// file fed to replay need not be a recording free of secrets. What it expected is ours to show.
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m);
+    let what = match e.classify() {
+        Category::Data if msg.starts_with("missing field") || msg.starts_with("unknown field") => {
+            // Names of fields, ours or the line's keys: keys are never values.
+            msg.to_owned()
+        }
+        Category::Data => match msg.split_once(", expected ") {
+            Some((_, expected)) => format!("a value does not fit: expected {expected}"),
+            None => "a value does not fit the record".to_owned(),
+        },
+        Category::Syntax | Category::Eof | Category::Io => msg.to_owned(),
+    };
+    format!("{what} (column {})", e.column())
+}
+
 /// Feeds every observation of `files` (in file order) to `engine`, writes each finding as it is
 /// raised, and closes all open windows at the end. A line that is not an observation is skipped
 /// and reported, never fatal.
@@ -52,15 +75,26 @@ pub fn replay(
             })?;
             Box::new(std::io::BufReader::new(f))
         };
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(|source| ReplayError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
+        // Bytes, not `lines()`: a line that is not UTF-8 is one bad line, not the end of the replay.
+        let mut reader = reader;
+        let mut line = Vec::new();
+        let mut i = 0;
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|source| ReplayError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            i += 1;
+            if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Observation>(&line) {
+            match serde_json::from_slice::<Observation>(&line) {
                 Ok(o) => {
                     stats.observations += 1;
                     engine.observe(&o, &mut found);
@@ -68,7 +102,7 @@ pub fn replay(
                 Err(e) => {
                     stats.bad_total += 1;
                     if stats.bad_lines.len() < BAD_SHOWN {
-                        stats.bad_lines.push((path.clone(), i + 1, e.to_string()));
+                        stats.bad_lines.push((path.clone(), i, describe(&e)));
                     }
                 }
             }
@@ -94,4 +128,55 @@ fn write(
             .map_err(ReplayError::Write)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    fn err(line: &str) -> String {
+        describe(&serde_json::from_str::<Observation>(line).unwrap_err())
+    }
+
+    #[test]
+    fn bad_lines_are_described_without_their_values() {
+        let secret = "sk-ant-api03-LEAKME";
+        for line in [
+            format!(r#"{{"time":"{secret}"}}"#),
+            format!(r#"{{"time":1,"identity":{{"kind":"{secret}"}}}}"#),
+            format!(r#"[{{"{secret}":1}}"#),
+            format!(r#"{{"time": {secret}}}"#),
+        ] {
+            let d = err(&line);
+            assert!(!d.contains("LEAKME"), "{d}");
+            assert!(d.contains("(column "), "{d}");
+        }
+        // Our own deserializers quote the value too ("bad time \"…\"").
+        let d = err(r#"{"time":"LEAKME"}"#);
+        assert_eq!(d, "a value does not fit the record (column 17)");
+        let d = err(r#"{"time":1}"#);
+        assert_eq!(d, "a value does not fit: expected a string (column 9)");
+        assert!(err("{").contains("EOF"), "{}", err("{"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_one_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.jsonl");
+        std::fs::write(&p, b"\xff\xfe not json\n{\"nope\":1}\n").unwrap();
+        let mut engine = Engine::new(
+            crate::contracts::RuleSet::default(),
+            crate::detect::DetectConfig::default(),
+        );
+        let stats = replay(
+            &mut engine,
+            &[p],
+            crate::alerts::Format::Native,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(stats.bad_total, 2);
+        assert_eq!(stats.bad_lines[0].1, 1);
+        assert_eq!(stats.bad_lines[1].1, 2);
+    }
 }
