@@ -49,6 +49,9 @@ struct Writer {
     saved: Position,
     saved_at: std::time::Instant,
     dirty: bool,
+    /// Segments the writer left since the last sync: the worker syncs them (and the directory,
+    /// which holds the new segment's name), never the pipeline thread that appends.
+    retired: Vec<File>,
 }
 
 /// The cursor is written at most this often (and at every sync): a crash in between re-sends what
@@ -175,6 +178,7 @@ impl Spool {
                 saved: acked,
                 saved_at: std::time::Instant::now(),
                 dirty: false,
+                retired: Vec::new(),
             }),
             notify: tokio::sync::Notify::new(),
         })
@@ -205,11 +209,12 @@ impl Spool {
             return Err(SpoolError::Full(self.dir.display().to_string()));
         }
         if w.len > 0 && w.len + line.len() as u64 > self.segment_bytes {
-            // The full segment is synced before the next begins so a machine crash loses at most
-            // the segment being written.
-            w.file.sync_data().map_err(|e| self.io(e))?;
             let next = w.segment + 1;
-            w.file = open_append(&seg_path(&self.dir, next)).map_err(|e| self.io(e))?;
+            let old = std::mem::replace(
+                &mut w.file,
+                open_append(&seg_path(&self.dir, next)).map_err(|e| self.io(e))?,
+            );
+            w.retired.push(old);
             w.segment = next;
             w.len = 0;
             w.segments.push_back((next, 0));
@@ -229,19 +234,32 @@ impl Spool {
         Ok(())
     }
 
-    /// Pushes written alerts and the cursor to the disk (the sink's worker, about once a second,
-    /// and at shutdown). The disk waits happen outside the lock, on a duplicate of the handle, so
+    /// Pushes written alerts and the cursor to the disk (the sink's worker, every
+    /// `alerts.sync_interval`, and at shutdown). The disk waits happen outside the lock, on a duplicate of the handle, so
     /// the pipeline thread appending alerts never waits for them.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        let file = {
+        let (file, retired) = {
             let mut w = self.lock();
+            let retired = std::mem::take(&mut w.retired);
             if w.dirty {
                 w.dirty = false;
-                Some(w.file.try_clone().map_err(|e| self.io(e))?)
+                (Some(w.file.try_clone().map_err(|e| self.io(e))?), retired)
             } else {
-                None
+                (None, retired)
             }
         };
+        // Older segments first, then the directory (their successors' names), then the newest.
+        // What fails is kept for the next sync.
+        if !retired.is_empty() {
+            let done = retired
+                .iter()
+                .try_for_each(|f| f.sync_data())
+                .and_then(|()| File::open(&self.dir).and_then(|d| d.sync_all()));
+            if let Err(e) = done {
+                self.lock().retired.extend(retired);
+                return Err(self.io(e));
+            }
+        }
         if let Some(f) = file {
             f.sync_data().map_err(|e| self.io(e))?;
         }
