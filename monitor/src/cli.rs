@@ -472,14 +472,39 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
     metrics.set_ready();
     tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
 
-    reader::run(
-        ring,
-        Duration::from_millis(cfg.sensors.poll_interval_ms),
-        &mut pipeline,
-        shutdown(),
-    )
-    .await?;
-    pipeline.finish();
+    // The pipeline gets a thread and a single-threaded runtime of its own: the ring's readiness,
+    // the poll timer and the pipeline then live on one thread, so a poll tick is one wake-up and
+    // not a hand-off from a runtime worker (idle CPU, BENCHMARKS.md), and the sinks' workers and
+    // the metrics server on the shared runtime never queue behind a batch of records.
+    let poll = Duration::from_millis(cfg.sensors.poll_interval_ms);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nhiwatch-pipeline".into())
+        .spawn(move || {
+            let run = || -> anyhow::Result<Pipeline> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the pipeline's runtime")?;
+                rt.block_on(reader::run(ring, poll, &mut pipeline, async {
+                    let _ = stop_rx.await;
+                }))
+                .context("reading the kernel ring buffer")?;
+                pipeline.finish();
+                Ok(pipeline)
+            };
+            let _ = done_tx.send(run());
+        })
+        .context("starting the pipeline thread")?;
+    let ended = tokio::select! {
+        r = &mut done_rx => r,
+        () = shutdown() => {
+            let _ = stop_tx.send(());
+            done_rx.await
+        }
+    };
+    let mut pipeline = ended.context("the pipeline thread panicked")??;
     let alerts = pipeline.findings_stage().and_then(|s| s.take_alerts());
     drop(pipeline);
     if let Some(a) = alerts {
