@@ -64,6 +64,9 @@ pub struct Spool {
     max_bytes: u64,
     segment_bytes: u64,
     writer: Mutex<Writer>,
+    /// Held while the cursor file is written: the worker's acknowledgements and its background
+    /// sync both write it, through the same temporary file.
+    cursor: Mutex<()>,
     /// Wakes the worker when something was appended.
     pub notify: tokio::sync::Notify,
 }
@@ -180,6 +183,7 @@ impl Spool {
                 dirty: false,
                 retired: Vec::new(),
             }),
+            cursor: Mutex::new(()),
             notify: tokio::sync::Notify::new(),
         })
     }
@@ -267,6 +271,7 @@ impl Spool {
     }
 
     fn save_cursor(&self) -> Result<(), SpoolError> {
+        let _writing = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
         let to = {
             let w = self.lock();
             if w.saved >= w.acked {

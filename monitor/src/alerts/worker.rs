@@ -16,11 +16,18 @@ use crate::metrics::{Metrics, SinkMetrics};
 /// How often an idle sink's receiver is checked (the `alert_sink_up` gauge).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Syncs the spool on a blocking thread: the disk may take milliseconds, and neither the
-/// runtime's workers nor the pipeline should wait for it.
-async fn sync(spool: &Arc<Spool>, name: &str) {
+type SyncJob = tokio::task::JoinHandle<Result<(), super::spool::SpoolError>>;
+
+/// Starts syncing the spool on a blocking thread: an fdatasync can take tens of milliseconds on a
+/// busy disk, and neither the runtime's workers, the pipeline nor this sink's deliveries should
+/// wait for it (they did: every sink stalled together at each sync, BENCHMARKS.md benchmark 5).
+fn start_sync(spool: &Arc<Spool>) -> SyncJob {
     let s = spool.clone();
-    match tokio::task::spawn_blocking(move || s.sync()).await {
+    tokio::task::spawn_blocking(move || s.sync())
+}
+
+async fn finish_sync(job: SyncJob, name: &str) {
+    match job.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(sink = %name, error = %e, "spool sync failed"),
         Err(e) => tracing::warn!(sink = %name, error = %e, "spool sync did not run"),
@@ -92,6 +99,7 @@ pub async fn run(
     let mut failing = false;
     let mut last_health = Instant::now();
     let mut last_sync = Instant::now();
+    let mut syncing: Option<SyncJob> = None;
     // Alerts per send: `cap` is what the receiver's size limit allows (lowered for good by a
     // 413), `limit` shrinks while a refused batch is split to find the alert it refuses.
     let mut cap = set.batch_max;
@@ -99,9 +107,14 @@ pub async fn run(
     let mut refusals = Refusals::default();
     m.up.set(1);
     loop {
-        if last_sync.elapsed() >= set.sync_interval {
+        if last_sync.elapsed() >= set.sync_interval
+            && syncing.as_ref().is_none_or(|j| j.is_finished())
+        {
+            if let Some(job) = syncing.take() {
+                finish_sync(job, &set.name).await;
+            }
             last_sync = Instant::now();
-            sync(&spool, &set.name).await;
+            syncing = Some(start_sync(&spool));
         }
         let deadline = *stop.borrow();
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -230,7 +243,10 @@ pub async fn run(
     if left > 0 {
         tracing::info!(sink = %set.name, alerts = left, "undelivered alerts stay spooled for the next start");
     }
-    sync(&spool, &set.name).await;
+    if let Some(job) = syncing.take() {
+        finish_sync(job, &set.name).await;
+    }
+    finish_sync(start_sync(&spool), &set.name).await;
 }
 
 /// Logs dropped alerts at most every 10 s, with the count since the last line: a receiver that
