@@ -13,6 +13,10 @@ use super::{
 };
 use crate::metrics::{Metrics, SinkMetrics};
 
+/// Good sends at a 413-lowered batch size before a doubled one is tried: a receiver whose limit
+/// really is lower then costs one refused request in this many.
+const CAP_PROBE_AFTER: u32 = 16;
+
 /// How often an idle sink's receiver is checked (the `alert_sink_up` gauge).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -100,10 +104,13 @@ pub async fn run(
     let mut last_health = Instant::now();
     let mut last_sync = Instant::now();
     let mut syncing: Option<SyncJob> = None;
-    // Alerts per send: `cap` is what the receiver's size limit allows (lowered for good by a
-    // 413), `limit` shrinks while a refused batch is split to find the alert it refuses.
+    // Alerts per send: `cap` is what the receiver's size limit allows (halved by a 413, doubled
+    // again after CAP_PROBE_AFTER good sends at it, so one oversized alert or a receiver's
+    // changed limit does not shrink batches for good), `limit` shrinks while a refused batch is
+    // split to find the alert it refuses.
     let mut cap = set.batch_max;
     let mut limit = cap;
+    let mut good_at_cap = 0u32;
     let mut refusals = Refusals::default();
     m.up.set(1);
     loop {
@@ -198,11 +205,19 @@ pub async fn run(
                     failing = false;
                 }
                 backoff = set.retry_initial;
+                if cap < set.batch_max && limit == cap {
+                    good_at_cap += 1;
+                    if good_at_cap >= CAP_PROBE_AFTER {
+                        cap = (cap * 2).min(set.batch_max);
+                        good_at_cap = 0;
+                    }
+                }
                 limit = (limit * 2).min(cap);
             }
             Err(SinkError::TooLarge(e)) if n > 1 => {
                 cap = (batch.alerts.len() / 2).max(1);
                 limit = cap;
+                good_at_cap = 0;
                 tracing::warn!(sink = %set.name, alerts = n, error = %e, batch_max = cap, "receiver refused a batch as too large; sending smaller batches");
                 reader.rewind(spool.acked());
             }
@@ -338,8 +353,9 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(&dir.path().join("spool"), 1 << 20).unwrap());
+        const TOTAL: u64 = 200;
         let (poison, huge) = ([7, 30], 19);
-        for n in 0..60u64 {
+        for n in 0..TOTAL {
             let body = if poison.contains(&n) {
                 format!("{{\"n\":{n},\"poison\":true}}")
             } else if n == huge {
@@ -378,14 +394,16 @@ mod tests {
 
         let got = got.lock().unwrap().clone();
         let delivered: Vec<u64> = got.iter().flatten().copied().collect();
-        let expected: Vec<u64> = (0..60)
+        let expected: Vec<u64> = (0..TOTAL)
             .filter(|n| !poison.contains(n) && *n != huge)
             .collect();
         assert_eq!(delivered, expected, "every other alert, once, in order");
         assert!(got.iter().all(|b| b.len() <= 8), "{got:?}");
+        // Alert 19 alone is over the byte limit: it drives the batch size down to 1 on its way
+        // out, and the size must grow back to the receiver's real limit afterwards.
         assert!(
-            got.iter().any(|b| b.len() > 1),
-            "batching resumes after a split: {got:?}"
+            got.iter().any(|b| b[0] > huge && b.len() >= 4),
+            "batching resumes after the oversized alert: {got:?}"
         );
         assert_eq!(m.sent.get(), expected.len() as u64);
         assert_eq!(metrics.alerts.dropped("hook", "rejected").get(), 2);

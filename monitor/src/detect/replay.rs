@@ -40,14 +40,23 @@ fn describe(e: &serde_json::Error) -> String {
     let msg = msg
         .rsplit_once(" at line ")
         .map_or(msg.as_str(), |(m, _)| m);
+    // serde's own messages end in ", expected WHAT" where WHAT comes from our types; anything
+    // else (custom messages, unknown keys) may quote the line, so only the category is shown.
+    let standard = [
+        "invalid type: ",
+        "invalid value: ",
+        "invalid length ",
+        "unknown variant ",
+        "unknown field ",
+    ];
     let what = match e.classify() {
-        Category::Data if msg.starts_with("missing field") || msg.starts_with("unknown field") => {
-            // Names of fields, ours or the line's keys: keys are never values.
-            msg.to_owned()
-        }
-        Category::Data => match msg.split_once(", expected ") {
-            Some((_, expected)) => format!("a value does not fit: expected {expected}"),
-            None => "a value does not fit the record".to_owned(),
+        // The name is one of our fields.
+        Category::Data if msg.starts_with("missing field ") => msg.to_owned(),
+        Category::Data => match msg.rsplit_once(", expected ") {
+            Some((_, expected)) if standard.iter().any(|p| msg.starts_with(p)) => {
+                format!("a value does not fit: expected {expected}")
+            }
+            _ => "a value does not fit the record".to_owned(),
         },
         Category::Syntax | Category::Eof | Category::Io => msg.to_owned(),
     };
@@ -146,6 +155,9 @@ mod describe_tests {
             format!(r#"{{"time":1,"identity":{{"kind":"{secret}"}}}}"#),
             format!(r#"[{{"{secret}":1}}"#),
             format!(r#"{{"time": {secret}}}"#),
+            // A value that imitates serde's own wording, in a custom message and a standard one.
+            format!(r#"{{"time":"x, expected {secret}"}}"#),
+            format!(r#"{{"time":1,"identity":{{"kind":"a, expected {secret}"}}}}"#),
         ] {
             let d = err(&line);
             assert!(!d.contains("LEAKME"), "{d}");
