@@ -13,14 +13,12 @@ use std::{
 };
 
 use nhiwatch::{
-    config::{ApiCallConfig, IdentityConfig},
     events::process_table::ProcessTable,
-    identity::{cgroups::CgroupResolver, IdentityResolver},
-    metrics::Metrics,
-    pipeline::api_calls::ApiCallStage,
-    pipeline::Pipeline,
+    identity::{cgroups::CgroupResolver, IdentityConfig, IdentityResolver},
+    metrics::Registry,
+    pipeline::{telemetry::PipelineTelemetry, Pipeline},
     probes::{abi::*, reader::RecordHandler},
-    protocol::credentials::Fingerprinter,
+    protocol::{credentials::Fingerprinter, ApiCallConfig, ApiCallStage},
 };
 
 fn bytes<T>(v: &T) -> Vec<u8> {
@@ -97,11 +95,11 @@ fn main() {
         t.dport = 443;
         recs.push(bytes(&t));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Registry::new();
     let mut p = Pipeline::new(
         procs,
         Arc::new(RwLock::new(Vec::new())),
-        metrics,
+        PipelineTelemetry::register(&metrics, 500),
         None,
         None,
         resolver(),
@@ -457,11 +455,11 @@ fn api_calls(
     let calls = 64 * SESSIONS as usize;
     let mut procs = ProcessTable::new(1 << 16, 1);
     procs.scan_proc(Path::new("/proc"), Path::new(nhiwatch::CGROUP_V2_ROOT));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Registry::new();
     let mut p = Pipeline::new(
         procs,
         Arc::new(RwLock::new(Vec::new())),
-        metrics.clone(),
+        PipelineTelemetry::register(&metrics, 500),
         None,
         None,
         resolver(),
@@ -470,6 +468,7 @@ fn api_calls(
     .with_api_calls(ApiCallStage::new(
         &ApiCallConfig::default(),
         Fingerprinter::from_key([7; 32]),
+        &metrics,
     ));
     let mut runs = Vec::new();
     let mut call_runs = Vec::new();

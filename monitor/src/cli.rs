@@ -1,18 +1,10 @@
-//! Command line: parses arguments and runs the chosen command (the daemon's wiring lives here, not in main).
+//! Command line: parses arguments and runs the chosen command (the daemon's wiring is in `daemon`).
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::Write, net::SocketAddr, path::PathBuf};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{
-    config::Config,
-    events::process_table::ProcessTable,
-    identity::{cgroups::CgroupResolver, IdentityResolver},
-    metrics::Metrics,
-    pipeline::Pipeline,
-    probes::{reader, upkeep::Upkeep, Sensors},
-};
+use crate::{config::Config, daemon};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,7 +156,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => daemon::run(args),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(
@@ -181,7 +173,7 @@ pub fn main() -> anyhow::Result<()> {
             run: mut args,
         } => {
             args.record = Some(file);
-            run(args)
+            daemon::run(args)
         }
         Command::Inventory {
             config,
@@ -288,7 +280,7 @@ fn rules_paths(cfg: &Config, given: Vec<PathBuf>) -> Vec<PathBuf> {
     }
 }
 
-fn rules_error(errors: Vec<crate::contracts::RuleError>) -> anyhow::Error {
+pub(crate) fn rules_error(errors: Vec<crate::contracts::RuleError>) -> anyhow::Error {
     let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
     anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
 }
@@ -318,7 +310,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ReplayFormat::Native => crate::alerts::Format::Native,
         ReplayFormat::Ocsf => crate::alerts::Format::Ocsf,
     };
-    let stats = crate::detect::replay::replay(&mut engine, &args.files, format, &mut out)?;
+    let stats = crate::replay::replay(&mut engine, &args.files, format, &mut out)?;
     drop(out);
     if let Some(store) = store.as_mut() {
         engine.persist(|ids, creds| store.save(ids, creds, &[], &[]))?;
@@ -359,300 +351,5 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
             let _ = writeln!(err, "{} error(s)", errors.len());
             std::process::exit(2);
         }
-    }
-}
-
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut cfg = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::bundled(),
-    };
-    if let Some(a) = args.metrics_addr {
-        cfg.metrics.listen = Some(a);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("nhiwatch")
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, args.events, args.record))
-}
-
-async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::with_config(&cfg.metrics));
-    // Rules first: invalid contracts stop the start before any probe is loaded.
-    let rules = crate::contracts::watch::initial(&cfg.rules, &metrics).map_err(rules_error)?;
-    // Installed before anything else so SIGHUP never takes the default action (terminate).
-    let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut s = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        let hup = hup.clone();
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading rules");
-                hup.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    }
-    if let Some(addr) = cfg.metrics.listen {
-        // Bind before loading probes so a port clash is reported before anything attaches.
-        let m = metrics.clone();
-        let server = tokio::spawn(crate::metrics::serve(addr, m));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if server.is_finished() {
-            return server.await?.context("metrics endpoint");
-        }
-        tracing::info!(%addr, "metrics endpoint listening (/metrics, /healthz, /readyz)");
-    }
-
-    // Files of data sources are watched like secrets (data sources added by a later reload are
-    // watched from the next start).
-    for p in crate::contracts::watch_patterns(&rules) {
-        if !cfg.sensors.files.watch.contains(&p) {
-            tracing::debug!(pattern = %p, "watching a file data source");
-            cfg.sensors.files.watch.push(p);
-        }
-    }
-    let (sensors, ring) = Sensors::load(&cfg.sensors)?;
-    let attached = sensors
-        .statuses
-        .iter()
-        .filter(|s| s.error.is_none())
-        .count();
-    let failed = sensors.statuses.len() - attached;
-    let watch_targets = sensors.watch_targets.clone();
-
-    let mut procs = ProcessTable::new(
-        cfg.sensors.process_table_capacity,
-        cfg.sensors.exited_linger_ms.saturating_mul(1_000_000),
-    );
-    let seeded = procs.scan_proc(std::path::Path::new("/proc"), &crate::cgroup_v2_root());
-
-    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
-    let upkeep = Upkeep::new(sensors, metrics.clone(), PathBuf::from("/proc"));
-    let upkeep_thread = std::thread::Builder::new()
-        .name("nhiwatch-upkeep".into())
-        .spawn(move || {
-            let mut u = upkeep;
-            u.scan_all();
-            u.run(rx);
-        })
-        .context("starting the upkeep thread")?;
-
-    let out: Option<Box<dyn Write + Send>> = events.then(|| {
-        Box::new(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stdout(),
-        )) as _
-    });
-    let identity = start_identity(&cfg, &metrics)?;
-    let hold = Duration::from_millis(cfg.identity.pending_hold_ms);
-    let fingerprints = crate::protocol::credentials::Fingerprinter::load_or_create(&cfg.state_dir)
-        .with_context(|| {
-            format!(
-                "credential fingerprint key in state_dir {}",
-                cfg.state_dir.display()
-            )
-        })?;
-    let api = crate::pipeline::api_calls::ApiCallStage::new(&cfg.api_calls, fingerprints);
-    let findings = start_findings(&cfg, rules, record, &metrics, hup)?;
-    let mut pipeline = Pipeline::new(
-        procs,
-        watch_targets,
-        metrics.clone(),
-        Some(tx),
-        out,
-        identity,
-        hold,
-    )
-    .with_api_calls(api)
-    .with_findings(findings.stage);
-    metrics.set_ready();
-    tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
-
-    // The pipeline gets a thread and a single-threaded runtime of its own: the ring's readiness,
-    // the poll timer and the pipeline then live on one thread, so a poll tick is one wake-up and
-    // not a hand-off from a runtime worker (idle CPU, BENCHMARKS.md), and the sinks' workers and
-    // the metrics server on the shared runtime never queue behind a batch of records.
-    let poll = Duration::from_millis(cfg.sensors.poll_interval_ms);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("nhiwatch-pipeline".into())
-        .spawn(move || {
-            let run = || -> anyhow::Result<Pipeline> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("starting the pipeline's runtime")?;
-                rt.block_on(reader::run(ring, poll, &mut pipeline, async {
-                    let _ = stop_rx.await;
-                }))
-                .context("reading the kernel ring buffer")?;
-                pipeline.finish();
-                Ok(pipeline)
-            };
-            let _ = done_tx.send(run());
-        })
-        .context("starting the pipeline thread")?;
-    let ended = tokio::select! {
-        r = &mut done_rx => r,
-        () = shutdown() => {
-            let _ = stop_tx.send(());
-            done_rx.await
-        }
-    };
-    let mut pipeline = ended.context("the pipeline thread panicked")??;
-    let alerts = pipeline.findings_stage().and_then(|s| s.take_alerts());
-    drop(pipeline);
-    if let Some(a) = alerts {
-        a.stop().await;
-    }
-    findings
-        .stop
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = upkeep_thread.join();
-    tracing::info!("nhiwatch stopped");
-    Ok(())
-}
-
-struct Findings {
-    stage: crate::pipeline::findings::FindingsStage,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// The detectors with their learned state, outputs and rules watcher.
-fn start_findings(
-    cfg: &Config,
-    rules: crate::contracts::RuleSet,
-    record: Option<PathBuf>,
-    metrics: &Arc<Metrics>,
-    hup: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<Findings> {
-    let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
-    let store = crate::store::Store::open(&cfg.state_dir)
-        .with_context(|| format!("state database in {}", cfg.state_dir.display()))?;
-    let ids = store.load_identities()?;
-    let creds = store.load_credentials()?;
-    if ids.skipped + creds.skipped > 0 {
-        tracing::warn!(
-            rows = ids.skipped + creds.skipped,
-            "unreadable rows in the state database skipped"
-        );
-    }
-    tracing::info!(
-        identities = ids.items.len(),
-        credentials = creds.items.len(),
-        "learned state restored"
-    );
-    engine.restore(ids.items, creds.items);
-    let node = crate::identity::node_name(cfg.identity.node_name.as_deref());
-    let me = crate::alerts::route::daemon_identity(&cfg.identity.trust_domain, &node);
-    let alerts = crate::alerts::Alerts::start(
-        &cfg.alerts,
-        &cfg.state_dir,
-        &node,
-        Arc::new(me),
-        metrics.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(4);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    crate::contracts::watch::spawn(
-        cfg.rules.clone(),
-        Duration::from_secs(2),
-        hup,
-        stop.clone(),
-        metrics.clone(),
-        tx,
-    )
-    .context("starting the rules watcher")?;
-    let stage = crate::pipeline::findings::FindingsStage::new(
-        engine,
-        metrics.clone(),
-        cfg.alerts.stdout,
-        record,
-    )
-    .context("opening the record file")?
-    .with_alerts(alerts)
-    .with_reloads(rx)
-    .with_store(store);
-    Ok(Findings { stage, stop })
-}
-
-/// Builds the identity resolver and, on Kubernetes, starts the pod metadata source.
-fn start_identity(cfg: &Config, metrics: &Metrics) -> anyhow::Result<IdentityResolver> {
-    use crate::identity::kubernetes::{
-        PodSource, PodSourceConfig, PodSourceKind, PodStore, PodStoreHandle,
-    };
-    let id = &cfg.identity;
-    let node = crate::identity::node_name(id.node_name.as_deref());
-    let root = crate::cgroup_v2_root();
-    tracing::debug!(root = %root.display(), "cgroup v2 hierarchy");
-    let cgroups = CgroupResolver::new(&root, 16384);
-    let k = &id.kubernetes;
-    let (pods, refresh) = if k.source == PodSourceKind::None {
-        (None, None)
-    } else {
-        const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-        let existing = |p: &str| std::path::Path::new(p).exists().then(|| PathBuf::from(p));
-        let url = match (&k.url, k.source) {
-            (Some(u), _) => u.clone(),
-            (None, PodSourceKind::Kubelet) => "https://127.0.0.1:10250".into(),
-            (None, _) => match (std::env::var("KUBERNETES_SERVICE_HOST"), std::env::var("KUBERNETES_SERVICE_PORT")) {
-                (Ok(h), Ok(p)) => format!("https://{h}:{p}"),
-                _ => anyhow::bail!(
-                    "identity.kubernetes.source is apiserver but no url is set and KUBERNETES_SERVICE_HOST is not in the environment"
-                ),
-            },
-        };
-        let handle = PodStoreHandle::new(PodStore::new(
-            Duration::from_secs(k.deleted_pod_retention_seconds),
-            65536,
-        ));
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let source = PodSource::new(
-            PodSourceConfig {
-                kind: k.source,
-                url: url.clone(),
-                node_name: node.clone(),
-                token_file: k
-                    .token_file
-                    .clone()
-                    .or_else(|| existing(&format!("{SA}/token"))),
-                ca_file: k
-                    .ca_file
-                    .clone()
-                    .or_else(|| existing(&format!("{SA}/ca.crt"))),
-                insecure_skip_verify: k.insecure_skip_verify,
-                refresh: Duration::from_secs(k.refresh_seconds.max(1)),
-            },
-            handle.clone(),
-            rx,
-            metrics.pod_source_errors.clone(),
-        )
-        .context("pod metadata source")?;
-        tracing::info!(source = ?k.source, %url, node = %node, "pod metadata source starting");
-        tokio::spawn(source.run());
-        (Some(handle), Some(tx))
-    };
-    Ok(IdentityResolver::new(
-        id.clone(),
-        node,
-        cgroups,
-        pods,
-        refresh,
-    ))
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
     }
 }

@@ -1,8 +1,10 @@
 //! Daemon configuration: YAML file (or the bundled default) → validated `Config`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use crate::{identity::IdentityConfig, metrics::MetricsConfig, protocol::ApiCallConfig};
 
 /// The bundled default configuration (config/nhiwatch.yaml).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/nhiwatch.yaml");
@@ -39,92 +41,6 @@ pub struct Config {
     pub detectors: crate::detect::DetectConfig,
 }
 
-/// Turning TLS plaintext into API calls.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiCallConfig {
-    /// TLS sessions followed at once; the least recently active is dropped beyond it.
-    pub max_sessions: usize,
-    /// Head bytes buffered per session and direction (HTTP/1 heads, HTTP/2 header blocks).
-    pub max_head_bytes: usize,
-    /// Bytes buffered by all sessions together.
-    pub max_buffered_bytes: usize,
-    /// Requests in flight per connection (pipelining, HTTP/2 streams).
-    pub max_in_flight: usize,
-    /// A session quiet this long is closed; its open exchanges leave as `timeout`.
-    pub session_idle_seconds: u64,
-    /// Destination names remembered from DNS answers.
-    pub max_dns_names: usize,
-}
-
-impl Default for ApiCallConfig {
-    fn default() -> Self {
-        ApiCallConfig {
-            max_sessions: 16384,
-            max_head_bytes: 32 * 1024,
-            max_buffered_bytes: 64 << 20,
-            max_in_flight: 128,
-            session_idle_seconds: 300,
-            max_dns_names: 65536,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdentityConfig {
-    pub trust_domain: String,
-    /// Defaults to `NODE_NAME`, then the hostname.
-    pub node_name: Option<String>,
-    pub templates: IdentityTemplates,
-    /// How long an event of a pod whose metadata has not arrived is held back.
-    pub pending_hold_ms: u64,
-    pub kubernetes: KubernetesConfig,
-    pub selectors: Vec<SelectorRuleConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdentityTemplates {
-    pub kubernetes: String,
-    pub systemd: String,
-    pub unix: String,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KubernetesConfig {
-    pub source: crate::identity::kubernetes::PodSourceKind,
-    /// Kubelet base URL (kubelet source) or API server URL (apiserver source;
-    /// default from KUBERNETES_SERVICE_HOST/PORT).
-    pub url: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub insecure_skip_verify: bool,
-    pub refresh_seconds: u64,
-    pub deleted_pod_retention_seconds: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SelectorRuleConfig {
-    pub selectors: Vec<String>,
-    pub id: String,
-}
-
-impl Default for IdentityConfig {
-    fn default() -> Self {
-        IdentityConfig {
-            trust_domain: "cluster.local".into(),
-            node_name: None,
-            templates: IdentityTemplates::default(),
-            pending_hold_ms: 5000,
-            kubernetes: KubernetesConfig::default(),
-            selectors: Vec::new(),
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -136,30 +52,6 @@ impl Default for Config {
             rules: vec![PathBuf::from("/etc/nhiwatch/rules")],
             alerts: crate::alerts::AlertsConfig::default(),
             detectors: crate::detect::DetectConfig::default(),
-        }
-    }
-}
-
-impl Default for IdentityTemplates {
-    fn default() -> Self {
-        IdentityTemplates {
-            kubernetes: "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}".into(),
-            systemd: "spiffe://{trust_domain}/node/{node}/unit/{unit}".into(),
-            unix: "spiffe://{trust_domain}/node/{node}/uid/{uid}{exe}".into(),
-        }
-    }
-}
-
-impl Default for KubernetesConfig {
-    fn default() -> Self {
-        KubernetesConfig {
-            source: Default::default(),
-            url: None,
-            token_file: None,
-            ca_file: None,
-            insecure_skip_verify: false,
-            refresh_seconds: 10,
-            deleted_pod_retention_seconds: 300,
         }
     }
 }
@@ -190,14 +82,6 @@ pub struct TlsConfig {
     pub extra_targets: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    pub listen: Option<SocketAddr>,
-    /// Distinct (identity, data source) series of `nhiwatch_api_calls_by_identity_total`; 0 disables it.
-    pub identity_series: usize,
-}
-
 impl Default for SensorConfig {
     fn default() -> Self {
         SensorConfig {
@@ -218,15 +102,6 @@ impl Default for TlsConfig {
             capture_bytes: 4096,
             library_dirs: Vec::new(),
             extra_targets: Vec::new(),
-        }
-    }
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-            identity_series: 500,
         }
     }
 }
@@ -312,63 +187,14 @@ impl Config {
         if s.process_table_capacity < 64 {
             return Err("sensors.process_table_capacity must be at least 64".into());
         }
-        let id = &self.identity;
-        if id.trust_domain.is_empty() || id.trust_domain.contains(['/', ':', ' ']) {
-            return Err(format!(
-                "identity.trust_domain must be a DNS-like name, got {:?}",
-                id.trust_domain
-            ));
-        }
-        for (name, t) in [
-            ("kubernetes", &id.templates.kubernetes),
-            ("systemd", &id.templates.systemd),
-            ("unix", &id.templates.unix),
-        ] {
-            if !t.starts_with("spiffe://") {
-                return Err(format!(
-                    "identity.templates.{name} must start with spiffe://, got {t:?}"
-                ));
-            }
-            let mut rest = t.as_str();
-            while let Some(open) = rest.find('{') {
-                let close = rest[open..]
-                    .find('}')
-                    .ok_or_else(|| format!("identity.templates.{name}: unclosed '{{'"))?;
-                let var = &rest[open + 1..open + close];
-                if !crate::identity::TEMPLATE_VARS.contains(&var) {
-                    return Err(format!(
-                        "identity.templates.{name}: unknown placeholder {{{var}}}; known: {}",
-                        crate::identity::TEMPLATE_VARS.join(", ")
-                    ));
-                }
-                rest = &rest[open + close..];
-            }
-        }
-        for (i, r) in id.selectors.iter().enumerate() {
-            crate::identity::selectors::SelectorRule::parse(&r.selectors, &r.id)
-                .map_err(|e| format!("identity.selectors[{i}]: {e}"))?;
-        }
+        self.identity.validate()?;
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "state_dir must be an absolute path, got {:?}",
                 self.state_dir
             ));
         }
-        let a = &self.api_calls;
-        if a.max_sessions == 0 || a.max_in_flight == 0 || a.max_dns_names == 0 {
-            return Err(
-                "api_calls.max_sessions, max_in_flight and max_dns_names must be at least 1".into(),
-            );
-        }
-        if a.max_head_bytes < 1024 || a.max_buffered_bytes < a.max_head_bytes * 2 {
-            return Err(format!(
-                "api_calls.max_head_bytes must be at least 1024 and max_buffered_bytes at least twice it, got {} and {}",
-                a.max_head_bytes, a.max_buffered_bytes
-            ));
-        }
-        if a.session_idle_seconds == 0 {
-            return Err("api_calls.session_idle_seconds must be at least 1".into());
-        }
+        self.api_calls.validate()?;
         for w in &s.files.watch {
             crate::probes::watch::WatchPattern::parse(w)
                 .map_err(|e| format!("sensors.files.watch: {e}"))?;

@@ -4,13 +4,16 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod contracts;
+pub mod daemon;
 pub mod detect;
 pub mod events;
 pub mod identity;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod probes;
 pub mod protocol;
+pub mod replay;
 pub mod report;
 pub mod store;
 

@@ -4,6 +4,7 @@ pub mod ocsf;
 pub mod route;
 pub mod sinks;
 pub mod spool;
+pub mod telemetry;
 pub mod tls;
 mod worker;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use crate::detect::finding::{Finding, Phase, Severity};
 
 pub use route::Alerts;
+pub use telemetry::AlertTelemetry;
 
 /// How an alert's body is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

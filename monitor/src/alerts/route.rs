@@ -12,12 +12,12 @@ use prometheus_client::metrics::counter::Counter;
 use super::{
     sinks::Transport,
     spool::{Spool, SpoolError},
+    telemetry::{AlertTelemetry, Dropped},
     worker, AlertsConfig, Format, Outgoing, RateLimitConfig,
 };
 use crate::{
     detect::finding::{dedup_key, Evidence, Finding, Phase, Rule, RuleRef, Severity},
     identity::WorkloadIdentity,
-    metrics::Metrics,
 };
 
 /// Keys the rate limiter tracks at most; beyond it new keys pass unlimited (and are counted).
@@ -153,8 +153,8 @@ struct Sink {
     routed: Counter,
     queue: prometheus_client::metrics::gauge::Gauge,
     spool_bytes: prometheus_client::metrics::gauge::Gauge,
-    dropped_full: Counter,
-    dropped_error: Counter,
+    dropped_full: Dropped,
+    dropped_error: Dropped,
     /// Set while the spool is full, so one NHI-091 goes out per episode.
     full: bool,
 }
@@ -163,7 +163,7 @@ struct Sink {
 pub struct Alerts {
     sinks: Vec<Sink>,
     limiter: RateLimiter,
-    metrics: Arc<Metrics>,
+    metrics: Arc<AlertTelemetry>,
     /// The daemon itself, the identity of its own alerts (NHI-091).
     me: Arc<WorkloadIdentity>,
     internal: Vec<Finding>,
@@ -181,7 +181,7 @@ impl Alerts {
         state_dir: &Path,
         hostname: &str,
         me: Arc<WorkloadIdentity>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<AlertTelemetry>,
     ) -> Result<Alerts, String> {
         let (stop, stop_rx) = tokio::sync::watch::channel(None);
         let mut sinks = Vec::new();
@@ -202,7 +202,7 @@ impl Alerts {
             if pending > 0 {
                 tracing::info!(sink = %sc.name, pending, "undelivered alerts from an earlier run will be sent");
             }
-            let m = metrics.alerts.sink(&sc.name);
+            let m = metrics.sink(&sc.name);
             sinks.push(Sink {
                 name: sc.name.clone(),
                 format: sc.format,
@@ -212,8 +212,8 @@ impl Alerts {
                 routed: m.routed.clone(),
                 queue: m.queue.clone(),
                 spool_bytes: m.spool_bytes.clone(),
-                dropped_full: metrics.alerts.dropped(&sc.name, "spool_full"),
-                dropped_error: metrics.alerts.dropped(&sc.name, "spool_error"),
+                dropped_full: metrics.dropped(&sc.name, "spool_full"),
+                dropped_error: metrics.dropped(&sc.name, "spool_error"),
                 full: false,
             });
             let mut settings = worker::Settings::from(sc);
@@ -229,7 +229,7 @@ impl Alerts {
         }
         Ok(Alerts {
             sinks,
-            limiter: RateLimiter::new(&cfg.rate_limit, metrics.alerts.limiter_untracked()),
+            limiter: RateLimiter::new(&cfg.rate_limit, metrics.limiter_untracked()),
             metrics,
             me,
             internal: Vec::new(),
@@ -243,11 +243,15 @@ impl Alerts {
     /// Rate-limits `findings[from..]` in place (what is held back is removed) and spools what
     /// remains to every sink it is severe enough for.
     pub fn route(&mut self, findings: &mut Vec<Finding>, from: usize) {
+        self.metrics
+            .stage
+            .received
+            .inc_by(findings.len().saturating_sub(from) as u64);
         let mut kept = from;
         for i in from..findings.len() {
             if !self.limiter.allow(&findings[i]) {
                 if let Some(r) = Rule::from_id(&findings[i].rule.id) {
-                    self.metrics.alerts.suppressed(r).inc();
+                    self.metrics.suppressed(r);
                 }
                 continue;
             }
@@ -525,7 +529,7 @@ mod spool_full_tests {
                 ),
             ],
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(AlertTelemetry::register(&crate::metrics::Registry::new()));
         let me = Arc::new(daemon_identity("test", "n1"));
         let mut a = Alerts::start(&cfg, dir.path(), "n1", me, metrics.clone()).unwrap();
         let mut findings: Vec<Finding> = (0..400)
@@ -540,17 +544,17 @@ mod spool_full_tests {
             })
             .collect();
         a.route(&mut findings, 0);
-        let dropped = metrics.alerts.dropped("down", "spool_full").get();
+        let dropped = metrics.dropped("down", "spool_full").get();
         assert!(dropped > 0, "the 64 KiB spool must fill");
-        assert_eq!(metrics.alerts.dropped("local", "spool_full").get(), 0);
+        assert_eq!(metrics.dropped("local", "spool_full").get(), 0);
         let mut out = Vec::new();
         a.tick(0, &mut out);
         let full: Vec<_> = out.iter().filter(|f| f.rule.id == "NHI-091").collect();
         assert_eq!(full.len(), 1, "one alert per episode: {out:#?}");
         assert_eq!(full[0].evidence.destination.as_deref(), Some("down"));
-        let routed_local = metrics.alerts.sink("local").routed.get();
+        let routed_local = metrics.sink("local").routed.get();
         a.route(&mut out, 0);
-        assert_eq!(metrics.alerts.sink("local").routed.get(), routed_local + 1);
+        assert_eq!(metrics.sink("local").routed.get(), routed_local + 1);
         a.stop().await;
         let local = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
         assert_eq!(local.lines().count() as u64, routed_local + 1);

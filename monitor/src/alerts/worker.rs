@@ -7,11 +7,11 @@ use std::{
 
 use tokio::sync::watch;
 
+use super::telemetry::{AlertTelemetry, SinkMetrics};
 use super::{
     sinks::{SinkConfig, SinkError, Transport},
     spool::Spool,
 };
-use crate::metrics::{Metrics, SinkMetrics};
 
 /// Good sends at a 413-lowered batch size before a doubled one is tried: a receiver whose limit
 /// really is lower then costs one refused request in this many.
@@ -94,7 +94,7 @@ pub async fn run(
     mut transport: Transport,
     spool: Arc<Spool>,
     m: SinkMetrics,
-    metrics: Arc<Metrics>,
+    metrics: Arc<AlertTelemetry>,
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
     let mut reader = spool.reader();
@@ -141,7 +141,7 @@ pub async fn run(
         };
         if bad > 0 {
             tracing::warn!(sink = %set.name, lines = bad, "damaged lines in the alert spool skipped");
-            metrics.alerts.dropped(&set.name, "spool_error").inc_by(bad);
+            metrics.dropped(&set.name, "spool_error").inc_by(bad);
         }
         if batch.alerts.is_empty() {
             if batch.end > spool.acked() {
@@ -192,12 +192,12 @@ pub async fn run(
                 let done = now_ns();
                 for a in batch.alerts.iter().filter(|a| a.fresh) {
                     let ns = done.saturating_sub(a.time_ns).max(0) as u64;
-                    metrics.alert_latency.record(&set.name, ns);
+                    metrics.latency.record(&set.name, ns);
                 }
                 if let Err(e) = spool.ack(batch.end, batch.lines, batch.bytes) {
                     tracing::warn!(sink = %set.name, error = %e, "alert cursor not saved: these alerts may be sent again after a restart");
                 }
-                m.sent.inc_by(n);
+                m.sent(n);
                 m.up.set(1);
                 last_health = Instant::now();
                 if failing {
@@ -234,10 +234,10 @@ pub async fn run(
                 };
                 refusals.log(&set.name, reason, &e);
                 let _ = spool.ack(batch.end, batch.lines, batch.bytes);
-                metrics.alerts.dropped(&set.name, reason).inc_by(n);
+                metrics.dropped(&set.name, reason).inc_by(n);
             }
             Err(e) => {
-                m.failures.inc();
+                m.failure();
                 m.up.set(0);
                 if !failing || backoff >= set.retry_max {
                     tracing::warn!(sink = %set.name, error = %e, retry_in = %humantime::format_duration(backoff), pending = spool.pending().0, "alert delivery failed; alerts stay spooled");
@@ -378,8 +378,8 @@ mod tests {
             sourcetype: None,
         });
         let transport = Transport::open(&cfg, dir.path(), "host").unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let m = metrics.alerts.sink("hook");
+        let metrics = Arc::new(AlertTelemetry::register(&crate::metrics::Registry::new()));
+        let m = metrics.sink("hook");
         // A deadline from the start: the worker delivers what is spooled, then returns.
         let (_tx, stop) = watch::channel(Some(Instant::now() + Duration::from_secs(20)));
         run(
@@ -405,10 +405,10 @@ mod tests {
             got.iter().any(|b| b[0] > huge && b.len() >= 4),
             "batching resumes after the oversized alert: {got:?}"
         );
-        assert_eq!(m.sent.get(), expected.len() as u64);
-        assert_eq!(metrics.alerts.dropped("hook", "rejected").get(), 2);
-        assert_eq!(metrics.alerts.dropped("hook", "too_large").get(), 1);
-        assert_eq!(m.failures.get(), 0, "a refusal is not a delivery failure");
+        assert_eq!(m.sent_total(), expected.len() as u64);
+        assert_eq!(metrics.dropped("hook", "rejected").get(), 2);
+        assert_eq!(metrics.dropped("hook", "too_large").get(), 1);
+        assert_eq!(m.failures_total(), 0, "a refusal is not a delivery failure");
         assert_eq!(spool.pending().0, 0);
     }
 }

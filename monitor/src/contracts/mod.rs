@@ -2,6 +2,7 @@
 
 mod load;
 pub mod schema;
+pub mod telemetry;
 mod values;
 pub mod watch;
 
@@ -11,6 +12,7 @@ use globset::GlobMatcher;
 
 pub use load::{load_paths, load_str, load_texts};
 pub use schema::{Classification, CredentialKindSpec as CredentialKind, Method, Sharing};
+pub use telemetry::RulesTelemetry;
 pub use values::{parse_duration, parse_size, Date};
 
 use crate::identity::selectors::SelectorRule;

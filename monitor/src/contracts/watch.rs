@@ -10,8 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{load_paths, RuleSet};
-use crate::metrics::Metrics;
+use super::{load_paths, telemetry::RulesTelemetry, RuleSet};
 
 /// What the rules files look like on disk: (path, modified, length) of every file read.
 fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
@@ -53,7 +52,10 @@ fn load_present(paths: &[PathBuf]) -> Result<RuleSet, Vec<super::RuleError>> {
 
 /// Loads the rules at start. Paths that do not exist yet give an empty rule set (every identity
 /// is then ungoverned) and a warning; invalid rules are an error.
-pub fn initial(paths: &[PathBuf], metrics: &Metrics) -> Result<RuleSet, Vec<super::RuleError>> {
+pub fn initial(
+    paths: &[PathBuf],
+    metrics: &RulesTelemetry,
+) -> Result<RuleSet, Vec<super::RuleError>> {
     for p in paths.iter().filter(|p| !p.exists()) {
         tracing::warn!(path = %p.display(), "rules path does not exist (yet): no contracts from it; it is loaded when it appears");
     }
@@ -63,9 +65,9 @@ pub fn initial(paths: &[PathBuf], metrics: &Metrics) -> Result<RuleSet, Vec<supe
             for w in &s.warnings {
                 tracing::warn!("rules: {w}");
             }
-            metrics.detect.reload(true, Some(s));
+            metrics.load(Some(s));
         }
-        Err(_) => metrics.detect.reload(false, None),
+        Err(_) => metrics.load(None),
     }
     set
 }
@@ -76,7 +78,7 @@ pub fn spawn(
     interval: Duration,
     hup: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
+    metrics: RulesTelemetry,
     tx: SyncSender<RuleSet>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -102,7 +104,7 @@ pub fn spawn(
                             trigger = if asked { "SIGHUP" } else { "file change" },
                             "rules reloaded"
                         );
-                        metrics.detect.reload(true, Some(&set));
+                        metrics.load(Some(&set));
                         if tx.send(set).is_err() {
                             return;
                         }
@@ -115,7 +117,7 @@ pub fn spawn(
                             errors = errors.len(),
                             "rules reload refused: the last good rules stay in force"
                         );
-                        metrics.detect.reload(false, None);
+                        metrics.load(None);
                     }
                 }
             }

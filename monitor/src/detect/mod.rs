@@ -3,8 +3,8 @@
 pub mod compiled;
 pub mod finding;
 mod hot;
-pub mod replay;
 pub mod state;
+pub mod telemetry;
 pub mod volume;
 
 use std::{

@@ -1,13 +1,15 @@
 //! Typed domain events decoded from kernel records, and the tables that give them context.
 
-pub mod api_call;
+pub mod clock;
 pub mod decode;
 pub mod flows;
 pub mod observation;
 pub mod process_table;
+pub mod telemetry;
 
 use std::net::IpAddr;
 
+pub use clock::Clock;
 pub use decode::{decode, DecodeError};
 
 /// Fields every kernel record carries.

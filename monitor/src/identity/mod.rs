@@ -5,6 +5,8 @@ pub mod cgroups;
 pub mod inventory;
 pub mod kubernetes;
 pub mod selectors;
+pub mod settings;
+pub mod telemetry;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,7 +18,8 @@ use self::{
     kubernetes::{PodMeta, PodStoreHandle},
     selectors::{Attributes, SelectorRule},
 };
-use crate::{config::IdentityConfig, events::process_table::ProcessInfo};
+pub use self::{settings::IdentityConfig, telemetry::IdentityTelemetry};
+use crate::events::process_table::ProcessInfo;
 
 /// How sure nhiwatch is of who did it. Never left empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

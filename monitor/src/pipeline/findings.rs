@@ -11,14 +11,18 @@ use std::{
 use crate::{
     alerts::Alerts,
     contracts::RuleSet,
-    detect::{finding::Finding, Engine, EngineStats},
+    detect::{finding::Finding, telemetry::DetectTelemetry, Engine, EngineStats},
     events::observation::Observation,
-    metrics::{Metrics, ReasonLabel, WhatLabel},
+    metrics::{LatencyQuantiles, Registry},
 };
 
 pub struct FindingsStage {
     engine: Engine,
-    metrics: Arc<Metrics>,
+    metrics: DetectTelemetry,
+    /// Kernel timestamp → finding judged, by `stage` ("finding").
+    latency: Arc<LatencyQuantiles>,
+    /// Observations that could not be written to the recording.
+    record_dropped: prometheus_client::metrics::counter::Counter,
     /// Routes findings to the SIEM sinks; None sends them nowhere but stdout.
     alerts: Option<Alerts>,
     /// Findings waiting for the pipeline to print them (it owns standard output).
@@ -50,10 +54,12 @@ impl FindingsStage {
     /// `record` is opened here so a bad path fails the start, not later.
     pub fn new(
         engine: Engine,
-        metrics: Arc<Metrics>,
+        registry: &Registry,
         stdout: bool,
         record: Option<PathBuf>,
+        record_dropped: prometheus_client::metrics::counter::Counter,
     ) -> std::io::Result<FindingsStage> {
+        let metrics = DetectTelemetry::register(registry);
         let open = |p: &PathBuf| {
             append(p)
                 .map(|f| BufWriter::with_capacity(64 << 10, f))
@@ -63,6 +69,12 @@ impl FindingsStage {
             alerts: None,
             record: record.as_ref().map(open).transpose()?,
             engine,
+            latency: registry.summary(
+                "pipeline_latency_seconds",
+                "Kernel timestamp to finding judged, by stage, since the start",
+                "stage",
+            ),
+            record_dropped,
             metrics,
             pending: Vec::new(),
             stdout,
@@ -101,11 +113,11 @@ impl FindingsStage {
     }
 
     pub fn observe(&mut self, o: &Observation) {
-        self.metrics.detect.observation(o.kind());
+        self.metrics.observation(o.kind());
         if let Some(rec) = self.record.as_mut() {
             let ok = serde_json::to_writer(&mut *rec, o).is_ok() && rec.write_all(b"\n").is_ok();
             if !ok {
-                self.dropped("record_output");
+                self.record_dropped.inc();
             }
         }
         let before = self.pending.len();
@@ -118,20 +130,11 @@ impl FindingsStage {
             let ns = u64::try_from(now.saturating_sub(o.time)).unwrap_or(0);
             for f in &self.pending[before..] {
                 if f.phase == crate::detect::finding::Phase::Opened {
-                    self.metrics.pipeline_latency.record("finding", ns);
+                    self.latency.record("finding", ns);
                 }
             }
         }
         self.written(before);
-    }
-
-    fn dropped(&self, reason: &str) {
-        self.metrics
-            .userspace_dropped
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc();
     }
 
     /// Counts the findings from `pending[from..]` and routes them to the sinks (the rate limit
@@ -140,7 +143,7 @@ impl FindingsStage {
         for f in self.pending.get(from..).unwrap_or_default() {
             if f.phase == crate::detect::finding::Phase::Opened {
                 if let Some(r) = crate::detect::finding::Rule::from_id(&f.rule.id) {
-                    self.metrics.detect.finding(r).inc();
+                    self.metrics.finding(r);
                 }
             }
         }
@@ -183,7 +186,7 @@ impl FindingsStage {
     }
 
     fn update_metrics(&mut self) {
-        let d = &self.metrics.detect;
+        let d = &self.metrics;
         d.identities.set(self.engine.identities() as i64);
         d.credentials.set(self.engine.credentials() as i64);
         d.open_findings.set(self.engine.open_findings() as i64);
@@ -203,9 +206,7 @@ impl FindingsStage {
             ("open_finding", evicted_findings, self.last_evicted_findings),
         ] {
             if now > before {
-                d.evictions
-                    .get_or_create(&WhatLabel { what: what.into() })
-                    .inc_by(now - before);
+                d.evicted(what, now - before);
             }
         }
         self.reported = s;
@@ -239,20 +240,10 @@ impl FindingsStage {
             }
             Ok::<(), crate::store::StoreError>(())
         });
-        let result = match r {
-            Ok(()) => "ok",
-            Err(e) => {
-                tracing::warn!(error = %e, "writing learned state failed; retrying at the next interval");
-                "error"
-            }
-        };
-        self.metrics
-            .detect
-            .state_writes
-            .get_or_create(&crate::metrics::ResultLabel {
-                result: result.into(),
-            })
-            .inc();
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "writing learned state failed; retrying at the next interval");
+        }
+        self.metrics.state_write(r.is_ok());
     }
 
     /// Shutdown: close every open finding (summaries go out), persist, flush.

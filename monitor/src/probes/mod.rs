@@ -4,8 +4,10 @@ pub mod abi;
 pub mod loader;
 pub mod object;
 pub mod reader;
+pub mod telemetry;
 pub mod tls_libs;
 pub mod upkeep;
 pub mod watch;
 
 pub use loader::{LoadError, ProbeStatus, Sensors};
+pub use telemetry::SensorTelemetry;

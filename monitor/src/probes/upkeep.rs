@@ -4,16 +4,19 @@ use std::{
     cmp::Reverse,
     collections::BinaryHeap,
     path::PathBuf,
-    sync::{mpsc::Receiver, mpsc::RecvTimeoutError, Arc},
+    sync::{mpsc::Receiver, mpsc::RecvTimeoutError},
     time::{Duration, Instant},
 };
 
-use super::{abi::*, Sensors};
-use crate::{
-    events::EventKind,
-    metrics::{LostLabel, Metrics, ReasonLabel},
-    pipeline::UpkeepRequest,
-};
+use super::{abi::*, telemetry::SensorTelemetry, Sensors};
+use crate::events::EventKind;
+
+/// What the pipeline asks of the upkeep thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpkeepRequest {
+    /// A process exec'd: look for TLS libraries in its mappings.
+    ScanProcess(u32),
+}
 
 /// When to look at a new process's mappings again: the loader maps libraries
 /// right after exec, and programs like python load libssl later with dlopen.
@@ -29,14 +32,14 @@ const MAX_PENDING: usize = 16384;
 
 pub struct Upkeep {
     sensors: Sensors,
-    metrics: Arc<Metrics>,
+    metrics: SensorTelemetry,
     proc_root: PathBuf,
     last_counters: Vec<Vec<u64>>,
     published: usize,
 }
 
 impl Upkeep {
-    pub fn new(sensors: Sensors, metrics: Arc<Metrics>, proc_root: PathBuf) -> Upkeep {
+    pub fn new(sensors: Sensors, metrics: SensorTelemetry, proc_root: PathBuf) -> Upkeep {
         let mut u = Upkeep {
             sensors,
             metrics,
@@ -72,8 +75,7 @@ impl Upkeep {
 
     fn publish_statuses(&mut self) {
         for s in &self.sensors.statuses[self.published..] {
-            self.metrics
-                .set_probe(&s.probe, &s.target, s.error.is_none());
+            self.metrics.probe(&s.probe, &s.target, s.error.is_none());
             match &s.error {
                 None => tracing::debug!(probe = %s.probe, target = %s.target, "attached"),
                 Some(e) => {
@@ -104,20 +106,9 @@ impl Upkeep {
                 }
                 let slot = slot as u32;
                 if let Some(kind) = EventKind::from_raw(slot) {
-                    self.metrics
-                        .kernel_lost
-                        .get_or_create(&LostLabel {
-                            kind: kind.name().into(),
-                            cpu: cpu.to_string(),
-                        })
-                        .inc_by(delta);
+                    self.metrics.lost(kind.name(), cpu, delta);
                 } else if let Some(reason) = anomaly_name(slot) {
-                    self.metrics
-                        .kernel_anomalies
-                        .get_or_create(&ReasonLabel {
-                            reason: reason.into(),
-                        })
-                        .inc_by(delta);
+                    self.metrics.anomaly(reason, delta);
                 }
             }
         }
@@ -152,12 +143,7 @@ impl Upkeep {
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(UpkeepRequest::ScanProcess(pid)) => {
                     if due.len() + SCAN_DELAYS.len() > MAX_PENDING {
-                        self.metrics
-                            .userspace_dropped
-                            .get_or_create(&ReasonLabel {
-                                reason: "tls_scan_pending_full".into(),
-                            })
-                            .inc();
+                        self.metrics.scan_pending_full.inc();
                         continue;
                     }
                     let t = Instant::now();

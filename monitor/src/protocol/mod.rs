@@ -7,6 +7,7 @@
 //! header values never outlive the call that carried them; finished (or
 //! abandoned) request/response pairs leave as [`Exchange`]s.
 
+pub mod api_call;
 pub mod credentials;
 pub mod dns;
 pub mod http1;
@@ -14,11 +15,16 @@ pub mod http2;
 pub mod minimise;
 pub mod names;
 pub mod sessions;
+pub mod settings;
+pub mod stage;
+pub mod telemetry;
 
 use serde::Serialize;
 
 pub use crate::events::Direction;
 pub use credentials::{CredentialKind, CredentialSummary};
+pub use settings::ApiCallConfig;
+pub use stage::{ApiCallStage, Finished};
 
 /// One TLS library call's plaintext, as the sensors delivered it.
 #[derive(Clone, Copy)]

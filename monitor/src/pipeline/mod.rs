@@ -1,194 +1,51 @@
-//! The userspace pipeline for kernel records: decode → process/flow context → metrics and `--events` output.
+//! The userspace pipeline for kernel records: decode → process/flow context → identity → API calls → detectors, with `--events` output on the way.
 
 use std::{
-    borrow::Cow,
     collections::VecDeque,
-    io::Write,
     net::SocketAddr,
     sync::{mpsc::SyncSender, Arc, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use crate::{
     events::{
-        api_call::{self, ApiCall},
+        clock::boot_ns,
         decode,
-        flows::{Flow, FlowTable},
+        flows::FlowTable,
         observation::{Activity, ApiCallSeen, CredentialSeen, Observation},
         process_table::ProcessInfo,
         process_table::ProcessTable,
-        Direction, Event, EventKind, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
+        Clock, Event, EventKind,
     },
-    identity::{
-        inventory::Inventory, Attributed, Attribution, IdentityResolver, IdentityView,
-        WorkloadIdentity,
+    identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, WorkloadIdentity},
+    output::{
+        events::{EventContext, EventRecord, NameDetail, ObservationRecord, ProcessView},
+        JsonLines,
     },
-    metrics::{Metrics, ReasonLabel},
-    probes::{reader::RecordHandler, watch::path_of, watch::WatchTarget},
+    probes::{reader::RecordHandler, upkeep::UpkeepRequest, watch::path_of, watch::WatchTarget},
+    protocol::{
+        api_call::{self, ApiCall},
+        ApiCallStage, Finished,
+    },
 };
 
-pub mod api_calls;
 pub mod findings;
+pub mod telemetry;
 
-use api_calls::{ApiCallStage, Finished};
-
-/// Requests the pipeline sends to the sensor upkeep thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpkeepRequest {
-    /// A process exec'd: look for TLS libraries in its mappings.
-    ScanProcess(u32),
-}
-
-/// Converts kernel boot-clock timestamps to wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    boot_to_unix_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        let boot = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
-        let unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i128;
-        Clock {
-            boot_to_unix_ns: unix - boot,
-        }
-    }
-
-    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
-        let unix = (i128::from(ktime_ns) + self.boot_to_unix_ns).max(0) as u64;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(unix)
-    }
-}
-
-#[derive(Serialize)]
-struct ProcessView<'a> {
-    /// `known`, or `unknown` when neither an exec/fork event nor the /proc scan saw it.
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exe: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    comm: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ppid: Option<u32>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Detail<'a> {
-    Exec {
-        filename: Cow<'a, str>,
-        ppid: u32,
-        uid: u32,
-        gid: u32,
-    },
-    Fork {
-        ppid: u32,
-        uid: u32,
-    },
-    Exit {
-        exit_code: i32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        signal: Option<i32>,
-    },
-    FileOpen {
-        path: String,
-        result: i64,
-        flags: u32,
-        matched_by: &'static str,
-        watch: Cow<'a, str>,
-    },
-    Tcp {
-        flow: u64,
-        src: String,
-        dst: String,
-        /// The name this cgroup resolved through DNS for `dst`'s address.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        dst_name: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bytes_sent: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bytes_received: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        duration_ms: Option<f64>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        failed: bool,
-    },
-    /// Metadata only: the plaintext itself never reaches output.
-    Tls {
-        direction: &'static str,
-        library: &'static str,
-        len: u32,
-        captured: usize,
-        flow: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        dst: Option<String>,
-    },
-    /// DNS answers and SNI are output by `names_record`, never through here.
-    Names {},
-}
-
-/// What a DNS answer or a TLS SNI taught about destination names.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum NameDetail {
-    Dns {
-        query: String,
-        addresses: Vec<std::net::IpAddr>,
-        ttl: u32,
-    },
-    Sni {
-        server_name: String,
-    },
-}
-
-#[derive(Serialize)]
-struct EventRecord<'a> {
-    time: String,
-    kind: &'static str,
-    pid: u32,
-    tid: u32,
-    cgroup_id: u64,
-    identity: IdentityView<'a>,
-    process: ProcessView<'a>,
-    #[serde(flatten)]
-    detail: Detail<'a>,
-}
-
-/// What `--events` prints for observations derived from kernel records (API
-/// calls, names learnt): the common fields, then the observation's own.
-#[derive(Serialize)]
-struct ObservationRecord<'a, D: Serialize> {
-    time: String,
-    kind: &'static str,
-    pid: u32,
-    cgroup_id: u64,
-    identity: IdentityView<'a>,
-    process: ProcessView<'a>,
-    #[serde(flatten)]
-    detail: D,
-}
+use telemetry::PipelineTelemetry;
 
 /// Stage state for everything above the kernel.
 pub struct Pipeline {
     pub procs: ProcessTable,
     pub flows: FlowTable,
     watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
-    metrics: Arc<Metrics>,
+    metrics: PipelineTelemetry,
     upkeep: Option<SyncSender<UpkeepRequest>>,
-    out: Option<Box<dyn Write + Send>>,
+    /// `--events`: every event as a JSON line on stdout.
+    out: Option<JsonLines>,
     clock: Clock,
     pub identity: IdentityResolver,
     pub inventory: Inventory,
@@ -202,7 +59,9 @@ pub struct Pipeline {
     /// Observations → contracts and detectors → findings; None judges nothing.
     findings: Option<findings::FindingsStage>,
     /// Standard output for findings when `--events` is off (with it, findings share `out`).
-    findings_out: Option<Box<dyn Write + Send>>,
+    findings_out: Option<JsonLines>,
+    /// Upkeep requests dropped because the upkeep thread's queue was full.
+    scan_queue_full: Counter,
     /// When `batch_done` last ran: idle poll ticks do its timed work only every `IDLE_UPKEEP`.
     last_upkeep: Instant,
 }
@@ -235,13 +94,14 @@ impl Pipeline {
     pub fn new(
         procs: ProcessTable,
         watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
-        metrics: Arc<Metrics>,
+        metrics: PipelineTelemetry,
         upkeep: Option<SyncSender<UpkeepRequest>>,
-        out: Option<Box<dyn Write + Send>>,
+        out: Option<JsonLines>,
         identity: IdentityResolver,
         hold: Duration,
     ) -> Pipeline {
         Pipeline {
+            scan_queue_full: metrics.userspace_dropped("tls_scan_queue_full"),
             api: None,
             finished: Vec::new(),
             findings: None,
@@ -265,10 +125,20 @@ impl Pipeline {
     /// Judges observations against the contracts with this stage.
     pub fn with_findings(mut self, stage: findings::FindingsStage) -> Pipeline {
         if stage.stdout && self.out.is_none() {
-            self.findings_out = Some(Box::new(std::io::LineWriter::new(std::io::stdout())));
+            self.findings_out =
+                Some(self.stdout_lines(Box::new(std::io::LineWriter::new(std::io::stdout()))));
         }
         self.findings = Some(stage);
         self
+    }
+
+    /// A JSON-lines writer counted as the pipeline's output.
+    pub fn stdout_lines(&self, out: Box<dyn std::io::Write + Send>) -> JsonLines {
+        JsonLines::new(
+            out,
+            self.metrics.output.clone(),
+            self.metrics.userspace_dropped("event_output"),
+        )
     }
 
     pub fn findings_stage(&mut self) -> Option<&mut findings::FindingsStage> {
@@ -330,7 +200,7 @@ impl Pipeline {
         };
         if let Some(out) = out {
             for f in &pending {
-                write_json(out, &self.metrics, f);
+                out.write(f);
             }
         }
         if let Some(stage) = self.findings.as_mut() {
@@ -349,7 +219,7 @@ impl Pipeline {
             .into_iter()
             .flatten()
         {
-            let _ = out.flush();
+            out.flush();
         }
     }
 
@@ -374,6 +244,12 @@ impl Pipeline {
         }
     }
 
+    /// Writes every event as a JSON line (`--events`).
+    pub fn with_events(mut self, out: JsonLines) -> Pipeline {
+        self.out = Some(out);
+        self
+    }
+
     /// Parses TLS plaintext into API calls with this stage.
     pub fn with_api_calls(mut self, api: ApiCallStage) -> Pipeline {
         self.api = Some(api);
@@ -381,7 +257,7 @@ impl Pipeline {
     }
 
     fn handle(&mut self, ev: &Event<'_>) {
-        self.metrics.event(ev.kind()).inc();
+        self.metrics.decode.decoded(ev.kind());
         if matches!(ev, Event::DnsAnswer(_) | Event::TlsSni(_)) {
             return self.learn_names(ev);
         }
@@ -391,12 +267,7 @@ impl Pipeline {
             Event::Exec(e) => {
                 if let Some(tx) = &self.upkeep {
                     if tx.try_send(UpkeepRequest::ScanProcess(e.hdr.pid)).is_err() {
-                        self.metrics
-                            .userspace_dropped
-                            .get_or_create(&ReasonLabel {
-                                reason: "tls_scan_queue_full".into(),
-                            })
-                            .inc();
+                        self.scan_queue_full.inc();
                     }
                 }
             }
@@ -439,7 +310,10 @@ impl Pipeline {
         let attributed = self
             .identity
             .resolve(hdr.cgroup_id, self.procs.get(hdr.pid));
-        self.metrics.attribution(attributed.status).inc();
+        let held = attributed.status == Attribution::Pending
+            && !self.hold.is_zero()
+            && self.held.len() < HELD_MAX;
+        self.metrics.identity.attributed(attributed.status, held);
         // What the identity touched, for the inventory (file events are rare; connects name a destination).
         let file = match ev {
             Event::FileOpen(f) => {
@@ -456,12 +330,10 @@ impl Pipeline {
             Event::TcpConnect(t) => Some(SocketAddr::new(t.daddr, t.dport).to_string()),
             _ => None,
         };
-        if attributed.status == Attribution::Pending
-            && !self.hold.is_zero()
-            && self.held.len() < HELD_MAX
-        {
+        if held {
             let record = self.out.is_some().then(|| {
-                let rec = self.event_record(ev, flow, &attributed);
+                let cx = self.event_context();
+                let rec = EventRecord::new(ev, flow, &attributed, &cx);
                 serde_json::to_value(&rec).unwrap_or_default()
             });
             let activity = self
@@ -499,8 +371,12 @@ impl Pipeline {
         }
         // The record borrows the tables; the writer is taken out meanwhile.
         if let Some(mut out) = self.out.take() {
-            let rec = self.event_record(ev, flow, &attributed);
-            write_json(&mut out, &self.metrics, &rec);
+            out.write(&EventRecord::new(
+                ev,
+                flow,
+                &attributed,
+                &self.event_context(),
+            ));
             self.out = Some(out);
         }
     }
@@ -523,14 +399,7 @@ impl Pipeline {
                         }
                     }
                     Err(e) => {
-                        self.metrics
-                            .api
-                            .anomalies
-                            .get_or_create(&crate::metrics::AnomalyLabel {
-                                protocol: "dns".into(),
-                                reason: e.reason().into(),
-                            })
-                            .inc();
+                        api.telemetry().anomaly("dns", e.reason());
                         return;
                     }
                 }
@@ -538,14 +407,7 @@ impl Pipeline {
             Event::TlsSni(t) => {
                 let name = String::from_utf8_lossy(t.name);
                 if !api.names.record_sni(hdr.pid, t.session, &name) {
-                    self.metrics
-                        .api
-                        .anomalies
-                        .get_or_create(&crate::metrics::AnomalyLabel {
-                            protocol: "tls".into(),
-                            reason: "bad_server_name".into(),
-                        })
-                        .inc();
+                    api.telemetry().anomaly("tls", "bad_server_name");
                     return;
                 }
                 NameDetail::Sni {
@@ -575,7 +437,7 @@ impl Pipeline {
             process: self.process_view(hdr.pid),
             detail,
         };
-        write_json(&mut out, &self.metrics, &rec);
+        out.write(&rec);
         self.out = Some(out);
     }
 
@@ -600,7 +462,6 @@ impl Pipeline {
                 flow.map(|f| f.1),
             );
             let call = ApiCall::new(exchange, flow, destination);
-            self.metrics.api_call(&call);
             let proc = self.procs.get(info.key.pid);
             let attributed = self.identity.resolve(info.cgroup_id, proc);
             if attributed.status == Attribution::Pending
@@ -630,8 +491,7 @@ impl Pipeline {
                 self.observe(id, info.key.pid, call.ktime_ns, api_call_activity(&call));
             }
             if let Some(mut out) = self.out.take() {
-                let rec = self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
-                write_json(&mut out, &self.metrics, &rec);
+                out.write(&self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed));
                 self.out = Some(out);
             }
         }
@@ -656,13 +516,16 @@ impl Pipeline {
     }
 
     fn process_view(&self, pid: u32) -> ProcessView<'_> {
-        let p = self.procs.get(pid);
-        ProcessView {
-            status: if p.is_some() { "known" } else { "unknown" },
-            exe: p.map(|p| &*p.exe),
-            comm: p.map(|p| &*p.comm),
-            uid: p.map(|p| p.uid),
-            ppid: p.map(|p| p.ppid),
+        ProcessView::of(self.procs.get(pid))
+    }
+
+    fn event_context(&self) -> EventContext<'_> {
+        EventContext {
+            clock: &self.clock,
+            procs: &self.procs,
+            flows: &self.flows,
+            watch_targets: &self.watch_targets,
+            names: self.api.as_ref().map(|a| &a.names),
         }
     }
 
@@ -682,15 +545,16 @@ impl Pipeline {
         let mut keep = VecDeque::with_capacity(self.held.len());
         while let Some(mut h) = self.held.pop_front() {
             let mut a = self.identity.resolve(h.cgroup_id, h.proc.as_ref());
+            let mut expired = false;
             if a.status == Attribution::Pending {
                 if h.deadline > now {
                     keep.push_back(h);
                     continue;
                 }
                 a.status = Attribution::Unknown;
-                self.metrics.identity_hold_expired.inc();
+                expired = true;
             }
-            self.metrics.attribution_after_hold(a.status).inc();
+            self.metrics.identity.released(a.status, expired);
             if let (Some(id), Some(kind)) = (&a.identity, h.kind) {
                 self.inventory.record(
                     &id.id,
@@ -713,128 +577,7 @@ impl Pipeline {
 
     fn write<T: Serialize>(&mut self, rec: &T) {
         if let Some(out) = self.out.as_mut() {
-            write_json(out, &self.metrics, rec);
-        }
-    }
-
-    fn event_record<'a>(
-        &'a self,
-        ev: &'a Event<'_>,
-        flow: Option<Flow>,
-        attributed: &'a Attributed,
-    ) -> EventRecord<'a> {
-        let hdr = *ev.header();
-        // Only file events need the watch table: don't lock it for the others.
-        let targets = match ev {
-            Event::FileOpen(_) => self
-                .watch_targets
-                .read()
-                .map(|t| t.clone())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let detail = match ev {
-            Event::Exec(Exec {
-                filename,
-                ppid,
-                uid,
-                gid,
-                ..
-            }) => Detail::Exec {
-                filename: String::from_utf8_lossy(filename),
-                ppid: *ppid,
-                uid: *uid,
-                gid: *gid,
-            },
-            Event::Fork(f) => Detail::Fork {
-                ppid: f.ppid,
-                uid: f.uid,
-            },
-            Event::Exit(x) => Detail::Exit {
-                exit_code: (x.exit_code >> 8) & 0xff,
-                signal: (x.exit_code & 0x7f != 0).then_some(x.exit_code & 0x7f),
-            },
-            Event::FileOpen(FileOpen {
-                result,
-                open_flags,
-                watch_id,
-                path,
-                ..
-            }) => Detail::FileOpen {
-                path: path_of(&targets, *watch_id, path),
-                result: *result,
-                flags: *open_flags,
-                matched_by: match path {
-                    OpenPath::Argument(_) => "path",
-                    OpenPath::Dentries(_) => "inode",
-                },
-                watch: targets
-                    .get(*watch_id as usize)
-                    .map(|t| Cow::Owned(t.pattern.clone()))
-                    .unwrap_or(Cow::Borrowed("?")),
-            },
-            Event::TcpConnect(t) | Event::TcpClose(t) => {
-                let closing = matches!(ev, Event::TcpClose(_));
-                // At close the kernel has already unbound the local port: the
-                // tuple recorded at connect is the one users want.
-                let (src, dst) = match flow {
-                    Some(f) if !t.failed => (f.local, f.remote),
-                    _ => (
-                        SocketAddr::new(t.saddr, t.sport),
-                        SocketAddr::new(t.daddr, t.dport),
-                    ),
-                };
-                Detail::Tcp {
-                    flow: flow.map_or(0, |f| f.id),
-                    src: src.to_string(),
-                    dst: dst.to_string(),
-                    dst_name: self
-                        .api
-                        .as_ref()
-                        .and_then(|a| a.names.resolve(hdr.cgroup_id, dst.ip(), hdr.ktime_ns)),
-                    bytes_sent: closing.then_some(t.bytes_sent),
-                    bytes_received: closing.then_some(t.bytes_received),
-                    duration_ms: closing
-                        .then(|| hdr.ktime_ns.saturating_sub(t.start_ns) as f64 / 1e6),
-                    failed: t.failed,
-                }
-            }
-            Event::TlsData(TlsData {
-                sock,
-                direction,
-                library,
-                len,
-                plaintext,
-                ..
-            }) => {
-                let flow = self.flows.by_sock(*sock);
-                Detail::Tls {
-                    direction: match direction {
-                        Direction::Write => "write",
-                        Direction::Read => "read",
-                    },
-                    library: match library {
-                        TlsLibrary::OpenSsl => "openssl",
-                        TlsLibrary::GnuTls => "gnutls",
-                    },
-                    len: *len,
-                    captured: plaintext.len(),
-                    flow: flow.map(|f| f.id),
-                    dst: flow.map(|f| f.remote.to_string()),
-                }
-            }
-            Event::DnsAnswer(_) | Event::TlsSni(_) => Detail::Names {},
-        };
-        let process = self.process_view(hdr.pid);
-        EventRecord {
-            time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
-            kind: ev.kind().name(),
-            pid: hdr.pid,
-            tid: hdr.tid,
-            cgroup_id: hdr.cgroup_id,
-            identity: attributed.view(),
-            process,
-            detail,
+            out.write(rec);
         }
     }
 }
@@ -877,40 +620,12 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
-/// CLOCK_BOOTTIME, the clock of the kernel's timestamps.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn write_json<T: Serialize>(out: &mut Box<dyn Write + Send>, metrics: &Metrics, rec: &T) {
-    let ok = serde_json::to_writer(&mut *out, rec).is_ok() && out.write_all(b"\n").is_ok();
-    if !ok {
-        metrics
-            .userspace_dropped
-            .get_or_create(&ReasonLabel {
-                reason: "event_output".into(),
-            })
-            .inc();
-    }
-}
-
 impl RecordHandler for Pipeline {
     fn record(&mut self, rec: &[u8]) {
         match decode(rec) {
             Ok(ev) => self.handle(&ev),
             Err(e) => {
-                self.metrics
-                    .decode_errors
-                    .get_or_create(&ReasonLabel {
-                        reason: e.reason().into(),
-                    })
-                    .inc();
+                self.metrics.decode.failed(&e);
                 tracing::debug!(error = %e, "undecodable kernel record");
             }
         }
@@ -925,7 +640,7 @@ impl RecordHandler for Pipeline {
             self.finished = done;
         }
         if let Some(api) = self.api.as_mut() {
-            self.metrics.api_stage(api);
+            api.report();
         }
         self.release_held();
         if let Some(stage) = self.findings.as_mut() {
@@ -939,17 +654,24 @@ impl RecordHandler for Pipeline {
             .into_iter()
             .flatten()
         {
-            let _ = out.flush();
+            out.flush();
         }
         self.metrics.processes.set(self.procs.len() as i64);
         self.metrics.flows.set(self.flows.len() as i64);
-        self.metrics.identities.set(self.inventory.len() as i64);
-        self.metrics.held_events.set(self.held.len() as i64);
-        if self.metrics.identities_by_attribution_due() {
+        self.metrics
+            .identity
+            .identities
+            .set(self.inventory.len() as i64);
+        self.metrics
+            .identity
+            .held_events
+            .set(self.held.len() as i64);
+        if self.metrics.identity.identities_by_attribution_due() {
             let mut waiting: Vec<u64> = self.held.iter().map(|h| h.cgroup_id).collect();
             waiting.sort_unstable();
             waiting.dedup();
             self.metrics
+                .identity
                 .set_identities_by_attribution(self.inventory.len(), waiting.len());
         }
     }

@@ -1,9 +1,15 @@
-//! Alert delivery metrics: takes per-sink events from the router and the workers, gives the `nhiwatch_alert*` series (routed, sent, failures, dropped by reason, suppressed by rule, queue, spool bytes, up).
+//! Alert delivery metrics: takes per-sink events from the router and the workers, gives the `nhiwatch_alert*` series (routed, sent, failures, dropped by reason, suppressed by rule, queue, spool bytes, up, latency).
+
+use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+};
+
+use crate::{
+    detect::finding::Rule,
+    metrics::{LatencyQuantiles, Registry, StageTelemetry},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,8 +28,13 @@ pub struct RuleLabel {
     pub rule: String,
 }
 
-#[derive(Default)]
-pub struct AlertMetrics {
+/// received: findings handed to the router; emitted: alerts a receiver accepted (any sink);
+/// errors: failed delivery attempts; dropped{reason}: alerts that will never reach a sink
+/// (rate_limited, spool_full, rejected, too_large, spool_error).
+pub struct AlertTelemetry {
+    pub stage: StageTelemetry,
+    /// Kernel timestamp → alert written to a sink, by `sink`.
+    pub latency: Arc<LatencyQuantiles>,
     routed: Family<SinkLabel, Counter>,
     sent: Family<SinkLabel, Counter>,
     failures: Family<SinkLabel, Counter>,
@@ -39,8 +50,9 @@ pub struct AlertMetrics {
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub routed: Counter,
-    pub sent: Counter,
-    pub failures: Counter,
+    sent: Counter,
+    failures: Counter,
+    stage: StageTelemetry,
     pub queue: Gauge,
     pub spool_bytes: Gauge,
     pub up: Gauge,
@@ -48,8 +60,79 @@ pub struct SinkMetrics {
 
 pub const DROP_REASONS: [&str; 4] = ["spool_full", "rejected", "too_large", "spool_error"];
 
-impl AlertMetrics {
-    pub fn register(&self, registry: &mut Registry) {
+/// A drop counter of one sink and reason that also counts in the stage's `dropped`.
+#[derive(Clone)]
+pub struct Dropped {
+    sink: Counter,
+    stage: Counter,
+}
+
+impl Dropped {
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    pub fn inc_by(&self, n: u64) {
+        self.sink.inc_by(n);
+        self.stage.inc_by(n);
+    }
+
+    /// This sink's count.
+    pub fn get(&self) -> u64 {
+        self.sink.get()
+    }
+}
+
+impl SinkMetrics {
+    /// `n` alerts the receiver accepted.
+    pub fn sent(&self, n: u64) {
+        self.sent.inc_by(n);
+        self.stage.emitted.inc_by(n);
+    }
+
+    /// A failed delivery attempt (the batch stays spooled).
+    pub fn failure(&self) {
+        self.failures.inc();
+        self.stage.errors.inc();
+    }
+
+    pub fn sent_total(&self) -> u64 {
+        self.sent.get()
+    }
+
+    pub fn failures_total(&self) -> u64 {
+        self.failures.get()
+    }
+}
+
+impl AlertTelemetry {
+    pub fn register(registry: &Registry) -> AlertTelemetry {
+        let t = AlertTelemetry {
+            stage: registry.stage("alerts"),
+            latency: registry.summary(
+                "alert_latency_seconds",
+                "Kernel timestamp to alert written to the sink, by sink, since the start",
+                "sink",
+            ),
+            routed: Family::default(),
+            sent: Family::default(),
+            failures: Family::default(),
+            dropped: Family::default(),
+            suppressed: Family::default(),
+            limiter_untracked: Counter::default(),
+            queue: Family::default(),
+            spool_bytes: Family::default(),
+            up: Family::default(),
+        };
+        let _ = t.stage.dropped("rate_limited");
+        for reason in DROP_REASONS {
+            let _ = t.stage.dropped(reason);
+        }
+        t.register_families(registry);
+        t
+    }
+
+    fn register_families(&self, registry: &Registry) {
         registry.register(
             "alerts_routed",
             "Alerts written to a sink's spool for delivery",
@@ -107,30 +190,37 @@ impl AlertMetrics {
             routed: self.routed.get_or_create(&l).clone(),
             sent: self.sent.get_or_create(&l).clone(),
             failures: self.failures.get_or_create(&l).clone(),
+            stage: self.stage.clone(),
             queue: self.queue.get_or_create(&l).clone(),
             spool_bytes: self.spool_bytes.get_or_create(&l).clone(),
             up: self.up.get_or_create(&l).clone(),
         }
     }
 
-    pub fn dropped(&self, sink: &str, reason: &str) -> Counter {
-        self.dropped
-            .get_or_create(&SinkReasonLabel {
-                sink: sink.into(),
-                reason: reason.into(),
-            })
-            .clone()
+    pub fn dropped(&self, sink: &str, reason: &'static str) -> Dropped {
+        Dropped {
+            sink: self
+                .dropped
+                .get_or_create(&SinkReasonLabel {
+                    sink: sink.into(),
+                    reason: reason.into(),
+                })
+                .clone(),
+            stage: self.stage.dropped(reason),
+        }
     }
 
     pub fn limiter_untracked(&self) -> Counter {
         self.limiter_untracked.clone()
     }
 
-    pub fn suppressed(&self, rule: crate::detect::finding::Rule) -> Counter {
+    /// An alert held back by the rate limit.
+    pub fn suppressed(&self, rule: Rule) {
         self.suppressed
             .get_or_create(&RuleLabel {
                 rule: rule.id().into(),
             })
-            .clone()
+            .inc();
+        self.stage.dropped("rate_limited").inc();
     }
 }

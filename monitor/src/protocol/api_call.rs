@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::protocol::{Exchange, ExchangeEnd, Protocol, RequestSummary};
+use super::{Exchange, ExchangeEnd, Protocol, RequestSummary};
 
 /// How the destination's name was learnt, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{finding::Finding, Engine};
+use crate::detect::{finding::Finding, Engine};
 use crate::events::observation::Observation;
 
 #[derive(Debug, Default)]

@@ -2,17 +2,16 @@
 
 use std::time::Instant;
 
-use crate::{
-    config::ApiCallConfig,
-    events::TlsData,
-    protocol::{
-        credentials::Fingerprinter,
-        minimise,
-        names::DestinationNames,
-        sessions::{ClosedSession, Role, SessionInfo, SessionKey, SessionStats, SessionTable},
-        Anomaly, CallSink, Chunk, Exchange, Limits, RequestHead, RequestSummary,
-    },
+use super::{
+    credentials::Fingerprinter,
+    minimise,
+    names::DestinationNames,
+    sessions::{ClosedSession, Role, SessionInfo, SessionKey, SessionStats, SessionTable},
+    settings::ApiCallConfig,
+    telemetry::ApiTelemetry,
+    Anomaly, CallSink, Chunk, Exchange, Limits, RequestHead, RequestSummary,
 };
+use crate::{events::TlsData, metrics::Registry};
 
 /// A finished (or abandoned) exchange and the TLS session it came from.
 pub struct Finished {
@@ -52,10 +51,11 @@ pub struct ApiCallStage {
     last_expiry: Instant,
     /// Stats already reported as metrics.
     reported: SessionStats,
+    telemetry: ApiTelemetry,
 }
 
 impl ApiCallStage {
-    pub fn new(cfg: &ApiCallConfig, fp: Fingerprinter) -> ApiCallStage {
+    pub fn new(cfg: &ApiCallConfig, fp: Fingerprinter, registry: &Registry) -> ApiCallStage {
         let limits = Limits {
             max_head_bytes: cfg.max_head_bytes,
             max_in_flight: cfg.max_in_flight,
@@ -77,6 +77,7 @@ impl ApiCallStage {
             closed: Vec::new(),
             last_expiry: Instant::now(),
             reported: SessionStats::default(),
+            telemetry: ApiTelemetry::register(registry),
         }
     }
 
@@ -93,6 +94,7 @@ impl ApiCallStage {
             data: t.plaintext,
         };
         self.collector.now_unix = now_unix;
+        self.telemetry.stage.received.inc();
         let role = self.sessions.feed(
             key,
             t.sock,
@@ -103,12 +105,11 @@ impl ApiCallStage {
         );
         if !self.collector.exchanges.is_empty() {
             if let Some(info) = self.sessions.info(&key) {
-                out.extend(
-                    self.collector
-                        .exchanges
-                        .drain(..)
-                        .map(|exchange| Finished { info, exchange }),
-                );
+                let t = &self.telemetry;
+                out.extend(self.collector.exchanges.drain(..).map(|exchange| {
+                    t.call(&exchange);
+                    Finished { info, exchange }
+                }));
             }
         }
         self.finish_closed(out);
@@ -146,21 +147,18 @@ impl ApiCallStage {
         while let Some(mut c) = self.closed.pop() {
             c.finish(&mut self.collector);
             let info = c.info;
-            out.extend(
-                self.collector
-                    .exchanges
-                    .drain(..)
-                    .map(|exchange| Finished { info, exchange }),
-            );
+            let t = &self.telemetry;
+            out.extend(self.collector.exchanges.drain(..).map(|exchange| {
+                t.call(&exchange);
+                Finished { info, exchange }
+            }));
         }
     }
 
-    pub fn take_anomalies(&mut self) -> std::vec::Drain<'_, Anomaly> {
-        self.collector.anomalies.drain(..)
-    }
-
-    /// Counters grown since the last call.
-    pub fn take_stats_delta(&mut self) -> SessionStats {
+    /// Publishes what the parsers found wrong and the sessions' counters and sizes (once per
+    /// batch: the parsers collect anomalies without touching a label map).
+    pub fn report(&mut self) {
+        self.telemetry.anomalies(self.collector.anomalies.drain(..));
         let now = self.sessions.stats();
         let d = SessionStats {
             evicted: now.evicted - self.reported.evicted,
@@ -168,11 +166,13 @@ impl ApiCallStage {
             skipped_chunks: now.skipped_chunks - self.reported.skipped_chunks,
         };
         self.reported = now;
-        d
+        self.telemetry
+            .sessions(&d, self.sessions.roles(), self.sessions.buffered());
     }
 
-    pub fn roles(&self) -> [(Role, usize); 5] {
-        self.sessions.roles()
+    /// The stage's metric handles (for what the daemon parses beside HTTP: DNS, server names).
+    pub fn telemetry(&self) -> &ApiTelemetry {
+        &self.telemetry
     }
 
     pub fn buffered(&self) -> usize {

@@ -1,0 +1,129 @@
+//! The `identity:` settings (trust domain, SPIFFE ID templates, pod metadata source, selectors) and their validation.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{kubernetes::PodSourceKind, selectors::SelectorRule, TEMPLATE_VARS};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub trust_domain: String,
+    /// Defaults to `NODE_NAME`, then the hostname.
+    pub node_name: Option<String>,
+    pub templates: IdentityTemplates,
+    /// How long an event of a pod whose metadata has not arrived is held back.
+    pub pending_hold_ms: u64,
+    pub kubernetes: KubernetesConfig,
+    pub selectors: Vec<SelectorRuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityTemplates {
+    pub kubernetes: String,
+    pub systemd: String,
+    pub unix: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    pub source: PodSourceKind,
+    /// Kubelet base URL (kubelet source) or API server URL (apiserver source;
+    /// default from KUBERNETES_SERVICE_HOST/PORT).
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub refresh_seconds: u64,
+    pub deleted_pod_retention_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorRuleConfig {
+    pub selectors: Vec<String>,
+    pub id: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            trust_domain: "cluster.local".into(),
+            node_name: None,
+            templates: IdentityTemplates::default(),
+            pending_hold_ms: 5000,
+            kubernetes: KubernetesConfig::default(),
+            selectors: Vec::new(),
+        }
+    }
+}
+
+impl Default for IdentityTemplates {
+    fn default() -> Self {
+        IdentityTemplates {
+            kubernetes: "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}".into(),
+            systemd: "spiffe://{trust_domain}/node/{node}/unit/{unit}".into(),
+            unix: "spiffe://{trust_domain}/node/{node}/uid/{uid}{exe}".into(),
+        }
+    }
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            source: Default::default(),
+            url: None,
+            token_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            refresh_seconds: 10,
+            deleted_pod_retention_seconds: 300,
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// Checks what serde cannot: the trust domain's shape, template placeholders, selectors.
+    /// Messages name the key as it stands in the file (`identity.…`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.trust_domain.is_empty() || self.trust_domain.contains(['/', ':', ' ']) {
+            return Err(format!(
+                "identity.trust_domain must be a DNS-like name, got {:?}",
+                self.trust_domain
+            ));
+        }
+        for (name, t) in [
+            ("kubernetes", &self.templates.kubernetes),
+            ("systemd", &self.templates.systemd),
+            ("unix", &self.templates.unix),
+        ] {
+            if !t.starts_with("spiffe://") {
+                return Err(format!(
+                    "identity.templates.{name} must start with spiffe://, got {t:?}"
+                ));
+            }
+            let mut rest = t.as_str();
+            while let Some(open) = rest.find('{') {
+                let close = rest[open..]
+                    .find('}')
+                    .ok_or_else(|| format!("identity.templates.{name}: unclosed '{{'"))?;
+                let var = &rest[open + 1..open + close];
+                if !TEMPLATE_VARS.contains(&var) {
+                    return Err(format!(
+                        "identity.templates.{name}: unknown placeholder {{{var}}}; known: {}",
+                        TEMPLATE_VARS.join(", ")
+                    ));
+                }
+                rest = &rest[open + close..];
+            }
+        }
+        for (i, r) in self.selectors.iter().enumerate() {
+            SelectorRule::parse(&r.selectors, &r.id)
+                .map_err(|e| format!("identity.selectors[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The sensors' metrics: what attached where, kernel-side losses and anomalies, TLS targets, watched inodes.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
+
+use crate::metrics::{Registry, StageTelemetry};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LostLabel {
+    kind: &'static str,
+    cpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabel {
+    probe: String,
+    target: String,
+}
+
+/// The kernel side of the contract: dropped{ring_full} counts the events the kernel could not
+/// queue, errors the kernel-side failures (reads, full maps); what did reach the ring is counted
+/// by the decode stage.
+pub struct SensorTelemetry {
+    stage: StageTelemetry,
+    ring_full: Counter,
+    lost: Family<LostLabel, Counter>,
+    anomalies: Family<ReasonLabel, Counter>,
+    attached: Family<ProbeLabel, Gauge>,
+    pub tls_targets: Gauge,
+    pub watched_inodes: Gauge,
+    /// Scan requests dropped because the upkeep thread had too many pending.
+    pub scan_pending_full: Counter,
+}
+
+/// Kernel anomalies that mean a failure rather than a partial view.
+const FAILURES: [&str; 3] = ["tls_read_failed", "path_read_failed", "map_full"];
+
+impl SensorTelemetry {
+    /// `userspace_dropped` is the daemon's family of queue drops, which the upkeep thread's
+    /// pending scans report into.
+    pub fn register(
+        registry: &Registry,
+        userspace_dropped: impl Fn(&'static str) -> Counter,
+    ) -> SensorTelemetry {
+        let stage = registry.stage("sensors");
+        let t = SensorTelemetry {
+            ring_full: stage.dropped("ring_full"),
+            stage,
+            lost: Family::default(),
+            anomalies: Family::default(),
+            attached: Family::default(),
+            tls_targets: Gauge::default(),
+            watched_inodes: Gauge::default(),
+            scan_pending_full: userspace_dropped("tls_scan_pending_full"),
+        };
+        registry.register(
+            "kernel_events_lost",
+            "Events the kernel could not queue because the ring buffer was full, by kind and CPU",
+            t.lost.clone(),
+        );
+        registry.register(
+            "kernel_anomalies",
+            "Kernel-side conditions worth knowing (truncated TLS capture, failed reads, full maps, unattributed sockets)",
+            t.anomalies.clone(),
+        );
+        registry.register(
+            "probe_attached",
+            "1 if the probe is attached to the target, 0 if attaching failed",
+            t.attached.clone(),
+        );
+        registry.register(
+            "tls_targets",
+            "Distinct TLS library files with uprobes attached",
+            t.tls_targets.clone(),
+        );
+        registry.register(
+            "watched_inodes",
+            "Watched directories and files matched by inode",
+            t.watched_inodes.clone(),
+        );
+        t
+    }
+
+    pub fn lost(&self, kind: &'static str, cpu: usize, n: u64) {
+        self.lost
+            .get_or_create(&LostLabel {
+                kind,
+                cpu: cpu.to_string(),
+            })
+            .inc_by(n);
+        self.ring_full.inc_by(n);
+    }
+
+    pub fn anomaly(&self, reason: &'static str, n: u64) {
+        self.anomalies
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+        if FAILURES.contains(&reason) {
+            self.stage.errors.inc_by(n);
+        }
+    }
+
+    pub fn probe(&self, probe: &str, target: &str, attached: bool) {
+        self.attached
+            .get_or_create(&ProbeLabel {
+                probe: probe.into(),
+                target: target.into(),
+            })
+            .set(i64::from(attached));
+    }
+}
