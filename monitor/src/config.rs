@@ -28,7 +28,7 @@ pub enum ConfigError {
 pub struct Config {
     /// Where nhiwatch keeps what must survive restarts (the fingerprint key).
     pub state_dir: PathBuf,
-    pub sensors: SensorConfig,
+    pub sensors: crate::probes::SensorConfig,
     pub identity: IdentityConfig,
     pub api_calls: ApiCallConfig,
     pub metrics: MetricsConfig,
@@ -129,7 +129,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: PathBuf::from("/var/lib/nhiwatch"),
-            sensors: SensorConfig::default(),
+            sensors: crate::probes::SensorConfig::default(),
             identity: IdentityConfig::default(),
             api_calls: ApiCallConfig::default(),
             metrics: MetricsConfig::default(),
@@ -166,60 +166,10 @@ impl Default for KubernetesConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct SensorConfig {
-    pub ring_buffer_bytes: u32,
-    pub wakeup_bytes: u64,
-    pub poll_interval_ms: u64,
-    pub files: FilesConfig,
-    pub tls: TlsConfig,
-    pub process_table_capacity: usize,
-    pub exited_linger_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesConfig {
-    pub watch: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub capture_bytes: u32,
-    pub library_dirs: Vec<PathBuf>,
-    pub extra_targets: Vec<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
     /// Distinct (identity, data source) series of `nhiwatch_api_calls_by_identity_total`; 0 disables it.
     pub identity_series: usize,
-}
-
-impl Default for SensorConfig {
-    fn default() -> Self {
-        SensorConfig {
-            ring_buffer_bytes: 16 << 20,
-            wakeup_bytes: 256 << 10,
-            poll_interval_ms: 2,
-            files: FilesConfig::default(),
-            tls: TlsConfig::default(),
-            process_table_capacity: 65536,
-            exited_linger_ms: 30_000,
-        }
-    }
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            capture_bytes: 4096,
-            library_dirs: Vec::new(),
-            extra_targets: Vec::new(),
-        }
-    }
 }
 
 impl Default for MetricsConfig {
@@ -283,35 +233,7 @@ impl Config {
                 return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
             }
         }
-        let s = &self.sensors;
-        let rb = s.ring_buffer_bytes;
-        if !rb.is_power_of_two() || rb < 4096 {
-            return Err(format!(
-                "sensors.ring_buffer_bytes must be a power of two of at least 4096 (page size), got {rb}"
-            ));
-        }
-        if s.wakeup_bytes >= u64::from(rb) {
-            return Err(format!(
-                "sensors.wakeup_bytes ({}) must be smaller than sensors.ring_buffer_bytes ({rb})",
-                s.wakeup_bytes
-            ));
-        }
-        if s.poll_interval_ms == 0 || s.poll_interval_ms > 1000 {
-            return Err(format!(
-                "sensors.poll_interval_ms must be 1..=1000, got {}",
-                s.poll_interval_ms
-            ));
-        }
-        let max = crate::probes::abi::NW_TLS_CAPTURE_MAX;
-        if s.tls.capture_bytes > max {
-            return Err(format!(
-                "sensors.tls.capture_bytes must be at most {max}, got {}",
-                s.tls.capture_bytes
-            ));
-        }
-        if s.process_table_capacity < 64 {
-            return Err("sensors.process_table_capacity must be at least 64".into());
-        }
+        self.sensors.validate()?;
         let id = &self.identity;
         if id.trust_domain.is_empty() || id.trust_domain.contains(['/', ':', ' ']) {
             return Err(format!(
@@ -368,10 +290,6 @@ impl Config {
         }
         if a.session_idle_seconds == 0 {
             return Err("api_calls.session_idle_seconds must be at least 1".into());
-        }
-        for w in &s.files.watch {
-            crate::probes::watch::WatchPattern::parse(w)
-                .map_err(|e| format!("sensors.files.watch: {e}"))?;
         }
         Ok(())
     }
