@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{identity::IdentityConfig, metrics::MetricsConfig, protocol::ApiCallConfig};
+use crate::{
+    identity::IdentityConfig, metrics::MetricsConfig, probes::SensorConfig, protocol::ApiCallConfig,
+};
 
 /// The bundled default configuration (config/nhiwatch.yaml).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/nhiwatch.yaml");
@@ -52,56 +54,6 @@ impl Default for Config {
             rules: vec![PathBuf::from("/etc/nhiwatch/rules")],
             alerts: crate::alerts::AlertsConfig::default(),
             detectors: crate::detect::DetectConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SensorConfig {
-    pub ring_buffer_bytes: u32,
-    pub wakeup_bytes: u64,
-    pub poll_interval_ms: u64,
-    pub files: FilesConfig,
-    pub tls: TlsConfig,
-    pub process_table_capacity: usize,
-    pub exited_linger_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesConfig {
-    pub watch: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub capture_bytes: u32,
-    pub library_dirs: Vec<PathBuf>,
-    pub extra_targets: Vec<PathBuf>,
-}
-
-impl Default for SensorConfig {
-    fn default() -> Self {
-        SensorConfig {
-            ring_buffer_bytes: 16 << 20,
-            wakeup_bytes: 256 << 10,
-            poll_interval_ms: 2,
-            files: FilesConfig::default(),
-            tls: TlsConfig::default(),
-            process_table_capacity: 65536,
-            exited_linger_ms: 30_000,
-        }
-    }
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            capture_bytes: 4096,
-            library_dirs: Vec::new(),
-            extra_targets: Vec::new(),
         }
     }
 }
@@ -158,35 +110,7 @@ impl Config {
                 return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
             }
         }
-        let s = &self.sensors;
-        let rb = s.ring_buffer_bytes;
-        if !rb.is_power_of_two() || rb < 4096 {
-            return Err(format!(
-                "sensors.ring_buffer_bytes must be a power of two of at least 4096 (page size), got {rb}"
-            ));
-        }
-        if s.wakeup_bytes >= u64::from(rb) {
-            return Err(format!(
-                "sensors.wakeup_bytes ({}) must be smaller than sensors.ring_buffer_bytes ({rb})",
-                s.wakeup_bytes
-            ));
-        }
-        if s.poll_interval_ms == 0 || s.poll_interval_ms > 1000 {
-            return Err(format!(
-                "sensors.poll_interval_ms must be 1..=1000, got {}",
-                s.poll_interval_ms
-            ));
-        }
-        let max = crate::probes::abi::NW_TLS_CAPTURE_MAX;
-        if s.tls.capture_bytes > max {
-            return Err(format!(
-                "sensors.tls.capture_bytes must be at most {max}, got {}",
-                s.tls.capture_bytes
-            ));
-        }
-        if s.process_table_capacity < 64 {
-            return Err("sensors.process_table_capacity must be at least 64".into());
-        }
+        self.sensors.validate()?;
         self.identity.validate()?;
         if !self.state_dir.is_absolute() {
             return Err(format!(
@@ -195,10 +119,6 @@ impl Config {
             ));
         }
         self.api_calls.validate()?;
-        for w in &s.files.watch {
-            crate::probes::watch::WatchPattern::parse(w)
-                .map_err(|e| format!("sensors.files.watch: {e}"))?;
-        }
         Ok(())
     }
 }

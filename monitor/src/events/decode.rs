@@ -18,6 +18,10 @@ pub enum DecodeError {
     UnknownKind(u16),
     #[error("record of kind {kind} has variable part of {len} bytes, beyond its end")]
     BadLength { kind: u16, len: u32 },
+    #[error("record of kind {kind} names TLS library {lib}, unknown to this build")]
+    UnknownTlsLibrary { kind: u16, lib: u8 },
+    #[error("file-open record with path flags {flags:#x}: neither an argument nor dentry names")]
+    UnknownOpenPath { flags: u16 },
 }
 
 impl DecodeError {
@@ -28,6 +32,8 @@ impl DecodeError {
             DecodeError::SizeMismatch { .. } => "size_mismatch",
             DecodeError::UnknownKind(_) => "unknown_kind",
             DecodeError::BadLength { .. } => "bad_length",
+            DecodeError::UnknownTlsLibrary { .. } => "unknown_tls_library",
+            DecodeError::UnknownOpenPath { .. } => "unknown_open_path",
         }
     }
 }
@@ -52,6 +58,15 @@ fn tail<T>(rec: &[u8], len: u32, kind: u16) -> Result<&[u8], DecodeError> {
     match end {
         Some(end) => Ok(&rec[start..end]),
         None => Err(DecodeError::BadLength { kind, len }),
+    }
+}
+
+/// The kernel's `enum nw_tls_lib`: a value this build does not know is an error, not a guess.
+fn tls_library(lib: u8, kind: u16) -> Result<TlsLibrary, DecodeError> {
+    match u32::from(lib) {
+        NW_TLS_OPENSSL => Ok(TlsLibrary::OpenSsl),
+        NW_TLS_GNUTLS => Ok(TlsLibrary::GnuTls),
+        _ => Err(DecodeError::UnknownTlsLibrary { kind, lib }),
     }
 }
 
@@ -112,10 +127,13 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::FileOpen => {
             let o: nw_file_open = read(rec, kind)?;
             let raw = tail::<nw_file_open>(rec, o.path_len, kind)?;
-            let path = if u32::from(o.hdr.flags) & NW_F_OPEN_PATH_DENTRY != 0 {
-                OpenPath::Dentries(raw.split(|&b| b == 0).filter(|s| !s.is_empty()).collect())
-            } else {
-                OpenPath::Argument(raw)
+            let flags = u32::from(o.hdr.flags);
+            let path = match flags & (NW_F_OPEN_PATH_ARG | NW_F_OPEN_PATH_DENTRY) {
+                NW_F_OPEN_PATH_ARG => OpenPath::Argument(raw),
+                NW_F_OPEN_PATH_DENTRY => {
+                    OpenPath::Dentries(raw.split(|&b| b == 0).filter(|s| !s.is_empty()).collect())
+                }
+                _ => return Err(DecodeError::UnknownOpenPath { flags: o.hdr.flags }),
             };
             Event::FileOpen(FileOpen {
                 hdr: header(&o.hdr),
@@ -166,10 +184,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                     len: t.captured,
                 });
             }
-            let library = match u32::from(t.lib) {
-                NW_TLS_GNUTLS => TlsLibrary::GnuTls,
-                _ => TlsLibrary::OpenSsl,
-            };
+            let library = tls_library(t.lib, kind)?;
             let direction = if u32::from(t.hdr.flags) & NW_F_TLS_READ != 0 {
                 Direction::Read
             } else {
@@ -218,10 +233,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             Event::TlsSni(TlsSni {
                 hdr: header(&t.hdr),
                 session: t.session,
-                library: match u32::from(t.lib) {
-                    NW_TLS_GNUTLS => TlsLibrary::GnuTls,
-                    _ => TlsLibrary::OpenSsl,
-                },
+                library: tls_library(t.lib, kind)?,
                 name: rec.get(start..start + t.name_len as usize).ok_or(
                     DecodeError::BadLength {
                         kind,
@@ -315,6 +327,7 @@ mod tests {
     fn variable_length_beyond_the_record_is_rejected() {
         let mut e = nw_tls_data::default();
         e.hdr = hdr(NW_EVENT_TLS_DATA, size_of::<nw_tls_data>() + 4);
+        e.lib = NW_TLS_OPENSSL as u8;
         e.len = 100;
         e.captured = 50; // claims more than the 4 that follow
         let mut v = bytes(&e);
@@ -338,6 +351,7 @@ mod tests {
     fn tls_debug_never_shows_plaintext() {
         let mut e = nw_tls_data::default();
         e.hdr = hdr(NW_EVENT_TLS_DATA, size_of::<nw_tls_data>() + 11);
+        e.lib = NW_TLS_OPENSSL as u8;
         e.len = 11;
         e.captured = 11;
         let mut v = bytes(&e);
@@ -383,6 +397,57 @@ mod tests {
             f.path,
             OpenPath::Dentries(vec![&b"token"[..], &b"..data"[..]])
         );
+    }
+
+    /// A library id the kernel may send one day (or a corrupt one) is counted, never guessed.
+    #[test]
+    fn unknown_tls_library_is_an_error_not_openssl() {
+        let mut e = nw_tls_data::default();
+        e.hdr = hdr(NW_EVENT_TLS_DATA, size_of::<nw_tls_data>() + 3);
+        e.len = 3;
+        e.captured = 3;
+        let mut v = bytes(&e);
+        v.extend_from_slice(b"GET");
+        for lib in [0u8, 3, 255] {
+            v[std::mem::offset_of!(nw_tls_data, lib)] = lib;
+            let err = decode(&v).unwrap_err();
+            assert_eq!(
+                err,
+                DecodeError::UnknownTlsLibrary {
+                    kind: NW_EVENT_TLS_DATA as u16,
+                    lib
+                }
+            );
+            assert_eq!(err.reason(), "unknown_tls_library");
+        }
+        v[std::mem::offset_of!(nw_tls_data, lib)] = NW_TLS_GNUTLS as u8;
+        let Ok(Event::TlsData(t)) = decode(&v) else {
+            panic!("gnutls record")
+        };
+        assert_eq!(t.library, TlsLibrary::GnuTls);
+
+        let mut s = nw_tls_sni::default();
+        s.hdr = hdr(NW_EVENT_TLS_SNI, size_of::<nw_tls_sni>());
+        s.lib = 9;
+        assert_eq!(
+            decode(&bytes(&s)).unwrap_err().reason(),
+            "unknown_tls_library"
+        );
+    }
+
+    #[test]
+    fn open_record_without_a_known_path_kind_is_an_error() {
+        let mut o = nw_file_open::default();
+        o.hdr = hdr(NW_EVENT_FILE_OPEN, size_of::<nw_file_open>());
+        for flags in [0, NW_F_OPEN_PATH_ARG | NW_F_OPEN_PATH_DENTRY] {
+            o.hdr.flags = flags as u16;
+            assert_eq!(
+                decode(&bytes(&o)).unwrap_err().reason(),
+                "unknown_open_path"
+            );
+        }
+        o.hdr.flags = NW_F_OPEN_PATH_ARG as u16;
+        assert!(matches!(decode(&bytes(&o)), Ok(Event::FileOpen(_))));
     }
 
     fn dns_record(message: &[u8], len: u32) -> Vec<u8> {

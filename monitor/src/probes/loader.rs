@@ -1,25 +1,22 @@
-//! Loads the BPF object, attaches what this kernel supports, self-checks CO-RE, and reports every probe's status.
+//! Loads the BPF object, runs every sensor's attach step from the sensor table, and keeps the maps the daemon talks to.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, RwLock},
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::CgroupAttachMode, uprobe::UProbeScope, BtfTracePoint, CgroupSkb,
-        CgroupSkbAttachType, TracePoint, UProbe,
-    },
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     Btf, Ebpf, EbpfLoader,
 };
 
 use super::{
     abi::*,
+    sensors::{self, tls, Attach},
     tls_libs::{TlsDiscovery, TlsTarget},
     watch::{WatchSet, WatchStats, WatchTarget},
+    SensorConfig,
 };
-use crate::config::SensorConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -58,41 +55,6 @@ pub struct ProbeStatus {
     pub error: Option<String>,
 }
 
-/// Kernel sensor groups; the daemon is useful if any one of them attached.
-const PROCESS_PROBES: [(&str, &str); 3] = [
-    ("handle_exec", "sched_process_exec"),
-    ("handle_fork", "sched_process_fork"),
-    ("handle_exit", "sched_process_exit"),
-];
-const FILE_PROBES: [(&str, &str); 6] = [
-    ("enter_openat", "sys_enter_openat"),
-    ("exit_openat", "sys_exit_openat"),
-    ("enter_open", "sys_enter_open"),
-    ("exit_open", "sys_exit_open"),
-    ("enter_openat2", "sys_enter_openat2"),
-    ("exit_openat2", "sys_exit_openat2"),
-];
-const TCP_PROBES: [(&str, &str); 3] = [
-    ("handle_sock_state", "inet_sock_set_state"),
-    ("handle_sock_send", "sock_send_length"),
-    ("handle_sock_recv", "sock_recv_length"),
-];
-const UPROBE_PROGRAMS: [&str; 11] = [
-    "ssl_write",
-    "ssl_read",
-    "ssl_write_ex",
-    "ssl_read_ex",
-    "ssl_ret",
-    "ssl_ret_ex",
-    "gnutls_send",
-    "gnutls_recv",
-    "gnutls_ret",
-    "ssl_ctrl_sni",
-    "gnutls_sni",
-];
-/// Sees DNS responses delivered to any socket below the cgroup v2 root.
-const DNS_PROGRAM: &str = "dns_ingress";
-
 /// The loaded, attached sensors and the maps the daemon keeps talking to.
 pub struct Sensors {
     bpf: Ebpf,
@@ -105,7 +67,6 @@ pub struct Sensors {
     /// Shared with the pipeline to turn watch ids back into paths.
     pub watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
     pub tls: TlsDiscovery,
-    tls_dirs: Vec<PathBuf>,
     uprobes_loaded: bool,
     pub tls_targets: usize,
 }
@@ -180,50 +141,22 @@ impl Sensors {
             .load(&object_bytes)
             .map_err(LoadError::Load)?;
 
-        let mut statuses = Vec::new();
-        let btf = Btf::from_sys_fs().map_err(|e| e.to_string());
-        let mut record = |group: &str, prog: &str, target: &str, r: Result<(), String>| {
-            statuses.push(ProbeStatus {
-                probe: format!("{group}/{prog}"),
-                target: target.into(),
-                error: r.err(),
-            });
+        let mut attach = Attach {
+            bpf: &mut bpf,
+            cfg,
+            btf: Btf::from_sys_fs().map_err(|e| e.to_string()),
+            tracefs_problem,
+            statuses: Vec::new(),
+            uprobes_loaded: true,
         };
-
-        for (prog, tp) in PROCESS_PROBES.iter().chain(TCP_PROBES.iter()) {
-            let group = if PROCESS_PROBES.iter().any(|p| p.0 == *prog) {
-                "process"
-            } else {
-                "tcp"
-            };
-            let r = attach_tp_btf(&mut bpf, prog, tp, btf.as_ref());
-            record(group, prog, "kernel", r);
+        for sensor in sensors::ALL {
+            (sensor.attach)(&mut attach)?;
         }
-        for (prog, tp) in FILE_PROBES {
-            let r = match &tracefs_problem {
-                Some(p) => Err(p.clone()),
-                None => attach_tracepoint(&mut bpf, prog, "syscalls", tp),
-            };
-            record("files", prog, "kernel", r);
-        }
-
-        // Wrong field offsets would make every event subtly wrong: refuse to run.
-        let canary = match &tracefs_problem {
-            Some(p) => Err(p.clone()),
-            None => core_canary(&mut bpf)?,
-        };
-        record("core", "canary", "kernel", canary);
-
-        let (cgroup_root, r) = attach_dns(&mut bpf);
-        record("dns", DNS_PROGRAM, &cgroup_root, r);
-
-        let mut uprobes_loaded = true;
-        for prog in UPROBE_PROGRAMS {
-            if let Err(e) = load_uprobe(&mut bpf, prog) {
-                record("tls", prog, "kernel", Err(e));
-                uprobes_loaded = false;
-            }
-        }
+        let Attach {
+            statuses,
+            uprobes_loaded,
+            ..
+        } = attach;
 
         let ring = take::<RingBuf<MapData>>(&mut bpf, "events")?;
         let counters = take(&mut bpf, "counters")?;
@@ -241,41 +174,27 @@ impl Sensors {
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
             tls: TlsDiscovery::default(),
-            tls_dirs: cfg.tls.library_dirs.clone(),
             uprobes_loaded,
             tls_targets: 0,
         };
         sensors.refresh_watches();
 
         if uprobes_loaded {
-            let mut targets = sensors.tls.scan_dirs(&sensors.tls_dirs.clone());
-            for extra in &cfg.tls.extra_targets {
-                match sensors.tls.consider(extra) {
-                    Some(t) => targets.push(t),
-                    None => sensors.statuses.push(ProbeStatus {
-                        probe: "tls/extra_target".into(),
-                        target: extra.display().to_string(),
-                        error: Some(
-                            "file missing, or it exports no SSL_write/gnutls_record_send".into(),
-                        ),
-                    }),
-                }
-            }
+            let targets = tls::initial_targets(&mut sensors.tls, &cfg.tls, &mut sensors.statuses);
             for t in targets {
                 sensors.attach_tls(&t);
             }
         }
 
-        let attached_groups: Vec<&str> = ["process/", "files/", "tcp/", "tls/", "dns/"]
-            .into_iter()
-            .filter(|g| {
-                sensors
-                    .statuses
-                    .iter()
-                    .any(|s| s.probe.starts_with(g) && s.error.is_none())
-            })
-            .collect();
-        if attached_groups.is_empty() {
+        // Useful if any sensor that reports events attached something.
+        let observing = sensors::ALL.iter().filter(|s| s.observes).any(|sensor| {
+            let group = format!("{}/", sensor.group);
+            sensors
+                .statuses
+                .iter()
+                .any(|s| s.probe.starts_with(&group) && s.error.is_none())
+        });
+        if !observing {
             let why: Vec<String> = sensors
                 .statuses
                 .iter()
@@ -298,33 +217,10 @@ impl Sensors {
         if !self.uprobes_loaded {
             return false;
         }
-        let target = t.path.display().to_string();
-        let mut any = false;
-        for (sym, entry, ret) in t.family.probes() {
-            if !t.symbols.contains(sym) {
-                continue;
-            }
-            let r = attach_uprobe(&mut self.bpf, entry, sym, &t.path)
-                .and_then(|()| attach_uprobe(&mut self.bpf, ret, sym, &t.path));
-            any |= r.is_ok();
-            self.statuses.push(ProbeStatus {
-                probe: format!("tls/{sym}"),
-                target: target.clone(),
-                error: r.err(),
-            });
-        }
-        let (sni_sym, sni_prog) = t.family.sni_probe();
-        if any && t.symbols.contains(&sni_sym) {
-            let r = attach_uprobe(&mut self.bpf, sni_prog, sni_sym, &t.path);
-            self.statuses.push(ProbeStatus {
-                probe: format!("tls/{sni_sym}"),
-                target: target.clone(),
-                error: r.err(),
-            });
-        }
+        let any = tls::attach_target(&mut self.bpf, &mut self.statuses, t);
         if any {
             self.tls_targets += 1;
-            tracing::info!(target = %target, library = t.family.name(), "TLS probes attached");
+            tracing::info!(target = %t.path.display(), library = t.family.name(), "TLS probes attached");
         }
         any
     }
@@ -353,132 +249,4 @@ impl Sensors {
             })
             .collect()
     }
-}
-
-fn attach_tp_btf(
-    bpf: &mut Ebpf,
-    prog: &str,
-    tp: &str,
-    btf: Result<&Btf, &String>,
-) -> Result<(), String> {
-    let btf = btf.map_err(|e| format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"))?;
-    let p: &mut BtfTracePoint = bpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load(tp, btf).map_err(|e| format!("load: {e}"))?;
-    p.attach().map_err(|e| format!("attach tp_btf/{tp}: {e}"))?;
-    Ok(())
-}
-
-fn attach_tracepoint(bpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint = bpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(category, name)
-        .map_err(|e| format!("attach {category}/{name}: {e}"))?;
-    Ok(())
-}
-
-/// The cgroup v2 hierarchy, if one is mounted.
-fn cgroup_v2_root() -> Option<PathBuf> {
-    Some(crate::cgroup_v2_root()).filter(|p| p.join("cgroup.procs").exists())
-}
-
-/// Attaches the DNS answer sensor to the root cgroup, so it sees every socket on
-/// the host, alongside (never instead of) programs others attached there.
-fn attach_dns(bpf: &mut Ebpf) -> (String, Result<(), String>) {
-    let Some(root) = cgroup_v2_root() else {
-        return (
-            crate::CGROUP_V2_ROOT.into(),
-            Err("no cgroup v2 hierarchy mounted: DNS answers are not seen".into()),
-        );
-    };
-    let shown = root.display().to_string();
-    let r = (|| {
-        let p: &mut CgroupSkb = bpf
-            .program_mut(DNS_PROGRAM)
-            .ok_or("program missing from object")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        p.load().map_err(|e| format!("load: {e}"))?;
-        let dir = std::fs::File::open(&root).map_err(|e| format!("open: {e}"))?;
-        p.attach(
-            &dir,
-            CgroupSkbAttachType::Ingress,
-            // Links (kernel >= 5.7) always coexist with other programs on the
-            // cgroup and take no flags: ALLOW_MULTI makes bpf_link_create fail.
-            CgroupAttachMode::Single,
-        )
-        .map(|_| ())
-        .map_err(|e| format!("attach cgroup_skb/ingress: {e}"))
-    })();
-    (shown, r)
-}
-
-fn load_uprobe(bpf: &mut Ebpf, prog: &str) -> Result<(), String> {
-    let p: &mut UProbe = bpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load().map_err(|e| format!("load: {e}"))
-}
-
-fn attach_uprobe(bpf: &mut Ebpf, prog: &str, symbol: &str, path: &Path) -> Result<(), String> {
-    let p: &mut UProbe = bpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.attach(symbol, path, UProbeScope::AllProcesses)
-        .map(|_| ())
-        .map_err(|e| format!("{e}"))
-}
-
-/// Runs the canary program once in this process and compares its CO-RE read
-/// with the helper's answer. `Ok(Err(_))`: the canary could not run (unchecked);
-/// `Err(_)`: it ran and the offsets are wrong.
-fn core_canary(bpf: &mut Ebpf) -> Result<Result<(), String>, LoadError> {
-    let p: &mut TracePoint = match bpf
-        .program_mut("core_canary")
-        .and_then(|p| p.try_into().ok())
-    {
-        Some(p) => p,
-        None => return Ok(Err("canary program missing from the object".into())),
-    };
-    if let Err(e) = p
-        .load()
-        .and_then(|()| p.attach("syscalls", "sys_enter_getppid").map(|_| ()))
-    {
-        return Ok(Err(format!(
-            "canary could not run, field offsets unchecked: {e}"
-        )));
-    }
-    // SAFETY: getppid has no preconditions; it only fires the tracepoint.
-    unsafe { libc::getppid() };
-    let map = bpf.map("canary").ok_or(LoadError::MissingMap("canary"))?;
-    let canary: Array<&MapData, nw_canary> =
-        Array::try_from(map).map_err(|source| LoadError::Map {
-            name: "canary",
-            source,
-        })?;
-    let c = canary.get(&0, 0).map_err(|source| LoadError::Map {
-        name: "canary",
-        source,
-    })?;
-    if c.hits == 0 {
-        return Ok(Err("canary did not fire, field offsets unchecked".into()));
-    }
-    if c.tgid_core != c.tgid_helper {
-        return Err(LoadError::CoreCanary {
-            core: c.tgid_core,
-            helper: c.tgid_helper,
-        });
-    }
-    Ok(Ok(()))
 }

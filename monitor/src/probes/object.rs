@@ -14,7 +14,9 @@ pub fn bytes() -> &'static [u8] {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+    use crate::probes::sensors;
 
     /// CO-RE relocations live in .BTF.ext: an object without them loads
     /// silently with the build host's offsets. This catches a stripped build.
@@ -43,41 +45,90 @@ mod tests {
         );
     }
 
+    /// Programs in the object: function symbols by name, with their section.
+    fn programs(obj: &object::File<'_>) -> Vec<(String, String)> {
+        obj.symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.is_global())
+            .map(|s| {
+                let section = s
+                    .section_index()
+                    .and_then(|i| obj.section_by_index(i).ok())
+                    .and_then(|sec| sec.name().ok().map(str::to_owned))
+                    .unwrap_or_default();
+                (s.name().unwrap().to_owned(), section)
+            })
+            .collect()
+    }
+
+    /// The sensor table and the object agree both ways: every row is a program in the section
+    /// its hook implies, and every program in the object is a row.
     #[test]
-    fn object_has_every_program_the_loader_attaches() {
+    fn object_and_sensor_table_list_the_same_programs() {
         let obj = object::File::parse(super::bytes()).unwrap();
-        let names: Vec<String> = obj
-            .symbols()
-            .filter_map(|s| s.name().ok().map(str::to_owned))
+        let found = programs(&obj);
+        let table: Vec<_> = sensors::ALL
+            .iter()
+            .flat_map(|s| s.programs.iter().map(move |p| (s.name, p)))
             .collect();
-        for p in [
-            "handle_exec",
-            "handle_fork",
-            "handle_exit",
-            "enter_openat",
-            "exit_openat",
-            "enter_open",
-            "exit_open",
-            "enter_openat2",
-            "exit_openat2",
-            "handle_sock_state",
-            "handle_sock_send",
-            "handle_sock_recv",
-            "ssl_write",
-            "ssl_read",
-            "ssl_write_ex",
-            "ssl_read_ex",
-            "ssl_ret",
-            "ssl_ret_ex",
-            "gnutls_send",
-            "gnutls_recv",
-            "gnutls_ret",
-            "core_canary",
-        ] {
-            assert!(
-                names.iter().any(|n| n == p),
-                "program {p} missing from the object"
+        for (sensor, p) in &table {
+            let section = found
+                .iter()
+                .find(|(name, _)| name == p.name)
+                .map(|(_, sec)| sec.as_str());
+            assert_eq!(
+                section,
+                Some(p.hook.section().as_str()),
+                "sensor {sensor}: program {} missing from the object or in the wrong section",
+                p.name
             );
         }
+        for (name, section) in &found {
+            assert!(
+                table.iter().any(|(_, p)| p.name == name),
+                "program {name} ({section}) is in the object but in no sensor table"
+            );
+        }
+        assert_eq!(found.len(), table.len(), "a program listed twice");
+    }
+
+    /// Sensors share maps through weak definitions (include/maps.h): the linker must have
+    /// made each one map, and the maps the loader takes must be there.
+    #[test]
+    fn shared_maps_are_linked_into_one() {
+        let obj = object::File::parse(super::bytes()).unwrap();
+        let maps = obj.section_by_name(".maps").expect(".maps").index();
+        let mut names: Vec<&str> = obj
+            .symbols()
+            .filter(|s| s.section_index() == Some(maps))
+            .map(|s| s.name().unwrap())
+            .collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a map defined twice: {names:?}");
+        for m in [
+            "events",
+            "counters",
+            "scratch",
+            "watch_paths",
+            "watch_inodes",
+            "watch_devs",
+            "tls_calls",
+            "tls_session_socks",
+            "canary",
+        ] {
+            assert!(names.contains(&m), "map {m} missing: {names:?}");
+        }
+        // The settings the loader writes before loading (override_global): one copy each.
+        for g in ["self_tgid", "wakeup_bytes", "tls_capture_len"] {
+            let n = obj.symbols().filter(|s| s.name().ok() == Some(g)).count();
+            assert_eq!(n, 1, "global {g} defined {n} times");
+        }
+        let license = obj
+            .section_by_name("license")
+            .expect("license")
+            .data()
+            .unwrap();
+        assert_eq!(license, b"GPL\0", "exactly one license");
     }
 }

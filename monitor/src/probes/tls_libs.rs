@@ -9,30 +9,14 @@ use std::{
 
 use object::{Object, ObjectSymbol};
 
-/// A TLS library family and the functions nhiwatch probes in it.
+use super::sensors::{self, Hook, Sensor};
+
+/// A TLS library family; the functions probed in it come from its sensor's program table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsFamily {
     OpenSsl,
     GnuTls,
 }
-
-/// (symbol, entry program, return program): program names are the C function names.
-pub const OPENSSL_PROBES: [(&str, &str, &str); 4] = [
-    ("SSL_write", "ssl_write", "ssl_ret"),
-    ("SSL_read", "ssl_read", "ssl_ret"),
-    ("SSL_write_ex", "ssl_write_ex", "ssl_ret_ex"),
-    ("SSL_read_ex", "ssl_read_ex", "ssl_ret_ex"),
-];
-pub const GNUTLS_PROBES: [(&str, &str, &str); 2] = [
-    ("gnutls_record_send", "gnutls_send", "gnutls_ret"),
-    ("gnutls_record_recv", "gnutls_recv", "gnutls_ret"),
-];
-
-/// (symbol, entry program) that report the server name a client sets (SNI).
-/// Entry only: the name is an argument. `SSL_set_tlsext_host_name` is a macro
-/// for `SSL_ctrl`, so `SSL_ctrl` is probed and the kernel keeps only that command.
-pub const OPENSSL_SNI_PROBE: (&str, &str) = ("SSL_ctrl", "ssl_ctrl_sni");
-pub const GNUTLS_SNI_PROBE: (&str, &str) = ("gnutls_server_name_set", "gnutls_sni");
 
 impl TlsFamily {
     pub fn name(self) -> &'static str {
@@ -42,19 +26,27 @@ impl TlsFamily {
         }
     }
 
-    pub fn probes(self) -> &'static [(&'static str, &'static str, &'static str)] {
+    pub fn sensor(self) -> &'static Sensor {
         match self {
-            TlsFamily::OpenSsl => &OPENSSL_PROBES,
-            TlsFamily::GnuTls => &GNUTLS_PROBES,
+            TlsFamily::OpenSsl => &sensors::tls_openssl::SENSOR,
+            TlsFamily::GnuTls => &sensors::tls_gnutls::SENSOR,
         }
     }
 
+    /// (symbol, entry program, return program) of each plaintext function, in table order.
+    pub fn calls(self) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+        self.sensor().programs.iter().filter_map(|p| match p.hook {
+            Hook::TlsCall { symbol, ret } => Some((symbol, p.name, ret)),
+            _ => None,
+        })
+    }
+
     /// The function that sets the SNI name, and the program that reports it.
-    pub fn sni_probe(self) -> (&'static str, &'static str) {
-        match self {
-            TlsFamily::OpenSsl => OPENSSL_SNI_PROBE,
-            TlsFamily::GnuTls => GNUTLS_SNI_PROBE,
-        }
+    pub fn server_name(self) -> Option<(&'static str, &'static str)> {
+        self.sensor().programs.iter().find_map(|p| match p.hook {
+            Hook::TlsServerName { symbol } => Some((symbol, p.name)),
+            _ => None,
+        })
     }
 }
 
@@ -84,15 +76,15 @@ pub fn exported_tls_symbols(path: &Path) -> Option<(TlsFamily, Vec<&'static str>
         .collect();
     for family in [TlsFamily::OpenSsl, TlsFamily::GnuTls] {
         let mut syms: Vec<&'static str> = family
-            .probes()
-            .iter()
-            .map(|p| p.0)
+            .calls()
+            .map(|c| c.0)
             .filter(|s| defined.iter().any(|d| d == s))
             .collect();
         if !syms.is_empty() {
-            let sni = family.sni_probe().0;
-            if defined.iter().any(|d| d == sni) {
-                syms.push(sni);
+            if let Some((sni, _)) = family.server_name() {
+                if defined.iter().any(|d| d == sni) {
+                    syms.push(sni);
+                }
             }
             return Some((family, syms));
         }

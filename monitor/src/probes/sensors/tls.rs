@@ -1,0 +1,118 @@
+//! What the two TLS sensors share: the `sensors.tls` settings, loading their uprobes, and attaching them to a discovered library file.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{uprobe::UProbeScope, UProbe},
+    Ebpf,
+};
+use serde::Deserialize;
+
+use super::{program, Attach, Sensor};
+use crate::probes::{
+    abi::NW_TLS_CAPTURE_MAX,
+    tls_libs::{TlsDiscovery, TlsTarget},
+    ProbeStatus,
+};
+
+/// `sensors.tls`: how much plaintext to capture and where to look for libraries.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub capture_bytes: u32,
+    pub library_dirs: Vec<PathBuf>,
+    pub extra_targets: Vec<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            capture_bytes: 4096,
+            library_dirs: Vec::new(),
+            extra_targets: Vec::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let max = NW_TLS_CAPTURE_MAX;
+        if self.capture_bytes > max {
+            return Err(format!(
+                "sensors.tls.capture_bytes must be at most {max}, got {}",
+                self.capture_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A TLS sensor's attach step at start: its programs are loaded once; each library found
+/// (now or later) gets them attached by [`attach_target`].
+pub(super) fn load(a: &mut Attach<'_>, sensor: &Sensor) {
+    a.load_uprobes(sensor);
+}
+
+/// Libraries in the configured directories, then the configured extra files; an extra file
+/// that is not a TLS library gets a failed status.
+pub(crate) fn initial_targets(
+    discovery: &mut TlsDiscovery,
+    cfg: &TlsConfig,
+    statuses: &mut Vec<ProbeStatus>,
+) -> Vec<TlsTarget> {
+    let mut targets = discovery.scan_dirs(&cfg.library_dirs);
+    for extra in &cfg.extra_targets {
+        match discovery.consider(extra) {
+            Some(t) => targets.push(t),
+            None => statuses.push(ProbeStatus {
+                probe: "tls/extra_target".into(),
+                target: extra.display().to_string(),
+                error: Some("file missing, or it exports no SSL_write/gnutls_record_send".into()),
+            }),
+        }
+    }
+    targets
+}
+
+/// Attaches the family's programs to one library file; records each symbol's status.
+/// True if any plaintext function was attached.
+pub(crate) fn attach_target(
+    bpf: &mut Ebpf,
+    statuses: &mut Vec<ProbeStatus>,
+    t: &TlsTarget,
+) -> bool {
+    let group = t.family.sensor().group;
+    let target = t.path.display().to_string();
+    let mut any = false;
+    for (sym, entry, ret) in t.family.calls() {
+        if !t.symbols.contains(&sym) {
+            continue;
+        }
+        let r = attach_uprobe(bpf, entry, sym, &t.path)
+            .and_then(|()| attach_uprobe(bpf, ret, sym, &t.path));
+        any |= r.is_ok();
+        statuses.push(ProbeStatus {
+            probe: format!("{group}/{sym}"),
+            target: target.clone(),
+            error: r.err(),
+        });
+    }
+    if let Some((sym, prog)) = t.family.server_name() {
+        if any && t.symbols.contains(&sym) {
+            let r = attach_uprobe(bpf, prog, sym, &t.path);
+            statuses.push(ProbeStatus {
+                probe: format!("{group}/{sym}"),
+                target: target.clone(),
+                error: r.err(),
+            });
+        }
+    }
+    any
+}
+
+fn attach_uprobe(bpf: &mut Ebpf, prog: &str, symbol: &str, path: &Path) -> Result<(), String> {
+    let p: &mut UProbe = program(bpf, prog)?;
+    p.attach(symbol, path, UProbeScope::AllProcesses)
+        .map(|_| ())
+        .map_err(|e| format!("{e}"))
+}

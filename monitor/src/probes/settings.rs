@@ -1,0 +1,81 @@
+//! The `sensors:` settings section (ring buffer, polling, process table, and each sensor's own part) with its validation.
+
+use serde::Deserialize;
+
+use super::sensors::{files::FilesConfig, tls::TlsConfig};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    pub ring_buffer_bytes: u32,
+    pub wakeup_bytes: u64,
+    pub poll_interval_ms: u64,
+    pub files: FilesConfig,
+    pub tls: TlsConfig,
+    pub process_table_capacity: usize,
+    pub exited_linger_ms: u64,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            ring_buffer_bytes: 16 << 20,
+            wakeup_bytes: 256 << 10,
+            poll_interval_ms: 2,
+            files: FilesConfig::default(),
+            tls: TlsConfig::default(),
+            process_table_capacity: 65536,
+            exited_linger_ms: 30_000,
+        }
+    }
+}
+
+impl SensorConfig {
+    /// The first problem found, as a sentence naming the setting by its YAML path.
+    pub fn validate(&self) -> Result<(), String> {
+        let rb = self.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(format!(
+                "sensors.ring_buffer_bytes must be a power of two of at least 4096 (page size), got {rb}"
+            ));
+        }
+        if self.wakeup_bytes >= u64::from(rb) {
+            return Err(format!(
+                "sensors.wakeup_bytes ({}) must be smaller than sensors.ring_buffer_bytes ({rb})",
+                self.wakeup_bytes
+            ));
+        }
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > 1000 {
+            return Err(format!(
+                "sensors.poll_interval_ms must be 1..=1000, got {}",
+                self.poll_interval_ms
+            ));
+        }
+        self.tls.validate()?;
+        if self.process_table_capacity < 64 {
+            return Err("sensors.process_table_capacity must be at least 64".into());
+        }
+        self.files.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_each_bad_value_is_named() {
+        assert_eq!(SensorConfig::default().validate(), Ok(()));
+        let bad = |f: fn(&mut SensorConfig)| {
+            let mut c = SensorConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.ring_buffer_bytes = 5000).contains("sensors.ring_buffer_bytes"));
+        assert!(bad(|c| c.wakeup_bytes = 16 << 20).contains("sensors.wakeup_bytes"));
+        assert!(bad(|c| c.poll_interval_ms = 1001).contains("sensors.poll_interval_ms"));
+        assert!(bad(|c| c.tls.capture_bytes = 100_000).contains("sensors.tls.capture_bytes"));
+        assert!(bad(|c| c.process_table_capacity = 1).contains("process_table_capacity"));
+        assert!(bad(|c| c.files.watch = vec!["relative".into()]).contains("sensors.files.watch"));
+    }
+}
