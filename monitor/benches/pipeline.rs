@@ -13,7 +13,7 @@ use std::{
 };
 
 use nhiwatch::{
-    events::process_table::ProcessTable,
+    context::process_table::ProcessTable,
     identity::{cgroups::CgroupResolver, IdentityConfig, IdentityResolver},
     metrics::Registry,
     pipeline::{telemetry::PipelineTelemetry, Pipeline},
@@ -314,7 +314,7 @@ fn replay_benches() {
     println!("replay_json_one_core: {:.0} observations/s", median(runs));
 }
 
-fn api_call_benches(me: &nhiwatch::events::process_table::ProcessInfo) {
+fn api_call_benches(me: &nhiwatch::context::process_table::ProcessInfo) {
     for (name, conversation) in [
         ("http1", http1_conversation()),
         ("http2", http2_conversation()),
@@ -420,7 +420,7 @@ fn http2_conversation() -> Conversation {
 /// One warm-up pass, then 7 timed passes, each over fresh sessions.
 #[allow(clippy::field_reassign_with_default)] // filled field by field, as the kernel does
 fn api_calls(
-    me: &nhiwatch::events::process_table::ProcessInfo,
+    me: &nhiwatch::context::process_table::ProcessInfo,
     conversation: &Conversation,
 ) -> (f64, f64) {
     const SESSIONS: u64 = 16;

@@ -103,13 +103,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let mut names = std::collections::HashSet::new();
-        for sink in &self.alerts.sinks {
-            sink.validate()?;
-            if !names.insert(sink.name.as_str()) {
-                return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
-            }
-        }
+        self.alerts.validate()?;
         self.sensors.validate()?;
         self.identity.validate()?;
         if !self.state_dir.is_absolute() {

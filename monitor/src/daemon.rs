@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::{
     cli::{rules_error, RunArgs},
     config::Config,
-    events::process_table::ProcessTable,
+    context::process_table::ProcessTable,
     identity::{cgroups::CgroupResolver, IdentityResolver, IdentityTelemetry},
     metrics::Registry,
     pipeline::{telemetry::PipelineTelemetry, Pipeline},
@@ -325,5 +325,66 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family the README, the dashboards and the deployment name, registered by the stages
+    /// as the daemon builds them (a family registered twice, or a stage deadlocking on its own
+    /// family while registering, fails here rather than in a running daemon).
+    #[test]
+    fn stages_register_every_family_users_rely_on() {
+        let r = Registry::new();
+        let t = PipelineTelemetry::register(&r, 10);
+        crate::contracts::RulesTelemetry::register(&r).load(None);
+        let _ = SensorTelemetry::register(&r, t.userspace_dropped_family());
+        let _ = crate::protocol::telemetry::ApiTelemetry::register(&r);
+        let _ = crate::detect::telemetry::DetectTelemetry::register(&r);
+        let alerts = crate::alerts::AlertTelemetry::register(&r);
+        let _ = alerts.sink("siem");
+        let _ = r.summary("pipeline_latency_seconds", "kernel to finding", "stage");
+        t.calls_by_identity.inc("spiffe://t/a", "none");
+        let text = r.render();
+        let names = include_str!("../../dashboards/nhiwatch-overview.json").to_owned()
+            + include_str!("../../dashboards/nhiwatch-identity.json")
+            + include_str!("../../dashboards/nhiwatch-sensor-health.json")
+            + include_str!("../../README.md");
+        let mut wanted: Vec<&str> = names
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("nhiwatch_"))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        assert!(wanted.len() > 40, "{wanted:?}");
+        for name in wanted {
+            let family = ["_total", "_info", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{name} is not exported:\n{text}"
+            );
+        }
+        for stage in [
+            "decode",
+            "identity",
+            "output",
+            "rules",
+            "sensors",
+            "api_calls",
+            "detect",
+            "alerts",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "nhiwatch_stage_received_total{{stage=\"{stage}\"}}"
+                )),
+                "stage {stage}:\n{text}"
+            );
+        }
     }
 }

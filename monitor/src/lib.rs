@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod contracts;
 pub mod daemon;
 pub mod detect;

@@ -159,6 +159,20 @@ impl Default for AlertsConfig {
     }
 }
 
+impl AlertsConfig {
+    /// Each sink's settings, and that no two share a name (it names their spools and metrics).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            sink.validate()?;
+            if !names.insert(sink.name.as_str()) {
+                return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// At most `max` alerts per (identity, rule) in each `window`; what is held back is reported by
 /// one NHI-090 summary per (identity, rule) when the window closes. `max: 0` turns it off.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

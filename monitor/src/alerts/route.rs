@@ -186,11 +186,8 @@ impl Alerts {
         let (stop, stop_rx) = tokio::sync::watch::channel(None);
         let mut sinks = Vec::new();
         let mut workers = Vec::new();
+        cfg.validate()?;
         for sc in &cfg.sinks {
-            sc.validate()?;
-            if sinks.iter().any(|s: &Sink| s.name == sc.name) {
-                return Err(format!("alerts.sinks: two sinks are named {:?}", sc.name));
-            }
             let transport = Transport::open(sc, state_dir, hostname)
                 .map_err(|e| format!("alerts.sinks {:?}: {e}", sc.name))?;
             let dir = state_dir.join(&cfg.spool_dir).join(&sc.name);

@@ -32,12 +32,16 @@ pub struct RulesTelemetry {
 impl RulesTelemetry {
     pub fn register(registry: &Registry) -> RulesTelemetry {
         let reloads = Family::<ResultLabel, Counter>::default();
+        // One statement each: a family's guard lives to the end of its statement, and a second
+        // get_or_create on the same family inside it would wait for itself.
+        let ok = reloads.get_or_create(&ResultLabel { result: "ok" }).clone();
+        let refused = reloads
+            .get_or_create(&ResultLabel { result: "error" })
+            .clone();
         let t = RulesTelemetry {
             stage: registry.stage("rules"),
-            ok: reloads.get_or_create(&ResultLabel { result: "ok" }).clone(),
-            refused: reloads
-                .get_or_create(&ResultLabel { result: "error" })
-                .clone(),
+            ok,
+            refused,
             loaded: Family::default(),
             last_success: Gauge::default(),
         };

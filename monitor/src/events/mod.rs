@@ -1,10 +1,8 @@
-//! Typed domain events decoded from kernel records, and the tables that give them context.
+//! Typed domain events decoded from kernel records (exec, fork, exit, file open, TCP, TLS data, DNS, SNI), the decoder, and the clock that dates them.
 
 pub mod clock;
 pub mod decode;
-pub mod flows;
 pub mod observation;
-pub mod process_table;
 pub mod telemetry;
 
 use std::net::IpAddr;

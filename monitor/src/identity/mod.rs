@@ -19,7 +19,7 @@ use self::{
     selectors::{Attributes, SelectorRule},
 };
 pub use self::{settings::IdentityConfig, telemetry::IdentityTelemetry};
-use crate::events::process_table::ProcessInfo;
+use crate::context::process_table::ProcessInfo;
 
 /// How sure nhiwatch is of who did it. Never left empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -9,11 +9,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    events::{
+    context::{
         flows::{Flow, FlowTable},
         process_table::{ProcessInfo, ProcessTable},
-        Direction, Event, Exec, FileOpen, OpenPath, TlsData, TlsLibrary,
     },
+    events::{Direction, Event, Exec, FileOpen, OpenPath, TlsData, TlsLibrary},
     identity::{Attributed, IdentityView},
     probes::watch::{path_of, WatchTarget},
     protocol::names::DestinationNames,

@@ -11,13 +11,14 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use crate::{
+    context::{
+        flows::FlowTable,
+        process_table::{ProcessInfo, ProcessTable},
+    },
     events::{
         clock::boot_ns,
         decode,
-        flows::FlowTable,
         observation::{Activity, ApiCallSeen, CredentialSeen, Observation},
-        process_table::ProcessInfo,
-        process_table::ProcessTable,
         Clock, Event, EventKind,
     },
     identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, WorkloadIdentity},

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use super::Tcp;
+use crate::events::Tcp;
 
 /// One outbound TCP connection as users see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Event, Exec};
+use crate::events::{Event, Exec};
 
 /// What nhiwatch knows of one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
