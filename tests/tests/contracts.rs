@@ -337,11 +337,10 @@ fn work_within_the_contract_raises_nothing() {
     assert_no_findings(&d, &pod);
     // The daemon judged it (not merely failed to): another identity without a contract — this
     // test's own process — is reported.
-    assert!(
-        d.events()
-            .iter()
-            .any(|v| kind_is(v, "finding") && v["rule"]["id"] == "NHI-001"),
-        "no NHI-001 for ungoverned identities at all: the detectors did not run"
+    d.wait_for(
+        "NHI-001 for ungoverned identities at all (else the detectors did not run)",
+        WAIT,
+        |v| kind_is(v, "finding") && v["rule"]["id"] == "NHI-001",
     );
     let (_, _, state) = d.stop_with_state();
     let id = pod.spiffe_id();
@@ -708,6 +707,11 @@ fn broken_rules_are_refused_and_a_sighup_reload_takes_effect() {
     let err = d.stderr();
     assert!(err.contains(&location), "no {location} in:\n{err}");
     assert!(err.contains("colour"), "the unknown field is named:\n{err}");
+    // Counted just after the refusal is logged.
+    let deadline = Instant::now() + WAIT;
+    while reloads("error") < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(reloads("error") >= 1.0, "{}", d.metrics());
     // The old contract still decides.
     summarize(&c, &d, &pod);

@@ -485,12 +485,12 @@ spec:
             kind_is(v, "finding") && v["rule"]["id"] == rule
         });
     }
-    assert!(
-        d.events().iter().any(|v| kind_is(v, "finding")
+    // Not necessarily the first NHI-050 seen: wait for the claims bot's own.
+    d.wait_for("NHI-050 for the claims bot", WAIT, |v| {
+        kind_is(v, "finding")
             && v["rule"]["id"] == "NHI-050"
-            && v["identity"]["id"] == stranger_id.as_str()),
-        "no NHI-050 for the claims bot"
-    );
+            && v["identity"]["id"] == stranger_id.as_str()
+    });
 
     // Prometheus has what the traffic produced, and rates have several samples to work with.
     let summarizer_id = summarizer.spiffe_id();
