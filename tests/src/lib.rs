@@ -8,6 +8,7 @@ pub mod kube;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -35,14 +36,80 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A free TCP port on loopback.
+/// Ports this process holds (a lock file each, kept until it exits).
+static PORTS_HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+/// A TCP port on loopback that is free now and stays this test process's until it exits.
+///
+/// A port bound at 0 and given back could be taken by anyone before the server we start binds
+/// it (another test, another run on this machine, any outgoing connection). So the port comes
+/// from below the kernel's ephemeral range, which neither `bind(…:0)` nor outgoing connections
+/// draw from, and a lock file under /tmp keeps it from every other test process using this harness.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = if ephemeral_low > 12_000 {
+        (10_000u32, ephemeral_low)
+    } else {
+        (61_000, 65_535)
+    };
+    let span = hi - lo;
+    let dir = std::env::temp_dir().join("nhiwatch-e2e-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Processes start at different places, so they rarely contend for the same lock.
+    let start = std::process::id().wrapping_mul(7919)
+        ^ SEQ.fetch_add(1, Ordering::Relaxed).wrapping_mul(131);
+    for i in 0..span {
+        let port = (lo + (start.wrapping_add(i)) % span) as u16;
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        // Something outside the harness may listen there (a fixed-port service).
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        PORTS_HELD.lock().unwrap().push(lock);
+        return port;
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
+
+/// Waits until `ok()`, polling; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until every reader thread has drained its pipe: they end at EOF, once the
+/// process that held the other end has exited.
+fn join_readers(readers: &mut Vec<thread::JoinHandle<()>>) {
+    wait_until("the output readers", READERS_WAIT, || {
+        readers.iter().all(|r| r.is_finished())
+    });
+    for r in readers.drain(..) {
+        let _ = r.join();
+    }
+}
+
+/// How long a process's output may take to be read after it exited.
+const READERS_WAIT: Duration = Duration::from_secs(60);
 
 /// A directory under /tmp removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -75,7 +142,8 @@ pub fn nhiwatch_bin() -> PathBuf {
 /// Minimal HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // Generous: a busy machine answers late; a refused or reset connection still fails at once.
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
@@ -100,6 +168,8 @@ pub struct Daemon {
     pub metrics_port: u16,
     /// The daemon's state directory (fingerprint key): part of what leak tests grep.
     pub state_dir: PathBuf,
+    /// The stdout and stderr readers: joined at stop, so nothing the daemon printed is missed.
+    readers: Vec<thread::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -151,7 +221,7 @@ impl Daemon {
         let stderr_raw = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let (ev, raw) = (events.clone(), stdout_raw.clone());
-        thread::spawn(move || {
+        let stdout_reader = thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 raw.lock().unwrap().push_str(&line);
                 raw.lock().unwrap().push('\n');
@@ -162,7 +232,7 @@ impl Daemon {
         });
         let err = child.stderr.take().unwrap();
         let raw = stderr_raw.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 raw.lock().unwrap().push_str(&line);
                 raw.lock().unwrap().push('\n');
@@ -175,11 +245,13 @@ impl Daemon {
             stderr_raw,
             metrics_port,
             state_dir,
+            readers: vec![stdout_reader, stderr_reader],
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = d.child.try_wait() {
+                join_readers(&mut d.readers);
                 panic!("nhiwatch exited during start ({status}):\n{}", d.stderr());
             }
             if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
@@ -259,7 +331,8 @@ impl Daemon {
     pub fn stop_with_state(mut self) -> (String, String, Vec<(PathBuf, Vec<u8>)>) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Bounded generously: the daemon drains its alert sinks for up to drain_timeout.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 break s;
@@ -267,7 +340,7 @@ impl Daemon {
             assert!(Instant::now() < deadline, "nhiwatch ignored SIGTERM");
             thread::sleep(Duration::from_millis(50));
         };
-        thread::sleep(Duration::from_millis(200)); // let the readers finish
+        join_readers(&mut self.readers);
         assert!(
             status.success(),
             "nhiwatch exited with {status}:\n{}",
@@ -340,21 +413,30 @@ pub fn spawn_pid(cmd: &mut Command) -> u32 {
     pid
 }
 
-/// Starts an interactive client, writes `input`, keeps stdin open for `linger`
-/// (clients quit at EOF, before the response), then waits; returns its pid.
-pub fn converse(cmd: &mut Command, input: &str, linger: Duration) -> u32 {
+/// Starts an interactive client, writes `input` and keeps stdin open until the client exits by
+/// itself (clients quit at stdin's EOF, maybe before the response): `input` must end the
+/// conversation (`Connection: close`, HTTP/1.0), so the server closes once it answered.
+/// Returns the client's pid.
+pub fn converse(cmd: &mut Command, input: &str) -> u32 {
     let mut child = cmd
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
-    thread::sleep(linger);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?}: no end of the conversation within 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
     drop(stdin);
-    let _ = child.wait_with_output();
     pid
 }
 
@@ -481,7 +563,7 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting nginx");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "nginx did not listen on {port}");
             thread::sleep(Duration::from_millis(50));
@@ -639,7 +721,7 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="net" streamDri
             client_cert,
             client_key,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         // Listening sockets show up in /proc without connecting (a probe connection would be a
         // session, and a failed TLS handshake, in rsyslog's own log).
         while !(listening(tls_port) && listening(tcp_port)) {
@@ -663,11 +745,11 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="net" streamDri
 
     /// Every message received over the network so far, as rsyslog parsed it.
     pub fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("received.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("rsyslog line {l:?}: {e}")))
-            .collect()
+        complete_lines(
+            &std::fs::read_to_string(self.dir.path().join("received.jsonl")).unwrap_or_default(),
+        )
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("rsyslog line {l:?}: {e}")))
+        .collect()
     }
 
     /// Both output files, raw: what leak checks grep.
@@ -693,6 +775,13 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="net" streamDri
         thread::sleep(Duration::from_millis(500));
         self.received()
     }
+}
+
+/// The lines of `text` that are whole: a writer (rsyslog's buffered omfile, a receiver script)
+/// may be caught halfway through its last line.
+pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let whole = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..whole].lines()
 }
 
 /// Whether something listens on 127.0.0.1:`port` (TCP, IPv4), read from /proc/net/tcp.
@@ -750,7 +839,7 @@ impl Daemon {
         let stderr_raw = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let (ev, raw) = (events.clone(), stdout_raw.clone());
-        thread::spawn(move || {
+        let stdout_reader = thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 raw.lock().unwrap().push_str(&line);
                 raw.lock().unwrap().push('\n');
@@ -760,7 +849,7 @@ impl Daemon {
         });
         let err = child.stderr.take().unwrap();
         let raw = stderr_raw.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 raw.lock().unwrap().push_str(&line);
                 raw.lock().unwrap().push('\n');
@@ -773,12 +862,13 @@ impl Daemon {
             stderr_raw,
             metrics_port,
             state_dir,
+            readers: vec![stdout_reader, stderr_reader],
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = d.child.try_wait() {
-                thread::sleep(Duration::from_millis(200)); // let the stderr reader finish
+                join_readers(&mut d.readers);
                 return Err(format!("exited during start ({status}):\n{}", d.stderr()));
             }
             if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {

@@ -15,7 +15,8 @@ use nhiwatch::{
 };
 use nhiwatch_e2e::*;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Bounds each wait for something that must happen: generous, so a busy machine is only slower.
+const WAIT: Duration = Duration::from_secs(60);
 const HOST: &str = "e2e-node";
 const APP: &str = "nhiwatch-e2e";
 
@@ -227,7 +228,7 @@ fn daemon_findings_reach_rsyslog_as_ocsf() {
         .collect();
     let dir = secrets.display().to_string();
     let cfg = format!(
-        "{}rules: []\nalerts:\n  rate_limit: {{window: 1m, max: 1000}}\n  sinks:\n    - name: siem\n      type: syslog\n      format: ocsf\n      min_severity: low\n      address: 127.0.0.1:{port}\n      tls:\n        ca: {ca}\n        cert: {cert}\n        key: {key}\n        server_name: localhost\n      retry_initial: 100ms\n      retry_max: 1s\n      timeout: 2s\n",
+        "{}rules: []\nalerts:\n  rate_limit: {{window: 1m, max: 1000}}\n  sinks:\n    - name: siem\n      type: syslog\n      format: ocsf\n      min_severity: low\n      address: 127.0.0.1:{port}\n      tls:\n        ca: {ca}\n        cert: {cert}\n        key: {key}\n        server_name: localhost\n      retry_initial: 100ms\n      retry_max: 1s\n      timeout: 30s\n",
         config_with(&[format!("{dir}/")], ""),
         port = r.tls_port,
         ca = r.ca.display(),

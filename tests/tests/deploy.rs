@@ -13,8 +13,10 @@ use std::{
 use nhiwatch_e2e::*;
 use serde_yaml_ng::Value as Yaml;
 
-const WAIT: Duration = Duration::from_secs(20);
-/// For runs where a sensor is expected to be missing: long enough for a working one.
+/// Bounds each wait for something that must happen: generous, so a busy machine is only slower.
+const WAIT: Duration = Duration::from_secs(60);
+/// For runs where some sensor is expected to be missing, and only that something is missing is
+/// asserted: a slow machine can only make such a run miss more, never fail the test.
 const SHORT: Duration = Duration::from_secs(8);
 
 fn repo() -> PathBuf {
@@ -629,14 +631,16 @@ impl Fixture {
         let private = self.private_libssl.display().to_string();
         let through_proc = format!("/root{private}\"");
         // The /proc scan runs beside the reader, after readiness: give it time.
+        // A target reported as not attached (0) is final: no need to wait on.
         let deadline = Instant::now() + wait;
         let found = loop {
-            let attached = d.metrics().lines().any(|l| {
+            let metrics = d.metrics();
+            let line = metrics.lines().find(|l| {
                 l.starts_with("nhiwatch_probe_attached{probe=\"tls/SSL_write\"")
                     && l.contains(&through_proc)
-                    && l.ends_with(" 1")
             });
-            if attached || Instant::now() > deadline {
+            let attached = line.is_some_and(|l| l.ends_with(" 1"));
+            if attached || line.is_some_and(|l| l.ends_with(" 0")) || Instant::now() > deadline {
                 break attached;
             }
             thread::sleep(Duration::from_millis(100));
@@ -674,7 +678,13 @@ impl Fixture {
                 .arg(&self.nginx.cert)
                 .arg(&url),
         );
-        if !seen(&|v| kind_is(v, "tls_data") && pid_is(v, curl) && v["direction"] == "write") {
+        // Without an attached TLS uprobe there is nothing to wait for.
+        let tls_attached = d.metrics().lines().any(|l| {
+            l.starts_with("nhiwatch_probe_attached{probe=\"tls/SSL_write\"") && l.ends_with(" 1")
+        });
+        if !tls_attached
+            || !seen(&|v| kind_is(v, "tls_data") && pid_is(v, curl) && v["direction"] == "write")
+        {
             missing.push("TLS write of curl not seen".into());
         }
         if missing.is_empty() {
@@ -718,7 +728,9 @@ fn without_cap_sys_admin_only_the_tls_uprobes_are_lost() {
     let mut finer = caps.clone();
     finer.remove("SYS_ADMIN");
     finer.extend(set(&["BPF", "PERFMON", "NET_ADMIN"]));
-    let short = fx.shortfalls(&finer, SHORT);
+    // The full wait: what works must show however slow the machine (what is lost, the TLS
+    // uprobes, is known from the probe metrics without waiting).
+    let short = fx.shortfalls(&finer, WAIT);
     assert!(
         !short.is_empty(),
         "TLS uprobes attached without CAP_SYS_ADMIN"

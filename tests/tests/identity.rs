@@ -11,7 +11,8 @@ use std::{
 
 use nhiwatch_e2e::{kube::*, *};
 
-const WAIT: Duration = Duration::from_secs(30);
+/// Bounds each wait for something that must happen: generous, so a busy machine is only slower.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn identity_config(watch: &str, source: &str, url: &str, token_file: &std::path::Path) -> String {
     format!(

@@ -8,7 +8,8 @@ use std::{
 
 use nhiwatch_e2e::*;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Bounds each wait for something that must happen: generous, so a busy machine is only slower.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn an_api_call_without_host_is_named_by_its_tls_server_name() {
@@ -26,7 +27,6 @@ fn an_api_call_without_host_is_named_by_its_tls_server_name() {
             &format!("127.0.0.1:{}", nginx.port),
         ]),
         "GET /fhir/R4/Patient/4411 HTTP/1.0\r\n\r\n",
-        Duration::from_millis(1500),
     );
     let sni = d.wait_for("the client's server name", WAIT, |v| {
         kind_is(v, "tls_sni") && pid_is(v, pid)

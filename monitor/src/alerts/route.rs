@@ -485,11 +485,11 @@ mod spool_full_tests {
     use super::*;
     use crate::alerts::sinks::{file::FileConfig, webhook, SinkConfig, SinkKind};
 
-    fn sink(name: &str, kind: SinkKind) -> SinkConfig {
+    fn sink(name: &str, kind: SinkKind, spool_max_bytes: u64) -> SinkConfig {
         SinkConfig {
             name: name.into(),
             kind,
-            spool_max_bytes: 64 << 10,
+            spool_max_bytes,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(100),
             timeout: Duration::from_millis(200),
@@ -502,6 +502,11 @@ mod spool_full_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_spool_drops_counts_and_raises_nhi_091_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
+        // A port that is bound but never listens refuses every connection, for as long as the
+        // test holds it (a fixed port could be taken by someone else).
+        let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+        refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let down_url = format!("http://{}/hook", refusing.local_addr().unwrap());
         let cfg = AlertsConfig {
             stdout: false,
             rate_limit: RateLimitConfig {
@@ -512,17 +517,20 @@ mod spool_full_tests {
             drain_timeout: Duration::from_millis(500),
             sync_interval: Duration::from_secs(1),
             sinks: vec![
-                sink("local", SinkKind::File(FileConfig::default())),
+                // Room for everything the test routes: the local spool must not fill however
+                // slowly its worker drains it (a busy machine once let it fill).
+                sink("local", SinkKind::File(FileConfig::default()), 16 << 20),
                 sink(
                     "down",
                     SinkKind::Webhook(webhook::WebhookConfig {
-                        url: "http://127.0.0.1:1/hook".into(),
+                        url: down_url,
                         body: webhook::Body::Json,
                         token_file: None,
                         tls: None,
                         index: None,
                         sourcetype: None,
                     }),
+                    64 << 10,
                 ),
             ],
         };
@@ -552,6 +560,19 @@ mod spool_full_tests {
         let routed_local = metrics.sink("local").routed.get();
         a.route(&mut out, 0);
         assert_eq!(metrics.sink("local").routed.get(), routed_local + 1);
+        // The drain at stop is short (the down sink would retry for all of it): the local sink
+        // delivers everything first, at whatever speed the machine allows.
+        let sent = || metrics.sink("local").sent_total();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sent() < routed_local + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the local sink delivered {} of {} alerts in 60 s while the other sink was down",
+                sent(),
+                routed_local + 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         a.stop().await;
         let local = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
         assert_eq!(local.lines().count() as u64, routed_local + 1);

@@ -218,14 +218,23 @@ impl PodStore {
     }
 
     pub fn delete(&mut self, uid: &str) {
+        self.delete_at(uid, Instant::now());
+    }
+
+    fn delete_at(&mut self, uid: &str, now: Instant) {
         if let Some(p) = self.pods.remove(uid) {
-            self.deleted.insert(uid.to_owned(), (p, Instant::now()));
+            self.deleted.insert(uid.to_owned(), (p, now));
         }
-        self.expire();
+        self.expire(now);
     }
 
     /// Replaces the whole set (a kubelet poll or a relist); missing pods count as deleted.
     pub fn replace_all(&mut self, pods: Vec<PodMeta>) {
+        self.replace_all_at(pods, Instant::now());
+    }
+
+    /// `replace_all` as of `now` (tests drive the clock through it).
+    fn replace_all_at(&mut self, pods: Vec<PodMeta>, now: Instant) {
         let keep: std::collections::HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         let gone: Vec<String> = self
             .pods
@@ -234,17 +243,18 @@ impl PodStore {
             .cloned()
             .collect();
         for uid in gone {
-            self.delete(&uid);
+            self.delete_at(&uid, now);
         }
         for p in pods {
             self.upsert(p);
         }
-        self.expire();
+        self.expire(now);
     }
 
-    fn expire(&mut self) {
+    fn expire(&mut self, now: Instant) {
         let r = self.retention;
-        self.deleted.retain(|_, (_, t)| t.elapsed() < r);
+        self.deleted
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < r);
         while self.deleted.len() > self.capacity {
             let Some(oldest) = self
                 .deleted
@@ -600,15 +610,18 @@ mod tests {
 
     #[test]
     fn deleted_pods_linger_then_go() {
+        // The clock is the test's: a thread descheduled for longer than the retention must not
+        // expire the pod before the first check.
         let mut s = PodStore::new(Duration::from_millis(50), 10);
         let p: Pod = serde_json::from_str(POD).unwrap();
         let uid = p.metadata.uid.clone();
-        s.replace_all(vec![PodMeta::from(p)]);
-        s.replace_all(vec![]);
-        assert!(s.get(&uid).is_some(), "resolvable right after deletion");
-        std::thread::sleep(Duration::from_millis(60));
-        s.replace_all(vec![]);
-        assert!(s.get(&uid).is_none());
+        let t0 = Instant::now();
+        s.replace_all_at(vec![PodMeta::from(p)], t0);
+        s.replace_all_at(vec![], t0);
+        s.replace_all_at(vec![], t0 + Duration::from_millis(49));
+        assert!(s.get(&uid).is_some(), "resolvable during the retention");
+        s.replace_all_at(vec![], t0 + Duration::from_millis(50));
+        assert!(s.get(&uid).is_none(), "gone once the retention is over");
     }
 
     #[test]

@@ -102,6 +102,25 @@ impl Conn {
         // The runtime learns of a FIN only when its reactor next turns; the kernel knows now.
         gone || kernel_says_closed(self.fd())
     }
+
+    /// Whether the server goes within `settle`; answers as soon as it does.
+    async fn gone_within(&mut self, settle: Duration) -> bool {
+        let until = tokio::time::Instant::now() + settle;
+        loop {
+            if self.peer_gone().await {
+                return true;
+            }
+            let tcp = match self {
+                Conn::Tcp(s) => &*s,
+                Conn::Tls(s) => s.get_ref().0,
+            };
+            match tokio::time::timeout_at(until, tcp.readable()).await {
+                Err(_) => return false,
+                Ok(Err(_)) => return true,
+                Ok(Ok(())) => {}
+            }
+        }
+    }
 }
 
 /// A non-blocking peek at the socket: true on EOF (peer closed, nothing unread) or a socket error.
@@ -139,6 +158,8 @@ pub struct SyslogSink {
     facility: u8,
     procid: u32,
     timeout: Duration,
+    /// [`TLS13_SETTLE`]; tests that need a refusal seen however slow the machine lengthen it.
+    tls13_settle: Duration,
     conn: Option<Conn>,
 }
 
@@ -199,6 +220,7 @@ impl SyslogSink {
             facility: cfg.facility,
             procid: std::process::id(),
             timeout,
+            tls13_settle: TLS13_SETTLE,
             conn: None,
         })
     }
@@ -296,14 +318,11 @@ impl SyslogSink {
         // In TLS 1.3 the client's handshake ends before the server has judged the client's
         // certificate; a refusal arrives as an alert afterwards. Waiting one short moment for it
         // turns "every batch silently lost" (a refused or missing client certificate) into an error.
-        if tls13 {
-            tokio::time::sleep(TLS13_SETTLE).await;
-            if conn.peer_gone().await {
-                return Err(SinkError::Transient(format!(
-                    "syslog {}: the server closed the TLS connection after the handshake (client certificate refused?)",
-                    self.address
-                )));
-            }
+        if tls13 && conn.gone_within(self.tls13_settle).await {
+            return Err(SinkError::Transient(format!(
+                "syslog {}: the server closed the TLS connection after the handshake (client certificate refused?)",
+                self.address
+            )));
         }
         Ok(conn)
     }

@@ -12,7 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use super::*;
 use crate::alerts::tls::testpki::{Leaf, Pki};
 
-const WAIT: Duration = Duration::from_secs(10);
+/// Bounds every wait; generous, so a busy machine is slow rather than a failure.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn alert(severity: Severity, rule: &str, dedup_key: &str, body: &str) -> Outgoing {
     Outgoing {
@@ -325,6 +326,9 @@ async fn refused_client_certificate_is_an_error() {
     for client in [None, Some(&stranger)] {
         let cfg = tls_config(&addr.to_string(), &pki, client);
         let mut sink = SyslogSink::new(&cfg, "h", WAIT).unwrap();
+        // The server's refusal must be seen however long it takes to arrive (the sink returns
+        // as soon as it does).
+        sink.tls13_settle = WAIT;
         match sink.send(&batch("refused", 3)).await {
             Err(SinkError::Transient(m)) => assert!(!m.is_empty()),
             r => panic!("client cert {:?}: {r:?}", client.map(|c| &c.cert)),
@@ -381,7 +385,16 @@ async fn reconnects_after_the_server_closes() {
         let second = batch("second", 3);
         sink.send(&first).await.unwrap();
         dropped_rx.await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The server's FIN (or reset) has reached our socket: what the sink must notice.
+        let fd = sink.conn.as_ref().expect("connected").fd();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !peer_closed(fd) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server's close did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         sink.send(&second).await.unwrap();
         let got = tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
         for (frames, sent) in got.iter().zip([&first, &second]) {
@@ -392,21 +405,41 @@ async fn reconnects_after_the_server_closes() {
     }
 }
 
+/// Whether the peer closed the TCP connection on `fd` (TCP state CLOSE_WAIT after its FIN, or
+/// CLOSE after a reset), whatever is still unread.
+fn peer_closed(fd: RawFd) -> bool {
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is the sink's open socket; `info` and `len` are valid for writes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    r == 0 && matches!(info.tcpi_state, TCP_CLOSE | TCP_CLOSE_WAIT)
+}
+
 #[tokio::test]
 async fn unreachable_server_is_transient_then_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    // Bound but not listening: connections are refused, and the port stays ours until the
+    // server listens on it (a port given back in between could be taken by anyone).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap().to_string();
     let mut sink = SyslogSink::new(&tcp_config(&address), "h", WAIT).unwrap();
     let alerts = batch("later", 2);
     assert!(
         matches!(sink.send(&alerts).await, Err(SinkError::Transient(m)) if m.contains(&address))
     );
     assert!(matches!(sink.check().await, Err(SinkError::Transient(_))));
-    let listener = TcpListener::bind(&address).await.unwrap();
+    let listener = socket.listen(16).unwrap();
     let server = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         read_frames(&mut s, 2).await
