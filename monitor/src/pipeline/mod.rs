@@ -658,6 +658,11 @@ impl RecordHandler for Pipeline {
             out.flush();
         }
         self.metrics.processes.set(self.procs.len() as i64);
+        let evicted = self.procs.evicted();
+        let counted = self.metrics.process_evictions.get();
+        self.metrics
+            .process_evictions
+            .inc_by(evicted.saturating_sub(counted));
         self.metrics.flows.set(self.flows.len() as i64);
         self.metrics
             .identity

@@ -31,6 +31,7 @@ pub struct PipelineTelemetry {
     /// received: events and observations written; errors: writes that failed.
     pub output: StageTelemetry,
     pub processes: Gauge,
+    pub process_evictions: Counter,
     pub flows: Gauge,
     userspace_dropped: Family<ReasonLabel, Counter>,
     pub calls_by_identity: CallsByIdentity,
@@ -44,6 +45,7 @@ impl PipelineTelemetry {
             identity: IdentityTelemetry::register(registry),
             output: registry.stage("output"),
             processes: Gauge::default(),
+            process_evictions: Counter::default(),
             flows: Gauge::default(),
             userspace_dropped: Family::default(),
             calls_by_identity: CallsByIdentity::new(identity_series),
@@ -61,7 +63,7 @@ impl PipelineTelemetry {
         registry.register(
             "process_table_evictions",
             "Process table entries dropped because it was full",
-            Counter::<u64>::default(),
+            t.process_evictions.clone(),
         );
         registry.register("flows", "Open outbound TCP flows tracked", t.flows.clone());
         if identity_series > 0 {
