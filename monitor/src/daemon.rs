@@ -10,6 +10,7 @@ use crate::{
     context::process_table::ProcessTable,
     identity::{cgroups::CgroupResolver, IdentityResolver, IdentityTelemetry},
     metrics::Registry,
+    output::{JsonLines, Stdout},
     pipeline::{telemetry::PipelineTelemetry, Pipeline},
     probes::{reader, upkeep::Upkeep, SensorTelemetry, Sensors},
 };
@@ -110,14 +111,38 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         })?;
     let api = crate::protocol::ApiCallStage::new(&cfg.api_calls, fingerprints, &metrics);
     let record_dropped = telemetry.userspace_dropped("record_output");
+    // Standard output is one sink for `--events` and for findings (`alerts.stdout`): buffered
+    // and flushed once per batch with events, line by line for findings alone.
+    let stdout = events.then(|| {
+        Stdout::new(JsonLines::new(
+            Box::new(std::io::BufWriter::with_capacity(
+                64 << 10,
+                std::io::stdout(),
+            )),
+            telemetry.output.clone(),
+            telemetry.userspace_dropped("event_output"),
+        ))
+    });
+    let findings_stdout = cfg.alerts.stdout.then(|| {
+        stdout.clone().unwrap_or_else(|| {
+            Stdout::new(JsonLines::new(
+                Box::new(std::io::LineWriter::new(std::io::stdout())),
+                telemetry.output.clone(),
+                telemetry.userspace_dropped("event_output"),
+            ))
+        })
+    });
     let findings = start_findings(
         &cfg,
         rules,
-        record,
+        FindingsOutputs {
+            record,
+            record_dropped,
+            stdout: findings_stdout,
+        },
         &metrics,
         hup,
         rules_telemetry,
-        record_dropped,
     )?;
     let mut pipeline = Pipeline::new(
         procs,
@@ -129,11 +154,7 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         hold,
     )
     .with_api_calls(api);
-    if events {
-        let out = pipeline.stdout_lines(Box::new(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stdout(),
-        )));
+    if let Some(out) = stdout {
         pipeline = pipeline.with_events(out);
     }
     let mut pipeline = pipeline.with_findings(findings.stage);
@@ -191,15 +212,23 @@ struct Findings {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Where the findings stage writes besides the alert sinks.
+struct FindingsOutputs {
+    /// `--record`: every observation, for `nhiwatch replay`.
+    record: Option<PathBuf>,
+    record_dropped: prometheus_client::metrics::counter::Counter,
+    /// Findings as JSON lines (`alerts.stdout`).
+    stdout: Option<Stdout>,
+}
+
 /// The detectors with their learned state, outputs and rules watcher.
 fn start_findings(
     cfg: &Config,
     rules: crate::contracts::RuleSet,
-    record: Option<PathBuf>,
+    out: FindingsOutputs,
     metrics: &Arc<Registry>,
     hup: Arc<std::sync::atomic::AtomicBool>,
     rules_telemetry: crate::contracts::RulesTelemetry,
-    record_dropped: prometheus_client::metrics::counter::Counter,
 ) -> anyhow::Result<Findings> {
     let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
     let store = crate::store::Store::open(&cfg.state_dir)
@@ -242,9 +271,9 @@ fn start_findings(
     let stage = crate::pipeline::findings::FindingsStage::new(
         engine,
         metrics,
-        cfg.alerts.stdout,
-        record,
-        record_dropped,
+        out.stdout,
+        out.record,
+        out.record_dropped,
     )
     .context("opening the record file")?
     .with_alerts(alerts)

@@ -1,8 +1,11 @@
-//! Where the daemon's own output lives: the `--events` views and the JSON-lines writer that prints events and findings to stdout.
+//! Where the daemon's own output lives: the `--events` views and the stdout sink that prints events and findings as JSON lines.
 
 pub mod events;
 
-use std::io::Write;
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -40,5 +43,25 @@ impl JsonLines {
 
     pub fn flush(&mut self) {
         let _ = self.out.flush();
+    }
+}
+
+/// Standard output as a sink: the pipeline's `--events` lines and the findings stage's findings
+/// go through one writer, so a finding follows the events that raised it in the order they were
+/// judged. Both write from the pipeline thread: the lock is never contended.
+#[derive(Clone)]
+pub struct Stdout(Arc<Mutex<JsonLines>>);
+
+impl Stdout {
+    pub fn new(lines: JsonLines) -> Stdout {
+        Stdout(Arc::new(Mutex::new(lines)))
+    }
+
+    pub fn write<T: Serialize>(&self, rec: &T) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(rec);
+    }
+
+    pub fn flush(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush();
     }
 }

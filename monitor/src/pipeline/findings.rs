@@ -14,6 +14,7 @@ use crate::{
     detect::{finding::Finding, telemetry::DetectTelemetry, Engine, EngineStats},
     events::observation::Observation,
     metrics::{LatencyQuantiles, Registry},
+    output::Stdout,
 };
 
 pub struct FindingsStage {
@@ -25,9 +26,10 @@ pub struct FindingsStage {
     record_dropped: prometheus_client::metrics::counter::Counter,
     /// Routes findings to the SIEM sinks; None sends them nowhere but stdout.
     alerts: Option<Alerts>,
-    /// Findings waiting for the pipeline to print them (it owns standard output).
-    pub pending: Vec<Finding>,
-    pub stdout: bool,
+    /// Scratch: what the engine and the router produced for the observation or tick at hand.
+    pending: Vec<Finding>,
+    /// Findings as native JSON lines on standard output (`alerts.stdout`).
+    stdout: Option<Stdout>,
     record: Option<BufWriter<File>>,
     reloads: Option<Receiver<RuleSet>>,
     reported: EngineStats,
@@ -55,7 +57,7 @@ impl FindingsStage {
     pub fn new(
         engine: Engine,
         registry: &Registry,
-        stdout: bool,
+        stdout: Option<Stdout>,
         record: Option<PathBuf>,
         record_dropped: prometheus_client::metrics::counter::Counter,
     ) -> std::io::Result<FindingsStage> {
@@ -137,8 +139,8 @@ impl FindingsStage {
         self.written(before);
     }
 
-    /// Counts the findings from `pending[from..]` and routes them to the sinks (the rate limit
-    /// may hold some back: they leave `pending` and are reported by NHI-090).
+    /// Counts the findings from `pending[from..]` and routes them to the sinks and stdout (the
+    /// rate limit may hold some back: they are reported by NHI-090).
     fn written(&mut self, from: usize) {
         for f in self.pending.get(from..).unwrap_or_default() {
             if f.phase == crate::detect::finding::Phase::Opened {
@@ -150,9 +152,12 @@ impl FindingsStage {
         if let Some(a) = self.alerts.as_mut() {
             a.route(&mut self.pending, from);
         }
-        if !self.stdout {
-            self.pending.truncate(from);
+        if let Some(out) = &self.stdout {
+            for f in self.pending.get(from..).unwrap_or_default() {
+                out.write(f);
+            }
         }
+        self.pending.truncate(from);
     }
 
     /// Once per batch: new rules, closed dedup windows, metrics, flushes, periodic persistence.
@@ -175,6 +180,9 @@ impl FindingsStage {
         self.update_metrics();
         if let Some(w) = self.record.as_mut() {
             let _ = w.flush();
+        }
+        if let Some(out) = &self.stdout {
+            out.flush();
         }
         if self.last_persist.elapsed() >= self.engine_persist_interval() {
             self.persist();
@@ -257,6 +265,9 @@ impl FindingsStage {
         self.persist();
         if let Some(w) = self.record.as_mut() {
             let _ = w.flush();
+        }
+        if let Some(out) = &self.stdout {
+            out.flush();
         }
     }
 }

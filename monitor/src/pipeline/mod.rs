@@ -24,7 +24,7 @@ use crate::{
     identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, WorkloadIdentity},
     output::{
         events::{EventContext, EventRecord, NameDetail, ObservationRecord, ProcessView},
-        JsonLines,
+        Stdout,
     },
     probes::{reader::RecordHandler, upkeep::UpkeepRequest, watch::path_of, watch::WatchTarget},
     protocol::{
@@ -46,7 +46,7 @@ pub struct Pipeline {
     metrics: PipelineTelemetry,
     upkeep: Option<SyncSender<UpkeepRequest>>,
     /// `--events`: every event as a JSON line on stdout.
-    out: Option<JsonLines>,
+    out: Option<Stdout>,
     clock: Clock,
     pub identity: IdentityResolver,
     pub inventory: Inventory,
@@ -59,8 +59,6 @@ pub struct Pipeline {
     finished: Vec<Finished>,
     /// Observations → contracts and detectors → findings; None judges nothing.
     findings: Option<findings::FindingsStage>,
-    /// Standard output for findings when `--events` is off (with it, findings share `out`).
-    findings_out: Option<JsonLines>,
     /// Upkeep requests dropped because the upkeep thread's queue was full.
     scan_queue_full: Counter,
     /// When `batch_done` last ran: idle poll ticks do its timed work only every `IDLE_UPKEEP`.
@@ -97,7 +95,7 @@ impl Pipeline {
         watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
         metrics: PipelineTelemetry,
         upkeep: Option<SyncSender<UpkeepRequest>>,
-        out: Option<JsonLines>,
+        out: Option<Stdout>,
         identity: IdentityResolver,
         hold: Duration,
     ) -> Pipeline {
@@ -106,7 +104,6 @@ impl Pipeline {
             api: None,
             finished: Vec::new(),
             findings: None,
-            findings_out: None,
             identity,
             inventory: Inventory::new(16384),
             held: VecDeque::new(),
@@ -125,21 +122,8 @@ impl Pipeline {
 
     /// Judges observations against the contracts with this stage.
     pub fn with_findings(mut self, stage: findings::FindingsStage) -> Pipeline {
-        if stage.stdout && self.out.is_none() {
-            self.findings_out =
-                Some(self.stdout_lines(Box::new(std::io::LineWriter::new(std::io::stdout()))));
-        }
         self.findings = Some(stage);
         self
-    }
-
-    /// A JSON-lines writer counted as the pipeline's output.
-    pub fn stdout_lines(&self, out: Box<dyn std::io::Write + Send>) -> JsonLines {
-        JsonLines::new(
-            out,
-            self.metrics.output.clone(),
-            self.metrics.userspace_dropped("event_output"),
-        )
     }
 
     pub fn findings_stage(&mut self) -> Option<&mut findings::FindingsStage> {
@@ -184,30 +168,6 @@ impl Pipeline {
                 .calls_by_identity
                 .inc(&identity.id, ds.unwrap_or("none"));
         }
-        self.print_findings();
-    }
-
-    fn print_findings(&mut self) {
-        let Some(stage) = self.findings.as_mut() else {
-            return;
-        };
-        if stage.pending.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut stage.pending);
-        let out = match (self.out.as_mut(), self.findings_out.as_mut()) {
-            (Some(o), _) | (None, Some(o)) => Some(o),
-            _ => None,
-        };
-        if let Some(out) = out {
-            for f in &pending {
-                out.write(f);
-            }
-        }
-        if let Some(stage) = self.findings.as_mut() {
-            stage.pending = pending;
-            stage.pending.clear();
-        }
     }
 
     /// Shutdown: open findings close (summaries are printed) and learned state is written.
@@ -215,11 +175,7 @@ impl Pipeline {
         if let Some(stage) = self.findings.as_mut() {
             stage.finish();
         }
-        self.print_findings();
-        for out in [self.out.as_mut(), self.findings_out.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(out) = &self.out {
             out.flush();
         }
     }
@@ -246,7 +202,7 @@ impl Pipeline {
     }
 
     /// Writes every event as a JSON line (`--events`).
-    pub fn with_events(mut self, out: JsonLines) -> Pipeline {
+    pub fn with_events(mut self, out: Stdout) -> Pipeline {
         self.out = Some(out);
         self
     }
@@ -370,15 +326,13 @@ impl Pipeline {
                 }
             }
         }
-        // The record borrows the tables; the writer is taken out meanwhile.
-        if let Some(mut out) = self.out.take() {
+        if let Some(out) = &self.out {
             out.write(&EventRecord::new(
                 ev,
                 flow,
                 &attributed,
                 &self.event_context(),
             ));
-            self.out = Some(out);
         }
     }
 
@@ -421,7 +375,7 @@ impl Pipeline {
             }
             _ => return,
         };
-        let Some(mut out) = self.out.take() else {
+        let Some(out) = self.out.clone() else {
             return;
         };
         // DNS answers arrive in softirq: no pid, the receiving socket's cgroup.
@@ -439,7 +393,6 @@ impl Pipeline {
             detail,
         };
         out.write(&rec);
-        self.out = Some(out);
     }
 
     /// Turns finished exchanges into API calls: flow, destination name, identity, output.
@@ -491,9 +444,8 @@ impl Pipeline {
             if let (Some(id), true) = (&attributed.identity, self.findings.is_some()) {
                 self.observe(id, info.key.pid, call.ktime_ns, api_call_activity(&call));
             }
-            if let Some(mut out) = self.out.take() {
+            if let Some(out) = &self.out {
                 out.write(&self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed));
-                self.out = Some(out);
             }
         }
     }
@@ -577,7 +529,7 @@ impl Pipeline {
     }
 
     fn write<T: Serialize>(&mut self, rec: &T) {
-        if let Some(out) = self.out.as_mut() {
+        if let Some(out) = &self.out {
             out.write(rec);
         }
     }
@@ -650,11 +602,7 @@ impl RecordHandler for Pipeline {
                 .map_or(0, |d| d.as_nanos() as i64);
             stage.tick(now);
         }
-        self.print_findings();
-        for out in [self.out.as_mut(), self.findings_out.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(out) = &self.out {
             out.flush();
         }
         self.metrics.processes.set(self.procs.len() as i64);
