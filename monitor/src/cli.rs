@@ -4,7 +4,10 @@ use std::{io::Write, net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{config::Config, daemon};
+use crate::{
+    config::Config,
+    daemon::{self, rules_error},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -156,7 +159,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
-        Command::Run(args) => daemon::run(args),
+        Command::Run(args) => run(args),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(
@@ -173,7 +176,7 @@ pub fn main() -> anyhow::Result<()> {
             run: mut args,
         } => {
             args.record = Some(file);
-            daemon::run(args)
+            run(args)
         }
         Command::Inventory {
             config,
@@ -189,6 +192,15 @@ pub fn main() -> anyhow::Result<()> {
             unused_days,
         } => suggest(&identity, config, state_dir, rules, unused_days),
     }
+}
+
+/// `run` and `record`: the configuration with the command line's overrides, then the daemon.
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = config_or_bundled(&args.config)?;
+    if let Some(a) = args.metrics_addr {
+        cfg.metrics.listen = Some(a);
+    }
+    daemon::run(cfg, args.events, args.record)
 }
 
 fn config_or_bundled(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -278,11 +290,6 @@ fn rules_paths(cfg: &Config, given: Vec<PathBuf>) -> Vec<PathBuf> {
     } else {
         given
     }
-}
-
-pub(crate) fn rules_error(errors: Vec<crate::contracts::RuleError>) -> anyhow::Error {
-    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
 }
 
 fn load_rules(paths: &[PathBuf]) -> anyhow::Result<crate::contracts::RuleSet> {

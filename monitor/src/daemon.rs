@@ -5,7 +5,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 
 use crate::{
-    cli::{rules_error, RunArgs},
     config::Config,
     context::process_table::ProcessTable,
     identity::{cgroups::CgroupResolver, IdentityResolver, IdentityTelemetry},
@@ -15,21 +14,22 @@ use crate::{
     probes::{reader, upkeep::Upkeep, SensorTelemetry, Sensors},
 };
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut cfg = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::bundled(),
-    };
-    if let Some(a) = args.metrics_addr {
-        cfg.metrics.listen = Some(a);
-    }
+/// Runs the monitor with `cfg` until SIGINT/SIGTERM; `events` prints every event, `record`
+/// appends every observation to a file.
+pub fn run(cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("nhiwatch")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, args.events, args.record))
+    rt.block_on(run_async(cfg, events, record))
+}
+
+/// Invalid rules as one error, every problem on its own line (FILE:LINE:COLUMN: …).
+pub(crate) fn rules_error(errors: Vec<crate::contracts::RuleError>) -> anyhow::Error {
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid rules ({} errors):\n{}", all.len(), all.join("\n"))
 }
 
 async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> anyhow::Result<()> {
