@@ -53,9 +53,11 @@ pub(super) fn learn<'o>(
         }
         Activity::ApiCall(call) => {
             seen.credentials = &call.credentials;
-            for cred in &call.credentials {
+            for (i, cred) in call.credentials.iter().enumerate() {
                 credential(record, hot, cred, secs);
-                sighting(creds, dirty_creds, &o.identity.id, cred, secs);
+                if sighting(creds, dirty_creds, &o.identity.id, cred, secs) {
+                    seen.shared |= 1 << i.min(63);
+                }
             }
             let Some(host) = call.host.as_deref() else {
                 return seen;
@@ -169,13 +171,14 @@ fn credential_use(
 }
 
 /// A credential presented: which identities presented it (across identities, for sharing).
+/// True when others did.
 fn sighting(
     creds: &mut FxStd<String, CredState>,
     dirty_creds: &mut Vec<String>,
     who: &str,
     cred: &CredentialSeen,
     secs: i64,
-) {
+) -> bool {
     let fp = cred.fingerprint.as_str();
     let c = match creds.get_mut(fp) {
         Some(c) => c,
@@ -206,6 +209,7 @@ fn sighting(
         }
         None => {}
     }
+    r.identities.len() > 1 || !r.identities.contains_key(who)
 }
 
 thread_local! {

@@ -6,6 +6,7 @@ use crate::detect::{
     finding::{Evidence, Rule},
 };
 
+#[inline(always)]
 pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
     if let Some(f) = &seen.file {
         file(cx, id.contract, f);

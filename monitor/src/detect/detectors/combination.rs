@@ -30,6 +30,7 @@ impl Default for CombinationConfig {
     }
 }
 
+#[inline(always)]
 pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
     let ds = match (&seen.file, &seen.call) {
         // Credential files are secrets, not data: reading one combines nothing.

@@ -6,13 +6,15 @@ use crate::{
     events::observation::{rfc3339_ns, CredentialSeen},
 };
 
+#[inline(always)]
 pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
-    for cred in seen.credentials {
-        judge(cx, id.contract, cred);
+    for (i, cred) in seen.credentials.iter().enumerate() {
+        judge(cx, id.contract, cred, seen.shared(i));
     }
 }
 
-fn judge(cx: &mut Cx<'_>, contract: Option<usize>, cred: &CredentialSeen) {
+/// `shared`: whether other identities may have presented it too.
+fn judge(cx: &mut Cx<'_>, contract: Option<usize>, cred: &CredentialSeen, shared: bool) {
     let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
     let who = cx.who();
     let cref = || CredentialRef {
@@ -108,19 +110,18 @@ fn judge(cx: &mut Cx<'_>, contract: Option<usize>, cred: &CredentialSeen) {
         }
     }
     // Sightings across identities (the engine has recorded this one's).
+    if !shared {
+        return;
+    }
     let Some(r) = cx.sightings(fp) else {
         return;
     };
-    let shared = r.identities.len() > 1 || !r.identities.contains_key(who);
-    let others: Vec<String> = if shared {
-        r.identities
-            .keys()
-            .filter(|k| k.as_str() != who)
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let others: Vec<String> = r
+        .identities
+        .keys()
+        .filter(|k| k.as_str() != who)
+        .cloned()
+        .collect();
     if others.is_empty() {
         return;
     }

@@ -41,8 +41,10 @@ pub(super) const DETECTORS: [(Family, Detect); 6] = [
     (Family::Volume, volume::detect),
 ];
 
-/// Judges one observation with every family.
-#[inline]
+/// Judges one observation with every family. Each family's `detect` only checks whether the
+/// observation concerns it and is inlined here, so the families cost no call where they have
+/// nothing to judge.
+#[inline(always)]
 pub(super) fn run(cx: &mut Cx<'_>, subject: &mut Subject<'_>, seen: &Seen<'_>) {
     for (family, detect) in DETECTORS {
         cx.family = family;
@@ -63,6 +65,16 @@ pub(super) struct Seen<'o> {
     pub call: Option<Call<'o>>,
     /// Credentials presented with an API call.
     pub credentials: &'o [CredentialSeen],
+    /// Bit `i`: other identities presented credential `i` too (bit 63 stands for all from the
+    /// 63rd on), so that the common unshared credential costs no second lookup.
+    pub shared: u64,
+}
+
+impl Seen<'_> {
+    /// Whether other identities may have presented credential `i` too.
+    pub fn shared(&self, i: usize) -> bool {
+        self.shared & (1 << i.min(63)) != 0
+    }
 }
 
 pub(super) struct FileRead<'o> {

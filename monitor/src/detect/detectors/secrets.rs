@@ -1,13 +1,16 @@
 //! Secrets: takes a watched file opened, its data source and the contract's `secrets` grant covering it, gives NHI-020 (secret read without a grant) and NHI-021 (secret read by an executable the grant does not name).
 
-use super::{Cx, Seen, Subject};
+use super::{Cx, FileRead, Seen, Subject};
 use crate::detect::finding::{Evidence, Rule};
 
+#[inline(always)]
 pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
-    let Some(f) = &seen.file else {
-        return;
-    };
-    let contract = id.contract;
+    if let Some(f) = &seen.file {
+        judge(cx, id.contract, f);
+    }
+}
+
+fn judge(cx: &mut Cx<'_>, contract: Option<usize>, f: &FileRead<'_>) {
     let (who, path, exe) = (cx.who(), f.path, f.exe);
     let exe_s = exe.unwrap_or("?");
     let rules = cx.rules;

@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{Cx, Seen, Subject};
+use super::{Call, Cx, Seen, Subject};
 use crate::detect::{
-    compiled::DsId,
     finding::{Evidence, Rule},
     state::VolumeBaseline,
     MAX_KEYS,
@@ -219,21 +218,17 @@ impl VolumeBaseline {
     }
 }
 
+#[inline(always)]
 pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
     if let Some(c) = &seen.call {
-        let name = cx.rules.ds_name(c.ds);
-        judge(
-            cx,
-            id,
-            c.ds,
-            name,
-            c.call.request_bytes + c.call.response_bytes,
-        );
+        judge(cx, id, c);
     }
 }
 
-fn judge(cx: &mut Cx<'_>, id: &mut Subject<'_>, ds: DsId, name: &str, bytes: u64) {
+fn judge(cx: &mut Cx<'_>, id: &mut Subject<'_>, call: &Call<'_>) {
     let (contract, record, hot) = (id.contract, &mut *id.record, &mut *id.hot);
+    let (ds, bytes) = (call.ds, call.call.request_bytes + call.call.response_bytes);
+    let name = cx.rules.ds_name(ds);
     let limits = cx
         .contract(contract)
         .and_then(|c| c.limits.get(&ds).copied());
