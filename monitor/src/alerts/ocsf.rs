@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::detect::finding::{Finding, Phase, Rule, Severity};
+use crate::detect::finding::{Analytic, Finding, Phase, Rule, Severity};
 
 pub const OCSF_VERSION: &str = "1.8.0";
 const CLASS_UID: u32 = 2004;
@@ -19,12 +19,10 @@ fn severity_id(s: Severity) -> u8 {
 }
 
 /// OCSF analytic types: 1 Rule, 2 Behavioral, 3 Statistical.
+/// From the catalogue; a rule id the catalogue does not know (a newer recording) is a Rule.
 fn analytic_type(rule: Option<Rule>) -> (u8, &'static str) {
-    match rule {
-        Some(Rule::CombinationUnseen) => (2, "Behavioral"),
-        Some(Rule::VolumeSpike) => (3, "Statistical"),
-        _ => (1, "Rule"),
-    }
+    let a = rule.map_or(Analytic::Rule, Rule::analytic);
+    (a.type_id(), a.name())
 }
 
 fn ms(ns: i64) -> i64 {

@@ -1,4 +1,4 @@
-//! Findings: the rule catalogue (stable ids, severities), the finding record, and deduplication per (identity, rule, evidence key) with counts.
+//! Findings: the rule catalogue (stable ids, names, severities, families), the finding record, and deduplication per (identity, rule, evidence key) with counts.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -32,8 +32,50 @@ impl Severity {
     }
 }
 
+/// The detector family that raises a rule: one file under `detect/detectors/` each, except
+/// `Alerts`, whose rules the alert router raises about the alerts themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Governance,
+    Credentials,
+    Access,
+    Secrets,
+    Combination,
+    Volume,
+    Alerts,
+}
+
+/// How a rule decides, as OCSF's analytic types name it (1 Rule, 2 Behavioral, 3 Statistical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Analytic {
+    /// Against what the contract says.
+    Rule,
+    /// Against what the identity did before.
+    Behavioral,
+    /// Against a learned statistical baseline.
+    Statistical,
+}
+
+impl Analytic {
+    pub fn type_id(self) -> u8 {
+        match self {
+            Analytic::Rule => 1,
+            Analytic::Behavioral => 2,
+            Analytic::Statistical => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Analytic::Rule => "Rule",
+            Analytic::Behavioral => "Behavioral",
+            Analytic::Statistical => "Statistical",
+        }
+    }
+}
+
 macro_rules! rules {
-    ($($v:ident = $id:literal, $name:literal, $sev:ident, $title:literal;)*) => {
+    ($($v:ident = $id:literal, $name:literal, $sev:ident, $family:ident, $analytic:ident, $title:literal;)*) => {
         /// Every rule nhiwatch can raise. Ids never change meaning.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Rule { $($v,)* }
@@ -43,6 +85,8 @@ macro_rules! rules {
             pub fn id(self) -> &'static str { match self { $(Rule::$v => $id,)* } }
             pub fn name(self) -> &'static str { match self { $(Rule::$v => $name,)* } }
             pub fn severity(self) -> Severity { match self { $(Rule::$v => Severity::$sev,)* } }
+            pub fn family(self) -> Family { match self { $(Rule::$v => Family::$family,)* } }
+            pub fn analytic(self) -> Analytic { match self { $(Rule::$v => Analytic::$analytic,)* } }
             pub fn title(self) -> &'static str { match self { $(Rule::$v => $title,)* } }
             pub fn from_id(id: &str) -> Option<Rule> {
                 match id { $($id => Some(Rule::$v),)* _ => None }
@@ -51,28 +95,29 @@ macro_rules! rules {
     };
 }
 
+// The catalogue: one row per rule. A new rule is a row here and its check in its family's file.
 rules! {
-    Ungoverned = "NHI-001", "ungoverned-identity", Medium, "Identity without an access contract";
-    ContractExpired = "NHI-002", "contract-expired", High, "Access contract expired";
-    ContractWithoutOwner = "NHI-003", "contract-without-owner", Low, "Access contract without an owner";
-    UndeclaredDataSource = "NHI-010", "undeclared-data-source", High, "Data source not declared in the contract";
-    UndeclaredMethod = "NHI-011", "undeclared-method", Medium, "Method not declared for the data source";
-    UndeclaredDestination = "NHI-012", "undeclared-destination", Medium, "Destination not declared in the contract";
-    SecretReadNotAllowed = "NHI-020", "secret-read-not-allowed", High, "Secret read without a grant";
-    SecretReadUnexpectedExecutable = "NHI-021", "secret-read-unexpected-executable", Critical, "Secret read by an executable the contract does not name";
-    CombinationNotAllowed = "NHI-030", "combination-not-allowed", High, "Data sources combined beyond the contract";
-    CombinationUnseen = "NHI-031", "combination-unseen", Medium, "Data-source combination never seen before";
-    VolumeSpike = "NHI-040", "volume-spike", Medium, "Volume far above the learned baseline";
-    LimitExceeded = "NHI-041", "limit-exceeded", High, "Contract limit exceeded";
-    SharedCredential = "NHI-050", "shared-credential", High, "Credential shared by several identities";
-    CredentialKindNotAllowed = "NHI-051", "credential-kind-not-allowed", Medium, "Credential kind not allowed by the contract";
-    LegacyCredential = "NHI-052", "legacy-credential", Medium, "Legacy credential in use";
-    TokenTtlTooLong = "NHI-053", "token-ttl-too-long", Medium, "Token lifetime above the contract's maximum";
-    ExpiredToken = "NHI-054", "expired-token", High, "Expired token presented";
-    TokenReplayed = "NHI-055", "token-replayed", Critical, "Token presented by a second identity";
-    BreakGlass = "NHI-060", "break-glass-activity", High, "Break-glass identity active";
-    AlertsRateLimited = "NHI-090", "alerts-rate-limited", Low, "Alerts held back by the rate limit";
-    AlertSpoolFull = "NHI-091", "alert-spool-full", High, "Alert spool full: alerts for a sink dropped";
+    Ungoverned = "NHI-001", "ungoverned-identity", Medium, Governance, Rule, "Identity without an access contract";
+    ContractExpired = "NHI-002", "contract-expired", High, Governance, Rule, "Access contract expired";
+    ContractWithoutOwner = "NHI-003", "contract-without-owner", Low, Governance, Rule, "Access contract without an owner";
+    UndeclaredDataSource = "NHI-010", "undeclared-data-source", High, Access, Rule, "Data source not declared in the contract";
+    UndeclaredMethod = "NHI-011", "undeclared-method", Medium, Access, Rule, "Method not declared for the data source";
+    UndeclaredDestination = "NHI-012", "undeclared-destination", Medium, Access, Rule, "Destination not declared in the contract";
+    SecretReadNotAllowed = "NHI-020", "secret-read-not-allowed", High, Secrets, Rule, "Secret read without a grant";
+    SecretReadUnexpectedExecutable = "NHI-021", "secret-read-unexpected-executable", Critical, Secrets, Rule, "Secret read by an executable the contract does not name";
+    CombinationNotAllowed = "NHI-030", "combination-not-allowed", High, Combination, Rule, "Data sources combined beyond the contract";
+    CombinationUnseen = "NHI-031", "combination-unseen", Medium, Combination, Behavioral, "Data-source combination never seen before";
+    VolumeSpike = "NHI-040", "volume-spike", Medium, Volume, Statistical, "Volume far above the learned baseline";
+    LimitExceeded = "NHI-041", "limit-exceeded", High, Volume, Rule, "Contract limit exceeded";
+    SharedCredential = "NHI-050", "shared-credential", High, Credentials, Rule, "Credential shared by several identities";
+    CredentialKindNotAllowed = "NHI-051", "credential-kind-not-allowed", Medium, Credentials, Rule, "Credential kind not allowed by the contract";
+    LegacyCredential = "NHI-052", "legacy-credential", Medium, Credentials, Rule, "Legacy credential in use";
+    TokenTtlTooLong = "NHI-053", "token-ttl-too-long", Medium, Credentials, Rule, "Token lifetime above the contract's maximum";
+    ExpiredToken = "NHI-054", "expired-token", High, Credentials, Rule, "Expired token presented";
+    TokenReplayed = "NHI-055", "token-replayed", Critical, Credentials, Rule, "Token presented by a second identity";
+    BreakGlass = "NHI-060", "break-glass-activity", High, Governance, Rule, "Break-glass identity active";
+    AlertsRateLimited = "NHI-090", "alerts-rate-limited", Low, Alerts, Rule, "Alerts held back by the rate limit";
+    AlertSpoolFull = "NHI-091", "alert-spool-full", High, Alerts, Rule, "Alert spool full: alerts for a sink dropped";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +436,26 @@ mod tests {
         assert_eq!(ids.len(), Rule::ALL.len());
         for r in Rule::ALL {
             assert_eq!(Rule::from_id(r.id()), Some(*r));
+        }
+    }
+
+    /// The README's table of rules is the catalogue: same ids, names and severities.
+    #[test]
+    fn readme_lists_the_catalogue() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for r in Rule::ALL {
+            let row = format!("| {} {} | ", r.id(), r.name());
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("README.md has no row `{row}`"));
+            let severity = line[row.len()..].split(" |").next().unwrap_or("");
+            // NHI-090 takes the severity of the alerts it held back.
+            assert!(
+                severity == r.severity().name() || *r == Rule::AlertsRateLimited,
+                "{line}"
+            );
         }
     }
 

@@ -1,7 +1,14 @@
 use std::sync::Arc;
 
-use super::*;
-use crate::events::observation::{ApiCallSeen, CredentialSeen};
+use super::{
+    finding::{self, Finding},
+    state, DetectConfig, Engine, MAX_KEYS,
+};
+use crate::{
+    contracts::RuleSet,
+    events::observation::{Activity, ApiCallSeen, CredentialSeen, Observation},
+    identity::WorkloadIdentity,
+};
 
 const S: i64 = 1_000_000_000;
 const T0: i64 = 1_795_000_000 * S;

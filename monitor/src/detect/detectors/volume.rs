@@ -1,8 +1,13 @@
-//! Volume per (identity, data source): time buckets against a robust learned baseline (median + k·MAD) and the contract's fixed-window limits.
+//! Volume: takes each API call to a data source (requests, bytes) per identity, gives NHI-040 (a time bucket far above the learned baseline, median + k·MAD) and NHI-041 (the contract's fixed-window limits exceeded); keeps the baselines and the settings they use.
 
 use serde::Deserialize;
 
-use super::state::VolumeBaseline;
+use super::{Call, Cx, Seen, Subject};
+use crate::detect::{
+    finding::{Evidence, Rule},
+    state::VolumeBaseline,
+    MAX_KEYS,
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -15,7 +20,7 @@ pub struct VolumeConfig {
     pub warmup: usize,
     /// A bucket below these is never a spike, whatever the baseline.
     pub min_requests: u64,
-    #[serde(deserialize_with = "super::size")]
+    #[serde(deserialize_with = "crate::detect::size")]
     pub min_bytes: u64,
     /// How many robust standard deviations above the median is a spike.
     pub sensitivity: f64,
@@ -210,6 +215,139 @@ impl VolumeBaseline {
             }
         }
         out
+    }
+}
+
+#[inline(always)]
+pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, seen: &Seen<'_>) {
+    if let Some(c) = &seen.call {
+        judge(cx, id, c);
+    }
+}
+
+fn judge(cx: &mut Cx<'_>, id: &mut Subject<'_>, call: &Call<'_>) {
+    let (contract, record, hot) = (id.contract, &mut *id.record, &mut *id.hot);
+    let (ds, bytes) = (call.ds, call.call.request_bytes + call.call.response_bytes);
+    let name = cx.rules.ds_name(ds);
+    let limits = cx
+        .contract(contract)
+        .and_then(|c| c.limits.get(&ds).copied());
+    let mut h = hot.ds(ds);
+    if let Some((v, peak)) = h.as_mut().and_then(|h| h.volume.as_mut()) {
+        let spikes = v.add(&cx.cfg.volume, cx.t, 1, bytes);
+        let over = match limits {
+            Some((rpm, bph)) => v.limits(cx.t, 1, bytes, rpm, bph),
+            None => Vec::new(),
+        };
+        *peak = (*peak).max(v.current_requests());
+        return findings(cx, contract, name, spikes, over);
+    }
+    if !record.volume.contains_key(name) {
+        if record.volume.len() >= MAX_KEYS {
+            record.dropped += 1;
+            return;
+        }
+        record.volume.insert(name.to_owned(), Default::default());
+    }
+    let Some(v) = record.volume.get_mut(name) else {
+        return;
+    };
+    let spikes = v.add(&cx.cfg.volume, cx.t, 1, bytes);
+    let over = match limits {
+        Some((rpm, bph)) => v.limits(cx.t, 1, bytes, rpm, bph),
+        None => Vec::new(),
+    };
+    let current = v.current_requests();
+    // Per-minute peaks: with another bucket size the current bucket still approximates it.
+    match record.peak_requests_per_minute.get_mut(name) {
+        Some(p) => *p = (*p).max(current),
+        None => {
+            record
+                .peak_requests_per_minute
+                .insert(name.to_owned(), current);
+        }
+    }
+    if let Some(h) = h {
+        // From now on this data source's baseline is updated in the cache.
+        let peak = record
+            .peak_requests_per_minute
+            .get(name)
+            .copied()
+            .unwrap_or(current);
+        h.volume = Some((v.clone(), peak));
+    }
+    findings(cx, contract, name, spikes, over);
+}
+
+fn findings(
+    cx: &mut Cx<'_>,
+    contract: Option<usize>,
+    name: &str,
+    spikes: Vec<Excess>,
+    over: Vec<Excess>,
+) {
+    if spikes.is_empty() && over.is_empty() {
+        return;
+    }
+    let who = cx.who();
+    for e in spikes {
+        let Excess {
+            metric,
+            observed,
+            expected,
+            threshold,
+            window_seconds,
+        } = e;
+        cx.raise(
+            Rule::VolumeSpike,
+            format!("{name}\0{}", metric.name()),
+            format!(
+                "{who} made {observed} {} to {name} within {window_seconds}s; its baseline is {expected:.0} (threshold {threshold})",
+                if metric == Metric::Requests { "requests" } else { "bytes of traffic" }
+            ),
+            contract,
+            Evidence {
+                data_source: Some(name.to_owned()),
+                metric: Some(metric.name().into()),
+                observed: Some(observed as f64),
+                expected: Some(expected),
+                limit: Some(threshold as f64),
+                window_seconds: Some(window_seconds),
+                ..Evidence::default()
+            },
+        );
+    }
+    for e in over {
+        let Excess {
+            metric,
+            observed,
+            threshold,
+            window_seconds,
+            ..
+        } = e;
+        cx.raise(
+            Rule::LimitExceeded,
+            format!("{name}\0{}", metric.name()),
+            format!(
+                "{who} exceeded its contract's limit of {threshold} {} per {} on {name}",
+                metric.name(),
+                if window_seconds == 60 {
+                    "minute"
+                } else {
+                    "hour"
+                }
+            ),
+            contract,
+            Evidence {
+                data_source: Some(name.to_owned()),
+                metric: Some(metric.name().into()),
+                observed: Some(observed as f64),
+                expected: Some(threshold as f64),
+                limit: Some(threshold as f64),
+                window_seconds: Some(window_seconds),
+                ..Evidence::default()
+            },
+        );
     }
 }
 

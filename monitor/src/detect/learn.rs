@@ -1,0 +1,294 @@
+//! What an observation shows about its identity: takes the observation and the identity's state, records the executables, data sources, methods, secrets, destinations and credentials it used (and who else presented each credential), and gives the observation classified once for the detectors.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::{
+    compiled::{Compiled, DsId},
+    detectors::{Call, FileRead, Seen},
+    engine::{Caches, CredState, IdState},
+    hot::{Hot, HotCred, InlineKey},
+    state::{CredentialRecord, CredentialUse, IdentityRecord, SecretUsage, Usage, MAX_SHARERS},
+    FxStd, MAX_KEYS,
+};
+use crate::events::observation::{Activity, CredentialSeen, Observation};
+
+/// Records what `o` shows about its identity (`st`) and classifies it for the detectors.
+pub(super) fn learn<'o>(
+    rules: &Compiled,
+    caches: &mut Caches,
+    creds: &mut FxStd<String, CredState>,
+    dirty_creds: &mut Vec<String>,
+    st: &mut IdState,
+    o: &'o Observation,
+    secs: i64,
+) -> Seen<'o> {
+    let (record, hot) = (&mut st.record, &mut st.hot);
+    if let Some(exe) = &o.exe {
+        touch_exe(record, hot, exe, secs);
+    }
+    let mut seen = Seen::default();
+    match &o.activity {
+        Activity::Exec => {}
+        // A failed open read nothing: it is in the events, not a finding.
+        Activity::FileOpen { result, .. } if *result < 0 => {}
+        Activity::FileOpen { path, .. } => {
+            let exe = o.exe.as_deref();
+            secret(record, secs, exe.unwrap_or("?"), path);
+            let (ds, grant) = caches.file_rules(rules, st.contract, path);
+            if let Some(d) = ds {
+                touch_ds(record, hot, rules, d, secs);
+            }
+            seen.file = Some(FileRead {
+                path,
+                exe,
+                ds,
+                grant,
+            });
+        }
+        Activity::Connect { name, .. } => {
+            if let Some(host) = name {
+                destination(rules, record, host, secs);
+                seen.destination = Some(host);
+            }
+        }
+        Activity::ApiCall(call) => {
+            seen.credentials = &call.credentials;
+            for (i, cred) in call.credentials.iter().enumerate() {
+                credential(record, hot, cred, secs);
+                if sighting(creds, dirty_creds, &o.identity.id, cred, secs) {
+                    seen.shared |= 1 << i.min(63);
+                }
+            }
+            let Some(host) = call.host.as_deref() else {
+                return seen;
+            };
+            let Some(ds) = caches.classify(rules, host, &call.path) else {
+                destination(rules, record, host, secs);
+                seen.destination = Some(host);
+                return seen;
+            };
+            let name: &str = rules.ds_name(ds);
+            touch_ds(record, hot, rules, ds, secs);
+            let method = call.method.as_deref().unwrap_or("?");
+            touch_method(record, hot, name, ds, method, secs);
+            seen.call = Some(Call {
+                call,
+                host,
+                ds,
+                method,
+            });
+        }
+    }
+    seen
+}
+
+/// A watched file opened: which executables read it.
+fn secret(record: &mut IdentityRecord, secs: i64, exe: &str, path: &str) {
+    let full = record.secrets.len() >= MAX_KEYS;
+    match record.secrets.get_mut(path) {
+        Some(s) => {
+            s.usage.touch(secs);
+            if s.executables.len() < 16 && !s.executables.contains(exe) {
+                s.executables.insert(exe.to_owned());
+            }
+        }
+        None if !full => {
+            record.secrets.insert(
+                path.to_owned(),
+                SecretUsage {
+                    usage: Usage::new(secs),
+                    executables: [exe.to_owned()].into(),
+                },
+            );
+        }
+        None => record.dropped += 1,
+    }
+}
+
+/// A host reached: remembered as a destination when no data source serves it.
+fn destination(rules: &Compiled, record: &mut IdentityRecord, host: &str, secs: i64) {
+    let in_ds = rules.host_data_sources(host).next().is_some();
+    if !in_ds {
+        touch(&mut record.destinations, &mut record.dropped, host, secs);
+    }
+}
+
+/// A credential presented: its use by this identity, through the identity's cached ones.
+fn credential(record: &mut IdentityRecord, hot: &mut Hot, cred: &CredentialSeen, secs: i64) {
+    let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
+    let key = InlineKey::new(&cred.fingerprint);
+    let cached = key.as_ref().and_then(|k| hot.cred(k));
+    let full = record.credentials.len() >= MAX_KEYS;
+    match cached {
+        Some(c) => {
+            c.usage.touch(secs);
+            c.max_ttl_seconds = c.max_ttl_seconds.max(ttl);
+        }
+        None => credential_use(secs, record, hot, key, cred, ttl, full),
+    }
+}
+
+/// `credential`'s record update when the fingerprint is not cached (yet).
+fn credential_use(
+    secs: i64,
+    record: &mut IdentityRecord,
+    hot: &mut Hot,
+    key: Option<InlineKey<63>>,
+    cred: &CredentialSeen,
+    ttl: Option<i64>,
+    full: bool,
+) {
+    match record.credentials.get_mut(&cred.fingerprint) {
+        Some(u) => {
+            u.usage.touch(secs);
+            u.max_ttl_seconds = u.max_ttl_seconds.max(ttl);
+        }
+        None if !full => {
+            record.credentials.insert(
+                cred.fingerprint.clone(),
+                CredentialUse {
+                    kind: cred.kind.clone(),
+                    vendor: cred.vendor.clone(),
+                    long_lived: cred.long_lived,
+                    max_ttl_seconds: ttl,
+                    usage: Usage::new(secs),
+                },
+            );
+        }
+        None => record.dropped += 1,
+    }
+    if let (Some(k), Some(u), false) = (
+        key,
+        record.credentials.get(&cred.fingerprint),
+        hot.creds_full(),
+    ) {
+        hot.creds.push(HotCred {
+            fingerprint: k,
+            usage: u.usage,
+            max_ttl_seconds: u.max_ttl_seconds,
+        });
+    }
+}
+
+/// A credential presented: which identities presented it (across identities, for sharing).
+/// True when others did.
+fn sighting(
+    creds: &mut FxStd<String, CredState>,
+    dirty_creds: &mut Vec<String>,
+    who: &str,
+    cred: &CredentialSeen,
+    secs: i64,
+) -> bool {
+    let fp = cred.fingerprint.as_str();
+    let c = match creds.get_mut(fp) {
+        Some(c) => c,
+        None => creds.entry(fp.to_owned()).or_insert_with(|| CredState {
+            record: CredentialRecord {
+                fingerprint: fp.to_owned(),
+                kind: cred.kind.clone(),
+                vendor: cred.vendor.clone(),
+                long_lived: cred.long_lived,
+                first_seen: secs,
+                last_seen: secs,
+                identities: Default::default(),
+            },
+            dirty: false,
+        }),
+    };
+    if !c.dirty {
+        c.dirty = true;
+        dirty_creds.push(fp.to_owned());
+    }
+    let r = &mut c.record;
+    r.last_seen = r.last_seen.max(secs);
+    let room = r.identities.len() < MAX_SHARERS;
+    match r.identities.get_mut(who) {
+        Some(t) => *t = secs,
+        None if room => {
+            r.identities.insert(who.to_owned(), secs);
+        }
+        None => {}
+    }
+    r.identities.len() > 1 || !r.identities.contains_key(who)
+}
+
+thread_local! {
+    /// Scratch for `DATA-SOURCE METHOD` keys, so known ones cost no allocation.
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn touch(map: &mut BTreeMap<String, Usage>, dropped: &mut u64, key: &str, t: i64) {
+    if let Some(u) = map.get_mut(key) {
+        u.touch(t);
+    } else if map.len() < MAX_KEYS {
+        map.insert(key.to_owned(), Usage::new(t));
+    } else {
+        *dropped += 1;
+    }
+}
+
+/// `touch` for the executable, through the identity's cached one.
+fn touch_exe(record: &mut IdentityRecord, hot: &mut Hot, exe: &Arc<str>, t: i64) {
+    if let Some((cached, u)) = &mut hot.exe {
+        if Arc::ptr_eq(cached, exe) || **cached == **exe {
+            u.touch(t);
+            return;
+        }
+        // Another executable: the cached one goes back to the record.
+        if let Some(m) = record.executables.get_mut(&**cached) {
+            *m = *u;
+        }
+        hot.exe = None;
+    }
+    touch(&mut record.executables, &mut record.dropped, exe, t);
+    if let Some(u) = record.executables.get(&**exe) {
+        hot.exe = Some((exe.clone(), *u));
+    }
+}
+
+/// `touch` for a data source's `data_sources` entry, through the identity's cache.
+fn touch_ds(record: &mut IdentityRecord, hot: &mut Hot, rules: &Compiled, ds: DsId, t: i64) {
+    let mut h = hot.ds(ds);
+    if let Some(u) = h.as_mut().and_then(|h| h.usage.as_mut()) {
+        u.touch(t);
+        return;
+    }
+    let name = rules.ds_name(ds);
+    touch(&mut record.data_sources, &mut record.dropped, name, t);
+    if let (Some(h), Some(u)) = (h, record.data_sources.get(name)) {
+        h.usage = Some(*u);
+    }
+}
+
+/// `touch` for the `DATA-SOURCE METHOD` entry, through the data source's cached methods.
+fn touch_method(
+    record: &mut IdentityRecord,
+    hot: &mut Hot,
+    name: &str,
+    ds: DsId,
+    method: &str,
+    t: i64,
+) {
+    let key = InlineKey::new(method);
+    let mut slots = hot.ds(ds).zip(key).map(|(h, k)| (&mut h.methods, k));
+    if let Some((methods, k)) = slots.as_mut() {
+        if let Some((_, u)) = methods.iter_mut().flatten().find(|(m, _)| m == k) {
+            u.touch(t);
+            return;
+        }
+    }
+    // Known keys cost no allocation.
+    SCRATCH.with_borrow_mut(|full| {
+        full.clear();
+        full.push_str(name);
+        full.push(' ');
+        full.push_str(method);
+        touch(&mut record.methods, &mut record.dropped, full, t);
+        let (Some((methods, k)), Some(u)) = (slots, record.methods.get(full.as_str())) else {
+            return;
+        };
+        if let Some(free) = methods.iter_mut().find(|m| m.is_none()) {
+            *free = Some((k, *u));
+        }
+    });
+}
