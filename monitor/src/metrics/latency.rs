@@ -126,14 +126,7 @@ fn float(v: f64) -> String {
 
 fn escape_value(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
+    let _ = super::label::write_escaped(&mut s, v);
     s
 }
 

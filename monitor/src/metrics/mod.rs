@@ -5,6 +5,7 @@
 //! received / emitted / errors / dropped{reason}, labelled by `stage`), so a dashboard can follow
 //! one event from the kernel to the SIEM and see where it was lost.
 
+mod label;
 pub mod latency;
 mod stage;
 
@@ -19,6 +20,7 @@ use std::{
 use prometheus_client::{encoding::text::encode, registry::Metric};
 use serde::Deserialize;
 
+pub use label::{LabelText, MAX_LABEL_BYTES};
 pub use latency::LatencyQuantiles;
 pub use stage::StageTelemetry;
 

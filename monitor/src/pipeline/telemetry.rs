@@ -10,7 +10,7 @@ use prometheus_client::{
 use crate::{
     events::telemetry::DecodeTelemetry,
     identity::IdentityTelemetry,
-    metrics::{Registry, StageTelemetry},
+    metrics::{LabelText, Registry, StageTelemetry},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,8 +20,8 @@ struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IdentityCallLabel {
-    identity: String,
-    data_source: String,
+    identity: LabelText,
+    data_source: LabelText,
 }
 
 /// Handles of the stages that run on the pipeline thread, and the pipeline's own.
@@ -117,8 +117,8 @@ impl CallsByIdentity {
             return;
         }
         let mut label = IdentityCallLabel {
-            identity: identity.to_owned(),
-            data_source: data_source.to_owned(),
+            identity: identity.into(),
+            data_source: data_source.into(),
         };
         if let Some(c) = self.family.get(&label) {
             c.inc();
@@ -127,7 +127,7 @@ impl CallsByIdentity {
         {
             let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
             if *admitted >= self.limit {
-                label.identity = OTHER_IDENTITY.to_owned();
+                label.identity = OTHER_IDENTITY.into();
             } else {
                 *admitted += 1;
             }

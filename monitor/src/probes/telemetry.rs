@@ -5,7 +5,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 
-use crate::metrics::{Registry, StageTelemetry};
+use crate::metrics::{LabelText, Registry, StageTelemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabel {
@@ -20,8 +20,9 @@ struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabel {
-    probe: String,
-    target: String,
+    probe: LabelText,
+    /// A library file: its path is chosen by whoever ships the process.
+    target: LabelText,
 }
 
 /// The kernel side of the contract: dropped{ring_full} counts the events the kernel could not
