@@ -1,6 +1,7 @@
 //! Label values from strings a process controls (executable paths, SPIFFE IDs, library files): escaped for the exposition so no value can end its label, its line or the scrape.
 
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+
 /// Longest label value kept, in bytes; longer ones are cut at a character boundary and end in
 /// `…`. A 4 KiB path in a label helps nobody and every scrape carries it.
 pub const MAX_LABEL_BYTES: usize = 512;
