@@ -5,7 +5,15 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 
 /// Every target in monitor/fuzz/Cargo.toml.
-pub const TARGETS: [&str; 6] = ["http1", "http2", "jwt", "dns", "rules", "observations"];
+pub const TARGETS: [&str; 7] = [
+    "http1",
+    "http2",
+    "jwt",
+    "dns",
+    "rules",
+    "observations",
+    "labels",
+];
 
 /// The toolchain that builds the fuzz targets (sanitizers need nightly).
 const TOOLCHAIN: &str = "+nightly";

@@ -20,7 +20,7 @@ use std::{
 use prometheus_client::{encoding::text::encode, registry::Metric};
 use serde::Deserialize;
 
-pub use label::{LabelText, MAX_LABEL_BYTES};
+pub use label::{write_escaped, LabelText, MAX_LABEL_BYTES};
 pub use latency::LatencyQuantiles;
 pub use stage::StageTelemetry;
 
