@@ -1,7 +1,6 @@
 //! Rules reloads: takes the rules paths and SIGHUP, gives each new valid `RuleSet` to the pipeline; a bad reload is logged and counted and the last good rules stay.
 
 use std::{
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,23 +12,16 @@ use std::{
 
 use super::{files::rules_files, load_paths, telemetry::RulesTelemetry, RuleSet};
 
-/// One rules file as it is on disk: path, (device, inode) of what it resolves to, modified, length.
-/// The inode catches a file replaced by a rename (a ConfigMap update swaps the link target) even
-/// when the new file has the same size and time.
-pub(super) type FileState = (PathBuf, Option<(u64, u64)>, Option<SystemTime>, u64);
-
-/// What the rules files look like on disk: every file the loader would read, as the loader lists
-/// them (`rules_files`), so a change is noticed exactly where it changes the rules.
-pub(super) fn signature(paths: &[PathBuf]) -> Vec<FileState> {
+/// What the rules files look like on disk: (path, modified, length) of every file the loader would
+/// read, as the loader lists them (`rules_files`), so a change is noticed exactly where it changes
+/// the rules.
+pub(super) fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     rules_files(paths)
         .files
         .into_iter()
         .map(|p| match std::fs::metadata(&p) {
-            Ok(m) => {
-                let id = Some((m.dev(), m.ino()));
-                (p, id, m.modified().ok(), m.len())
-            }
-            Err(_) => (p, None, None, 0),
+            Ok(m) => (p, m.modified().ok(), m.len()),
+            Err(_) => (p, None, 0),
         })
         .collect()
 }
