@@ -15,6 +15,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use serde::de::DeserializeOwned;
 
 use super::{
+    files::{io_error, rules_files, Listing},
     schema::{self, AccessContractSpec, DataSourceSpec, Document, Header, API_VERSION},
     values, AccessContract, Allow, CredentialPolicy, DataSource, Endpoint, Limit, Matcher, Origin,
     RuleError, RuleSet, SecretGrant, Subject,
@@ -23,57 +24,19 @@ use crate::identity::selectors::SelectorRule;
 
 const SCHEMA_HINT: &str = "see rules/schema/nhiwatch-rules.schema.json";
 
-/// Loads every `*.yaml`/`*.yml` file of the given directories (not recursive, sorted by name) and
-/// every file given by name, then validates them together (names resolve across files).
+/// Loads the rules files the paths name (`files::rules_files`: files as given, the `*.yaml`/`*.yml`
+/// files of directories, not recursive, sorted by name), then validates them together (names
+/// resolve across files).
 pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
-    let mut errors = Vec::new();
-    let mut texts = Vec::new();
-    let io_err = |p: &Path, what: String, hint: &str| RuleError {
-        file: p.to_owned(),
-        line: 1,
-        column: 1,
-        what,
-        expected: "a readable rules file or directory".into(),
-        hint: hint.into(),
-    };
-    for p in paths {
-        if p.is_dir() {
-            let entries = match std::fs::read_dir(p) {
-                Ok(e) => e,
-                Err(e) => {
-                    errors.push(io_err(
-                        p,
-                        format!("cannot read directory: {e}"),
-                        "check the path and its permissions",
-                    ));
-                    continue;
-                }
-            };
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
-                })
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                errors.push(io_err(
-                    p,
-                    "no *.yaml or *.yml files in this directory".into(),
-                    "rules files need a .yaml or .yml extension",
-                ));
-            }
-            texts.extend(files);
-        } else {
-            texts.push(p.clone());
-        }
-    }
+    let Listing {
+        files: texts,
+        mut errors,
+    } = rules_files(paths);
     let mut loaded = Vec::new();
     for f in texts {
         match std::fs::read_to_string(&f) {
             Ok(t) => loaded.push((f, t)),
-            Err(e) => errors.push(io_err(
+            Err(e) => errors.push(io_error(
                 &f,
                 format!("cannot read file: {e}"),
                 "check the path and its permissions",

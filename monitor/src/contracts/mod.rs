@@ -1,5 +1,6 @@
 //! Access contracts and the data-source catalogue: takes rules YAML files, gives a validated `RuleSet` or every error with its place.
 
+mod files;
 mod load;
 pub mod schema;
 pub mod telemetry;

@@ -544,3 +544,97 @@ spec:
         ]
     );
 }
+
+/// Runs `f` on its own thread and fails if it has not returned within 10 s, so a listing that
+/// loops fails the test instead of hanging it.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{what} did not finish within 10 s: {e}"))
+}
+
+/// A rules directory `loopdir` holding `a.yaml` (a data source), `link.yml` (a symlink to a
+/// contract outside it), `dir.yaml` (a symlink to itself: a directory with a rules name),
+/// `sub/deep.yaml` (a second data source of the same name, an error if it were read) and the
+/// given links, each `(name, target)`.
+fn links_dir(links: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("loopdir");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::create_dir_all(root.path().join("outside")).unwrap();
+    std::fs::write(dir.join("a.yaml"), DS).unwrap();
+    std::fs::write(dir.join("sub/deep.yaml"), DS).unwrap();
+    std::fs::write(
+        root.path().join("outside/c.yml"),
+        contract("").split_once("---\n").unwrap().1,
+    )
+    .unwrap();
+    symlink("../outside/c.yml", dir.join("link.yml")).unwrap();
+    symlink(".", dir.join("dir.yaml")).unwrap();
+    for (name, target) in links {
+        symlink(target, dir.join(name)).unwrap();
+    }
+    (root, dir)
+}
+
+/// The loader, the watcher and `nhiwatch check` all read `files::rules_files`'s list: the
+/// directory's own `*.yaml`/`*.yml` files, symlinked files included, nothing below it.
+fn assert_one_listing(dir: PathBuf) {
+    let want = vec![dir.join("a.yaml"), dir.join("link.yml")];
+    let listed = within("rules_files", {
+        let dir = dir.clone();
+        move || files::rules_files(&[dir])
+    });
+    assert!(listed.errors.is_empty(), "{:?}", listed.errors);
+    assert_eq!(listed.files, want);
+    let watched = within("the watcher's signature", {
+        let dir = dir.clone();
+        move || watch::signature(&[dir])
+    });
+    let watched: Vec<PathBuf> = watched.into_iter().map(|(p, ..)| p).collect();
+    assert_eq!(watched, want);
+    let set = load_paths(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut loaded: Vec<PathBuf> = Vec::new();
+    let origins = set.data_sources.iter().map(|d| &d.origin);
+    for o in origins.chain(set.contracts.iter().map(|c| &c.origin)) {
+        if !loaded.contains(&o.file) {
+            loaded.push(o.file.clone());
+        }
+    }
+    assert_eq!(loaded, want);
+}
+
+#[test]
+fn a_dot_link_in_the_rules_directory_is_not_followed() {
+    let (_root, dir) = links_dir(&[("dot", ".")]);
+    assert_one_listing(dir);
+}
+
+#[test]
+fn a_link_back_to_the_rules_directory_is_not_followed() {
+    let (_root, dir) = links_dir(&[("self", "../loopdir")]);
+    assert_one_listing(dir);
+}
+
+/// Both links together made the old recursive watcher walk 2^40 paths.
+#[test]
+fn two_loops_in_the_rules_directory_do_not_multiply() {
+    let (_root, dir) = links_dir(&[("dot", "."), ("self", "../loopdir")]);
+    assert_one_listing(dir);
+}
+
+#[test]
+fn a_file_named_directly_is_read_whatever_its_name() {
+    let (root, dir) = links_dir(&[]);
+    let notes = root.path().join("notes.txt");
+    std::fs::write(&notes, "not rules").unwrap();
+    let listed = files::rules_files(&[dir.clone(), notes.clone()]);
+    assert_eq!(
+        listed.files,
+        [dir.join("a.yaml"), dir.join("link.yml"), notes]
+    );
+}

@@ -1,7 +1,7 @@
 //! Rules reloads: takes the rules paths and SIGHUP, gives each new valid `RuleSet` to the pipeline; a bad reload is logged and counted and the last good rules stay.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc::SyncSender,
@@ -10,34 +10,20 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{load_paths, telemetry::RulesTelemetry, RuleSet};
+use super::{files::rules_files, load_paths, telemetry::RulesTelemetry, RuleSet};
 
-/// What the rules files look like on disk: (path, modified, length) of every file read.
-fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    fn visit(p: &Path, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
-        match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => {
-                if let Ok(rd) = std::fs::read_dir(p) {
-                    let mut entries: Vec<PathBuf> =
-                        rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                    entries.sort();
-                    for e in entries {
-                        let yaml = e.extension().is_some_and(|x| x == "yaml" || x == "yml");
-                        if yaml || e.is_dir() {
-                            visit(&e, out);
-                        }
-                    }
-                }
-            }
-            Ok(m) => out.push((p.to_owned(), m.modified().ok(), m.len())),
-            Err(_) => out.push((p.to_owned(), None, 0)),
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        visit(p, &mut out);
-    }
-    out
+/// What the rules files look like on disk: (path, modified, length) of every file the loader would
+/// read, as the loader lists them (`rules_files`), so a change is noticed exactly where it changes
+/// the rules.
+pub(super) fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    rules_files(paths)
+        .files
+        .into_iter()
+        .map(|p| match std::fs::metadata(&p) {
+            Ok(m) => (p, m.modified().ok(), m.len()),
+            Err(_) => (p, None, 0),
+        })
+        .collect()
 }
 
 /// Loads the paths that exist; none existing is an empty rule set (every identity ungoverned).
