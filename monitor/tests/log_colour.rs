@@ -21,7 +21,7 @@ fn stderr_of_run(no_color: Option<&str>) -> Vec<u8> {
         .arg("--metrics-addr")
         .arg(busy.local_addr().unwrap().to_string())
         .env_remove("NO_COLOR")
-        .env("RUST_LOG", "info");
+        .env_remove("NHIWATCH_LOG");
     if let Some(v) = no_color {
         cmd.env("NO_COLOR", v);
     }
