@@ -148,11 +148,19 @@ pub fn init_logging(cli: &Cli) {
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_stderr())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
+}
+
+/// Colour codes only for a person at a terminal: in a file or the journal they are noise that
+/// breaks grep and log shippers. `NO_COLOR` (any non-empty value, no-color.org) turns them off.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 pub fn main() -> anyhow::Result<()> {

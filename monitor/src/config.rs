@@ -18,9 +18,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {message}")]
     Parse {
         path: String,
+        /// The parser's message; for an unclosed bracket or quote, where the parser noticed it
+        /// and where it was opened.
+        message: String,
         source: serde_yaml_ng::Error,
     },
     #[error("{path}: {message}")]
@@ -84,9 +87,17 @@ impl Config {
     /// Parses a file on top of the bundled defaults: keys it leaves out keep the
     /// bundled values (lists are replaced whole, not merged).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let parse_err = |source| ConfigError::Parse {
-            path: origin.to_owned(),
-            source,
+        let parse_err = |source: serde_yaml_ng::Error| {
+            let mut message = source.to_string();
+            if let Some(opened) = crate::contracts::yaml_opened_at(&source, 0) {
+                message.truncate(message.find(", while ").unwrap_or(message.len()));
+                message = format!("{message} ({opened})");
+            }
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                message,
+                source,
+            }
         };
         // First on its own, so that errors carry the file's own line and column.
         let _: Config = serde_yaml_ng::from_str(text).map_err(parse_err)?;

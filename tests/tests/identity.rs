@@ -313,7 +313,23 @@ fn churn_of_short_lived_processes_with_late_metadata() {
         });
         assert_identity(&ev, &pods[*i]);
     }
+    // Held and re-attributed lines print like direct ones, for consumers that read lines.
+    let out = d.stdout();
+    for line in out
+        .lines()
+        .filter(|l| l.contains("\"filename\":\"/bin/true\""))
+    {
+        assert!(
+            line.starts_with("{\"time\":")
+                && line.contains(",\"identity\":{\"status\":\"resolved\",\"id\":"),
+            "keys out of order: {line}"
+        );
+    }
     let m = d.metrics();
+    assert!(
+        d.metric_sum("nhiwatch_held_attributions_total", &[]) > 0.0,
+        "some events were held: {m}"
+    );
     assert_eq!(
         d.metric_sum("nhiwatch_identity_hold_expired_total", &[]),
         0.0,

@@ -210,8 +210,15 @@ fn yaml_error(doc: &Doc, e: &serde_yaml_ng::Error) -> RuleError {
         None => (doc.first_line, 1),
     };
     let mut msg = e.to_string();
+    let opened = yaml_opened_at(e, doc.first_line - 1);
     if let Some(i) = msg.rfind(" at line ") {
         msg.truncate(i);
+    }
+    if let Some(opened) = opened {
+        // The parser's own positions count from the document, not the file: keep only the
+        // problem, and say where the unclosed construct began in file lines.
+        msg.truncate(msg.find(" at line ").unwrap_or(msg.len()));
+        msg = format!("{msg} ({opened})");
     }
     let (what, expected) = match msg.split_once(", expected ") {
         Some((w, x)) => (w.to_owned(), x.to_owned()),
@@ -239,6 +246,38 @@ fn yaml_error(doc: &Doc, e: &serde_yaml_ng::Error) -> RuleError {
         expected,
         hint,
     }
+}
+
+/// Where the construct a YAML syntax error happened inside began, when that is not where the
+/// parser noticed: an unclosed `[`, `{` or quote is reported at the line after it, which alone
+/// sends people to the wrong line. libyaml keeps that place (its context mark); serde_yaml_ng
+/// shows it only in the message ("…, while parsing a flow sequence at line 3 column 12"), so it is
+/// read from there. `line_offset` is added to the line (documents after the first in a file).
+pub(crate) fn yaml_opened_at(e: &serde_yaml_ng::Error, line_offset: usize) -> Option<String> {
+    let msg = e.to_string();
+    let (_, context) = msg.split_once(", while ")?;
+    let (what, at) = context.rsplit_once(" at line ")?;
+    let (line, column) = at.split_once(" column ")?;
+    let line = line.parse::<usize>().ok()? + line_offset;
+    let column: usize = column.parse().ok()?;
+    let thing = what
+        .trim_start_matches("parsing ")
+        .trim_start_matches("scanning ")
+        .trim_start_matches("a ")
+        .trim_start_matches("an ");
+    let opener = match thing {
+        "flow sequence" => "the `[`",
+        "flow mapping" => "the `{`",
+        "quoted scalar" => "the quote",
+        _ => {
+            return Some(format!(
+                "in the {thing} that begins at line {line} column {column}"
+            ))
+        }
+    };
+    Some(format!(
+        "{opener} opened at line {line} column {column} is not closed"
+    ))
 }
 
 #[derive(Default)]

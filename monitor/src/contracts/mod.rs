@@ -11,6 +11,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use globset::GlobMatcher;
 
+pub(crate) use load::yaml_opened_at;
 pub use load::{load_paths, load_str, load_texts};
 pub use schema::{Classification, CredentialKindSpec as CredentialKind, Method, Sharing};
 pub use telemetry::RulesTelemetry;

@@ -138,6 +138,45 @@ pub struct ObservationRecord<'a, D: Serialize> {
     pub detail: D,
 }
 
+/// An `--events` line held until its identity is known: serialized now exactly as the direct
+/// path prints it, and cut around the identity's value, so that releasing it changes that value
+/// and nothing else. (Replacing the identity in a `serde_json::Value` instead would print every
+/// key sorted, unlike every other line.)
+pub struct HeldLine {
+    line: String,
+    /// Byte range of the identity's value in `line`; None (never seen) prints the line as held.
+    identity: Option<std::ops::Range<usize>>,
+}
+
+impl HeldLine {
+    /// `rec` carries `identity` as its `identity` field. None only when `rec` cannot be
+    /// serialized, which the direct path would not print either.
+    pub fn new<T: Serialize>(rec: &T, identity: &IdentityView<'_>) -> Option<HeldLine> {
+        let line = serde_json::to_string(rec).ok()?;
+        let value = serde_json::to_string(identity).ok()?;
+        // The first `"identity":` is the record's own key: the fields before it are numbers and
+        // fixed words, and a string could hold the text only with its quotes escaped.
+        const KEY: &str = "\"identity\":";
+        let identity = line
+            .find(KEY)
+            .map(|at| at + KEY.len()..at + KEY.len() + value.len())
+            .filter(|r| line.get(r.clone()) == Some(value.as_str()));
+        Some(HeldLine { line, identity })
+    }
+
+    /// The line with the identity the event was finally attributed to (no newline).
+    pub fn with_identity(&self, identity: &IdentityView<'_>) -> String {
+        let (Some(r), Ok(value)) = (&self.identity, serde_json::to_string(identity)) else {
+            return self.line.clone();
+        };
+        let mut out = String::with_capacity(self.line.len() + value.len());
+        out.push_str(&self.line[..r.start]);
+        out.push_str(&value);
+        out.push_str(&self.line[r.end..]);
+        out
+    }
+}
+
 impl<'a> ProcessView<'a> {
     pub fn of(p: Option<&'a ProcessInfo>) -> ProcessView<'a> {
         ProcessView {
@@ -270,5 +309,115 @@ impl<'a> EventRecord<'a> {
             process,
             detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use super::*;
+    use crate::{
+        events::{Clock, Exit, Header},
+        identity::{Attribution, IdentityKind, WorkloadIdentity},
+    };
+
+    /// Keys in the order they are printed, nested objects included (a `serde_json::Value`
+    /// would sort them, so the text is read).
+    fn key_sequence(line: &str) -> Vec<&str> {
+        let b = line.as_bytes();
+        let (mut keys, mut at, mut start, mut in_str) = (Vec::new(), 0, 0, false);
+        while at < b.len() {
+            match (in_str, b[at]) {
+                (true, b'\\') => at += 1,
+                (true, b'"') => {
+                    in_str = false;
+                    if b.get(at + 1) == Some(&b':') {
+                        keys.push(&line[start..at]);
+                    }
+                }
+                (false, b'"') => {
+                    in_str = true;
+                    start = at + 1;
+                }
+                _ => {}
+            }
+            at += 1;
+        }
+        keys
+    }
+
+    fn resolved() -> Attributed {
+        Attributed {
+            status: Attribution::Resolved,
+            identity: Some(Arc::new(WorkloadIdentity {
+                id: "spiffe://cluster.local/ns/billing/sa/claims-sync".into(),
+                kind: IdentityKind::Kubernetes,
+                namespace: Some("billing".into()),
+                service_account: Some("claims-sync".into()),
+                pod: Some("claims-sync-7d9".into()),
+                pod_uid: Some("0d1c".into()),
+                container: Some("sync".into()),
+                container_id: Some("c0ffee".into()),
+                image: None,
+                owner: Some("ReplicaSet/claims-sync-rs".into()),
+                unit: None,
+                uid: None,
+                user: None,
+                exe: None,
+                node: "node-1".into(),
+            })),
+            pod_uid: None,
+            container_id: None,
+        }
+    }
+
+    #[test]
+    fn a_released_line_is_printed_like_a_direct_one() {
+        let ev = Event::Exit(Exit {
+            hdr: Header {
+                ktime_ns: 5_000_000,
+                pid: 42,
+                tid: 42,
+                cgroup_id: 7,
+            },
+            exit_code: 9,
+            start_time_ns: 1,
+        });
+        let clock = Clock::now();
+        let procs = ProcessTable::new(16, 1);
+        let flows = FlowTable::new(16);
+        let watch_targets = Arc::new(RwLock::new(Vec::new()));
+        let cx = EventContext {
+            clock: &clock,
+            procs: &procs,
+            flows: &flows,
+            watch_targets: &watch_targets,
+            names: None,
+        };
+        let pending = Attributed {
+            status: Attribution::Pending,
+            identity: None,
+            pod_uid: Some("0d1c".into()),
+            container_id: Some("c0ffee".into()),
+        };
+        let now = resolved();
+        let held = HeldLine::new(&EventRecord::new(&ev, None, &pending, &cx), &pending.view())
+            .expect("serializable")
+            .with_identity(&now.view());
+        let direct = serde_json::to_string(&EventRecord::new(&ev, None, &now, &cx)).unwrap();
+        assert_eq!(key_sequence(&held), key_sequence(&direct));
+        assert_eq!(held, direct);
+        assert!(
+            key_sequence(&direct).starts_with(&[
+                "time",
+                "kind",
+                "pid",
+                "tid",
+                "cgroup_id",
+                "identity"
+            ]),
+            "{direct}"
+        );
     }
 }

@@ -41,6 +41,18 @@ impl JsonLines {
         }
     }
 
+    /// A line already serialized (a released `events::HeldLine`), counted like the others.
+    pub fn write_line(&mut self, line: &str) {
+        self.telemetry.received.inc();
+        let ok = self.out.write_all(line.as_bytes()).is_ok() && self.out.write_all(b"\n").is_ok();
+        if ok {
+            self.telemetry.emitted.inc();
+        } else {
+            self.telemetry.errors.inc();
+            self.dropped.inc();
+        }
+    }
+
     pub fn flush(&mut self) {
         let _ = self.out.flush();
     }
@@ -59,6 +71,13 @@ impl Stdout {
 
     pub fn write<T: Serialize>(&self, rec: &T) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).write(rec);
+    }
+
+    pub fn write_line(&self, line: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_line(line);
     }
 
     pub fn flush(&self) {

@@ -8,7 +8,6 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 
 use crate::{
     context::{
@@ -23,7 +22,7 @@ use crate::{
     },
     identity::{inventory::Inventory, Attributed, Attribution, IdentityResolver, WorkloadIdentity},
     output::{
-        events::{EventContext, EventRecord, NameDetail, ObservationRecord, ProcessView},
+        events::{EventContext, EventRecord, HeldLine, NameDetail, ObservationRecord, ProcessView},
         Stdout,
     },
     probes::{reader::RecordHandler, upkeep::UpkeepRequest, watch::path_of, watch::WatchTarget},
@@ -80,7 +79,8 @@ struct Held {
     ktime_ns: u64,
     file: Option<String>,
     dest: Option<String>,
-    record: Option<serde_json::Value>,
+    /// The `--events` line, printed like a direct one once the identity is known.
+    record: Option<HeldLine>,
     /// What the detectors are to judge once the identity is known.
     pid: u32,
     activity: Option<Activity>,
@@ -288,11 +288,15 @@ impl Pipeline {
             _ => None,
         };
         if held {
-            let record = self.out.is_some().then(|| {
-                let cx = self.event_context();
-                let rec = EventRecord::new(ev, flow, &attributed, &cx);
-                serde_json::to_value(&rec).unwrap_or_default()
-            });
+            let record = self
+                .out
+                .is_some()
+                .then(|| {
+                    let cx = self.event_context();
+                    let rec = EventRecord::new(ev, flow, &attributed, &cx);
+                    HeldLine::new(&rec, &attributed.view())
+                })
+                .flatten();
             let activity = self
                 .findings
                 .is_some()
@@ -422,11 +426,15 @@ impl Pipeline {
                 && !self.hold.is_zero()
                 && self.held.len() < HELD_MAX
             {
-                let record = self.out.is_some().then(|| {
-                    let rec =
-                        self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
-                    serde_json::to_value(&rec).unwrap_or_default()
-                });
+                let record = self
+                    .out
+                    .is_some()
+                    .then(|| {
+                        let rec =
+                            self.api_call_record(info.key.pid, info.cgroup_id, &call, &attributed);
+                        HeldLine::new(&rec, &attributed.view())
+                    })
+                    .flatten();
                 self.held.push_back(Held {
                     deadline: Instant::now() + self.hold,
                     cgroup_id: info.cgroup_id,
@@ -517,21 +525,14 @@ impl Pipeline {
                     h.dest.as_deref(),
                 );
             }
-            if let Some(mut rec) = h.record.take() {
-                rec["identity"] = serde_json::to_value(a.view()).unwrap_or_default();
-                self.write(&rec);
+            if let (Some(line), Some(out)) = (h.record.take(), &self.out) {
+                out.write_line(&line.with_identity(&a.view()));
             }
             if let (Some(id), Some(activity)) = (&a.identity, h.activity.take()) {
                 self.observe(id, h.pid, h.ktime_ns, activity);
             }
         }
         self.held = keep;
-    }
-
-    fn write<T: Serialize>(&mut self, rec: &T) {
-        if let Some(out) = &self.out {
-            out.write(rec);
-        }
     }
 }
 

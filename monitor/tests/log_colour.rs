@@ -1,0 +1,49 @@
+//! Log lines of the real binary with stderr to a pipe: takes `nhiwatch run` stopped before any probe loads, gives whether its log lines carry ANSI colour codes (they must not).
+
+use std::{net::TcpListener, process::Command};
+
+/// `run` logs a warning for a rules path that does not exist, then stops at a metrics port
+/// that is taken: a line from the daemon's own logger, with no probe loaded and no root needed.
+fn stderr_of_run(no_color: Option<&str>) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("nhiwatch-log-colour-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("rules:\n  - {}\n", dir.join("missing-rules").display()),
+    )
+    .unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nhiwatch"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--metrics-addr")
+        .arg(busy.local_addr().unwrap().to_string())
+        .env_remove("NO_COLOR")
+        .env_remove("NHIWATCH_LOG");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().unwrap();
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "run must stop at the taken port");
+    out.stderr
+}
+
+#[test]
+fn no_colour_codes_when_stderr_is_not_a_terminal() {
+    for no_color in [None, Some(""), Some("1")] {
+        let err = stderr_of_run(no_color);
+        let text = String::from_utf8_lossy(&err);
+        assert!(
+            text.contains("rules path does not exist"),
+            "the warning must be logged: {text}"
+        );
+        assert!(
+            !err.contains(&0x1b),
+            "ANSI escape in stderr (NO_COLOR={no_color:?}): {text:?}"
+        );
+    }
+}
