@@ -148,11 +148,48 @@ pub fn init_logging(cli: &Cli) {
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour_stderr())
-        .with_writer(std::io::stderr);
+        .with_ansi(colour_stderr());
     match cli.log_format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.with_writer(|| OneLine(std::io::stderr())).init(),
+        LogFormat::Json => b.with_writer(std::io::stderr).json().init(),
+    }
+}
+
+/// Text logs keep one event on one line: a value a process controls (a path, a library file, a
+/// rules path from a ConfigMap) with a newline or carriage return in it cannot start a line of its
+/// own that reads like the daemon's. tracing-subscriber sanitises ANSI escapes but not line breaks.
+/// The formatter hands over each event whole, ending in its one newline; breaks before it are
+/// written as `\n` and `\r`. (JSON logs escape them already.)
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        if !body.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+            return self.0.write_all(buf);
+        }
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.0.write_all(&out)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -366,5 +403,24 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
             let _ = writeln!(err, "{} error(s)", errors.len());
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::OneLine;
+
+    #[test]
+    fn an_event_stays_on_one_line() {
+        let mut out = OneLine(Vec::new());
+        out.write_all(b"WARN path=/x\nERROR forged\r line\n")
+            .unwrap();
+        out.write_all(b"INFO plain\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "WARN path=/x\\nERROR forged\\r line\nINFO plain\n"
+        );
     }
 }

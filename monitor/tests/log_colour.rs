@@ -47,3 +47,42 @@ fn no_colour_codes_when_stderr_is_not_a_terminal() {
         );
     }
 }
+
+/// A rules path with line breaks in it (a ConfigMap's key names it) is logged inside its own line:
+/// no line of stderr may start with what the path carried after its break.
+#[test]
+fn a_value_with_line_breaks_stays_inside_its_log_line() {
+    let dir = std::env::temp_dir().join(format!("nhiwatch-log-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules:\n  - \"{}/missing\\nERROR forged line\\r\\nWARN another\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nhiwatch"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--metrics-addr")
+        .arg(busy.local_addr().unwrap().to_string())
+        .env("NO_COLOR", "1")
+        .env_remove("NHIWATCH_LOG")
+        .output()
+        .unwrap();
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("rules path does not exist"), "{text}");
+    assert!(text.contains("missing\\nERROR forged line"), "{text}");
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("ERROR forged") && !line.starts_with("WARN another"),
+            "a value started a log line of its own:\n{text}"
+        );
+    }
+}
