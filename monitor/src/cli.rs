@@ -193,6 +193,24 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
+/// `text` on one line: line breaks written as `\n` and `\r`, other control characters as `\u{..}`,
+/// so that an error naming a hostile path cannot forge a line or a terminal escape.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// Colour codes only for a person at a terminal: in a file or the journal they are noise that
 /// breaks grep and log shippers. `NO_COLOR` (any non-empty value, no-color.org) turns them off.
 fn colour_stderr() -> bool {
@@ -411,6 +429,18 @@ mod tests {
     use std::io::Write;
 
     use super::OneLine;
+
+    #[test]
+    fn an_error_stays_on_one_line() {
+        assert_eq!(
+            super::one_line("bad /x\nnhiwatch: forged\r\u{1b}[31m"),
+            "bad /x\\nnhiwatch: forged\\r\\u{1b}[31m"
+        );
+        assert!(matches!(
+            super::one_line("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
+    }
 
     #[test]
     fn an_event_stays_on_one_line() {

@@ -86,3 +86,22 @@ fn a_value_with_line_breaks_stays_inside_its_log_line() {
         );
     }
 }
+
+/// The last line of a failed command names the path it could not read: a path with a line
+/// break in it stays on that one line.
+#[test]
+fn the_error_a_command_exits_with_is_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nhiwatch"))
+        .arg("check-config")
+        .arg("/nonexistent-nhiwatch\nnhiwatch: forged line")
+        .env_remove("NHIWATCH_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/nonexistent-nhiwatch\\nnhiwatch: forged line"),
+        "{err}"
+    );
+}

@@ -342,3 +342,47 @@ fn churn_of_short_lived_processes_with_late_metadata() {
     );
     d.stop();
 }
+
+/// A TLS client in a pod whose metadata arrives only after it ran: the server name it sent
+/// waits for the pod like its other events, and leaves resolved rather than `pending`.
+#[test]
+fn server_names_wait_for_late_pod_metadata() {
+    let s = setup();
+    let api = FakeKubeApi::start("e2e-node", "e2e-kube-token");
+    let pod = FakePod::new(
+        Driver::Systemd,
+        Qos::Burstable,
+        Runtime::Containerd,
+        "late-names",
+        "sni-client",
+    );
+    let d = Daemon::start(&identity_config(
+        &s.watch,
+        "apiserver",
+        &api.url(),
+        &s.token_file,
+    ));
+    let nginx = Nginx::start("location = /x { return 200 'ok'; }");
+    let curl = spawn_pid(&mut pod.command(&format!(
+        "exec curl -sS --fail --cacert {} --resolve api.nhiwatch.test:{port}:127.0.0.1 https://api.nhiwatch.test:{port}/x",
+        nginx.cert.display(),
+        port = nginx.port
+    )));
+    // An exec started after curl ended is read after all of curl's records: once it is
+    // printed, the daemon has seen the server name while the pod was still unknown.
+    let marker = spawn_pid(&mut Command::new("/bin/true"));
+    d.wait_for("marker exec", WAIT, |v| {
+        kind_is(v, "exec") && pid_is(v, marker)
+    });
+    api.add(&pod);
+    let ev = d.wait_for("server name", WAIT, |v| {
+        kind_is(v, "tls_sni") && pid_is(v, curl)
+    });
+    assert_eq!(ev["server_name"], "api.nhiwatch.test", "{ev}");
+    assert_identity(&ev, &pod);
+    let ev = d.wait_for("TLS data", WAIT, |v| {
+        kind_is(v, "tls_data") && pid_is(v, curl)
+    });
+    assert_identity(&ev, &pod);
+    d.stop();
+}

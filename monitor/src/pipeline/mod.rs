@@ -74,7 +74,7 @@ struct Held {
     deadline: Instant,
     cgroup_id: u64,
     proc: Option<ProcessInfo>,
-    /// None for API calls, which are not kernel events.
+    /// What the inventory counts; None for API calls and names learnt, which it does not.
     kind: Option<EventKind>,
     ktime_ns: u64,
     file: Option<String>,
@@ -383,10 +383,14 @@ impl Pipeline {
             return;
         };
         // DNS answers arrive in softirq: no pid, the receiving socket's cgroup.
-        let attributed = self.identity.resolve(
-            hdr.cgroup_id,
-            self.procs.get(hdr.pid).filter(|_| hdr.pid != 0),
-        );
+        let proc = self.procs.get(hdr.pid).filter(|_| hdr.pid != 0);
+        let attributed = self.identity.resolve(hdr.cgroup_id, proc);
+        // Like every other event, a name learnt by a process whose pod is not known yet waits
+        // for its metadata rather than leaving as `pending` for ever.
+        let held = attributed.status == Attribution::Pending
+            && !self.hold.is_zero()
+            && self.held.len() < HELD_MAX;
+        self.metrics.identity.attributed(attributed.status, held);
         let rec = ObservationRecord {
             time: humantime::format_rfc3339_nanos(self.clock.wall(hdr.ktime_ns)).to_string(),
             kind: ev.kind().name(),
@@ -396,6 +400,23 @@ impl Pipeline {
             process: self.process_view(hdr.pid),
             detail,
         };
+        if held {
+            let record = HeldLine::new(&rec, &attributed.view());
+            let proc = proc.cloned();
+            self.held.push_back(Held {
+                deadline: Instant::now() + self.hold,
+                cgroup_id: hdr.cgroup_id,
+                proc,
+                kind: None,
+                ktime_ns: hdr.ktime_ns,
+                file: None,
+                dest: None,
+                record,
+                pid: hdr.pid,
+                activity: None,
+            });
+            return;
+        }
         out.write(&rec);
     }
 
