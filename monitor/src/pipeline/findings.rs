@@ -251,13 +251,24 @@ impl FindingsStage {
         if let Err(e) = &r {
             tracing::warn!(error = %e, "writing learned state failed; retrying at the next interval");
         }
-        self.metrics.state_write(r.is_ok());
+        // The open findings' windows are learned state too: saved, a restart neither raises
+        // them again nor closes them early.
+        let open = self
+            .engine
+            .persist_open(|dedup, identity| store.save_open(dedup, identity));
+        if let Err(e) = &open {
+            tracing::warn!(error = %e, "writing the open findings failed; retrying at the next interval");
+        }
+        self.metrics.state_write(r.is_ok() && open.is_ok());
     }
 
-    /// Shutdown: close every open finding (summaries go out), persist, flush.
+    /// Shutdown: persist (open findings stay open for the next start; with no state database
+    /// they close, and their summaries go out), flush.
     pub fn finish(&mut self) {
         let before = self.pending.len();
-        self.engine.finish(&mut self.pending);
+        if self.store.is_none() {
+            self.engine.finish(&mut self.pending);
+        }
         if let Some(a) = self.alerts.as_mut() {
             a.finish(&mut self.pending);
         }
