@@ -190,6 +190,7 @@ impl Sink {
             match self.spool.append(&h) {
                 Ok(()) => {
                     self.routed.inc();
+                    self.writable();
                 }
                 Err(SpoolError::Full(_)) => {
                     self.held = Some(h);
