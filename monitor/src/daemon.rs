@@ -247,6 +247,18 @@ fn start_findings(
         "learned state restored"
     );
     engine.restore(ids.items, creds.items);
+    let (open, open_identity) = store.load_open()?;
+    if open.skipped + open_identity.skipped > 0 {
+        tracing::warn!(
+            rows = open.skipped + open_identity.skipped,
+            "unreadable open findings in the state database skipped"
+        );
+    }
+    tracing::info!(
+        findings = open.items.len() + open_identity.items.len(),
+        "open findings restored: their windows close when due, repeats are not raised again"
+    );
+    engine.restore_open(open.items, open_identity.items);
     let node = crate::identity::node_name(cfg.identity.node_name.as_deref());
     let me = crate::alerts::route::daemon_identity(&cfg.identity.trust_domain, &node);
     let alerts = crate::alerts::Alerts::start(

@@ -394,3 +394,142 @@ fn severity_routing_rate_limit_and_file_sink() {
     assert_eq!(printed, 3);
     assert!(!archive.contains(SECRET));
 }
+
+/// A small tmpfs mounted on a directory, unmounted on drop (even when the test failed).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg(unique("nhiwatch-e2e-tmpfs"))
+                .arg(dir),
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Still busy (a daemon that did not exit): detach it, nothing must stay mounted.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Native findings in a file sink's output.
+fn native(path: &Path) -> Vec<Value> {
+    complete_lines(&std::fs::read_to_string(path).unwrap_or_default())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn a_sink_whose_spool_cannot_be_written_is_down_says_so_once_and_logs_at_a_bounded_rate() {
+    const FILES: usize = 300;
+    let s = Setup::new("nhiwatch-e2e-fulldisk", FILES + 1);
+    let state = s.tmp.path().join("state");
+    // The spool of sink "small" lives on its own 1 MiB file system; sink "main" on the
+    // ordinary disk. Declared after the directories and before the daemon: dropped in between.
+    let mount = Tmpfs::mount(&state.join("spool/small"), "1m");
+    let cfg = s.config(
+        "  rate_limit: {window: 1m, max: 0}\n  sinks:\n    - {name: main, type: file, path: main.jsonl}\n    - {name: small, type: file, path: small.jsonl}\n",
+    );
+    let d = Daemon::start_with_state(&cfg, Some(&state));
+    // Fill the small file system: every page is taken, so every append to the spool fails
+    // (ENOSPC). dd ends with that error, as intended.
+    let filler = mount.0.join("filler");
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=64k", "status=none"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(std::fs::metadata(&filler).unwrap().len() > 0);
+
+    // Hundreds of findings: one NHI-020 per secret read.
+    run_ok(Command::new("cat").args(s.files(0..FILES)));
+    let dropped = || {
+        d.metric_sum(
+            "nhiwatch_alerts_dropped_total",
+            &["sink=\"small\"", "reason=\"spool_error\""],
+        )
+    };
+    wait_until(
+        "hundreds of alerts dropped as spool_error",
+        Duration::from_secs(60),
+        || dropped() >= (FILES - 50) as f64,
+    );
+    assert_eq!(
+        d.metric_sum("nhiwatch_alert_sink_up", &["sink=\"small\""]),
+        0.0,
+        "a sink whose spool cannot be written is down"
+    );
+    assert_eq!(
+        d.metric_sum("nhiwatch_alert_sink_up", &["sink=\"main\""]),
+        1.0
+    );
+    // One NHI-091 about "small" on the other sink, naming the spool and the error.
+    let main = state.join("main.jsonl");
+    let down = |v: &Value| v["rule"]["id"] == "NHI-091" && v["evidence"]["destination"] == "small";
+    wait_until("NHI-091 on sink main", Duration::from_secs(60), || {
+        native(&main).iter().any(down)
+    });
+    let found = native(&main);
+    let alerts: Vec<&Value> = found.iter().filter(|v| down(v)).collect();
+    assert_eq!(alerts.len(), 1, "one NHI-091 per episode: {alerts:#?}");
+    let summary = alerts[0]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("No space left on device") && summary.contains("cannot be written"),
+        "{summary}"
+    );
+    // The log says it once (and at most once a minute after), not once per alert.
+    let warns = |err: &str| {
+        err.lines()
+            .filter(|l| l.contains("WARN") && l.contains("sink=small"))
+            .count()
+    };
+    let err = d.stderr();
+    let n = warns(&err);
+    assert!(
+        (1..5).contains(&n),
+        "{n} WARN lines for {} dropped alerts:\n{err}",
+        dropped()
+    );
+    assert!(
+        err.contains("alert spool cannot be written") && err.contains("errno=28"),
+        "{err}"
+    );
+
+    // Room again: the sink comes back up by itself, and new alerts reach it.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("sink small up again", Duration::from_secs(60), || {
+        d.metric_sum("nhiwatch_alert_sink_up", &["sink=\"small\""]) == 1.0
+    });
+    let last = s.file(FILES);
+    run_ok(Command::new("cat").arg(&last));
+    let small = state.join("small.jsonl");
+    let last = last.display().to_string();
+    wait_until("a new alert on sink small", Duration::from_secs(60), || {
+        native(&small)
+            .iter()
+            .any(|v| v["rule"]["id"] == "NHI-020" && v["evidence"]["file"] == last.as_str())
+    });
+    assert!(
+        !native(&small).iter().any(down),
+        "the NHI-091 about small goes to the other sinks"
+    );
+    let (_, err) = d.stop();
+    assert!(warns(&err) < 5, "{err}");
+    assert!(err.contains("alert spool written again"), "{err}");
+    drop(mount);
+}

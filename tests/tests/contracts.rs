@@ -587,7 +587,8 @@ fn activity_under_an_expired_contract_is_reported_once() {
     let c = Clinic::new();
     let pod = c.pod("clinical-ai", "med-summarizer");
     c.write_rules(&c.contract("med-summarizer", &pod, "2025-01-01"));
-    let d = Daemon::start(&c.config(""));
+    // A window that closes during the test (a stop saves it for the next start instead).
+    let d = Daemon::start(&c.config("detectors:\n  ungoverned_window: 30s\n"));
     // Several activities: execs, a token read, two API calls, twice.
     summarize(&c, &d, &pod);
     let f = wait_finding(&d, &pod, "NHI-002");
@@ -613,15 +614,21 @@ fn activity_under_an_expired_contract_is_reported_once() {
         all.iter().all(|f| f["rule"]["id"] == "NHI-002"),
         "nothing but the expiry: {all:#?}"
     );
-    // At shutdown the open window closes: a summary counting every activity.
+    // When the window closes: a summary counting every activity.
     let id = pod.spiffe_id();
+    let summary = |v: &Value| {
+        is_finding_of(v, &id) && v["rule"]["id"] == "NHI-002" && v["phase"] == "summary"
+    };
+    wait_until(
+        "the NHI-002 summary when its window closes",
+        Duration::from_secs(90),
+        || d.events().iter().any(summary),
+    );
     let (stdout, _, state) = d.stop_with_state();
     let summaries: Vec<Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
-            is_finding_of(v, &id) && v["rule"]["id"] == "NHI-002" && v["phase"] == "summary"
-        })
+        .filter(summary)
         .collect();
     assert_eq!(summaries.len(), 1, "{summaries:#?}");
     assert!(

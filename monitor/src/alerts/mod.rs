@@ -1,5 +1,6 @@
 //! Alerts: takes findings, gives the shapes SIEMs ingest (OCSF 1.x Detection Finding or the native finding JSON), routes them by severity and rate, and delivers them through durable per-sink spools.
 
+mod episode;
 pub mod ocsf;
 pub mod route;
 pub mod sinks;

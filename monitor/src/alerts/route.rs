@@ -1,4 +1,4 @@
-//! Alert routing in the pipeline thread: takes findings, rate-limits them per (identity, rule), writes each to the spool of every sink whose minimum severity it meets, and raises NHI-090 (held back) and NHI-091 (spool full).
+//! Alert routing in the pipeline thread: takes findings, rate-limits them per (identity, rule), writes each to the spool of every sink whose minimum severity it meets, and raises NHI-090 (held back) and NHI-091 (spool full or unwritable).
 
 use std::{
     collections::HashMap,
@@ -10,9 +10,10 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
+    episode::{Episode, Log, SUMMARY_EVERY},
     sinks::Transport,
     spool::{Spool, SpoolError},
-    telemetry::{AlertTelemetry, Dropped},
+    telemetry::{AlertTelemetry, Dropped, SinkUp},
     worker, AlertsConfig, Format, Outgoing, RateLimitConfig,
 };
 use crate::{
@@ -157,6 +158,96 @@ struct Sink {
     dropped_error: Dropped,
     /// Set while the spool is full, so one NHI-091 goes out per episode.
     full: bool,
+    up: SinkUp,
+    /// Appends failing (disk full, I/O error, read-only file system): the sink is down, one
+    /// NHI-091 per episode, and the log says so once, then at most once a minute.
+    unwritable: Episode,
+    /// The first alert of the episode that could not be spooled, written before any later one
+    /// and retried every `RETRY_HELD`: the episode ends as soon as the disk takes it, whether
+    /// or not new alerts come.
+    held: Option<Outgoing>,
+    last_retry: Instant,
+}
+
+/// How often an alert held by an unwritable spool is tried again.
+const RETRY_HELD: Duration = Duration::from_secs(2);
+
+/// What became of an alert for one sink.
+enum Spooled {
+    Written,
+    Full,
+    /// Not written; `held` when it is kept for a retry, else dropped.
+    Failed {
+        error: SpoolError,
+        held: bool,
+    },
+}
+
+impl Sink {
+    /// Appends `o` after the alert an earlier failure held, if any.
+    fn append(&mut self, o: &Outgoing) -> Spooled {
+        if let Some(h) = self.held.take() {
+            match self.spool.append(&h) {
+                Ok(()) => {
+                    self.routed.inc();
+                    self.writable();
+                }
+                Err(SpoolError::Full(_)) => {
+                    self.held = Some(h);
+                    return Spooled::Full;
+                }
+                Err(error) => {
+                    self.held = Some(h);
+                    return Spooled::Failed { error, held: false };
+                }
+            }
+        }
+        match self.spool.append(o) {
+            Ok(()) => Spooled::Written,
+            Err(SpoolError::Full(_)) => Spooled::Full,
+            Err(error) => {
+                let held = self.held.is_none();
+                if held {
+                    self.held = Some(o.clone());
+                }
+                Spooled::Failed { error, held }
+            }
+        }
+    }
+
+    /// A write succeeded: an unwritable episode ends.
+    fn writable(&mut self) {
+        if let Some(dropped) = self.unwritable.succeeded() {
+            self.up.spooling(true);
+            tracing::info!(sink = %self.name, dir = %self.spool.dir().display(), failed_writes = dropped, "alert spool written again: the sink is up");
+        }
+    }
+
+    /// A write failed: the first of an episode marks the sink down and returns its NHI-091.
+    fn unwritable(
+        &mut self,
+        e: &SpoolError,
+        me: &Arc<WorkloadIdentity>,
+        t: i64,
+    ) -> Option<Finding> {
+        let errno = match e {
+            SpoolError::Io { source, .. } => source.raw_os_error(),
+            SpoolError::Full(_) => None,
+        };
+        let dir = self.spool.dir().display().to_string();
+        match self.unwritable.failed() {
+            Log::Start => {
+                self.up.spooling(false);
+                tracing::warn!(sink = %self.name, dir = %dir, errno, error = %e, "alert spool cannot be written: the sink is down and its new alerts are dropped (nhiwatch_alerts_dropped_total reason spool_error) until a write succeeds");
+                Some(spool_unwritable(me, &self.name, &dir, e, t))
+            }
+            Log::Summary { failures, since } => {
+                tracing::warn!(sink = %self.name, dir = %dir, errno, error = %e, dropped = failures, since = %since, "{failures} alerts dropped for sink {} since {since}: its spool still cannot be written", self.name);
+                None
+            }
+            Log::Quiet => None,
+        }
+    }
 }
 
 /// The alert side of the daemon: the router and its sinks' workers.
@@ -212,6 +303,10 @@ impl Alerts {
                 dropped_full: metrics.dropped(&sc.name, "spool_full"),
                 dropped_error: metrics.dropped(&sc.name, "spool_error"),
                 full: false,
+                up: m.up.clone(),
+                unwritable: Episode::new(SUMMARY_EVERY),
+                held: None,
+                last_retry: Instant::now(),
             });
             let mut settings = worker::Settings::from(sc);
             settings.sync_interval = cfg.sync_interval.max(Duration::from_millis(10));
@@ -259,16 +354,17 @@ impl Alerts {
         for f in &findings[from..] {
             let mut shaped: [Option<Outgoing>; 2] = [None, None];
             for s in &mut self.sinks {
-                if f.severity < s.min_severity {
+                if f.severity < s.min_severity || about_sink(f, &self.me, &s.name) {
                     continue;
                 }
                 let slot = &mut shaped[s.format as usize];
                 let o = slot.get_or_insert_with(|| Outgoing::new(f, s.format));
-                match s.spool.append(o) {
-                    Ok(()) => {
+                match s.append(o) {
+                    Spooled::Written => {
                         s.routed.inc();
+                        s.writable();
                     }
-                    Err(SpoolError::Full(_)) => {
+                    Spooled::Full => {
                         s.dropped_full.inc();
                         if !s.full {
                             s.full = true;
@@ -277,9 +373,13 @@ impl Alerts {
                                 .push(spool_full(&self.me, &s.name, s.max_bytes, f.time));
                         }
                     }
-                    Err(e) => {
-                        s.dropped_error.inc();
-                        tracing::warn!(sink = %s.name, error = %e, "alert not spooled");
+                    Spooled::Failed { error, held } => {
+                        if !held {
+                            s.dropped_error.inc();
+                        }
+                        if let Some(down) = s.unwritable(&error, &self.me, f.time) {
+                            self.internal.push(down);
+                        }
                     }
                 }
             }
@@ -293,6 +393,12 @@ impl Alerts {
         if self.last_expire.elapsed() >= Duration::from_secs(1) {
             self.last_expire = Instant::now();
             self.limiter.expire(now_ns, out);
+        }
+        for s in &mut self.sinks {
+            if s.held.is_some() && s.last_retry.elapsed() >= RETRY_HELD {
+                s.last_retry = Instant::now();
+                retry_held(s);
+            }
         }
         out.append(&mut self.internal);
         for s in &mut self.sinks {
@@ -312,6 +418,12 @@ impl Alerts {
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
         self.limiter.finish(out);
         out.append(&mut self.internal);
+        for s in &mut self.sinks {
+            retry_held(s);
+            if s.held.take().is_some() {
+                s.dropped_error.inc();
+            }
+        }
     }
 
     /// Lets each worker deliver what is spooled for up to `drain_timeout`, then stops it; the
@@ -347,6 +459,63 @@ pub fn daemon_identity(trust_domain: &str, node: &str) -> WorkloadIdentity {
             .ok()
             .map(|p| p.display().to_string()),
         node: node.to_owned(),
+    }
+}
+
+/// The held alert of an unwritable spool, tried again: written, the episode ends.
+fn retry_held(s: &mut Sink) {
+    let Some(h) = s.held.take() else { return };
+    match s.spool.append(&h) {
+        Ok(()) => {
+            s.routed.inc();
+            s.writable();
+        }
+        Err(_) => s.held = Some(h),
+    }
+}
+
+/// Whether `f` is the router's alert about sink `name` itself (NHI-091), which goes to the
+/// other sinks only: that sink cannot take it.
+fn about_sink(f: &Finding, me: &Arc<WorkloadIdentity>, name: &str) -> bool {
+    Arc::ptr_eq(&f.identity, me)
+        && f.rule.id == Rule::AlertSpoolFull.id()
+        && f.evidence.destination.as_deref() == Some(name)
+}
+
+fn spool_unwritable(
+    me: &Arc<WorkloadIdentity>,
+    sink: &str,
+    dir: &str,
+    e: &SpoolError,
+    t: i64,
+) -> Finding {
+    let r = Rule::AlertSpoolFull;
+    Finding {
+        kind: "finding".into(),
+        time: t,
+        last_seen: t,
+        rule: RuleRef {
+            id: r.id().into(),
+            name: r.name().into(),
+        },
+        severity: r.severity(),
+        summary: format!(
+            "the alert spool of sink {sink} cannot be written ({e}): the sink is down and its new alerts are dropped until a write succeeds"
+        ),
+        identity: me.clone(),
+        contract: None,
+        evidence: Evidence {
+            destination: Some(sink.to_owned()),
+            metric: Some("spool_error".into()),
+            file: Some(dir.to_owned()),
+            ..Evidence::default()
+        },
+        count: 1,
+        phase: Phase::Opened,
+        dedup_key: format!(
+            "{:016x}",
+            dedup_key(&me.id, r, &[sink, "!", &t.to_string()])
+        ),
     }
 }
 

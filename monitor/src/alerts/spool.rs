@@ -224,7 +224,13 @@ impl Spool {
             w.segments.push_back((next, 0));
         }
         // One write of a whole line: the reader never sees a line it cannot finish later.
-        w.file.write_all(&line).map_err(|e| self.io(e))?;
+        if let Err(e) = w.file.write_all(&line) {
+            // A full disk can take part of the line: cut it, so the next alert that fits starts
+            // on a line of its own rather than glued to half of this one.
+            let len = w.len;
+            let _ = w.file.set_len(len);
+            return Err(self.io(e));
+        }
         w.len += line.len() as u64;
         let len = w.len;
         if let Some(last) = w.segments.back_mut() {

@@ -44,6 +44,47 @@ pub struct AlertTelemetry {
     queue: Family<SinkLabel, Gauge>,
     spool_bytes: Family<SinkLabel, Gauge>,
     up: Family<SinkLabel, Gauge>,
+    /// Each sink's two halves of `up`, shared by every [`SinkMetrics`] of the sink.
+    up_parts: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<UpParts>>>>,
+}
+
+/// Whether the sink delivers (its worker's last send or health check) and whether its spool
+/// takes alerts (the router's last append).
+#[derive(Debug, Clone, Copy)]
+struct UpParts {
+    delivering: bool,
+    spooling: bool,
+}
+
+/// `alert_sink_up`: 1 only while the sink both delivers and can spool. The worker and the
+/// router each own one half, so neither hides the other's failure.
+#[derive(Clone)]
+pub struct SinkUp {
+    gauge: Gauge,
+    parts: Arc<std::sync::Mutex<UpParts>>,
+}
+
+impl SinkUp {
+    fn update(&self, f: impl FnOnce(&mut UpParts)) {
+        // Under the lock, so two threads never publish each other's stale halves.
+        let mut p = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut p);
+        self.gauge.set(i64::from(p.delivering && p.spooling));
+    }
+
+    /// The worker: the receiver took the last batch or answered the health check (or not).
+    pub fn delivering(&self, ok: bool) {
+        self.update(|p| p.delivering = ok);
+    }
+
+    /// The router: the last append to the spool succeeded (or failed: disk full, I/O error …).
+    pub fn spooling(&self, ok: bool) {
+        self.update(|p| p.spooling = ok);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.gauge.get()
+    }
 }
 
 /// One sink's series, resolved once so the hot path touches atomics only.
@@ -55,7 +96,7 @@ pub struct SinkMetrics {
     stage: StageTelemetry,
     pub queue: Gauge,
     pub spool_bytes: Gauge,
-    pub up: Gauge,
+    pub up: SinkUp,
 }
 
 pub const DROP_REASONS: [&str; 4] = ["spool_full", "rejected", "too_large", "spool_error"];
@@ -123,6 +164,7 @@ impl AlertTelemetry {
             queue: Family::default(),
             spool_bytes: Family::default(),
             up: Family::default(),
+            up_parts: Default::default(),
         };
         let _ = t.stage.dropped("rate_limited");
         for reason in DROP_REASONS {
@@ -175,7 +217,7 @@ impl AlertTelemetry {
         );
         registry.register(
             "alert_sink_up",
-            "1 when the sink's last delivery or health check succeeded",
+            "1 when the sink's last delivery or health check succeeded and its spool can be written",
             self.up.clone(),
         );
     }
@@ -193,7 +235,21 @@ impl AlertTelemetry {
             stage: self.stage.clone(),
             queue: self.queue.get_or_create(&l).clone(),
             spool_bytes: self.spool_bytes.get_or_create(&l).clone(),
-            up: self.up.get_or_create(&l).clone(),
+            up: SinkUp {
+                gauge: self.up.get_or_create(&l).clone(),
+                parts: self
+                    .up_parts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(std::sync::Mutex::new(UpParts {
+                            delivering: true,
+                            spooling: true,
+                        }))
+                    })
+                    .clone(),
+            },
         }
     }
 

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 
 use super::telemetry::{AlertTelemetry, SinkMetrics};
 use super::{
+    episode::{Episode, Log, SUMMARY_EVERY},
     sinks::{SinkConfig, SinkError, Transport},
-    spool::Spool,
+    spool::{Spool, SpoolError},
 };
 
 /// Good sends at a 413-lowered batch size before a doubled one is tried: a receiver whose limit
@@ -30,11 +31,31 @@ fn start_sync(spool: &Arc<Spool>) -> SyncJob {
     tokio::task::spawn_blocking(move || s.sync())
 }
 
-async fn finish_sync(job: SyncJob, name: &str) {
+async fn finish_sync(job: SyncJob, name: &str, writes: &mut Episode) {
     match job.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(sink = %name, error = %e, "spool sync failed"),
+        Ok(Ok(())) => spool_written(writes, name),
+        Ok(Err(e)) => spool_not_written(writes, name, &e, "spool sync failed"),
         Err(e) => tracing::warn!(sink = %name, error = %e, "spool sync did not run"),
+    }
+}
+
+/// A sync or cursor write failed (a full or failing disk): logged once per episode, then at
+/// most once a minute, as every batch and every sync would fail alike.
+fn spool_not_written(writes: &mut Episode, name: &str, e: &SpoolError, what: &str) {
+    match writes.failed() {
+        Log::Start => {
+            tracing::warn!(sink = %name, error = %e, "{what}: delivered alerts may be sent again after a restart")
+        }
+        Log::Summary { failures, since } => {
+            tracing::warn!(sink = %name, error = %e, failures, since = %since, "{what}: {failures} more failures since {since}")
+        }
+        Log::Quiet => {}
+    }
+}
+
+fn spool_written(writes: &mut Episode, name: &str) {
+    if let Some(failures) = writes.succeeded() {
+        tracing::info!(sink = %name, failures, "spool sync and cursor written again");
     }
 }
 
@@ -104,6 +125,7 @@ pub async fn run(
     let mut last_health = Instant::now();
     let mut last_sync = Instant::now();
     let mut syncing: Option<SyncJob> = None;
+    let mut writes = Episode::new(SUMMARY_EVERY);
     // Alerts per send: `cap` is what the receiver's size limit allows (halved by a 413, doubled
     // again after CAP_PROBE_AFTER good sends at it, so one oversized alert or a receiver's
     // changed limit does not shrink batches for good), `limit` shrinks while a refused batch is
@@ -112,13 +134,13 @@ pub async fn run(
     let mut limit = cap;
     let mut good_at_cap = 0u32;
     let mut refusals = Refusals::default();
-    m.up.set(1);
+    m.up.delivering(true);
     loop {
         if last_sync.elapsed() >= set.sync_interval
             && syncing.as_ref().is_none_or(|j| j.is_finished())
         {
             if let Some(job) = syncing.take() {
-                finish_sync(job, &set.name).await;
+                finish_sync(job, &set.name, &mut writes).await;
             }
             last_sync = Instant::now();
             syncing = Some(start_sync(&spool));
@@ -170,7 +192,7 @@ pub async fn run(
                         tokio::time::timeout(set.timeout, transport.check()).await,
                         Ok(Ok(()))
                     );
-                    m.up.set(i64::from(ok));
+                    m.up.delivering(ok);
                 }
             }
             continue;
@@ -194,11 +216,14 @@ pub async fn run(
                     let ns = done.saturating_sub(a.time_ns).max(0) as u64;
                     metrics.latency.record(&set.name, ns);
                 }
-                if let Err(e) = spool.ack(batch.end, batch.lines, batch.bytes) {
-                    tracing::warn!(sink = %set.name, error = %e, "alert cursor not saved: these alerts may be sent again after a restart");
+                match spool.ack(batch.end, batch.lines, batch.bytes) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        spool_not_written(&mut writes, &set.name, &e, "alert cursor not saved")
+                    }
                 }
                 m.sent(n);
-                m.up.set(1);
+                m.up.delivering(true);
                 last_health = Instant::now();
                 if failing {
                     tracing::info!(sink = %set.name, "alert sink recovered");
@@ -238,7 +263,7 @@ pub async fn run(
             }
             Err(e) => {
                 m.failure();
-                m.up.set(0);
+                m.up.delivering(false);
                 if !failing || backoff >= set.retry_max {
                     tracing::warn!(sink = %set.name, error = %e, retry_in = %humantime::format_duration(backoff), pending = spool.pending().0, "alert delivery failed; alerts stay spooled");
                 }
@@ -259,9 +284,9 @@ pub async fn run(
         tracing::info!(sink = %set.name, alerts = left, "undelivered alerts stay spooled for the next start");
     }
     if let Some(job) = syncing.take() {
-        finish_sync(job, &set.name).await;
+        finish_sync(job, &set.name, &mut writes).await;
     }
-    finish_sync(start_sync(&spool), &set.name).await;
+    finish_sync(start_sync(&spool), &set.name, &mut writes).await;
 }
 
 /// Logs dropped alerts at most every 10 s, with the count since the last line: a receiver that

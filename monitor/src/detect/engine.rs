@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use super::{
     compiled::{Compiled, CompiledContract, DsId},
     detectors::{self, Cx, Subject},
-    finding::{Deduper, Family, Finding},
+    finding::{DedupChanges, Deduper, Family, Finding},
     hot::Hot,
     learn,
     state::{CredentialRecord, IdentityRecord},
@@ -355,7 +355,26 @@ impl Engine {
         self.stats.findings += (out.len() - before) as u64;
     }
 
-    /// Closes every window: the end of a replay, or shutdown.
+    /// Hands the open findings that changed since the last call to `save` (the state database):
+    /// (deduplicated findings, identity-level findings). A stop saves them instead of closing
+    /// them, so a restart neither raises them again nor summarises them early.
+    pub fn persist_open<E>(
+        &mut self,
+        save: impl FnOnce(&DedupChanges<'_>, &DedupChanges<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        save(&self.dedup.changes(), &self.identity_dedup.changes())?;
+        self.dedup.saved();
+        self.identity_dedup.saved();
+        Ok(())
+    }
+
+    /// Re-opens the windows an earlier run saved (see [`Engine::persist_open`]).
+    pub fn restore_open(&mut self, findings: Vec<Finding>, identity_findings: Vec<Finding>) {
+        self.dedup.restore(findings);
+        self.identity_dedup.restore(identity_findings);
+    }
+
+    /// Closes every window: the end of a replay, or a stop with nowhere to save them.
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
         let before = out.len();
         self.dedup.finish(out);

@@ -228,7 +228,13 @@ pub struct Candidate {
 
 struct Open {
     finding: Finding,
+    /// Listed in `Deduper::changed` since the last [`Deduper::saved`].
+    dirty: bool,
 }
+
+/// Keys listed in `Deduper::changed` at most, beyond the capacity: more mean that most open
+/// findings changed, and the next save writes them all instead.
+const CHANGED_SLACK: usize = 1024;
 
 /// Keeps one open finding per (identity, rule, key) for a window; repeats only count.
 pub struct Deduper {
@@ -239,6 +245,21 @@ pub struct Deduper {
     /// (closes_at, hash) in arrival order; windows are equal so this is time order too.
     order: VecDeque<(i64, u64)>,
     pub evicted: u64,
+    /// Keys opened, counted or closed since the last save to the state database (each open one
+    /// also flagged `dirty`), so a save writes what changed, not every open window.
+    changed: Vec<u64>,
+    /// Too many changes piled up (no save for a long time): the next save replaces them all.
+    rewrite: bool,
+}
+
+/// What changed in one deduplicator's open windows since its last save.
+pub struct DedupChanges<'a> {
+    /// Replace every saved window with `open` (`closed` is then empty).
+    pub rewrite: bool,
+    /// Windows opened or counted since: their findings, with the counts so far.
+    pub open: Vec<&'a Finding>,
+    /// Dedup keys (as in findings) of the windows closed since.
+    pub closed: Vec<String>,
 }
 
 impl Deduper {
@@ -249,7 +270,23 @@ impl Deduper {
             open: HashMap::default(),
             order: VecDeque::new(),
             evicted: 0,
+            changed: Vec::new(),
+            rewrite: false,
         }
+    }
+
+    /// Notes that window `h` opened, counted or closed, for the next save.
+    fn touched(&mut self, h: u64) {
+        if self.rewrite {
+            return;
+        }
+        if self.changed.len() >= self.capacity.saturating_add(CHANGED_SLACK) {
+            // Bounded whether or not anyone saves: the next save writes every window.
+            self.changed = Vec::new();
+            self.rewrite = true;
+            return;
+        }
+        self.changed.push(h);
     }
 
     pub fn len(&self) -> usize {
@@ -268,6 +305,10 @@ impl Deduper {
             Some(o) => {
                 o.finding.count += 1;
                 o.finding.last_seen = o.finding.last_seen.max(t);
+                if !o.dirty {
+                    o.dirty = true;
+                    self.touched(dedup_key);
+                }
                 true
             }
             None => false,
@@ -289,6 +330,7 @@ impl Deduper {
                 if let Some(o) = self.open.remove(&h) {
                     self.evicted += 1;
                     summary(o, out);
+                    self.touched(h);
                 }
             }
         }
@@ -311,8 +353,15 @@ impl Deduper {
         };
         out.push(finding.clone());
         let closes_at = t.saturating_add(self.window_ns);
-        self.open.insert(dedup_key, Open { finding });
+        self.open.insert(
+            dedup_key,
+            Open {
+                finding,
+                dirty: true,
+            },
+        );
         self.order.push_back((closes_at, dedup_key));
+        self.touched(dedup_key);
     }
 
     /// Records an occurrence of `c` under evidence key `key` at `t`; pushes the finding to `out`
@@ -340,13 +389,89 @@ impl Deduper {
             self.order.pop_front();
             if let Some(o) = self.open.remove(&h) {
                 summary(o, out);
+                self.touched(h);
             }
         }
     }
 
-    /// Closes every window (end of a replay, shutdown).
+    /// Closes every window (end of a replay).
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
         self.advance(i64::MAX, out);
+    }
+
+    /// What changed since the last [`Deduper::saved`], for the state database.
+    pub fn changes(&self) -> DedupChanges<'_> {
+        if self.rewrite {
+            return DedupChanges {
+                rewrite: true,
+                open: self
+                    .order
+                    .iter()
+                    .filter_map(|(_, h)| self.open.get(h))
+                    .map(|o| &o.finding)
+                    .collect(),
+                closed: Vec::new(),
+            };
+        }
+        let mut keys = self.changed.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut c = DedupChanges {
+            rewrite: false,
+            open: Vec::new(),
+            closed: Vec::new(),
+        };
+        for h in keys {
+            match self.open.get(&h) {
+                Some(o) => c.open.push(&o.finding),
+                None => c.closed.push(format!("{h:016x}")),
+            }
+        }
+        c
+    }
+
+    /// The changes [`Deduper::changes`] gave are in the state database.
+    pub fn saved(&mut self) {
+        if self.rewrite {
+            self.open.values_mut().for_each(|o| o.dirty = false);
+            self.rewrite = false;
+        }
+        for h in std::mem::take(&mut self.changed) {
+            if let Some(o) = self.open.get_mut(&h) {
+                o.dirty = false;
+            }
+        }
+    }
+
+    /// Re-opens windows saved by an earlier run (a restart does not raise their findings again).
+    /// Each closes when it would have: one already due closes at the next `advance`, leaving its
+    /// summary then. Beyond the capacity the newest are kept.
+    pub fn restore(&mut self, mut findings: Vec<Finding>) {
+        findings.retain(|f| f.phase == Phase::Opened);
+        findings.sort_by_key(|f| f.time);
+        let keep = self.capacity.saturating_sub(self.open.len());
+        let skip = findings.len().saturating_sub(keep);
+        // What is not restored must not stay saved either: the next save replaces everything.
+        self.rewrite |= skip > 0;
+        for f in findings.into_iter().skip(skip) {
+            let Ok(h) = u64::from_str_radix(&f.dedup_key, 16) else {
+                self.rewrite = true;
+                continue;
+            };
+            if self.open.contains_key(&h) {
+                continue;
+            }
+            let closes_at = f.time.saturating_add(self.window_ns);
+            self.open.insert(
+                h,
+                Open {
+                    finding: f,
+                    dirty: false,
+                },
+            );
+            // Restored before anything new is opened, in time order: `order` stays sorted.
+            self.order.push_back((closes_at, h));
+        }
     }
 }
 

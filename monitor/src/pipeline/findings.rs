@@ -185,7 +185,7 @@ impl FindingsStage {
             out.flush();
         }
         if self.last_persist.elapsed() >= self.engine_persist_interval() {
-            self.persist();
+            let _ = self.persist();
         }
     }
 
@@ -221,11 +221,12 @@ impl FindingsStage {
         self.last_evicted_findings = evicted_findings;
     }
 
-    /// Writes what changed to the state database; a failure is logged and counted, and retried next time.
-    pub fn persist(&mut self) {
+    /// Writes what changed to the state database; a failure is logged and counted, and retried
+    /// next time. True when the open findings are saved.
+    pub fn persist(&mut self) -> bool {
         self.last_persist = Instant::now();
         let Some(store) = self.store.as_mut() else {
-            return;
+            return false;
         };
         let (keep_ids, keep_creds) = (
             self.engine.config().max_identities,
@@ -251,18 +252,30 @@ impl FindingsStage {
         if let Err(e) = &r {
             tracing::warn!(error = %e, "writing learned state failed; retrying at the next interval");
         }
-        self.metrics.state_write(r.is_ok());
+        // The open findings' windows are learned state too: saved, a restart neither raises
+        // them again nor closes them early.
+        let open = self
+            .engine
+            .persist_open(|dedup, identity| store.save_open(dedup, identity));
+        if let Err(e) = &open {
+            tracing::warn!(error = %e, "writing the open findings failed; retrying at the next interval");
+        }
+        self.metrics.state_write(r.is_ok() && open.is_ok());
+        open.is_ok()
     }
 
-    /// Shutdown: close every open finding (summaries go out), persist, flush.
+    /// Shutdown: persist, flush. Saved open findings stay open for the next start; with no
+    /// state database, or one that cannot be written, they close now and their summaries go
+    /// out rather than be lost.
     pub fn finish(&mut self) {
         let before = self.pending.len();
-        self.engine.finish(&mut self.pending);
+        if !self.persist() {
+            self.engine.finish(&mut self.pending);
+        }
         if let Some(a) = self.alerts.as_mut() {
             a.finish(&mut self.pending);
         }
         self.written(before);
-        self.persist();
         if let Some(w) = self.record.as_mut() {
             let _ = w.flush();
         }

@@ -1,4 +1,4 @@
-//! Detector state on disk: takes identity and credential records, gives them back after a restart (one SQLite file in the state directory).
+//! Detector state on disk: takes identity and credential records and the open (deduplicating) findings, gives them back after a restart (one SQLite file in the state directory).
 
 use std::{
     fs::{DirBuilder, OpenOptions, Permissions},
@@ -10,7 +10,10 @@ use std::{
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 
-use crate::detect::state::{CredentialRecord, IdentityRecord};
+use crate::detect::{
+    finding::{DedupChanges, Finding},
+    state::{CredentialRecord, IdentityRecord},
+};
 
 /// The database file inside `state_dir`.
 pub const FILE_NAME: &str = "nhiwatch.db";
@@ -39,6 +42,22 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 ";
+
+/// Added without a version bump: a table older versions never read, created on every open so
+/// databases written before it get it too.
+const OPEN_FINDINGS: &str = "
+CREATE TABLE IF NOT EXISTS open_findings (
+    deduper TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    finding TEXT NOT NULL,
+    PRIMARY KEY (deduper, dedup_key)
+);
+";
+
+/// The two deduplicators whose open windows are saved, as named in `open_findings.deduper`.
+const DEDUP: &str = "dedup";
+const IDENTITY: &str = "identity";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -233,6 +252,7 @@ impl Store {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql)?;
         }
+        tx.execute_batch(OPEN_FINDINGS).map_err(sql)?;
         tx.commit().map_err(sql)
     }
 
@@ -289,6 +309,61 @@ impl Store {
         tx.commit().map_err(sql)
     }
 
+    /// Writes what changed in the engine's open findings (deduplicated, identity-level), all or
+    /// nothing.
+    pub fn save_open(
+        &mut self,
+        dedup: &DedupChanges<'_>,
+        identity: &DedupChanges<'_>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        for (window, c) in [(DEDUP, dedup), (IDENTITY, identity)] {
+            if c.rewrite {
+                tx.execute("DELETE FROM open_findings WHERE deduper = ?1", [window])
+                    .map_err(sql)?;
+            }
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO open_findings (deduper, dedup_key, time, finding) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(deduper, dedup_key) DO UPDATE SET time = excluded.time, finding = excluded.finding",
+                )
+                .map_err(sql)?;
+            for f in &c.open {
+                let json = encode(&f.dedup_key, *f)?;
+                put.execute(params![window, f.dedup_key, f.time, json])
+                    .map_err(sql)?;
+            }
+            let mut del = tx
+                .prepare_cached("DELETE FROM open_findings WHERE deduper = ?1 AND dedup_key = ?2")
+                .map_err(sql)?;
+            for k in &c.closed {
+                del.execute([window, k]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// The open findings an earlier run saved: (deduplicated, identity-level), oldest first.
+    pub fn load_open(&self) -> Result<(Loaded<Finding>, Loaded<Finding>), StoreError> {
+        Ok((self.load_window(DEDUP)?, self.load_window(IDENTITY)?))
+    }
+
+    fn load_window(&self, window: &str) -> Result<Loaded<Finding>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT finding FROM open_findings WHERE deduper = ?1 ORDER BY time, dedup_key",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt.query([window]).map_err(|e| self.sql(e))?;
+        self.parse_rows(rows)
+    }
+
     pub fn load_identities(&self) -> Result<Loaded<IdentityRecord>, StoreError> {
         self.load("SELECT record FROM identities ORDER BY id")
     }
@@ -299,7 +374,14 @@ impl Store {
 
     fn load<T: DeserializeOwned>(&self, query: &str) -> Result<Loaded<T>, StoreError> {
         let mut stmt = self.conn.prepare(query).map_err(|e| self.sql(e))?;
-        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        self.parse_rows(rows)
+    }
+
+    fn parse_rows<T: DeserializeOwned>(
+        &self,
+        mut rows: rusqlite::Rows<'_>,
+    ) -> Result<Loaded<T>, StoreError> {
         let mut out = Loaded {
             items: Vec::new(),
             skipped: 0,

@@ -293,3 +293,55 @@ fn a_file_that_is_not_a_database_is_an_error() {
     let err = Store::open(dir.path()).unwrap_err();
     assert!(matches!(err, StoreError::Sqlite { .. }), "{err}");
 }
+
+/// Open findings saved by one run come back in the next: a repeat is not raised again, the
+/// window closes when it is due with the counts of both runs, and closed windows leave the
+/// database.
+#[test]
+fn open_findings_survive_a_restart() {
+    use crate::detect::finding::{Candidate, Deduper, Evidence, Phase, Rule};
+    let dir = tempfile::tempdir().unwrap();
+    let who = std::sync::Arc::new(identity("summarizer", 0).identity);
+    let cand = || Candidate {
+        rule: Rule::UndeclaredDestination,
+        summary: "s".into(),
+        contract: None,
+        evidence: Evidence::default(),
+    };
+    let s = 1_000_000_000i64;
+    let mut out = Vec::new();
+    let mut d = Deduper::new(60 * s, 100);
+    let idd = Deduper::new(60 * s, 100);
+    d.raise(s, &who, "a", cand(), &mut out);
+    d.raise(2 * s, &who, "a", cand(), &mut out);
+    d.raise(3 * s, &who, "b", cand(), &mut out);
+    assert_eq!(out.len(), 2);
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.save_open(&d.changes(), &idd.changes()).unwrap();
+        d.saved();
+        // Nothing changed since: nothing to write.
+        let c = d.changes();
+        assert!(c.open.is_empty() && c.closed.is_empty() && !c.rewrite);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let (open, identity_open) = store.load_open().unwrap();
+    assert_eq!((open.items.len(), open.skipped), (2, 0));
+    assert!(identity_open.items.is_empty());
+    let mut d2 = Deduper::new(60 * s, 100);
+    d2.restore(open.items);
+    out.clear();
+    d2.raise(30 * s, &who, "a", cand(), &mut out);
+    assert!(out.is_empty(), "a restored window is not raised again");
+    d2.advance(60 * s, &mut out);
+    assert!(out.is_empty(), "not due yet");
+    d2.advance(61 * s, &mut out);
+    assert_eq!(out.len(), 1, "only the repeated one summarises: {out:#?}");
+    assert_eq!((out[0].phase, out[0].count), (Phase::Summary, 3));
+    d2.advance(63 * s, &mut out);
+    let mut store = Store::open(dir.path()).unwrap();
+    let c = d2.changes();
+    assert_eq!(c.closed.len(), 2, "both windows closed");
+    store.save_open(&c, &idd.changes()).unwrap();
+    assert!(store.load_open().unwrap().0.items.is_empty());
+}
