@@ -180,6 +180,49 @@ pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
+/// Makes every permitted capability effective. A binary given file capabilities as permitted
+/// only (`setcap …+p`, as the container image does: a non-root container gets no ambient
+/// capabilities from Kubernetes) starts with them permitted but not effective; raising them
+/// here, rather than with the file's effective bit, lets the daemon start with fewer than it
+/// asks for and say what is missing, where `+ep` would make the exec itself fail. Harmless when
+/// they are effective already (root, or ambient capabilities from systemd or setpriv).
+pub fn raise_effective() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version 3 header and the two data structs it takes.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if data.iter().all(|d| d.effective == d.permitted) {
+            return Ok(());
+        }
+        for d in &mut data {
+            d.effective = d.permitted;
+        }
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Privileges {
     pub fn current() -> Privileges {
         // SAFETY: geteuid has no preconditions.

@@ -179,6 +179,9 @@ where
 impl Sensors {
     /// Loads and attaches everything; returns the sensors and the ring buffer to read.
     pub fn load(cfg: &SensorConfig) -> Result<(Sensors, RingBuf<MapData>), LoadError> {
+        if let Err(e) = super::cause::raise_effective() {
+            tracing::warn!(error = %e, "could not make the permitted capabilities effective");
+        }
         let privileges = Privileges::current();
         if !has_privileges(&privileges) {
             return Err(LoadError::NotPrivileged(privileges));
