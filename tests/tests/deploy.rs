@@ -992,3 +992,72 @@ fn the_image_form_file_capabilities_permitted_only_work_for_a_non_root_user() {
     assert!(body.contains("needs CAP_SYS_PTRACE"), "{body}");
     d.stop();
 }
+
+/// `setpriv` as in [`start_as_deployed`], run in a mount namespace of its own where tracefs is
+/// not mounted (the host's mount is untouched).
+fn start_without_tracefs(caps: &BTreeSet<String>, config: &str) -> Result<Daemon, String> {
+    let list: String = caps
+        .iter()
+        .map(|c| format!(",+{}", c.to_lowercase()))
+        .collect();
+    let wrapper: Vec<String> = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation=private".into(),
+        "sh".into(),
+        "-c".into(),
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec \"$0\" \"$@\""
+            .into(),
+        "setpriv".into(),
+        format!("--reuid={DEPLOYED_UID}"),
+        format!("--regid={DEPLOYED_UID}"),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all{list}"),
+        format!("--ambient-caps=-all{list}"),
+        format!("--bounding-set=-all{list}"),
+        "--".into(),
+    ];
+    Daemon::try_start_as(&wrapper, Some(DEPLOYED_UID), config, &[])
+}
+
+/// tracefs not mounted: a non-root daemon with CAP_SYS_ADMIN mounts it (the mount call; mount(8)
+/// refuses non-root users whatever their capabilities) and is ready; without CAP_SYS_ADMIN it
+/// cannot, and says so — not mounted, and mounting needs CAP_SYS_ADMIN — instead of being ready.
+#[test]
+fn missing_tracefs_is_mounted_by_a_non_root_daemon_with_cap_sys_admin_and_named_without() {
+    let tmp = TempDir::new("nhiwatch-e2e-notracefs");
+    let watch = [tmp.path().join("secret").display().to_string()];
+    let cfg = config_with(&watch, "");
+    let d = start_without_tracefs(&deployed_caps(), &cfg)
+        .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"));
+    let (code, body) = d.readyz();
+    assert_eq!((code, body.as_str()), (200, "ready\n"), "{}", d.stderr());
+    assert!(d.stderr().contains("mounted tracefs"), "{}", d.stderr());
+    d.stop();
+
+    let mut fewer = deployed_caps();
+    fewer.remove("SYS_ADMIN");
+    fewer.extend(set(&["BPF", "PERFMON", "NET_ADMIN"]));
+    let d = start_without_tracefs(&fewer, &cfg)
+        .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"));
+    let (code, body) = d.readyz();
+    assert_eq!(code, 503, "{body}");
+    let files = body
+        .lines()
+        .find(|l| l.trim_start().starts_with("files: "))
+        .unwrap_or_else(|| panic!("files not named:\n{body}"));
+    assert!(
+        files.contains(
+            "permission: tracefs is not mounted, and mounting it at /sys/kernel/tracing failed"
+        ) && files.contains("needs CAP_SYS_ADMIN to mount it"),
+        "{files}"
+    );
+    assert!(
+        d.metrics()
+            .contains("nhiwatch_sensor_degraded{sensor=\"files\",cause=\"permission\"} 1"),
+        "{}",
+        d.metrics()
+    );
+    d.stop();
+}
