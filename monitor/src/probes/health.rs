@@ -1,7 +1,7 @@
 //! Which sensors are attached: the probe statuses folded into one verdict per sensor, the input of readiness (`sensors.required`) and of `nhiwatch_sensor_degraded`.
 
 use super::{
-    cause::ProbeFailure,
+    cause::{Cause, ProbeFailure},
     sensors::{Hook, Sensor, ALL},
     ProbeStatus,
 };
@@ -58,7 +58,15 @@ pub fn sensor_health(statuses: &[ProbeStatus]) -> Vec<SensorHealth> {
                 let Some(per_library) = owns(sensor, &s.probe) else {
                     continue;
                 };
+                let absent_here = |e: &ProbeFailure| {
+                    e.cause == Cause::MissingFile
+                        && sensor
+                            .absent_elsewhere
+                            .iter()
+                            .any(|p| s.probe.ends_with(&format!("/{p}")))
+                };
                 match (&s.error, per_library) {
+                    (Some(e), false) if absent_here(e) => {}
                     (Some(e), false) => {
                         own_failure.get_or_insert_with(|| e.clone());
                     }
@@ -89,7 +97,6 @@ pub fn missing<'a>(health: &'a [SensorHealth], required: &[String]) -> Vec<&'a S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::cause::Cause;
 
     fn ok(probe: &str, target: &str) -> ProbeStatus {
         ProbeStatus {
@@ -131,6 +138,23 @@ mod tests {
             verdict(&statuses, "canary").unwrap().cause,
             Cause::MissingFile
         );
+    }
+
+    #[test]
+    fn a_legacy_syscall_this_architecture_lacks_does_not_degrade_files() {
+        // arm64: no open(2), so no sys_enter_open tracepoint; openat and openat2 attached.
+        let arm64 = vec![
+            ok("files/enter_openat", "kernel"),
+            failed("files/enter_open", "kernel", Cause::MissingFile),
+            failed("files/exit_open", "kernel", Cause::MissingFile),
+        ];
+        assert_eq!(verdict(&arm64, "files"), None);
+        // Refused for lack of a permission: degraded, legacy or not.
+        let refused = vec![failed("files/enter_open", "kernel", Cause::Permission)];
+        assert_eq!(verdict(&refused, "files").unwrap().cause, Cause::Permission);
+        // openat itself missing is never excused.
+        let none = vec![failed("files/enter_openat", "kernel", Cause::MissingFile)];
+        assert!(verdict(&none, "files").is_some());
     }
 
     #[test]

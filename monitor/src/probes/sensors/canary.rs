@@ -18,6 +18,7 @@ pub const SENSOR: Sensor = Sensor {
     }],
     attach,
     observes: false,
+    absent_elsewhere: &[],
 };
 
 /// Its status is `core/canary`, whatever the program is called.

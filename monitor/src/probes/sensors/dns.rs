@@ -19,6 +19,7 @@ pub const SENSOR: Sensor = Sensor {
     }],
     attach,
     observes: true,
+    absent_elsewhere: &[],
 };
 
 /// The cgroup v2 hierarchy, if one is mounted.

@@ -48,6 +48,9 @@ pub struct Sensor {
     /// Whether it reports events (the canary only checks the loader): the daemon refuses to run
     /// unless at least one such sensor attached.
     pub observes: bool,
+    /// Programs whose hook some architectures lack (a legacy syscall): a missing tracepoint
+    /// there (`missing_file`) is reported by `probe_attached` but does not degrade the sensor.
+    pub absent_elsewhere: &'static [&'static str],
 }
 
 /// A kernel program: its C function name (the program's name in the object) and its hook.
