@@ -159,7 +159,13 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
     }
     let mut pipeline = pipeline.with_findings(findings.stage);
     metrics.set_ready();
-    tracing::info!(attached, failed, processes = seeded, "nhiwatch running");
+    tracing::info!(
+        attached,
+        failed,
+        processes = seeded,
+        ready = metrics.is_ready(),
+        "nhiwatch running"
+    );
 
     // The pipeline gets a thread and a single-threaded runtime of its own: the ring's readiness,
     // the poll timer and the pipeline then live on one thread, so a poll tick is one wake-up and

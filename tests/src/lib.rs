@@ -284,6 +284,11 @@ impl Daemon {
         self.stderr_raw.lock().unwrap().clone()
     }
 
+    /// `/readyz`: (status, body); (0, error) if it could not be asked.
+    pub fn readyz(&self) -> (u16, String) {
+        http_get(self.metrics_port, "/readyz").unwrap_or_else(|e| (0, e.to_string()))
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.metrics_port, "/metrics")
             .map(|r| r.1)
@@ -813,16 +818,53 @@ impl Daemon {
         config_yaml: &str,
         extra: &[&str],
     ) -> Result<Daemon, String> {
+        Daemon::try_start_as(wrapper, None, config_yaml, extra)
+    }
+
+    /// Like `try_start_wrapped`, for a wrapper that runs the daemon as `owner` (uid = gid, e.g.
+    /// `setpriv --reuid 65534 …`): the state directory is made that user's, as systemd's
+    /// `StateDirectory=` does. Returns once the daemon serves `/readyz`, ready (200) or running
+    /// without a required sensor (503 `not ready: …`): tests of degraded starts look at why.
+    pub fn try_start_as(
+        wrapper: &[String],
+        owner: Option<u32>,
+        config_yaml: &str,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        let mut command = wrapper.to_vec();
+        command.push(nhiwatch_bin().display().to_string());
+        Daemon::try_start_command(&command, owner, config_yaml, extra)
+    }
+
+    /// Like `try_start_as` with `command` ending in the binary to run (e.g. a copy given file
+    /// capabilities) instead of the one under test being appended to a wrapper.
+    pub fn try_start_binary(
+        command: &[String],
+        owner: Option<u32>,
+        config_yaml: &str,
+    ) -> Result<Daemon, String> {
+        Daemon::try_start_command(command, owner, config_yaml, &[])
+    }
+
+    fn try_start_command(
+        command: &[String],
+        owner: Option<u32>,
+        config_yaml: &str,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
         let dir = TempDir::new("nhiwatch-e2e-daemon");
         let cfg = dir.path().join("nhiwatch.yaml");
         let state_dir = dir.path().join("state");
+        if let Some(uid) = owner {
+            std::fs::create_dir(&state_dir).unwrap();
+            std::os::unix::fs::chown(&state_dir, Some(uid), Some(uid)).unwrap();
+        }
         let yaml = format!("state_dir: {}\n{config_yaml}", state_dir.display());
         std::fs::write(&cfg, yaml).unwrap();
         let metrics_port = free_port();
-        let (program, pre) = wrapper.split_first().expect("a wrapper command");
+        let (program, pre) = command.split_first().expect("a command");
         let mut child = Command::new(program)
             .args(pre)
-            .arg(nhiwatch_bin())
             .args(["run", "--events", "--config"])
             .arg(&cfg)
             .arg("--metrics-addr")
@@ -871,11 +913,13 @@ impl Daemon {
                 join_readers(&mut d.readers);
                 return Err(format!("exited during start ({status}):\n{}", d.stderr()));
             }
-            if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
-                return Ok(d);
+            match http_get(metrics_port, "/readyz") {
+                Ok((200, _)) => return Ok(d),
+                Ok((503, body)) if body.starts_with("not ready:") => return Ok(d),
+                _ => {}
             }
             if Instant::now() > deadline {
-                return Err(format!("not ready after 60 s:\n{}", d.stderr()));
+                return Err(format!("not serving /readyz after 60 s:\n{}", d.stderr()));
             }
             thread::sleep(Duration::from_millis(100));
         }

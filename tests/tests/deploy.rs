@@ -1,4 +1,4 @@
-//! Deployment: the DaemonSet and the systemd unit grant the same capabilities, the real daemon works with exactly those and with none fewer; manifests match their generator and the Kubernetes schemas; the unit passes systemd-analyze.
+//! Deployment: the DaemonSet and the systemd unit run the daemon as a non-root user with the same capabilities, the real daemon works (and is ready) with exactly those and with none fewer, and says why it is not ready with fewer; manifests match their generator and the Kubernetes schemas; the unit passes systemd-analyze.
 
 use std::{
     collections::BTreeSet,
@@ -161,6 +161,39 @@ fn unit_caps(unit: &str) -> Result<BTreeSet<String>, String> {
     Ok(bounding)
 }
 
+/// The uid the tests run the daemon as: the DaemonSet's `runAsUser` (the unit's `DynamicUser=`
+/// gets some other non-root uid; what matters is that it is not 0).
+const DEPLOYED_UID: u32 = 65534;
+
+/// Both deployments run the daemon as a user other than root.
+fn assert_deployed_non_root() {
+    let ds = daemonset();
+    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(
+        sc["runAsUser"].as_u64(),
+        Some(u64::from(DEPLOYED_UID)),
+        "DaemonSet runAsUser"
+    );
+    assert_eq!(sc["runAsGroup"].as_u64(), Some(u64::from(DEPLOYED_UID)));
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    let unit = read("deploy/systemd/nhiwatch.service");
+    let value = |key: &str| -> Option<String> {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value("DynamicUser").as_deref(),
+        Some("yes"),
+        "unit DynamicUser"
+    );
+    assert!(
+        !matches!(value("User").as_deref(), None | Some("root" | "0")),
+        "unit User= {:?}",
+        value("User")
+    );
+}
+
 fn deployed_caps() -> BTreeSet<String> {
     let k8s = manifest_caps();
     let unit = unit_caps(&read("deploy/systemd/nhiwatch.service")).unwrap();
@@ -185,7 +218,7 @@ fn the_daemonset_and_the_unit_grant_the_same_capabilities_and_never_privileged()
         &read("deploy/kubernetes/daemonset.yaml").replace("privileged: false", "privileged: true"),
     )
     .unwrap();
-    assert_eq!(privileged_containers(&bad), ["nhiwatch"]);
+    assert_eq!(privileged_containers(&bad), ["nhiwatch", "state-owner"]);
     // A unit whose two lists disagree is refused.
     let skewed = read("deploy/systemd/nhiwatch.service").replace(
         "AmbientCapabilities=CAP_",
@@ -495,9 +528,7 @@ impl Fixture {
     fn new() -> Fixture {
         // The deployments bring tracefs (hostPath; systemd mounts it at boot); the daemon,
         // without CAP_SYS_ADMIN in some runs, must not be the one to mount it.
-        if !Path::new("/sys/kernel/tracing/events").exists() {
-            run_ok(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
-        }
+        mount_tracefs();
         let tmp = TempDir::new("nhiwatch-e2e-caps");
         let locked = tmp.path().join("locked");
         std::fs::create_dir(&locked).unwrap();
@@ -549,20 +580,8 @@ impl Fixture {
     /// hence permitted and effective for root) and no_new_privs, like both deployments, then
     /// lists what does not work. Empty: everything the daemon does works.
     fn shortfalls(&self, caps: &BTreeSet<String>, wait: Duration) -> Vec<String> {
-        let list: String = caps
-            .iter()
-            .map(|c| format!(",+{}", c.to_lowercase()))
-            .collect();
-        let wrapper: Vec<String> = vec![
-            "setpriv".into(),
-            "--no-new-privs".into(),
-            format!("--inh-caps=-all{list}"),
-            format!("--ambient-caps=-all{list}"),
-            format!("--bounding-set=-all{list}"),
-            "--".into(),
-        ];
         let watch = [self.locked_secret.display().to_string()];
-        let d = match Daemon::try_start_wrapped(&wrapper, &config_with(&watch, ""), &[]) {
+        let d = match start_as_deployed(caps, &config_with(&watch, "")) {
             Ok(d) => d,
             Err(e) => return vec![format!("the daemon did not start: {e}")],
         };
@@ -582,6 +601,18 @@ impl Fixture {
         }
 
         let mut missing = Vec::new();
+        // Ready, or each sensor that is not attached on a line of its own.
+        let (code, body) = d.readyz();
+        if code != 200 {
+            missing.extend(
+                body.lines()
+                    .skip(1)
+                    .map(|l| format!("not ready ({code}): {}", l.trim())),
+            );
+            if body.lines().count() < 2 {
+                missing.push(format!("not ready ({code}): {body}"));
+            }
+        }
         let seen = |pred: &dyn Fn(&Value) -> bool| {
             let deadline = Instant::now() + wait;
             loop {
@@ -694,8 +725,43 @@ impl Fixture {
     }
 }
 
+/// `setpriv` that runs the daemon as the deployments do: uid and gid [`DEPLOYED_UID`], no
+/// supplementary groups, exactly `caps` as ambient (hence permitted and effective) capabilities
+/// and bounding set, and no_new_privs.
+fn start_as_deployed(caps: &BTreeSet<String>, config: &str) -> Result<Daemon, String> {
+    let list: String = caps
+        .iter()
+        .map(|c| format!(",+{}", c.to_lowercase()))
+        .collect();
+    let wrapper: Vec<String> = vec![
+        "setpriv".into(),
+        format!("--reuid={DEPLOYED_UID}"),
+        format!("--regid={DEPLOYED_UID}"),
+        "--clear-groups".into(),
+        "--no-new-privs".into(),
+        format!("--inh-caps=-all{list}"),
+        format!("--ambient-caps=-all{list}"),
+        format!("--bounding-set=-all{list}"),
+        "--".into(),
+    ];
+    Daemon::try_start_as(&wrapper, Some(DEPLOYED_UID), config, &[])
+}
+
+/// tracefs as systemd mounts it at boot: mode 0700, root's.
+fn mount_tracefs() {
+    if !Path::new("/proc/self/mountinfo").exists()
+        || !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(" /sys/kernel/tracing ") && l.contains(" - tracefs "))
+    {
+        run_ok(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
+    }
+}
+
 #[test]
 fn the_daemon_works_with_exactly_the_deployed_capabilities_and_with_none_fewer() {
+    assert_deployed_non_root();
     let caps = deployed_caps();
     let fx = Fixture::new();
     let short = fx.shortfalls(&caps, WAIT);
@@ -737,8 +803,261 @@ fn without_cap_sys_admin_only_the_tls_uprobes_are_lost() {
     );
     for s in &short {
         assert!(
-            s.contains("tls/") || s.contains("TLS"),
+            s.contains("tls/") || s.contains("TLS") || s.contains("tls_"),
             "with {finer:?} more than TLS is lost: {s}"
         );
     }
+}
+
+/// What the README said was enough (CAP_BPF + CAP_PERFMON, non-root): most sensors cannot
+/// attach. The daemon must not say it is ready, must say in a metric which sensors are
+/// missing and why, and its log must name the permission (not "tracefs not mounted": it is
+/// mounted, mode 0700).
+#[test]
+fn non_root_with_only_cap_bpf_and_cap_perfmon_is_not_ready_and_names_the_cause() {
+    mount_tracefs();
+    let tmp = TempDir::new("nhiwatch-e2e-blind");
+    let watch = [tmp.path().join("secret").display().to_string()];
+    let d = start_as_deployed(&set(&["BPF", "PERFMON"]), &config_with(&watch, ""))
+        .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"));
+    let (code, body) = d.readyz();
+    assert_eq!(code, 503, "ready while blind: {body}");
+    for sensor in ["files", "tls_openssl", "canary", "dns"] {
+        assert!(
+            body.contains(&format!("\n  {sensor}: permission: ")),
+            "{sensor} not named with its cause:\n{body}"
+        );
+    }
+    assert!(body.contains("CAP_DAC_READ_SEARCH"), "{body}");
+    assert!(body.contains("CAP_SYS_ADMIN"), "{body}");
+    assert!(
+        body.contains("running as uid 65534 with capabilities cap_perfmon,cap_bpf"),
+        "{body}"
+    );
+    // What did attach is not reported missing.
+    assert!(
+        !body.contains("  process:") && !body.contains("  tcp:"),
+        "{body}"
+    );
+    let metrics = d.metrics();
+    assert!(metrics.contains("\nnhiwatch_ready 0\n"), "{metrics}");
+    for sensor in ["files", "tls_openssl", "tls_gnutls", "canary", "dns"] {
+        let line =
+            format!("nhiwatch_sensor_degraded{{sensor=\"{sensor}\",cause=\"permission\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("nhiwatch_sensor_degraded{sensor=\"process\""));
+    let log = d.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("probe not attached") && l.contains("probe=files/enter_openat"))
+        .unwrap_or_else(|| panic!("no log line for files/enter_openat:\n{log}"));
+    assert!(line.contains("cause=permission"), "{line}");
+    assert!(
+        line.contains("tracefs is mounted at /sys/kernel/tracing"),
+        "{line}"
+    );
+    assert!(!line.contains("not mounted"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("probe not attached") && l.contains("probe=tls/SSL_write "))
+        .unwrap_or_else(|| panic!("no log line for tls/SSL_write:\n{log}"));
+    assert!(
+        line.contains("cause=permission") && line.contains("needs CAP_SYS_ADMIN"),
+        "{line}"
+    );
+    d.stop();
+}
+
+/// The shipped form: uid 65534 with the deployed capabilities as ambient ones. Every sensor
+/// attaches, the daemon is ready, and a real HTTPS call is seen as an API call.
+#[test]
+fn non_root_with_the_deployed_capabilities_is_ready_and_sees_an_https_call() {
+    assert_deployed_non_root();
+    mount_tracefs();
+    let nginx = Nginx::start("location = /h1-ready { return 200 'ok'; }");
+    let tmp = TempDir::new("nhiwatch-e2e-nonroot");
+    let watch = [tmp.path().join("secret").display().to_string()];
+    let d = start_as_deployed(&deployed_caps(), &config_with(&watch, ""))
+        .unwrap_or_else(|e| panic!("the daemon did not start: {e}"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:")
+            && l.split_whitespace()
+                .skip(1)
+                .all(|u| u == DEPLOYED_UID.to_string())),
+        "{status}"
+    );
+    let (code, body) = d.readyz();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let metrics = d.metrics();
+    assert!(metrics.contains("\nnhiwatch_ready 1\n"), "{metrics}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("nhiwatch_sensor_degraded{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("nhiwatch_probe_attached{"))
+    {
+        assert!(l.ends_with(" 1"), "{l}");
+    }
+    let url = format!("https://localhost:{}/h1-ready", nginx.port);
+    let curl = spawn_pid(
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--cacert"])
+            .arg(&nginx.cert)
+            .arg(&url),
+    );
+    let call = d.wait_for("the api_call of curl", WAIT, |v| {
+        kind_is(v, "api_call") && pid_is(v, curl)
+    });
+    assert_eq!(
+        call["authority"],
+        format!("localhost:{}", nginx.port).as_str(),
+        "{call}"
+    );
+    assert_eq!(call["status"], 200, "{call}");
+    d.stop();
+}
+
+/// The image's form: Kubernetes gives a non-root container no ambient capabilities, so the
+/// Containerfile gives the binary the deployed set as file capabilities, permitted only, and
+/// the daemon makes them effective. A copy of the binary given exactly the Containerfile's
+/// `setcap`, run as uid 65534 with no ambient or inheritable capabilities, is ready; with a
+/// bounding set lacking one of them it still starts and says what is missing.
+#[test]
+fn the_image_form_file_capabilities_permitted_only_work_for_a_non_root_user() {
+    mount_tracefs();
+    let containerfile = read("deploy/container/Containerfile");
+    let setcap = containerfile
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches("&& ").strip_prefix("setcap "))
+        .expect("a setcap line in the Containerfile");
+    let (spec, file) = setcap.split_once(' ').unwrap();
+    assert_eq!(
+        file.trim_end_matches(" \\").trim(),
+        "/usr/local/bin/nhiwatch"
+    );
+    let (names, flags) = spec.split_once('+').unwrap();
+    assert_eq!(
+        flags, "p",
+        "permitted only: an effective bit would fail the exec with fewer"
+    );
+    let caps: BTreeSet<String> = names
+        .split(',')
+        .map(|c| c.trim_start_matches("cap_").to_uppercase())
+        .collect();
+    assert_eq!(
+        caps,
+        deployed_caps(),
+        "the image and the deployments disagree"
+    );
+
+    let tmp = TempDir::new("nhiwatch-e2e-fcaps");
+    let bin = tmp.path().join("nhiwatch");
+    std::fs::copy(nhiwatch_bin(), &bin).unwrap();
+    run_ok(Command::new("setcap").arg(spec).arg(&bin));
+    let watch = [tmp.path().join("secret").display().to_string()];
+    let start = |bounding: &str| {
+        let wrapper: Vec<String> = vec![
+            "setpriv".into(),
+            format!("--reuid={DEPLOYED_UID}"),
+            format!("--regid={DEPLOYED_UID}"),
+            "--clear-groups".into(),
+            format!("--bounding-set={bounding}"),
+            "--".into(),
+            bin.display().to_string(),
+        ];
+        Daemon::try_start_binary(&wrapper, Some(DEPLOYED_UID), &config_with(&watch, ""))
+            .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"))
+    };
+    let d = start("+all");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(eff, cap_mask(&caps), "{status}");
+    let (code, body) = d.readyz();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    d.stop();
+
+    let d = start("-all,+sys_admin,+dac_read_search");
+    let (code, body) = d.readyz();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("needs CAP_SYS_PTRACE"), "{body}");
+    d.stop();
+}
+
+/// `setpriv` as in [`start_as_deployed`], run in a mount namespace of its own where tracefs is
+/// not mounted (the host's mount is untouched).
+fn start_without_tracefs(caps: &BTreeSet<String>, config: &str) -> Result<Daemon, String> {
+    let list: String = caps
+        .iter()
+        .map(|c| format!(",+{}", c.to_lowercase()))
+        .collect();
+    let wrapper: Vec<String> = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation=private".into(),
+        "sh".into(),
+        "-c".into(),
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec \"$0\" \"$@\""
+            .into(),
+        "setpriv".into(),
+        format!("--reuid={DEPLOYED_UID}"),
+        format!("--regid={DEPLOYED_UID}"),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all{list}"),
+        format!("--ambient-caps=-all{list}"),
+        format!("--bounding-set=-all{list}"),
+        "--".into(),
+    ];
+    Daemon::try_start_as(&wrapper, Some(DEPLOYED_UID), config, &[])
+}
+
+/// tracefs not mounted: a non-root daemon with CAP_SYS_ADMIN mounts it (the mount call; mount(8)
+/// refuses non-root users whatever their capabilities) and is ready; without CAP_SYS_ADMIN it
+/// cannot, and says so — not mounted, and mounting needs CAP_SYS_ADMIN — instead of being ready.
+#[test]
+fn missing_tracefs_is_mounted_by_a_non_root_daemon_with_cap_sys_admin_and_named_without() {
+    let tmp = TempDir::new("nhiwatch-e2e-notracefs");
+    let watch = [tmp.path().join("secret").display().to_string()];
+    let cfg = config_with(&watch, "");
+    let d = start_without_tracefs(&deployed_caps(), &cfg)
+        .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"));
+    let (code, body) = d.readyz();
+    assert_eq!((code, body.as_str()), (200, "ready\n"), "{}", d.stderr());
+    assert!(d.stderr().contains("mounted tracefs"), "{}", d.stderr());
+    d.stop();
+
+    let mut fewer = deployed_caps();
+    fewer.remove("SYS_ADMIN");
+    fewer.extend(set(&["BPF", "PERFMON", "NET_ADMIN"]));
+    let d = start_without_tracefs(&fewer, &cfg)
+        .unwrap_or_else(|e| panic!("the daemon did not serve /readyz: {e}"));
+    let (code, body) = d.readyz();
+    assert_eq!(code, 503, "{body}");
+    let files = body
+        .lines()
+        .find(|l| l.trim_start().starts_with("files: "))
+        .unwrap_or_else(|| panic!("files not named:\n{body}"));
+    assert!(
+        files.contains(
+            "permission: tracefs is not mounted, and mounting it at /sys/kernel/tracing failed"
+        ) && files.contains("needs CAP_SYS_ADMIN to mount it"),
+        "{files}"
+    );
+    assert!(
+        d.metrics()
+            .contains("nhiwatch_sensor_degraded{sensor=\"files\",cause=\"permission\"} 1"),
+        "{}",
+        d.metrics()
+    );
+    d.stop();
 }

@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use prometheus_client::{encoding::text::encode, registry::Metric};
+use prometheus_client::{encoding::text::encode, metrics::gauge::Gauge, registry::Metric};
 use serde::Deserialize;
 
 pub use label::{write_escaped, LabelText, MAX_LABEL_BYTES};
@@ -50,7 +50,56 @@ pub struct Registry {
     /// Summaries written by hand (prometheus-client 0.23 has no summary type), in order.
     summaries: Mutex<Vec<Summary>>,
     stages: stage::Families,
-    ready: AtomicBool,
+    readiness: Readiness,
+}
+
+/// Whether the daemon is ready: it started, and no stage reported something that keeps it
+/// from doing its job (the sensors: a required sensor not attached). A cheap handle: a stage
+/// keeps a clone and reports from its own thread.
+#[derive(Clone)]
+pub struct Readiness(Arc<ReadinessState>);
+
+struct ReadinessState {
+    started: AtomicBool,
+    /// Why not, for the 503 body; `None` when nothing is missing.
+    blocked: Mutex<Option<String>>,
+    /// `nhiwatch_ready`, 1 when `/readyz` answers 200.
+    gauge: Gauge,
+}
+
+impl Readiness {
+    fn new() -> Readiness {
+        Readiness(Arc::new(ReadinessState {
+            started: AtomicBool::new(false),
+            blocked: Mutex::new(None),
+            gauge: Gauge::default(),
+        }))
+    }
+
+    /// `Some(why)`: not ready, and `why` is what `/readyz` says; `None`: nothing is missing.
+    pub fn set_blocked(&self, why: Option<String>) {
+        *self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        self.publish();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.answer().0
+    }
+
+    /// Ready or not, and the body `/readyz` answers with.
+    pub fn answer(&self) -> (bool, String) {
+        if !self.0.started.load(Ordering::Acquire) {
+            return (false, "starting\n".into());
+        }
+        match &*self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => (true, "ready\n".into()),
+            Some(why) => (false, format!("not ready: {why}\n")),
+        }
+    }
+
+    fn publish(&self) {
+        self.0.gauge.set(i64::from(self.is_ready()));
+    }
 }
 
 struct Summary {
@@ -78,11 +127,17 @@ impl Registry {
         );
         let stages = stage::Families::default();
         stages.register(&mut inner);
+        let readiness = Readiness::new();
+        inner.register(
+            "ready",
+            "1 when /readyz answers 200: started, and every sensor in sensors.required attached",
+            readiness.0.gauge.clone(),
+        );
         Registry {
             inner: RwLock::new(inner),
             summaries: Mutex::new(Vec::new()),
             stages,
-            ready: AtomicBool::new(false),
+            readiness,
         }
     }
 
@@ -118,12 +173,19 @@ impl Registry {
         quantiles
     }
 
+    /// The daemon has started: ready from now on, unless a stage says otherwise.
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.readiness.0.started.store(true, Ordering::Release);
+        self.readiness.publish();
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.readiness.is_ready()
+    }
+
+    /// The handle a stage reports what keeps the daemon from being ready through.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// OpenMetrics text exposition.
@@ -178,10 +240,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Registry>) -> anyhow::Result<(
             get(move || {
                 let r = r.clone();
                 async move {
-                    if r.is_ready() {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                    match r.readiness.answer() {
+                        (true, body) => (StatusCode::OK, body).into_response(),
+                        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body).into_response(),
                     }
                 }
             }),
@@ -239,5 +300,20 @@ mod tests {
         assert!(!r.is_ready());
         r.set_ready();
         assert!(r.is_ready());
+    }
+
+    #[test]
+    fn a_blocked_stage_keeps_the_daemon_not_ready_and_says_why() {
+        let r = Registry::new();
+        let handle = r.readiness();
+        handle.set_blocked(Some("required sensors not attached: files".into()));
+        r.set_ready();
+        assert!(!r.is_ready());
+        let (ok, body) = handle.answer();
+        assert!(!ok && body.contains("files"), "{body}");
+        assert!(r.render().contains("nhiwatch_ready 0"));
+        handle.set_blocked(None);
+        assert!(r.is_ready());
+        assert!(r.render().contains("nhiwatch_ready 1"));
     }
 }

@@ -12,6 +12,8 @@ use aya::{
 
 use super::{
     abi::*,
+    cause::{Privileges, ProbeFailure},
+    health::DISCOVERY,
     sensors::{self, tls, Attach},
     tls_libs::{TlsDiscovery, TlsTarget},
     watch::{WatchSet, WatchStats, WatchTarget},
@@ -21,10 +23,11 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "nhiwatch needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8), \
-         to load its probes; run it with sudo or grant them (see deploy/)"
+        "nhiwatch needs CAP_SYS_ADMIN, or at least CAP_BPF and CAP_PERFMON, to load its probes; running as {0}. \
+         Every sensor needs CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH (as root or as any user, \
+         e.g. setpriv or systemd AmbientCapabilities=; see README, Deploy)"
     )]
-    NotPrivileged,
+    NotPrivileged(Privileges),
     #[error("reading the BPF object {0}")]
     Object(String),
     #[error("loading the BPF object into the kernel: {0}")]
@@ -52,7 +55,7 @@ pub struct ProbeStatus {
     pub probe: String,
     /// `kernel`, or the file a uprobe went on.
     pub target: String,
-    pub error: Option<String>,
+    pub error: Option<ProbeFailure>,
 }
 
 /// The loaded, attached sensors and the maps the daemon keeps talking to.
@@ -69,46 +72,100 @@ pub struct Sensors {
     pub tls: TlsDiscovery,
     uprobes_loaded: bool,
     pub tls_targets: usize,
+    /// `sensors.required`: the sensors readiness waits for.
+    pub required: Vec<String>,
 }
 
-fn has_privileges() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let eff = status
+fn has_privileges(p: &Privileges) -> bool {
+    use super::cause::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
+    p.has(CAP_SYS_ADMIN) || (p.has(CAP_BPF) && p.has(CAP_PERFMON))
+}
+
+/// Mount points of tracefs in a /proc/self/mountinfo text.
+fn tracefs_mounts(mountinfo: &str) -> Vec<&str> {
+    mountinfo
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    has(21) || (has(39) && has(38)) // SYS_ADMIN, or BPF + PERFMON
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "tracefs").then_some(point)
+        })
+        .collect()
 }
 
-/// Classic tracepoints need tracefs; mount it where the kernel expects it if nobody has.
-fn ensure_tracefs() -> Option<String> {
-    if Path::new("/sys/kernel/tracing/events").exists()
-        || Path::new("/sys/kernel/debug/tracing/events").exists()
-    {
+/// Where aya looks for tracefs, in its order.
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Why classic tracepoints cannot attach, if they cannot. tracefs that is mounted but not
+/// readable (mode 0700 and a non-root daemon without CAP_DAC_READ_SEARCH) is said to be so,
+/// not "not mounted"; tracefs that is missing is mounted, which needs CAP_SYS_ADMIN.
+fn tracefs_problem() -> Option<ProbeFailure> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = tracefs_mounts(&mountinfo);
+    let mut unreadable = None;
+    for dir in TRACEFS.iter().filter(|d| mounted.contains(d)) {
+        match std::fs::read_dir(Path::new(dir).join("events")) {
+            Ok(_) => return None,
+            Err(e) => {
+                unreadable.get_or_insert((*dir, e));
+            }
+        }
+    }
+    if let Some((dir, e)) = unreadable {
+        use std::os::unix::fs::MetadataExt;
+        let how = std::fs::metadata(dir)
+            .map(|m| format!("mode {:o}, owner uid {}", m.mode() & 0o7777, m.uid()))
+            .unwrap_or_else(|e| format!("stat: {e}"));
+        return Some(ProbeFailure::classified(
+            &format!("tracefs is mounted at {dir} ({how}) but its events are not readable"),
+            e.raw_os_error(),
+            &e.to_string(),
+            "read access to tracefs: root, or CAP_DAC_READ_SEARCH",
+        ));
+    }
+    // Not mounted: mount it where the kernel expects it (the mount call, not mount(8), which
+    // refuses non-root users whatever their capabilities).
+    let (fs, target) = (c"tracefs", c"/sys/kernel/tracing");
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let r = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        tracing::info!(path = TRACEFS[0], "mounted tracefs");
         return None;
     }
-    let r = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .status();
-    match r {
-        Ok(s) if s.success() => {
-            tracing::info!(path = "/sys/kernel/tracing", "mounted tracefs");
-            None
-        }
-        _ => Some(
-            "tracefs is not mounted and could not be mounted at /sys/kernel/tracing; \
-             file-open probes need it (mount -t tracefs tracefs /sys/kernel/tracing)"
-                .into(),
-        ),
-    }
+    let e = std::io::Error::last_os_error();
+    Some(ProbeFailure::classified(
+        "tracefs is not mounted, and mounting it at /sys/kernel/tracing failed",
+        e.raw_os_error(),
+        &e.to_string(),
+        "CAP_SYS_ADMIN to mount it; or mount it before the daemon starts \
+         (mount -t tracefs tracefs /sys/kernel/tracing; systemd does at boot)",
+    ))
+}
+
+/// TLS libraries are found in other processes' /proc/PID/maps and opened through
+/// /proc/PID/root, which the kernel allows for processes of other users, or holding
+/// capabilities the daemon lacks, only to a reader with CAP_SYS_PTRACE: without it the
+/// libraries of containers go unprobed. (Reading some process's maps would not tell: the
+/// outcome depends on whose process it is.)
+fn discovery_problem(p: &Privileges) -> Option<ProbeFailure> {
+    use super::cause::{Cause, CAP_SYS_PTRACE};
+    (!p.has(CAP_SYS_PTRACE)).then(|| {
+        ProbeFailure::new(
+            Cause::Permission,
+            format!(
+                "TLS library discovery cannot read other users' /proc/PID/maps and /proc/PID/root, \
+                 so libraries inside containers go unprobed; needs CAP_SYS_PTRACE (running as {p})"
+            ),
+        )
+    })
 }
 
 fn take<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -122,10 +179,14 @@ where
 impl Sensors {
     /// Loads and attaches everything; returns the sensors and the ring buffer to read.
     pub fn load(cfg: &SensorConfig) -> Result<(Sensors, RingBuf<MapData>), LoadError> {
-        if !has_privileges() {
-            return Err(LoadError::NotPrivileged);
+        if let Err(e) = super::cause::raise_effective() {
+            tracing::warn!(error = %e, "could not make the permitted capabilities effective");
         }
-        let tracefs_problem = ensure_tracefs();
+        let privileges = Privileges::current();
+        if !has_privileges(&privileges) {
+            return Err(LoadError::NotPrivileged(privileges));
+        }
+        let tracefs_problem = tracefs_problem();
         let self_tgid = std::process::id();
         // For debugging and the CO-RE canary test: load another build of the object.
         let object_bytes = match std::env::var_os("NHIWATCH_BPF_OBJECT") {
@@ -176,9 +237,17 @@ impl Sensors {
             tls: TlsDiscovery::default(),
             uprobes_loaded,
             tls_targets: 0,
+            required: cfg.required.clone(),
         };
         sensors.refresh_watches();
 
+        if let Some(e) = discovery_problem(&privileges) {
+            sensors.statuses.push(ProbeStatus {
+                probe: format!("tls/{DISCOVERY}"),
+                target: "/proc".into(),
+                error: Some(e),
+            });
+        }
         if uprobes_loaded {
             let targets = tls::initial_targets(&mut sensors.tls, &cfg.tls, &mut sensors.statuses);
             for t in targets {
@@ -203,7 +272,7 @@ impl Sensors {
                         "  {} on {}: {}",
                         s.probe,
                         s.target,
-                        s.error.as_deref().unwrap_or("ok")
+                        s.error.as_ref().map_or("ok".into(), ToString::to_string)
                     )
                 })
                 .collect();
@@ -248,5 +317,21 @@ impl Sensors {
                     .unwrap_or_default()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracefs_is_found_by_file_system_type_not_by_a_readable_path() {
+        let mountinfo = "\
+22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
+30 22 0:28 / /sys/kernel/tracing rw,nosuid - tracefs tracefs rw,mode=700
+31 22 0:7 / /sys/kernel/debug rw - debugfs debugfs rw
+";
+        assert_eq!(tracefs_mounts(mountinfo), ["/sys/kernel/tracing"]);
+        assert!(tracefs_mounts("22 1 0:21 / /sys rw - sysfs sysfs rw\n").is_empty());
     }
 }

@@ -14,6 +14,16 @@ pub struct SensorConfig {
     pub tls: TlsConfig,
     pub process_table_capacity: usize,
     pub exited_linger_ms: u64,
+    /// Sensors (names in `sensors::ALL`) that must be attached for `/readyz` to answer 200.
+    pub required: Vec<String>,
+}
+
+/// Every sensor: a default install is ready only when it sees everything it was built to see.
+pub fn all_sensors() -> Vec<String> {
+    super::sensors::ALL
+        .iter()
+        .map(|s| s.name.to_owned())
+        .collect()
 }
 
 impl Default for SensorConfig {
@@ -26,6 +36,7 @@ impl Default for SensorConfig {
             tls: TlsConfig::default(),
             process_table_capacity: 65536,
             exited_linger_ms: 30_000,
+            required: all_sensors(),
         }
     }
 }
@@ -55,6 +66,14 @@ impl SensorConfig {
         if self.process_table_capacity < 64 {
             return Err("sensors.process_table_capacity must be at least 64".into());
         }
+        for r in &self.required {
+            if !super::sensors::ALL.iter().any(|s| s.name == r) {
+                return Err(format!(
+                    "sensors.required: unknown sensor `{r}` (known: {})",
+                    all_sensors().join(", ")
+                ));
+            }
+        }
         self.files.validate()
     }
 }
@@ -77,5 +96,23 @@ mod tests {
         assert!(bad(|c| c.tls.capture_bytes = 100_000).contains("sensors.tls.capture_bytes"));
         assert!(bad(|c| c.process_table_capacity = 1).contains("process_table_capacity"));
         assert!(bad(|c| c.files.watch = vec!["relative".into()]).contains("sensors.files.watch"));
+        let e = bad(|c| c.required = vec!["process".into(), "tls".into()]);
+        assert!(
+            e.contains("sensors.required") && e.contains("`tls`") && e.contains("tls_openssl"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_sensor_is_required_by_default_and_any_subset_may_be() {
+        let c = SensorConfig::default();
+        assert_eq!(c.required.len(), crate::probes::sensors::ALL.len());
+        for required in [vec![], vec!["process".to_owned(), "tcp".to_owned()]] {
+            let c = SensorConfig {
+                required,
+                ..SensorConfig::default()
+            };
+            assert_eq!(c.validate(), Ok(()));
+        }
     }
 }

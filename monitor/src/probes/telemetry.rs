@@ -5,7 +5,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 
-use crate::metrics::{LabelText, Registry, StageTelemetry};
+use std::collections::BTreeMap;
+
+use super::{cause::Cause, health::SensorHealth};
+use crate::metrics::{LabelText, Readiness, Registry, StageTelemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabel {
@@ -16,6 +19,12 @@ struct LostLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabel {
+    sensor: &'static str,
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +47,10 @@ pub struct SensorTelemetry {
     pub watched_inodes: Gauge,
     /// Scan requests dropped because the upkeep thread had too many pending.
     pub scan_pending_full: Counter,
+    degraded: Family<DegradedLabel, Gauge>,
+    readiness: Readiness,
+    /// The last verdict published, by sensor: only changes are logged and re-labelled.
+    last_health: BTreeMap<&'static str, Option<Cause>>,
 }
 
 /// Kernel anomalies that mean a failure rather than a partial view.
@@ -60,7 +73,15 @@ impl SensorTelemetry {
             tls_targets: Gauge::default(),
             watched_inodes: Gauge::default(),
             scan_pending_full: userspace_dropped("tls_scan_pending_full"),
+            degraded: Family::default(),
+            readiness: registry.readiness(),
+            last_health: BTreeMap::new(),
         };
+        registry.register(
+            "sensor_degraded",
+            "1 while the sensor is not attached, labelled with why (permission, kernel_feature, missing_file, other)",
+            t.degraded.clone(),
+        );
         registry.register(
             "kernel_events_lost",
             "Events the kernel could not queue because the ring buffer was full, by kind and CPU",
@@ -106,6 +127,56 @@ impl SensorTelemetry {
         if FAILURES.contains(&reason) {
             self.stage.errors.inc_by(n);
         }
+    }
+
+    /// Publishes each sensor's verdict (`sensor_degraded`, one log line per change) and keeps
+    /// the daemon not ready while a sensor in `required` is not attached.
+    pub fn health(&mut self, health: &[SensorHealth], required: &[String]) {
+        for h in health {
+            let now = h.failure.as_ref().map(|f| f.cause);
+            let before = self.last_health.insert(h.sensor, now);
+            if before == Some(now) {
+                continue;
+            }
+            if let Some(Some(old)) = before {
+                self.degraded
+                    .get_or_create(&DegradedLabel {
+                        sensor: h.sensor,
+                        cause: old.name(),
+                    })
+                    .set(0);
+            }
+            let is_required = required.iter().any(|r| r == h.sensor);
+            match &h.failure {
+                Some(f) => {
+                    self.degraded
+                        .get_or_create(&DegradedLabel {
+                            sensor: h.sensor,
+                            cause: f.cause.name(),
+                        })
+                        .set(1);
+                    tracing::warn!(sensor = h.sensor, required = is_required, cause = %f.cause, reason = %f.detail, "sensor degraded");
+                }
+                None if before.is_some() => {
+                    tracing::info!(sensor = h.sensor, "sensor attached");
+                }
+                None => {}
+            }
+        }
+        let missing = super::health::missing(health, required);
+        self.readiness.set_blocked((!missing.is_empty()).then(|| {
+            let each: Vec<String> = missing
+                .iter()
+                .map(|h| {
+                    let f = h.failure.as_ref().expect("missing means failed");
+                    format!("\n  {}: {f}", h.sensor)
+                })
+                .collect();
+            format!(
+                "required sensors not attached (sensors.required):{}",
+                each.concat()
+            )
+        }));
     }
 
     pub fn probe(&self, probe: &str, target: &str, attached: bool) {

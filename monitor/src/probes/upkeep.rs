@@ -79,9 +79,13 @@ impl Upkeep {
             match &s.error {
                 None => tracing::debug!(probe = %s.probe, target = %s.target, "attached"),
                 Some(e) => {
-                    tracing::warn!(probe = %s.probe, target = %s.target, error = %e, "probe not attached")
+                    tracing::warn!(probe = %s.probe, target = %s.target, cause = %e.cause, error = %e.detail, "probe not attached")
                 }
             }
+        }
+        if self.published < self.sensors.statuses.len() || self.published == 0 {
+            let health = super::health::sensor_health(&self.sensors.statuses);
+            self.metrics.health(&health, &self.sensors.required);
         }
         self.published = self.sensors.statuses.len();
         self.metrics

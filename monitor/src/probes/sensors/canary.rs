@@ -3,7 +3,11 @@
 use aya::maps::{Array, MapData};
 
 use super::{Attach, Hook, Program, Sensor};
-use crate::probes::{abi::nw_canary, LoadError};
+use crate::probes::{
+    abi::nw_canary,
+    cause::{Cause, ProbeFailure},
+    LoadError,
+};
 
 pub const SENSOR: Sensor = Sensor {
     name: "canary",
@@ -14,6 +18,7 @@ pub const SENSOR: Sensor = Sensor {
     }],
     attach,
     observes: false,
+    absent_elsewhere: &[],
 };
 
 /// Its status is `core/canary`, whatever the program is called.
@@ -26,14 +31,21 @@ fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {
                 SENSOR.group,
                 STATUS,
                 "kernel",
-                Err(format!("{:?} is not a tracepoint", p.hook)),
+                Err(ProbeFailure::new(
+                    Cause::Other,
+                    format!("{:?} is not a tracepoint", p.hook),
+                )),
             );
             continue;
         };
         let r = match a.tracepoint(p.name, category, name) {
             Err(e) if a.tracefs_problem.is_some() => Err(e),
-            Err(e) => Err(format!(
-                "canary could not run, field offsets unchecked: {e}"
+            Err(e) => Err(ProbeFailure::new(
+                e.cause,
+                format!(
+                    "canary could not run, field offsets unchecked: {}",
+                    e.detail
+                ),
             )),
             Ok(()) => check(a)?,
         };
@@ -44,7 +56,7 @@ fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {
 
 /// Fires the canary in this process and compares its CO-RE read with the helper's answer.
 /// `Ok(Err(_))`: it did not fire (unchecked); `Err(_)`: it ran and the offsets are wrong.
-fn check(a: &mut Attach<'_>) -> Result<Result<(), String>, LoadError> {
+fn check(a: &mut Attach<'_>) -> Result<Result<(), ProbeFailure>, LoadError> {
     // SAFETY: getppid has no preconditions; it only fires the tracepoint.
     unsafe { libc::getppid() };
     let map = a.bpf.map("canary").ok_or(LoadError::MissingMap("canary"))?;
@@ -58,7 +70,10 @@ fn check(a: &mut Attach<'_>) -> Result<Result<(), String>, LoadError> {
         source,
     })?;
     if c.hits == 0 {
-        return Ok(Err("canary did not fire, field offsets unchecked".into()));
+        return Ok(Err(ProbeFailure::new(
+            Cause::Other,
+            "canary did not fire, field offsets unchecked",
+        )));
     }
     if c.tgid_core != c.tgid_helper {
         return Err(LoadError::CoreCanary {

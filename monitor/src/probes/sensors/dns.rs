@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use aya::programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 
-use super::{program, Attach, Hook, Program, Sensor};
-use crate::probes::LoadError;
+use super::{program, Attach, Hook, Program, Sensor, NEEDS_CGROUP};
+use crate::probes::{
+    cause::{Cause, ProbeFailure},
+    LoadError,
+};
 
 pub const SENSOR: Sensor = Sensor {
     name: "dns",
@@ -16,6 +19,7 @@ pub const SENSOR: Sensor = Sensor {
     }],
     attach,
     observes: true,
+    absent_elsewhere: &[],
 };
 
 /// The cgroup v2 hierarchy, if one is mounted.
@@ -32,14 +36,20 @@ fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {
                 SENSOR.group,
                 p.name,
                 crate::CGROUP_V2_ROOT,
-                Err("no cgroup v2 hierarchy mounted: DNS answers are not seen".into()),
+                Err(ProbeFailure::new(
+                    Cause::MissingFile,
+                    "no cgroup v2 hierarchy mounted: DNS answers are not seen",
+                )),
             );
             continue;
         };
         let r = (|| {
             let prog: &mut CgroupSkb = program(a.bpf, p.name)?;
-            prog.load().map_err(|e| format!("load: {e}"))?;
-            let dir = std::fs::File::open(&root).map_err(|e| format!("open: {e}"))?;
+            prog.load()
+                .map_err(|e| ProbeFailure::from_error("load", &e, NEEDS_CGROUP))?;
+            let dir = std::fs::File::open(&root).map_err(|e| {
+                ProbeFailure::from_error(&format!("open {}", root.display()), &e, NEEDS_CGROUP)
+            })?;
             prog.attach(
                 &dir,
                 CgroupSkbAttachType::Ingress,
@@ -48,7 +58,7 @@ fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {
                 CgroupAttachMode::Single,
             )
             .map(|_| ())
-            .map_err(|e| format!("attach cgroup_skb/ingress: {e}"))
+            .map_err(|e| ProbeFailure::from_error("attach cgroup_skb/ingress", &e, NEEDS_CGROUP))
         })();
         a.record(SENSOR.group, p.name, &root.display().to_string(), r);
     }

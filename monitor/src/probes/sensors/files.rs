@@ -36,6 +36,9 @@ pub const SENSOR: Sensor = Sensor {
     ],
     attach,
     observes: true,
+    // open(2) is a legacy syscall: arm64 and riscv64 have only openat, so their kernels have no
+    // sys_enter_open tracepoint (and nothing to miss).
+    absent_elsewhere: &["enter_open", "exit_open"],
 };
 
 /// `sensors.files`: what to watch.

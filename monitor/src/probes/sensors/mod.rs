@@ -11,7 +11,10 @@ use aya::{
     Btf, Ebpf,
 };
 
-use super::{LoadError, ProbeStatus, SensorConfig};
+use super::{
+    cause::{Cause, ProbeFailure},
+    LoadError, ProbeStatus, SensorConfig,
+};
 
 pub mod canary;
 pub mod dns;
@@ -45,6 +48,9 @@ pub struct Sensor {
     /// Whether it reports events (the canary only checks the loader): the daemon refuses to run
     /// unless at least one such sensor attached.
     pub observes: bool,
+    /// Programs whose hook some architectures lack (a legacy syscall): a missing tracepoint
+    /// there (`missing_file`) is reported by `probe_attached` but does not degrade the sensor.
+    pub absent_elsewhere: &'static [&'static str],
 }
 
 /// A kernel program: its C function name (the program's name in the object) and its hook.
@@ -76,6 +82,12 @@ pub enum Hook {
     TlsReturn,
 }
 
+/// What loading and attaching a program of each hook takes, for "permission" failures.
+pub const NEEDS_TRACING: &str = "CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN";
+pub const NEEDS_TRACEFS: &str = "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and read access to tracefs (root, or CAP_DAC_READ_SEARCH)";
+pub const NEEDS_CGROUP: &str = "CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN";
+pub const NEEDS_UPROBE: &str = "CAP_SYS_ADMIN (the kernel's uprobe PMU checks it, not CAP_PERFMON)";
+
 impl Hook {
     /// The ELF section of such a program (`SEC(...)` in C).
     pub fn section(&self) -> String {
@@ -94,15 +106,15 @@ pub struct Attach<'a> {
     pub bpf: &'a mut Ebpf,
     pub cfg: &'a SensorConfig,
     pub(super) btf: Result<Btf, String>,
-    /// Why classic tracepoints cannot attach, if they cannot (tracefs missing).
-    pub(super) tracefs_problem: Option<String>,
+    /// Why classic tracepoints cannot attach, if they cannot (tracefs missing or unreadable).
+    pub(super) tracefs_problem: Option<ProbeFailure>,
     pub statuses: Vec<ProbeStatus>,
     /// Cleared when a TLS program fails to load: no library is probed then.
     pub uprobes_loaded: bool,
 }
 
 impl Attach<'_> {
-    pub fn record(&mut self, group: &str, probe: &str, target: &str, r: Result<(), String>) {
+    pub fn record(&mut self, group: &str, probe: &str, target: &str, r: Result<(), ProbeFailure>) {
         self.statuses.push(ProbeStatus {
             probe: format!("{group}/{probe}"),
             target: target.into(),
@@ -116,43 +128,60 @@ impl Attach<'_> {
             let r = match p.hook {
                 Hook::TpBtf(tp) => self.tp_btf(p.name, tp),
                 Hook::Tracepoint(category, name) => self.tracepoint(p.name, category, name),
-                other => Err(format!(
-                    "{other:?} is not a tracepoint: {} must attach it itself",
-                    sensor.name
+                other => Err(ProbeFailure::new(
+                    Cause::Other,
+                    format!(
+                        "{other:?} is not a tracepoint: {} must attach it itself",
+                        sensor.name
+                    ),
                 )),
             };
             self.record(sensor.group, p.name, "kernel", r);
         }
     }
 
-    fn tp_btf(&mut self, prog: &str, tp: &str) -> Result<(), String> {
-        let btf = self
-            .btf
-            .as_ref()
-            .map_err(|e| format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"))?;
+    fn tp_btf(&mut self, prog: &str, tp: &str) -> Result<(), ProbeFailure> {
+        let btf = self.btf.as_ref().map_err(|e| {
+            ProbeFailure::new(
+                Cause::KernelFeature,
+                format!("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {e}"),
+            )
+        })?;
         let p: &mut BtfTracePoint = program(self.bpf, prog)?;
-        p.load(tp, btf).map_err(|e| format!("load: {e}"))?;
-        p.attach().map_err(|e| format!("attach tp_btf/{tp}: {e}"))?;
+        p.load(tp, btf)
+            .map_err(|e| ProbeFailure::from_error("load", &e, NEEDS_TRACING))?;
+        p.attach().map_err(|e| {
+            ProbeFailure::from_error(&format!("attach tp_btf/{tp}"), &e, NEEDS_TRACING)
+        })?;
         Ok(())
     }
 
     /// Loads and attaches a classic tracepoint program (tracefs must be there).
-    pub fn tracepoint(&mut self, prog: &str, category: &str, name: &str) -> Result<(), String> {
+    pub fn tracepoint(
+        &mut self,
+        prog: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), ProbeFailure> {
         if let Some(p) = &self.tracefs_problem {
             return Err(p.clone());
         }
         let p: &mut TracePoint = program(self.bpf, prog)?;
-        p.load().map_err(|e| format!("load: {e}"))?;
-        p.attach(category, name)
-            .map_err(|e| format!("attach {category}/{name}: {e}"))?;
+        p.load()
+            .map_err(|e| ProbeFailure::from_error("load", &e, NEEDS_TRACEFS))?;
+        p.attach(category, name).map_err(|e| {
+            ProbeFailure::from_error(&format!("attach {category}/{name}"), &e, NEEDS_TRACEFS)
+        })?;
         Ok(())
     }
 
     /// Loads (without attaching) every uprobe program of `sensor`; targets come later.
     pub fn load_uprobes(&mut self, sensor: &Sensor) {
         for p in sensor.programs {
-            let r = program::<UProbe>(self.bpf, p.name)
-                .and_then(|u| u.load().map_err(|e| format!("load: {e}")));
+            let r = program::<UProbe>(self.bpf, p.name).and_then(|u| {
+                u.load()
+                    .map_err(|e| ProbeFailure::from_error("load", &e, NEEDS_UPROBE))
+            });
             if let Err(e) = r {
                 self.record(sensor.group, p.name, "kernel", Err(e));
                 self.uprobes_loaded = false;
@@ -162,14 +191,15 @@ impl Attach<'_> {
 }
 
 /// A program of the object as the type its hook needs.
-pub fn program<'b, T>(bpf: &'b mut Ebpf, name: &str) -> Result<&'b mut T, String>
+/// A missing or mistyped program is a broken build, never the host's fault.
+pub fn program<'b, T>(bpf: &'b mut Ebpf, name: &str) -> Result<&'b mut T, ProbeFailure>
 where
     &'b mut T: TryFrom<&'b mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     bpf.program_mut(name)
-        .ok_or("program missing from object")?
+        .ok_or_else(|| ProbeFailure::new(Cause::Other, "program missing from object"))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())
+        .map_err(|e: aya::programs::ProgramError| ProbeFailure::new(Cause::Other, e.to_string()))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub const SENSOR: Sensor = Sensor {
     ],
     attach,
     observes: true,
+    absent_elsewhere: &[],
 };
 
 fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {

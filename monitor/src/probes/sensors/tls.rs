@@ -8,9 +8,10 @@ use aya::{
 };
 use serde::Deserialize;
 
-use super::{program, Attach, Sensor};
+use super::{program, Attach, Sensor, NEEDS_UPROBE};
 use crate::probes::{
     abi::NW_TLS_CAPTURE_MAX,
+    cause::{Cause, ProbeFailure},
     tls_libs::{TlsDiscovery, TlsTarget},
     ProbeStatus,
 };
@@ -67,7 +68,10 @@ pub(crate) fn initial_targets(
             None => statuses.push(ProbeStatus {
                 probe: "tls/extra_target".into(),
                 target: extra.display().to_string(),
-                error: Some("file missing, or it exports no SSL_write/gnutls_record_send".into()),
+                error: Some(ProbeFailure::new(
+                    Cause::MissingFile,
+                    "file missing, or it exports no SSL_write/gnutls_record_send",
+                )),
             }),
         }
     }
@@ -110,9 +114,14 @@ pub(crate) fn attach_target(
     any
 }
 
-fn attach_uprobe(bpf: &mut Ebpf, prog: &str, symbol: &str, path: &Path) -> Result<(), String> {
+fn attach_uprobe(
+    bpf: &mut Ebpf,
+    prog: &str,
+    symbol: &str,
+    path: &Path,
+) -> Result<(), ProbeFailure> {
     let p: &mut UProbe = program(bpf, prog)?;
     p.attach(symbol, path, UProbeScope::AllProcesses)
         .map(|_| ())
-        .map_err(|e| format!("{e}"))
+        .map_err(|e| ProbeFailure::from_error(&format!("attach uprobe {symbol}"), &e, NEEDS_UPROBE))
 }
