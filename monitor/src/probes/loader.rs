@@ -69,6 +69,27 @@ pub struct Sensors {
     pub tls: TlsDiscovery,
     uprobes_loaded: bool,
     pub tls_targets: usize,
+    /// Every TLS uprobe attached. Last field on purpose: fields drop in order, so the object
+    /// detaches its tracepoints before the uprobes go to the kernel's worker, whose teardown
+    /// would otherwise hold the kernel mutex those detaches wait for.
+    uprobe_links: UprobeLinks,
+}
+
+/// The attached uprobes; dropping hands them to the kernel (see [`super::handoff`]).
+#[derive(Default)]
+struct UprobeLinks(Vec<aya::programs::uprobe::UProbeLink>);
+
+impl Drop for UprobeLinks {
+    fn drop(&mut self) {
+        let started = std::time::Instant::now();
+        let r = super::handoff::release(std::mem::take(&mut self.0));
+        tracing::info!(
+            handed_off = r.handed_off,
+            detached_here = r.detached_here,
+            ms = started.elapsed().as_millis() as u64,
+            "TLS probes released"
+        );
+    }
 }
 
 fn has_privileges() -> bool {
@@ -176,6 +197,7 @@ impl Sensors {
             tls: TlsDiscovery::default(),
             uprobes_loaded,
             tls_targets: 0,
+            uprobe_links: UprobeLinks::default(),
         };
         sensors.refresh_watches();
 
@@ -217,7 +239,12 @@ impl Sensors {
         if !self.uprobes_loaded {
             return false;
         }
-        let any = tls::attach_target(&mut self.bpf, &mut self.statuses, t);
+        let any = tls::attach_target(
+            &mut self.bpf,
+            &mut self.statuses,
+            &mut self.uprobe_links.0,
+            t,
+        );
         if any {
             self.tls_targets += 1;
             tracing::info!(target = %t.path.display(), library = t.family.name(), "TLS probes attached");
@@ -236,6 +263,11 @@ impl Sensors {
             *t = self.watch.targets().to_vec();
         }
         stats
+    }
+
+    /// TLS uprobes attached now.
+    pub fn uprobes(&self) -> usize {
+        self.uprobe_links.0.len()
     }
 
     /// Kernel counters summed per slot and given per CPU: `[slot][cpu]`.

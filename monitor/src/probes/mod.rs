@@ -1,6 +1,7 @@
 //! Kernel side as seen from userspace: the embedded object, its generated ABI, the sensor table and its settings, loading, watch tables, TLS targets and the ring-buffer reader.
 
 pub mod abi;
+pub mod handoff;
 pub mod loader;
 pub mod object;
 pub mod reader;
