@@ -278,3 +278,61 @@ fn stop_with_200_uprobes_is_fast() {
     assert!(stderr.contains("TLS probes released"), "{stderr}");
     assert!(stderr.contains("nhiwatch stopped"), "{stderr}");
 }
+
+/// Issue G item 11: a one-shot client that loads its own copy of libssl (as every container
+/// image carries one) must be seen from its first call. Each of 40 curls gets a private copy
+/// through LD_LIBRARY_PATH and makes one HTTPS call; every one must become an api_call. It was
+/// 11 and 28 of 40 when the library was only attached after the process had made its call.
+/// The clients run without a controlling terminal (`setsid`), as cron jobs and container
+/// processes do: that is where the daemon holds a process at a new library (README).
+#[test]
+fn first_call_through_a_new_libssl_copy_is_seen() {
+    const CLIENTS: usize = 40;
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let dir = TempDir::new("nhiwatch-e2e-first-call");
+    let url = format!("https://127.0.0.1:{}/fhir/Patient?name=Doe", nginx.port);
+    let mut pids = Vec::new();
+    for i in 0..CLIENTS {
+        let lib_dir = dir.path().join(i.to_string());
+        libssl_copy(&lib_dir);
+        pids.push(spawn_pid(
+            Command::new("setsid")
+                .arg("curl")
+                .args(["-sS", "--fail", "--http1.1", "--cacert"])
+                .arg(&nginx.cert)
+                .arg(&url)
+                .env("LD_LIBRARY_PATH", &lib_dir),
+        ));
+    }
+    let seen = || {
+        let events = d.events();
+        pids.iter()
+            .filter(|&&pid| {
+                events
+                    .iter()
+                    .any(|v| kind_is(v, "api_call") && pid_is(v, pid))
+            })
+            .count()
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            "an api_call from every one-shot curl",
+            Duration::from_secs(20),
+            || seen() == CLIENTS,
+        )
+    }));
+    let n = seen();
+    eprintln!("api_calls from {n} of {CLIENTS} one-shot curls with a private libssl");
+    let metrics = d.metrics();
+    let held: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("nhiwatch_tls_hold"))
+        .collect();
+    eprintln!("{}", held.join("\n"));
+    assert!(
+        result.is_ok(),
+        "api_calls from only {n} of {CLIENTS} one-shot curls"
+    );
+    d.stop();
+}

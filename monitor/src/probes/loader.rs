@@ -13,6 +13,7 @@ use aya::{
 use super::{
     abi::*,
     sensors::{self, tls, Attach},
+    tls_hold::TlsHold,
     tls_libs::{TlsDiscovery, TlsTarget},
     watch::{WatchSet, WatchStats, WatchTarget},
     SensorConfig,
@@ -67,6 +68,9 @@ pub struct Sensors {
     /// Shared with the pipeline to turn watch ids back into paths.
     pub watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
     pub tls: TlsDiscovery,
+    /// The hold's maps (see [`super::tls_hold`]), and its ring until the daemon takes it.
+    pub hold: TlsHold,
+    pub hold_ring: Option<RingBuf<MapData>>,
     uprobes_loaded: bool,
     pub tls_targets: usize,
     /// Every TLS uprobe attached. Last field on purpose: fields drop in order, so the object
@@ -185,6 +189,14 @@ impl Sensors {
         let watch_inodes = take(&mut bpf, "watch_inodes")?;
         let watch_devs = take(&mut bpf, "watch_devs")?;
         let watch = WatchSet::new(&cfg.files.watch).map_err(LoadError::NothingAttached)?;
+        let hold = TlsHold::new(
+            take(&mut bpf, "tls_hold_ctl")?,
+            take(&mut bpf, "tls_lib_state")?,
+            bpf.take_map("tls_held")
+                .ok_or(LoadError::MissingMap("tls_held"))?,
+        )
+        .map_err(LoadError::Object)?;
+        let hold_ring = Some(take::<RingBuf<MapData>>(&mut bpf, "tls_hold_events")?);
         let mut sensors = Sensors {
             bpf,
             statuses,
@@ -195,6 +207,8 @@ impl Sensors {
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
             tls: TlsDiscovery::default(),
+            hold,
+            hold_ring,
             uprobes_loaded,
             tls_targets: 0,
             uprobe_links: UprobeLinks::default(),

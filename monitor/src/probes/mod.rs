@@ -8,6 +8,7 @@ pub mod reader;
 pub mod sensors;
 pub mod settings;
 pub mod telemetry;
+pub mod tls_hold;
 pub mod tls_libs;
 pub mod upkeep;
 pub mod watch;

@@ -5,7 +5,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 
-use crate::metrics::{LabelText, Registry, StageTelemetry};
+use crate::metrics::{LabelText, LatencyQuantiles, Registry, StageTelemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabel {
@@ -16,6 +16,11 @@ struct LostLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +43,36 @@ pub struct SensorTelemetry {
     pub watched_inodes: Gauge,
     /// Scan requests dropped because the upkeep thread had too many pending.
     pub scan_pending_full: Counter,
+    hold: HoldMetrics,
+}
+
+/// The hold's counters, shared by the upkeep thread and the hold reader.
+#[derive(Clone)]
+pub struct HoldMetrics {
+    /// Library records the hold reader could not queue (the deadline continues those held).
+    queue_full: Counter,
+    holds: Family<OutcomeLabel, Counter>,
+    seconds: std::sync::Arc<LatencyQuantiles>,
+}
+
+impl HoldMetrics {
+    /// A process held at a new TLS library.
+    pub fn held(&self) {
+        self.holds
+            .get_or_create(&OutcomeLabel { outcome: "held" })
+            .inc();
+    }
+
+    /// A held process continued (`released`, `expired`, `stopped`) after `waited`.
+    pub fn continued(&self, outcome: &'static str, waited: std::time::Duration) {
+        self.holds.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.seconds
+            .record(outcome, waited.as_nanos().min(u128::from(u64::MAX)) as u64);
+    }
+
+    pub fn queue_full(&self) {
+        self.queue_full.inc();
+    }
 }
 
 /// Kernel anomalies that mean a failure rather than a partial view.
@@ -60,7 +95,22 @@ impl SensorTelemetry {
             tls_targets: Gauge::default(),
             watched_inodes: Gauge::default(),
             scan_pending_full: userspace_dropped("tls_scan_pending_full"),
+            hold: HoldMetrics {
+                queue_full: userspace_dropped("tls_hold_queue_full"),
+                holds: Family::default(),
+                seconds: registry.summary(
+                    "tls_hold_seconds",
+                    "How long processes were held at a new TLS library, by how they were continued",
+                    "outcome",
+                ),
+            },
         };
+        registry.register(
+            "tls_holds",
+            "Processes held at a new TLS library (held) and continued: after the attach (released), \
+             at the deadline (expired), or at stop (stopped)",
+            t.hold.holds.clone(),
+        );
         registry.register(
             "kernel_events_lost",
             "Events the kernel could not queue because the ring buffer was full, by kind and CPU",
@@ -106,6 +156,11 @@ impl SensorTelemetry {
         if FAILURES.contains(&reason) {
             self.stage.errors.inc_by(n);
         }
+    }
+
+    /// The hold's counters.
+    pub fn hold(&self) -> &HoldMetrics {
+        &self.hold
     }
 
     pub fn probe(&self, probe: &str, target: &str, attached: bool) {

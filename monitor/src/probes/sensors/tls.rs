@@ -25,6 +25,9 @@ pub struct TlsConfig {
     pub capture_bytes: u32,
     pub library_dirs: Vec<PathBuf>,
     pub extra_targets: Vec<PathBuf>,
+    /// Stop a process that maps a libssl/libgnutls file not probed yet until its uprobes are
+    /// attached (at most [`crate::probes::tls_hold::HOLD_DEADLINE`]), so its first call is seen.
+    pub hold_new_libraries: bool,
 }
 
 impl Default for TlsConfig {
@@ -33,6 +36,7 @@ impl Default for TlsConfig {
             capture_bytes: 4096,
             library_dirs: Vec::new(),
             extra_targets: Vec::new(),
+            hold_new_libraries: true,
         }
     }
 }
