@@ -336,3 +336,68 @@ fn first_call_through_a_new_libssl_copy_is_seen() {
     );
     d.stop();
 }
+
+/// The hold's safety rail for interactive use: a process with a controlling terminal is never
+/// stopped (its shell would report a stopped job), yet its new library copy is still reported
+/// at once and attached. And with `hold_new_libraries: false` nobody is held at all.
+#[test]
+fn processes_with_a_terminal_or_with_the_hold_off_are_never_held() {
+    // Loads its own libssl copy and stays a moment, so the copy can be attached either way.
+    let load = |lib: &std::path::Path| {
+        format!(
+            "python3 -c 'import ctypes, time; ctypes.CDLL(\"{}\"); time.sleep(2)'",
+            lib.display()
+        )
+    };
+    for hold in [true, false] {
+        let d = Daemon::start(&config_with(
+            &[],
+            &format!("  tls:\n    hold_new_libraries: {hold}\n"),
+        ));
+        let dir = TempDir::new("nhiwatch-e2e-no-hold");
+        let attached_to = |lib: &std::path::Path| {
+            let needle = format!("{}\"", lib.display());
+            d.metrics().lines().any(|l| {
+                l.starts_with("nhiwatch_probe_attached{probe=\"tls/SSL_write\"")
+                    && l.contains(&needle)
+                    && l.ends_with(" 1")
+            })
+        };
+        // `script` runs the command on a new pseudo-terminal: its controlling terminal.
+        let on_tty = libssl_copy(&dir.path().join("tty"));
+        spawn_pid(Command::new("script").args(["-qec", &load(&on_tty), "/dev/null"]));
+        wait_until("the copy used on a terminal attached", WAIT, || {
+            attached_to(&on_tty)
+        });
+        assert_eq!(
+            d.metric_sum("nhiwatch_tls_holds_total", &["outcome=\"held\""]),
+            0.0,
+            "a process with a terminal was held"
+        );
+        // Without a terminal: held only when the hold is on.
+        let plain = libssl_copy(&dir.path().join("plain"));
+        spawn_pid(Command::new("setsid").args(["sh", "-c", &load(&plain)]));
+        wait_until("the copy used without a terminal attached", WAIT, || {
+            attached_to(&plain)
+        });
+        let hold_probe = d.metrics().contains(
+            "nhiwatch_probe_attached{probe=\"tls_hold/hold_tls_library\",target=\"kernel\"} 1",
+        );
+        assert_eq!(
+            hold_probe, hold,
+            "the hold's probe is attached only when enabled"
+        );
+        let held = d.metric_sum("nhiwatch_tls_holds_total", &["outcome=\"held\""]);
+        assert_eq!(
+            held,
+            if hold { 1.0 } else { 0.0 },
+            "hold {hold}: held {held}"
+        );
+        let released = d.metric_sum("nhiwatch_tls_holds_total", &["outcome=\"released\""]);
+        assert_eq!(
+            released, held,
+            "every held process continued after the attach"
+        );
+        d.stop();
+    }
+}
