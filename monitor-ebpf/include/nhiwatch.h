@@ -230,6 +230,9 @@ struct nw_tls_held {
 /* tls_hold_ctl[0]: the daemon's heartbeat; no process is held unless it is recent. */
 struct nw_tls_hold_ctl {
 	u64 heartbeat_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the daemon's last beat; 0 = stopping */
+	u32 uid;          /* the daemon's uid (kernel view) ... */
+	u32 kill_any;     /* ... and whether it holds CAP_KILL: else only processes of its uid are
+	                   * held, since only those can it continue (kill(2) permission rules) */
 };
 
 enum nw_counter {

@@ -12,7 +12,8 @@
 // - every held pid is listed in tls_held, which the daemon sweeps: it continues each one after
 //   the attach, or at a deadline, or when it stops, whatever happened to the attach;
 // - processes with a controlling terminal are never held (an interactive shell would report a
-//   stopped job); they are reported all the same, so the daemon attaches at once.
+//   stopped job), nor processes the daemon could not continue (another uid, no CAP_KILL); they
+//   are reported all the same, so the daemon attaches at once.
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -124,7 +125,10 @@ int hold_tls_library(struct sys_enter_mmap_ctx *ctx)
 	r->held = 0;
 	r->since_ns = now;
 	bool tty = BPF_CORE_READ(task, signal, tty) != 0;
-	if (!tty) {
+	/* Hold only what the daemon may continue: kill(2) needs CAP_KILL, or a uid in common. */
+	bool may_continue = ctl->kill_any || BPF_CORE_READ(task, cred, uid.val) == ctl->uid ||
+			    BPF_CORE_READ(task, cred, suid.val) == ctl->uid;
+	if (!tty && may_continue) {
 		struct nw_tls_held h = {.ino = key.ino, .dev = key.dev, .since_ns = now};
 		/* Listed before the signal: the daemon's sweep must know every stopped pid. */
 		if (!bpf_map_update_elem(&tls_held, &tgid, &h, BPF_NOEXIST)) {

@@ -401,3 +401,55 @@ fn processes_with_a_terminal_or_with_the_hold_off_are_never_held() {
         d.stop();
     }
 }
+
+/// Only a process the daemon may continue is ever held. With the deployed capabilities (no
+/// CAP_KILL) root cannot send SIGCONT to another user's process in another session; such a
+/// process, once stopped, would have stayed stopped for ever.
+#[test]
+fn a_process_the_daemon_cannot_continue_is_never_held() {
+    let caps = ",+sys_admin,+sys_ptrace,+dac_read_search";
+    let wrapper: Vec<String> = [
+        "setpriv".to_owned(),
+        format!("--inh-caps=-all{caps}"),
+        format!("--ambient-caps=-all{caps}"),
+        format!("--bounding-set=-all{caps}"),
+        "--".to_owned(),
+    ]
+    .into();
+    let d = Daemon::try_start_wrapped(&wrapper, &config_with(&[], ""), &[])
+        .expect("nhiwatch with the deployed capabilities");
+    let dir = TempDir::new("nhiwatch-e2e-other-user");
+    let lib = libssl_copy(&dir.path().join("nobody"));
+    let mut child = Children(vec![Command::new("setsid")
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &format!(
+                "import ctypes; ctypes.CDLL({:?})",
+                lib.display().to_string()
+            ),
+        ])
+        .current_dir("/")
+        .spawn()
+        .unwrap()]);
+    let c = &mut child.0[0];
+    let mut status = None;
+    wait_until(
+        "the other user's process to finish",
+        Duration::from_secs(10),
+        || {
+            status = c.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(status.unwrap().success(), "{status:?}");
+    assert_eq!(
+        d.metric_sum("nhiwatch_tls_holds_total", &["outcome=\"held\""]),
+        0.0
+    );
+    d.stop();
+}

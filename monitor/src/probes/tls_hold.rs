@@ -72,18 +72,25 @@ impl TlsHold {
 
     /// Tells the kernel side we are alive; it holds nobody after 3 s without a beat.
     pub fn beat(&mut self) {
-        let _ = self.ctl.set(
-            0,
-            nw_tls_hold_ctl {
-                heartbeat_ns: monotonic_ns(),
-            },
-            0,
-        );
+        self.set_heartbeat(monotonic_ns());
     }
 
     /// From now on nobody is held (stopping).
     pub fn stop_beating(&mut self) {
-        let _ = self.ctl.set(0, nw_tls_hold_ctl { heartbeat_ns: 0 }, 0);
+        self.set_heartbeat(0);
+    }
+
+    fn set_heartbeat(&mut self, heartbeat_ns: u64) {
+        let (uid, kill_any) = continue_rights();
+        let _ = self.ctl.set(
+            0,
+            nw_tls_hold_ctl {
+                heartbeat_ns,
+                uid,
+                kill_any: u32::from(kill_any),
+            },
+            0,
+        );
     }
 
     /// The file has its uprobes (or never will): mapping it holds nobody any more.
@@ -129,12 +136,32 @@ impl TlsHold {
     }
 }
 
+/// The daemon's uid, and whether it may signal processes of every uid (CAP_KILL): the kernel
+/// side holds only processes we are allowed to continue.
+fn continue_rights() -> (u32, bool) {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let kill_any = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .is_some_and(|eff| eff & (1 << 5) != 0); // CAP_KILL
+    (uid, kill_any)
+}
+
 /// Continues `pid` if it is listed as held, then forgets it; how long it was held.
 fn release(held: &mut BpfHashMap<MapData, u32, nw_tls_held>, pid: u32) -> Option<Duration> {
     let h = held.get(&pid, 0).ok()?;
     // Continue first, forget second: a pid is never dropped from the list while stopped.
     // SAFETY: kill has no memory preconditions; SIGCONT to a running process does nothing.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    if unsafe { libc::kill(pid as i32, libc::SIGCONT) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            tracing::error!(pid, error = %e, "could not continue a process held at a new TLS library");
+        }
+    }
     let _ = held.remove(&pid);
     Some(Duration::from_nanos(
         monotonic_ns().saturating_sub(h.since_ns),
