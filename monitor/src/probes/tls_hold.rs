@@ -153,8 +153,23 @@ fn continue_rights() -> (u32, bool) {
 
 /// Continues `pid` if it is listed as held, then forgets it; how long it was held.
 fn release(held: &mut BpfHashMap<MapData, u32, nw_tls_held>, pid: u32) -> Option<Duration> {
+    release_if(held, pid, None)
+}
+
+/// Like [`release`], only if the listed hold began at `since` (when given): a deadline kept for
+/// an earlier hold of the same pid must not cut a later one short.
+fn release_if(
+    held: &mut BpfHashMap<MapData, u32, nw_tls_held>,
+    pid: u32,
+    since: Option<u64>,
+) -> Option<Duration> {
     let h = held.get(&pid, 0).ok()?;
-    // Continue first, forget second: a pid is never dropped from the list while stopped.
+    if since.is_some_and(|s| s != h.since_ns) {
+        return None;
+    }
+    // Forget first, continue second: once running, the process may map another new library
+    // and must then be listed afresh (the kernel side lists a pid only if it is not listed).
+    let _ = held.remove(&pid);
     // SAFETY: kill has no memory preconditions; SIGCONT to a running process does nothing.
     if unsafe { libc::kill(pid as i32, libc::SIGCONT) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -162,7 +177,6 @@ fn release(held: &mut BpfHashMap<MapData, u32, nw_tls_held>, pid: u32) -> Option
             tracing::error!(pid, error = %e, "could not continue a process held at a new TLS library");
         }
     }
-    let _ = held.remove(&pid);
     Some(Duration::from_nanos(
         monotonic_ns().saturating_sub(h.since_ns),
     ))
@@ -203,7 +217,7 @@ pub fn spawn_reader(
                     if now.saturating_sub(since) < deadline {
                         return true;
                     }
-                    if let Some(waited) = release(&mut held, pid) {
+                    if let Some(waited) = release_if(&mut held, pid, Some(since)) {
                         metrics.continued("expired", waited);
                     }
                     false
