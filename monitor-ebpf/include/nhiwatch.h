@@ -195,6 +195,46 @@ struct nw_inode_key {
 };
 
 /* Loss and self-check counters, one u64 slot each in a per-CPU array. */
+/* A process mapping a TLS library file executable for the first time (tls_hold.bpf.c → the
+ * daemon, through the tls_hold_events ring): the daemon attaches the uprobes to that file and,
+ * if the process was stopped (held), continues it. */
+struct nw_tls_hold {
+	u32 pid;       /* tgid */
+	u32 fd;        /* the mapped file's descriptor, still open while the loader maps it */
+	u64 ino;       /* the file's inode (kernel view, as tls_lib_state is keyed) */
+	u32 dev;       /* its superblock's s_dev (kernel encoding) */
+	u32 held;      /* 1 if the process was sent SIGSTOP and is listed in tls_held */
+	u64 since_ns;  /* bpf_ktime_get_ns() when it was held */
+};
+
+/* Per library file (struct nw_inode_key): attaching in progress, or done. */
+enum nw_tls_lib_state {
+	NW_TLS_LIB_PENDING = 1,
+	NW_TLS_LIB_DONE = 2,
+};
+
+struct nw_tls_lib_entry {
+	u32 state;     /* enum nw_tls_lib_state */
+	u32 _pad;
+	u64 since_ns;  /* bpf_ktime_get_ns() when it became pending */
+};
+
+/* A held process, by tgid in tls_held. */
+struct nw_tls_held {
+	u64 ino;
+	u32 dev;
+	u32 _pad;
+	u64 since_ns;
+};
+
+/* tls_hold_ctl[0]: the daemon's heartbeat; no process is held unless it is recent. */
+struct nw_tls_hold_ctl {
+	u64 heartbeat_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the daemon's last beat; 0 = stopping */
+	u32 uid;          /* the daemon's uid (kernel view) ... */
+	u32 kill_any;     /* ... and whether it holds CAP_KILL: else only processes of its uid are
+	                   * held, since only those can it continue (kill(2) permission rules) */
+};
+
 enum nw_counter {
 	/* slots 0..NW_EVENT_KIND_COUNT-1: records lost because the ring buffer was full, by kind */
 	NW_CNT_TLS_TRUNCATED = 16,  /* TLS calls whose plaintext exceeded the capture prefix */

@@ -72,7 +72,8 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
             cfg.sensors.files.watch.push(p);
         }
     }
-    let (sensors, ring) = Sensors::load(&cfg.sensors)?;
+    let (mut sensors, ring) = Sensors::load(&cfg.sensors)?;
+    let hold_ring = sensors.hold_ring.take();
     let attached = sensors
         .statuses
         .iter()
@@ -90,14 +91,29 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     let sensor_telemetry =
         SensorTelemetry::register(&metrics, telemetry.userspace_dropped_family());
+    // New TLS library files reach the upkeep thread at once: a held process waits for them.
+    let hold_reader = match hold_ring {
+        Some(r) if cfg.sensors.tls.hold_new_libraries => {
+            let held = sensors
+                .hold
+                .take_held_handle()
+                .context("the TLS hold's list of held processes")?;
+            Some(
+                crate::probes::tls_hold::spawn_reader(
+                    r,
+                    held,
+                    tx.clone(),
+                    sensor_telemetry.hold().clone(),
+                )
+                .context("starting the TLS hold reader")?,
+            )
+        }
+        _ => None,
+    };
     let upkeep = Upkeep::new(sensors, sensor_telemetry, PathBuf::from("/proc"));
     let upkeep_thread = std::thread::Builder::new()
         .name("nhiwatch-upkeep".into())
-        .spawn(move || {
-            let mut u = upkeep;
-            u.scan_all();
-            u.run(rx);
-        })
+        .spawn(move || upkeep.run(rx))
         .context("starting the upkeep thread")?;
 
     let identity = start_identity(&cfg, &telemetry.identity)?;
@@ -208,6 +224,8 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
     findings
         .stop
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    // The reader holds a sender: the upkeep thread ends (continuing anyone held) once it is gone.
+    drop(hold_reader);
     let _ = upkeep_thread.join();
     tracing::info!("nhiwatch stopped");
     Ok(())

@@ -8,3 +8,6 @@ include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 unsafe impl aya::Pod for nw_watch {}
 unsafe impl aya::Pod for nw_inode_key {}
 unsafe impl aya::Pod for nw_canary {}
+unsafe impl aya::Pod for nw_tls_hold_ctl {}
+unsafe impl aya::Pod for nw_tls_lib_entry {}
+unsafe impl aya::Pod for nw_tls_held {}

@@ -15,6 +15,7 @@ use super::{
     cause::{Privileges, ProbeFailure},
     health::DISCOVERY,
     sensors::{self, tls, Attach},
+    tls_hold::TlsHold,
     tls_libs::{TlsDiscovery, TlsTarget},
     watch::{WatchSet, WatchStats, WatchTarget},
     SensorConfig,
@@ -70,10 +71,34 @@ pub struct Sensors {
     /// Shared with the pipeline to turn watch ids back into paths.
     pub watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
     pub tls: TlsDiscovery,
+    /// The hold's maps (see [`super::tls_hold`]), and its ring until the daemon takes it.
+    pub hold: TlsHold,
+    pub hold_ring: Option<RingBuf<MapData>>,
     uprobes_loaded: bool,
     pub tls_targets: usize,
     /// `sensors.required`: the sensors readiness waits for.
     pub required: Vec<String>,
+    /// Every TLS uprobe attached. Last field on purpose: fields drop in order, so the object
+    /// detaches its tracepoints before the uprobes go to the kernel's worker, whose teardown
+    /// would otherwise hold the kernel mutex those detaches wait for.
+    uprobe_links: UprobeLinks,
+}
+
+/// The attached uprobes; dropping hands them to the kernel (see [`super::handoff`]).
+#[derive(Default)]
+struct UprobeLinks(Vec<aya::programs::uprobe::UProbeLink>);
+
+impl Drop for UprobeLinks {
+    fn drop(&mut self) {
+        let started = std::time::Instant::now();
+        let r = super::handoff::release(std::mem::take(&mut self.0));
+        tracing::info!(
+            handed_off = r.handed_off,
+            detached_here = r.detached_here,
+            ms = started.elapsed().as_millis() as u64,
+            "TLS probes released"
+        );
+    }
 }
 
 fn has_privileges(p: &Privileges) -> bool {
@@ -225,6 +250,14 @@ impl Sensors {
         let watch_inodes = take(&mut bpf, "watch_inodes")?;
         let watch_devs = take(&mut bpf, "watch_devs")?;
         let watch = WatchSet::new(&cfg.files.watch).map_err(LoadError::NothingAttached)?;
+        let hold = TlsHold::new(
+            take(&mut bpf, "tls_hold_ctl")?,
+            take(&mut bpf, "tls_lib_state")?,
+            bpf.take_map("tls_held")
+                .ok_or(LoadError::MissingMap("tls_held"))?,
+        )
+        .map_err(LoadError::Object)?;
+        let hold_ring = Some(take::<RingBuf<MapData>>(&mut bpf, "tls_hold_events")?);
         let mut sensors = Sensors {
             bpf,
             statuses,
@@ -235,9 +268,12 @@ impl Sensors {
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
             tls: TlsDiscovery::default(),
+            hold,
+            hold_ring,
             uprobes_loaded,
             tls_targets: 0,
             required: cfg.required.clone(),
+            uprobe_links: UprobeLinks::default(),
         };
         sensors.refresh_watches();
 
@@ -286,7 +322,12 @@ impl Sensors {
         if !self.uprobes_loaded {
             return false;
         }
-        let any = tls::attach_target(&mut self.bpf, &mut self.statuses, t);
+        let any = tls::attach_target(
+            &mut self.bpf,
+            &mut self.statuses,
+            &mut self.uprobe_links.0,
+            t,
+        );
         if any {
             self.tls_targets += 1;
             tracing::info!(target = %t.path.display(), library = t.family.name(), "TLS probes attached");
@@ -305,6 +346,11 @@ impl Sensors {
             *t = self.watch.targets().to_vec();
         }
         stats
+    }
+
+    /// TLS uprobes attached now.
+    pub fn uprobes(&self) -> usize {
+        self.uprobe_links.0.len()
     }
 
     /// Kernel counters summed per slot and given per CPU: `[slot][cpu]`.

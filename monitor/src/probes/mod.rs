@@ -2,6 +2,7 @@
 
 pub mod abi;
 pub mod cause;
+pub mod handoff;
 pub mod health;
 pub mod loader;
 pub mod object;
@@ -9,6 +10,7 @@ pub mod reader;
 pub mod sensors;
 pub mod settings;
 pub mod telemetry;
+pub mod tls_hold;
 pub mod tls_libs;
 pub mod upkeep;
 pub mod watch;

@@ -8,7 +8,7 @@ use prometheus_client::{
 use std::collections::BTreeMap;
 
 use super::{cause::Cause, health::SensorHealth};
-use crate::metrics::{LabelText, Readiness, Registry, StageTelemetry};
+use crate::metrics::{LabelText, LatencyQuantiles, Readiness, Registry, StageTelemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabel {
@@ -25,6 +25,11 @@ struct ReasonLabel {
 struct DegradedLabel {
     sensor: &'static str,
     cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +56,36 @@ pub struct SensorTelemetry {
     readiness: Readiness,
     /// The last verdict published, by sensor: only changes are logged and re-labelled.
     last_health: BTreeMap<&'static str, Option<Cause>>,
+    hold: HoldMetrics,
+}
+
+/// The hold's counters, shared by the upkeep thread and the hold reader.
+#[derive(Clone)]
+pub struct HoldMetrics {
+    /// Library records the hold reader could not queue (the deadline continues those held).
+    queue_full: Counter,
+    holds: Family<OutcomeLabel, Counter>,
+    seconds: std::sync::Arc<LatencyQuantiles>,
+}
+
+impl HoldMetrics {
+    /// A process held at a new TLS library.
+    pub fn held(&self) {
+        self.holds
+            .get_or_create(&OutcomeLabel { outcome: "held" })
+            .inc();
+    }
+
+    /// A held process continued (`released`, `expired`, `stopped`) after `waited`.
+    pub fn continued(&self, outcome: &'static str, waited: std::time::Duration) {
+        self.holds.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.seconds
+            .record(outcome, waited.as_nanos().min(u128::from(u64::MAX)) as u64);
+    }
+
+    pub fn queue_full(&self) {
+        self.queue_full.inc();
+    }
 }
 
 /// Kernel anomalies that mean a failure rather than a partial view.
@@ -76,11 +111,26 @@ impl SensorTelemetry {
             degraded: Family::default(),
             readiness: registry.readiness(),
             last_health: BTreeMap::new(),
+            hold: HoldMetrics {
+                queue_full: userspace_dropped("tls_hold_queue_full"),
+                holds: Family::default(),
+                seconds: registry.summary(
+                    "tls_hold_seconds",
+                    "How long processes were held at a new TLS library, by how they were continued",
+                    "outcome",
+                ),
+            },
         };
         registry.register(
             "sensor_degraded",
             "1 while the sensor is not attached, labelled with why (permission, kernel_feature, missing_file, other)",
             t.degraded.clone(),
+        );
+        registry.register(
+            "tls_holds",
+            "Processes held at a new TLS library (held) and continued: after the attach (released), \
+             at the deadline (expired), or at stop (stopped)",
+            t.hold.holds.clone(),
         );
         registry.register(
             "kernel_events_lost",
@@ -177,6 +227,11 @@ impl SensorTelemetry {
                 each.concat()
             )
         }));
+    }
+
+    /// The hold's counters.
+    pub fn hold(&self) -> &HoldMetrics {
+        &self.hold
     }
 
     pub fn probe(&self, probe: &str, target: &str, attached: bool) {

@@ -125,6 +125,14 @@ impl TlsDiscovery {
         })
     }
 
+    /// (st_dev, inode) of every TLS library file found so far.
+    pub fn tls_files(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.seen
+            .iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(k, _)| *k)
+    }
+
     /// Distinct files examined so far.
     pub fn examined(&self) -> usize {
         self.seen.len()

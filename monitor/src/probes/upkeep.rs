@@ -8,14 +8,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{abi::*, telemetry::SensorTelemetry, Sensors};
+use super::{
+    abi::*,
+    telemetry::SensorTelemetry,
+    tls_hold::{kernel_dev, HOLD_DEADLINE},
+    Sensors,
+};
 use crate::events::EventKind;
 
-/// What the pipeline asks of the upkeep thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the pipeline (and the hold reader) ask of the upkeep thread.
+#[derive(Debug, Clone, Copy)]
 pub enum UpkeepRequest {
     /// A process exec'd: look for TLS libraries in its mappings.
     ScanProcess(u32),
+    /// A process maps a TLS library file not probed yet, and may be held until it is.
+    TlsLibrary(nw_tls_hold),
 }
 
 /// When to look at a new process's mappings again: the loader maps libraries
@@ -52,25 +59,73 @@ impl Upkeep {
         u
     }
 
-    /// Looks at every running process once (libraries of processes that started before us).
-    pub fn scan_all(&mut self) {
+    /// Every running process (their libraries were mapped before we started).
+    fn running_pids(&self) -> Vec<u32> {
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
-            return;
+            return Vec::new();
         };
-        let pids: Vec<u32> = dir
-            .flatten()
+        dir.flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        for pid in pids {
-            self.scan(pid);
-        }
+            .collect()
     }
 
     fn scan(&mut self, pid: u32) {
         for t in self.sensors.tls.scan_process(&self.proc_root, pid) {
-            self.sensors.attach_tls(&t);
+            self.attach_and_mark(&t);
         }
         self.publish_statuses();
+    }
+
+    /// Attaches to a library file and tells the kernel side it no longer needs holding for.
+    fn attach_and_mark(&mut self, t: &super::tls_libs::TlsTarget) {
+        self.sensors.attach_tls(t);
+        if let Ok(m) = std::fs::metadata(&t.path) {
+            use std::os::unix::fs::MetadataExt;
+            self.sensors.hold.mark_done(kernel_dev(m.dev()), m.ino());
+        }
+    }
+
+    /// Marks every TLS library found so far (at start) as done: their users are not held.
+    pub fn mark_known_libraries(&mut self) {
+        let known: Vec<(u64, u64)> = self.sensors.tls.tls_files().collect();
+        for (dev, ino) in known {
+            self.sensors.hold.mark_done(kernel_dev(dev), ino);
+        }
+    }
+
+    /// A process maps a library file not probed yet (and may be stopped): attach, then continue it.
+    fn on_tls_library(&mut self, r: nw_tls_hold) {
+        let base = self.proc_root.join(r.pid.to_string());
+        let fd_path = base.join("fd").join(r.fd.to_string());
+        // The path inside the process's root names the file in statuses and logs; the
+        // descriptor itself (the kernel follows the link) when that is not the same file.
+        let path = match std::fs::read_link(&fd_path) {
+            Ok(link) if link.is_absolute() => {
+                let inside = base
+                    .join("root")
+                    .join(link.strip_prefix("/").unwrap_or(&link));
+                if same_file(&inside, &fd_path) {
+                    inside
+                } else {
+                    fd_path
+                }
+            }
+            _ => fd_path,
+        };
+        match self.sensors.tls.consider(&path) {
+            Some(t) => self.attach_and_mark(&t),
+            // Seen before under another name or not a TLS library; or already gone: look at
+            // the process's mappings instead.
+            None if !path.exists() => self.scan(r.pid),
+            None => {}
+        }
+        self.publish_statuses();
+        self.sensors.hold.mark_done(r.dev, r.ino);
+        if r.held != 0 {
+            if let Some(waited) = self.sensors.hold.release(r.pid) {
+                self.metrics.hold().continued("released", waited);
+            }
+        }
     }
 
     fn publish_statuses(&mut self) {
@@ -119,9 +174,18 @@ impl Upkeep {
         self.last_counters = now;
     }
 
-    /// Serves requests until the pipeline hangs up.
+    /// Looks at every running process once, then serves requests until the pipeline hangs up.
     pub fn run(mut self, rx: Receiver<UpkeepRequest>) {
+        // Holding starts now, with the libraries found at start marked as probed.
+        self.mark_known_libraries();
+        self.sensors.hold.beat();
         let mut due: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+        // Processes that started before us go through the queue, so that a process held at a
+        // new library is served between them rather than after all of them.
+        let start = Instant::now();
+        for pid in self.running_pids() {
+            due.push(Reverse((start, pid)));
+        }
         let mut next_counters = Instant::now() + COUNTER_PERIOD;
         let mut next_watch = Instant::now() + WATCH_PERIOD;
         loop {
@@ -129,9 +193,16 @@ impl Upkeep {
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
                 let Reverse((_, pid)) = due.pop().expect("peeked");
                 self.scan(pid);
+                while let Ok(req) = rx.try_recv() {
+                    self.handle(req, &mut due);
+                }
+                if Instant::now() >= next_counters {
+                    self.tick();
+                    next_counters = Instant::now() + COUNTER_PERIOD;
+                }
             }
             if now >= next_counters {
-                self.export_counters();
+                self.tick();
                 next_counters = now + COUNTER_PERIOD;
             }
             if now >= next_watch {
@@ -145,23 +216,64 @@ impl Upkeep {
                 .unwrap_or(next_counters)
                 .min(next_counters);
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(UpkeepRequest::ScanProcess(pid)) => {
-                    if due.len() + SCAN_DELAYS.len() > MAX_PENDING {
-                        self.metrics.scan_pending_full.inc();
-                        continue;
-                    }
-                    let t = Instant::now();
-                    for d in SCAN_DELAYS {
-                        due.push(Reverse((t + d, pid)));
-                    }
-                }
+                Ok(req) => self.handle(req, &mut due),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.release_held();
                     self.export_counters();
                     return;
                 }
             }
         }
+    }
+}
+
+impl Upkeep {
+    fn handle(&mut self, req: UpkeepRequest, due: &mut BinaryHeap<Reverse<(Instant, u32)>>) {
+        match req {
+            UpkeepRequest::TlsLibrary(r) => self.on_tls_library(r),
+            UpkeepRequest::ScanProcess(pid) => {
+                if due.len() + SCAN_DELAYS.len() > MAX_PENDING {
+                    self.metrics.scan_pending_full.inc();
+                    return;
+                }
+                let t = Instant::now();
+                for d in SCAN_DELAYS {
+                    due.push(Reverse((t + d, pid)));
+                }
+            }
+        }
+    }
+
+    /// Once a second: counters, the hold's heartbeat, and continuing anyone held too long.
+    fn tick(&mut self) {
+        self.export_counters();
+        self.sensors.hold.beat();
+        for waited in self.sensors.hold.sweep(HOLD_DEADLINE) {
+            self.metrics.hold().continued("expired", waited);
+        }
+    }
+
+    /// Nobody is held from now on, and everyone still held is continued.
+    fn release_held(&mut self) {
+        for waited in self.sensors.hold.release_all() {
+            self.metrics.hold().continued("stopped", waited);
+        }
+    }
+}
+
+impl Drop for Upkeep {
+    /// Also when the thread unwinds: no process may stay stopped because of us.
+    fn drop(&mut self) {
+        self.release_held();
+    }
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 

@@ -23,15 +23,17 @@ pub mod process;
 pub mod tcp;
 pub mod tls;
 pub mod tls_gnutls;
+pub mod tls_hold;
 pub mod tls_openssl;
 
 /// Every sensor, in attach order. Names match the C files in monitor-ebpf/src/.
-pub const ALL: [&Sensor; 7] = [
+pub const ALL: [&Sensor; 8] = [
     &process::SENSOR,
     &files::SENSOR,
     &tcp::SENSOR,
     &tls_openssl::SENSOR,
     &tls_gnutls::SENSOR,
+    &tls_hold::SENSOR,
     &dns::SENSOR,
     &canary::SENSOR,
 ];

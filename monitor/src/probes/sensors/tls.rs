@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    programs::{uprobe::UProbeScope, UProbe},
+    programs::{
+        uprobe::{UProbeLink, UProbeScope},
+        UProbe,
+    },
     Ebpf,
 };
 use serde::Deserialize;
@@ -23,6 +26,9 @@ pub struct TlsConfig {
     pub capture_bytes: u32,
     pub library_dirs: Vec<PathBuf>,
     pub extra_targets: Vec<PathBuf>,
+    /// Stop a process that maps a libssl/libgnutls file not probed yet until its uprobes are
+    /// attached (at most [`crate::probes::tls_hold::HOLD_DEADLINE`]), so its first call is seen.
+    pub hold_new_libraries: bool,
 }
 
 impl Default for TlsConfig {
@@ -31,6 +37,7 @@ impl Default for TlsConfig {
             capture_bytes: 4096,
             library_dirs: Vec::new(),
             extra_targets: Vec::new(),
+            hold_new_libraries: true,
         }
     }
 }
@@ -78,11 +85,13 @@ pub(crate) fn initial_targets(
     targets
 }
 
-/// Attaches the family's programs to one library file; records each symbol's status.
-/// True if any plaintext function was attached.
+/// Attaches the family's programs to one library file; records each symbol's status and
+/// keeps each attachment in `links` (released by [`crate::probes::handoff`]). True if any plaintext function was
+/// attached.
 pub(crate) fn attach_target(
     bpf: &mut Ebpf,
     statuses: &mut Vec<ProbeStatus>,
+    links: &mut Vec<UProbeLink>,
     t: &TlsTarget,
 ) -> bool {
     let group = t.family.sensor().group;
@@ -92,8 +101,8 @@ pub(crate) fn attach_target(
         if !t.symbols.contains(&sym) {
             continue;
         }
-        let r = attach_uprobe(bpf, entry, sym, &t.path)
-            .and_then(|()| attach_uprobe(bpf, ret, sym, &t.path));
+        let r = attach_uprobe(bpf, links, entry, sym, &t.path)
+            .and_then(|()| attach_uprobe(bpf, links, ret, sym, &t.path));
         any |= r.is_ok();
         statuses.push(ProbeStatus {
             probe: format!("{group}/{sym}"),
@@ -103,7 +112,7 @@ pub(crate) fn attach_target(
     }
     if let Some((sym, prog)) = t.family.server_name() {
         if any && t.symbols.contains(&sym) {
-            let r = attach_uprobe(bpf, prog, sym, &t.path);
+            let r = attach_uprobe(bpf, links, prog, sym, &t.path);
             statuses.push(ProbeStatus {
                 probe: format!("{group}/{sym}"),
                 target: target.clone(),
@@ -114,14 +123,25 @@ pub(crate) fn attach_target(
     any
 }
 
+/// The link is taken out of the program so that stopping can hand every uprobe to the kernel
+/// ([`crate::probes::handoff`]) instead of detaching one after another when the object is dropped.
 fn attach_uprobe(
     bpf: &mut Ebpf,
+    links: &mut Vec<UProbeLink>,
     prog: &str,
     symbol: &str,
     path: &Path,
 ) -> Result<(), ProbeFailure> {
     let p: &mut UProbe = program(bpf, prog)?;
-    p.attach(symbol, path, UProbeScope::AllProcesses)
-        .map(|_| ())
-        .map_err(|e| ProbeFailure::from_error(&format!("attach uprobe {symbol}"), &e, NEEDS_UPROBE))
+    let id = p
+        .attach(symbol, path, UProbeScope::AllProcesses)
+        .map_err(|e| {
+            ProbeFailure::from_error(&format!("attach uprobe {symbol}"), &e, NEEDS_UPROBE)
+        })?;
+    // Cannot fail for an id just returned; if it did, the program keeps the link and
+    // detaches it when the object is dropped, as before.
+    if let Ok(link) = p.take_link(id) {
+        links.push(link);
+    }
+    Ok(())
 }
