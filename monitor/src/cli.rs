@@ -18,10 +18,10 @@ use crate::{
 processes start, which secret files they open, which TCP flows they make, and the API calls inside \
 their TLS traffic (read from the plaintext at the TLS library, never stored). Credentials are reduced \
 to a kind and a keyed fingerprint; payload bytes are parsed and dropped.\n\n\
-Needs a kernel with BTF (/sys/kernel/btf/vmlinux) and CAP_SYS_ADMIN, CAP_SYS_PTRACE and \
-CAP_DAC_READ_SEARCH, as root or as any user holding them as ambient capabilities (e.g. \
-`setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps +sys_admin,+sys_ptrace,+dac_read_search \
---ambient-caps +sys_admin,+sys_ptrace,+dac_read_search nhiwatch run`). With fewer, the sensors that \
+Needs a kernel with BTF (/sys/kernel/btf/vmlinux) and CAP_SYS_ADMIN, CAP_SYS_PTRACE, \
+CAP_DAC_READ_SEARCH and CAP_KILL, as root or as any user holding them as ambient capabilities (e.g. \
+`setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps +sys_admin,+sys_ptrace,+dac_read_search,+kill \
+--ambient-caps +sys_admin,+sys_ptrace,+dac_read_search,+kill nhiwatch run`). With fewer, the sensors that \
 cannot attach are named and /readyz answers 503 (sensors.required)."
 )]
 pub struct Cli {

@@ -718,6 +718,33 @@ impl Fixture {
         {
             missing.push("TLS write of curl not seen".into());
         }
+        // A one-shot client of another user than the daemon's (root, here) mapping a libssl copy
+        // nobody probed yet, in a session of its own (no terminal): held at the map until its
+        // uprobes are attached, so its first call is seen. Counted before it is continued.
+        let fresh = self._tmp.path().join(unique("hold"));
+        std::fs::create_dir(&fresh).unwrap();
+        let copy = fresh.join("libssl.so.3");
+        std::fs::copy(system_libssl(), &copy).unwrap();
+        let held = || d.metric_sum("nhiwatch_tls_holds_total", &["outcome=\"held\""]);
+        let held_before = held();
+        let status = Command::new("setsid")
+            .args([
+                "-w",
+                "/usr/bin/python3",
+                "-c",
+                "import ctypes, sys; ctypes.CDLL(sys.argv[1])",
+            ])
+            .arg(&copy)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+        if held() <= held_before {
+            missing.push(format!(
+                "root's process mapping the new copy {} was not held",
+                copy.display()
+            ));
+        }
         if missing.is_empty() {
             d.stop(); // a clean exit, only JSON on stdout
         }

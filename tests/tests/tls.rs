@@ -402,9 +402,9 @@ fn processes_with_a_terminal_or_with_the_hold_off_are_never_held() {
     }
 }
 
-/// Only a process the daemon may continue is ever held. With the deployed capabilities (no
-/// CAP_KILL) root cannot send SIGCONT to another user's process in another session; such a
-/// process, once stopped, would have stayed stopped for ever.
+/// Only a process the daemon may continue is ever held. Without CAP_KILL (the deployed set
+/// less that one) root cannot send SIGCONT to another user's process in another session; such
+/// a process, once stopped, would have stayed stopped for ever.
 #[test]
 fn a_process_the_daemon_cannot_continue_is_never_held() {
     let caps = ",+sys_admin,+sys_ptrace,+dac_read_search";
@@ -417,7 +417,7 @@ fn a_process_the_daemon_cannot_continue_is_never_held() {
     ]
     .into();
     let d = Daemon::try_start_wrapped(&wrapper, &config_with(&[], ""), &[])
-        .expect("nhiwatch with the deployed capabilities");
+        .expect("nhiwatch with the deployed capabilities less CAP_KILL");
     let dir = TempDir::new("nhiwatch-e2e-other-user");
     let lib = libssl_copy(&dir.path().join("nobody"));
     let mut child = Children(vec![Command::new("setsid")

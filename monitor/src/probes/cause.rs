@@ -175,6 +175,7 @@ const CAP_NAMES: [&str; 41] = [
 ];
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_KILL: u32 = 5;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;

@@ -25,7 +25,7 @@ use super::{
 pub enum LoadError {
     #[error(
         "nhiwatch needs CAP_SYS_ADMIN, or at least CAP_BPF and CAP_PERFMON, to load its probes; running as {0}. \
-         Every sensor needs CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH (as root or as any user, \
+         Every sensor needs CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_KILL (as root or as any user, \
          e.g. setpriv or systemd AmbientCapabilities=; see README, Deploy)"
     )]
     NotPrivileged(Privileges),
@@ -193,6 +193,24 @@ fn discovery_problem(p: &Privileges) -> Option<ProbeFailure> {
     })
 }
 
+/// The hold stops a process at a new TLS library and must continue it: kill(2) allows that for
+/// another user's process only with CAP_KILL. Without it the kernel side holds only the daemon's
+/// own uid (it never stops what it could not continue), so a container's one-shot client running
+/// as another user may make its first call before its library is probed.
+fn hold_problem(p: &Privileges) -> Option<ProbeFailure> {
+    use super::cause::{Cause, CAP_KILL};
+    (!p.has(CAP_KILL)).then(|| {
+        ProbeFailure::new(
+            Cause::Permission,
+            format!(
+                "the TLS hold cannot continue other users' processes, so it holds none of them and \
+                 their first call through a new TLS library copy may be missed; needs CAP_KILL \
+                 (running as {p})"
+            ),
+        )
+    })
+}
+
 fn take<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -277,6 +295,16 @@ impl Sensors {
         };
         sensors.refresh_watches();
 
+        if let Some(e) = (cfg.tls.hold_new_libraries && uprobes_loaded)
+            .then(|| hold_problem(&privileges))
+            .flatten()
+        {
+            sensors.statuses.push(ProbeStatus {
+                probe: "tls_hold/continue".into(),
+                target: "kill".into(),
+                error: Some(e),
+            });
+        }
         if let Some(e) = discovery_problem(&privileges) {
             sensors.statuses.push(ProbeStatus {
                 probe: format!("tls/{DISCOVERY}"),
