@@ -172,7 +172,23 @@ fn credential_use(
             u.usage.touch(secs);
             u.max_ttl_seconds = u.max_ttl_seconds.max(ttl);
         }
-        None if !full => {
+        None => {
+            if full {
+                // The least recently seen fingerprint gives way, so that an identity whose tokens
+                // rotate shows its latest ones. Cached entries stay: their record copy is stale
+                // and they are the ones in use.
+                let oldest = record
+                    .credentials
+                    .iter()
+                    .filter(|(fp, _)| !hot.creds.iter().any(|h| h.fingerprint.as_str() == *fp))
+                    .min_by_key(|(_, u)| u.usage.last_seen)
+                    .map(|(fp, _)| fp.clone());
+                record.dropped += 1;
+                match oldest {
+                    Some(fp) => record.credentials.remove(&fp),
+                    None => return,
+                };
+            }
             record.credentials.insert(
                 cred.fingerprint.clone(),
                 CredentialUse {
@@ -184,7 +200,6 @@ fn credential_use(
                 },
             );
         }
-        None => record.dropped += 1,
     }
     if let (Some(k), Some(u), false) = (
         key,

@@ -53,7 +53,11 @@ impl Default for DetectConfig {
             combination: CombinationConfig::default(),
             volume: VolumeConfig::default(),
             ungoverned: UngovernedConfig::default(),
-            max_identities: 65_536,
+            // Each identity's state is a few KiB (its records' maps, cached entries, an open
+            // NHI-001): 65,536 of them, churned, levelled off near 700 MiB RSS, too close to the
+            // DaemonSet's 1 GiB. Far more than the identities active on one node at once; the
+            // least recently seen are evicted (and stay in the state database).
+            max_identities: 16_384,
             max_credentials: 262_144,
             max_open_findings: 65_536,
             persist_interval: Duration::from_secs(30),
@@ -101,9 +105,9 @@ type FxStd<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// Entries kept per map of an identity record; more are counted in `dropped`.
 const MAX_KEYS: usize = 512;
-/// Credential fingerprints kept per identity record; more are counted in `dropped`. Fewer than
-/// `MAX_KEYS`: an identity whose tokens rotate presents a new fingerprint each time, and
-/// with 10,000 identities each fingerprint entry kept per identity costs ≈ 2.5 MiB.
+/// Credential fingerprints kept per identity record; beyond it the least recently seen gives
+/// way, counted in `dropped`. Fewer than `MAX_KEYS`: an identity whose tokens rotate presents a
+/// new fingerprint each time, and with 10,000 identities each entry per identity costs ≈ 2.5 MiB.
 const MAX_CREDENTIALS: usize = 32;
 
 #[cfg(test)]

@@ -82,6 +82,16 @@ fn memory_stays_bounded_under_a_million_fingerprints() {
     let r = e.records().next().unwrap();
     assert_eq!(r.credentials.len(), MAX_CREDENTIALS);
     assert!(r.dropped > 0);
+    // The latest ones: rotating tokens show what is in use now (the first 8 stay cached).
+    assert!(r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 999_999)));
+    assert!(r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 0)));
+    assert!(!r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 100)));
     // Many identities: evicted beyond the limit, oldest first.
     for i in 0..5_000i64 {
         let o = call(

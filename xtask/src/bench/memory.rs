@@ -91,7 +91,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
     let body = format!(
         "Source: `monitor/benches/detect_memory.rs`, run as `cargo bench -p nhiwatch --bench detect_memory -- IDS FPS` \
          (release, one thread). It feeds `detect::Engine` with the default settings and caps (`max_identities` \
-         65,536, `max_credentials` 262,144, `max_open_findings` 65,536) and no rules, so every identity is \
+         16,384, `max_credentials` 262,144, `max_open_findings` 65,536) and no rules, so every identity is \
          ungoverned: IDS identities make FPS API calls, each presenting a bearer token with a new fingerprint \
          (fingerprint k by identity k mod IDS, as rotating tokens would), 10,000 calls a second of record \
          time. Observations are generated one at a time and dropped after judging; the peak is the process's \
