@@ -102,10 +102,15 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          1,000,000. Every identity record then kept up to 512 fingerprints (1,000,000 map entries of \
          ≈ 250 B here), and each of the 262,144 global sightings held several heap strings, a one-entry \
          BTreeMap of copied identity ids and a second copy of its key (≈ 600 B). Now a sighting is keyed \
-         by the fingerprint's 16 bytes and shares the engine's identity ids, and an identity record keeps \
-         32 fingerprints (more are counted in its `dropped`). The second row is the caps' level-off: \
+         by the fingerprint's 16 bytes and shares the engine's identity ids, and an identity record keeps its \
+         32 most recent fingerprints (those given up are counted in its `dropped`). The second row is the caps' level-off: \
          one new identity and fingerprint per observation, so identities and credentials are evicted (and \
-         counted in `nhiwatch_stage_dropped_total{{stage=\"detect\",reason=\"evicted_*\"}}`) throughout.\n"
+         counted in `nhiwatch_stage_dropped_total{{stage=\"detect\",reason=\"evicted_*\"}}`) throughout; \
+         the issue measured ≈ 865 MB there before, and the same bench at cccb20c's caps with the new \
+         state (65,536 identities) peaked at 697 MiB (debug), hence `max_identities` 16,384. What is left \
+         at the level-off is mostly the open NHI-001 findings, one per identity until \
+         `max_open_findings` (65,536), each a full finding (≈ 1 KiB with its identity) — not bounded by \
+         `max_identities`.\n"
     );
     Ok(Section {
         title: String::new(),
