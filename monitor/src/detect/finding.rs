@@ -226,8 +226,10 @@ pub struct Candidate {
     pub evidence: Evidence,
 }
 
+/// Boxed: a finding is ≈ 750 B inline, and the table keeps room for up to twice its entries
+/// (`max_open_findings`, 65,536 by default): inline, the empty slots alone would cost ≈ 50 MiB.
 struct Open {
-    finding: Finding,
+    finding: Box<Finding>,
 }
 
 /// Keeps one open finding per (identity, rule, key) for a window; repeats only count.
@@ -311,7 +313,12 @@ impl Deduper {
         };
         out.push(finding.clone());
         let closes_at = t.saturating_add(self.window_ns);
-        self.open.insert(dedup_key, Open { finding });
+        self.open.insert(
+            dedup_key,
+            Open {
+                finding: Box::new(finding),
+            },
+        );
         self.order.push_back((closes_at, dedup_key));
     }
 
@@ -352,7 +359,7 @@ impl Deduper {
 
 fn summary(o: Open, out: &mut Vec<Finding>) {
     if o.finding.count > 1 {
-        let mut f = o.finding;
+        let mut f = *o.finding;
         f.phase = Phase::Summary;
         out.push(f);
     }

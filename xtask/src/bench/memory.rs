@@ -107,10 +107,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          one new identity and fingerprint per observation, so identities and credentials are evicted (and \
          counted in `nhiwatch_stage_dropped_total{{stage=\"detect\",reason=\"evicted_*\"}}`) throughout; \
          the issue measured ≈ 865 MB there before, and the same bench at cccb20c's caps with the new \
-         state (65,536 identities) peaked at 697 MiB (debug), hence `max_identities` 16,384. What is left \
-         at the level-off is mostly the open NHI-001 findings, one per identity until \
-         `max_open_findings` (65,536), each a full finding (≈ 1 KiB with its identity) — not bounded by \
-         `max_identities`.\n"
+         state (65,536 identities) peaked at 697 MiB (debug), hence `max_identities` 16,384, and open \
+         findings are boxed in the dedup table (inline, ≈ 750 B a slot in 131,072 slots: 498 MiB at the \
+         level-off). What remains there is mostly the open NHI-001 findings, one per identity up to \
+         `max_open_findings` (65,536), ≈ 1 KiB each with their identity.\n"
     );
     Ok(Section {
         title: String::new(),
