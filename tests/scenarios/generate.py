@@ -398,7 +398,12 @@ def s01_benign_med_summarizer_day():
              rec, [], never=[MED_KEY_SECRET, JWT_TEXT])
 
 
-def s02_ungoverned():
+ALL_UNGOVERNED = ("# The seeds' demand: every identity without a contract is reported, however little it does\n"
+                  "# (the default reports only those that use credentials, secrets or data sources).\n"
+                  "detectors:\n  ungoverned: {report: all}\n")
+
+
+def ungoverned_recording():
     rec = Recording()
     t = T("2026-11-24T09:00:00")
     jwt = sa_jwt(TRIAGE, t - timedelta(minutes=10))
@@ -413,10 +418,25 @@ def s02_ungoverned():
     rec.connect(T("2026-11-24T02:40:00"), PACS_BACKUP, 9120, "/usr/bin/rsync", "10.40.1.20:873")
     rec.exec(T("2026-11-24T04:10:00"), PACS_BACKUP, 9377, "/usr/bin/rsync")
     rec.connect(T("2026-11-24T04:10:01"), PACS_BACKUP, 9377, "/usr/bin/rsync", "10.40.1.20:873")
+    return rec
+
+
+def s02_ungoverned():
     scenario("02-ungoverned-identity",
-             "activity of identities no contract governs: 40 calls in 5 minutes give one NHI-001 counting 40; a job "
-             "active at 02:00-02:40 and again at 04:10 gives one NHI-001 per 1h ungoverned window (two)",
-             rec, [f("NHI-001", TRIAGE, count=40), f("NHI-001", PACS_BACKUP), f("NHI-001", PACS_BACKUP)])
+             "with detectors.ungoverned.report: all, activity of identities no contract governs: 40 calls in 5 "
+             "minutes give one NHI-001 counting 40; a job active at 02:00-02:40 and again at 04:10 gives one NHI-001 "
+             "per 1h ungoverned window (two)",
+             ungoverned_recording(),
+             [f("NHI-001", TRIAGE, count=40), f("NHI-001", PACS_BACKUP), f("NHI-001", PACS_BACKUP)],
+             config=ALL_UNGOVERNED)
+
+
+def s34_ungoverned_significant():
+    scenario("34-ungoverned-significant-only",
+             "the default detectors.ungoverned.report: significant on scenario 02's recording: triage-bot presents a "
+             "token to the EHR and gets its NHI-001 counting 40; the backup job only starts rsync and connects to an "
+             "unnamed address, so it is learned but not reported",
+             ungoverned_recording(), [f("NHI-001", TRIAGE, count=40)])
 
 
 def claims_run(rec, t, cred_payer, cred_fhir, claims=30, pid=7001):
@@ -921,6 +941,7 @@ def build():
     s27_s28_legacy()
     s29_s32_tokens()
     s33_break_glass()
+    s34_ungoverned_significant()
 
 
 def main():

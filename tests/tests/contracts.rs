@@ -332,7 +332,9 @@ fn work_within_the_contract_raises_nothing() {
     let c = Clinic::new();
     let pod = c.pod("clinical-ai", "med-summarizer");
     c.write_rules(&c.contract("med-summarizer", &pod, "2099-12-31"));
-    let d = Daemon::start(&c.config(""));
+    // `report: all`: the identity proving the detectors ran only starts processes, which the
+    // default (`significant`) does not report.
+    let d = Daemon::start(&c.config("detectors:\n  ungoverned: {report: all}\n"));
     summarize(&c, &d, &pod);
     assert_no_findings(&d, &pod);
     // The daemon judged it (not merely failed to): another identity without a contract — this
@@ -350,6 +352,36 @@ fn work_within_the_contract_raises_nothing() {
             .any(|f| f["identity"]["id"] == id.as_str()),
         "findings.jsonl has a finding for {id}"
     );
+}
+
+/// Issue 16 item 12: with the default `detectors.ungoverned.report: significant`, an identity
+/// without a contract that only starts a process and calls an unnamed host without a
+/// credential is learned but not reported; one that reads a watched secret is.
+#[test]
+fn only_ungoverned_identities_that_matter_are_reported_by_default() {
+    let c = Clinic::new();
+    let quiet = c.pod("build", "quiet-job");
+    let reader = c.pod("build", "token-reader");
+    c.write_rules("");
+    let d = Daemon::start(&c.config(""));
+    let quiet_pid = c.python_in(&quiet, "call('plain.nhiwatch.test', 'GET', '/R4/x')\n");
+    let call = wait_call(&d, quiet_pid, "plain.nhiwatch.test", &quiet);
+    assert!(
+        call["credentials"].as_array().is_none_or(|c| c.is_empty()),
+        "{call}"
+    );
+    let reader_pid = c.python_in(&reader, "read(TOKEN_FILE)\n");
+    let f = wait_finding(&d, &reader, "NHI-001");
+    assert_eq!(f["rule"]["name"], "ungoverned-identity", "{f}");
+    assert!(reader_pid > 0);
+    // One ordered stream: the quiet identity's exec and call were judged before the reader's
+    // finding was printed.
+    let quiet_findings: Vec<Value> = findings_of(&d, &quiet.spiffe_id())
+        .into_iter()
+        .filter(|f| f["rule"]["id"] == "NHI-001")
+        .collect();
+    assert!(quiet_findings.is_empty(), "{quiet_findings:#?}");
+    d.stop();
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! 3. The highest watched-file event rate the daemon, pinned to one CPU, drains without loss.
 //! 4. Userspace stage costs without the kernel.
 //! 5. Alert latency from the kernel's timestamp to the sink write (file, HTTPS webhook, syslog/TLS).
+//! 6. Detector memory at scale (peak RSS with the default caps).
 //!
 //! Overhead variants run in alternation (bare, A, B, bare, A, B …) so drift of a noisy machine
 //! hits every variant alike; each tool is started fresh, waited for until attached, and stopped
@@ -14,6 +15,7 @@
 
 mod alerts;
 mod event_rate;
+mod memory;
 mod open_loop;
 mod stats;
 mod sys;
@@ -62,6 +64,8 @@ enum Which {
     Userspace,
     /// Alert latency from the kernel timestamp to the sink write.
     Alerts,
+    /// Detector memory at scale (peak RSS, default caps).
+    Memory,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -133,7 +137,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 5] = [
+    let benches: [(Which, &str, Bench); 6] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -159,6 +163,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             "5. Alert latency (kernel timestamp → sink write)",
             alerts::run,
         ),
+        (Which::Memory, "6. Detector memory at scale", memory::run),
     ];
     let mut sections = Vec::new();
     let mut failed = Vec::new();
@@ -782,7 +787,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate,userspace,alerts`.",
+         {}), `--only open,tls,rate,userspace,alerts,memory`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(

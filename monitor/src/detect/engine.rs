@@ -8,6 +8,7 @@ use super::{
     finding::{DedupChanges, Deduper, Family, Finding},
     hot::Hot,
     learn,
+    sightings::Sightings,
     state::{CredentialRecord, IdentityRecord},
     DetectConfig, FxMap, FxStd,
 };
@@ -109,8 +110,8 @@ impl Caches {
 const CLASSIFY_CACHE: usize = 1 << 16;
 
 pub(super) struct IdState {
-    /// The key in `Engine::ids`, to remove it on eviction.
-    key: Arc<str>,
+    /// The key in `Engine::ids`, to remove it on eviction; credential sightings share it.
+    pub(super) key: Arc<str>,
     pub(super) record: IdentityRecord,
     /// Index into the compiled contracts, for `rules_generation`.
     pub(super) contract: Option<usize>,
@@ -125,13 +126,14 @@ pub(super) struct IdState {
     pub(super) hot: Hot,
     /// Its NHI-001 dedup key (it depends on the id only).
     pub(super) ungoverned_key: Option<u64>,
+    /// It did something that makes it matter without a contract (`learn::significant`).
+    pub(super) significant: bool,
 }
 
 impl IdState {
     fn new(record: IdentityRecord) -> IdState {
         IdState {
             key: record.identity.id.as_str().into(),
-            record,
             contract: None,
             rules_generation: 0,
             window: Vec::new(),
@@ -139,6 +141,8 @@ impl IdState {
             dirty: false,
             hot: Hot::default(),
             ungoverned_key: None,
+            significant: learn::significant_record(&record),
+            record,
         }
     }
 }
@@ -152,12 +156,6 @@ pub struct EngineStats {
     pub findings: u64,
 }
 
-/// One credential's record and whether it is listed in `Engine::dirty_creds`.
-pub(super) struct CredState {
-    pub(super) record: CredentialRecord,
-    pub(super) dirty: bool,
-}
-
 pub struct Engine {
     cfg: DetectConfig,
     /// Shared so that many engines (fuzzing, benchmarks) can judge against one compiled set.
@@ -169,14 +167,13 @@ pub struct Engine {
     /// None: free (listed in `free`).
     slots: Vec<Option<IdState>>,
     free: Vec<u32>,
-    creds: FxStd<String, CredState>,
+    /// Credential fingerprint → who presented it (compact: see `sightings`).
+    creds: Sightings,
     dedup: Deduper,
     identity_dedup: Deduper,
     caches: Caches,
     /// Slots changed since the last persist (each also flagged `dirty` in its state).
     dirty_ids: Vec<u32>,
-    /// Credentials changed since the last persist (each also flagged `dirty`).
-    dirty_creds: Vec<String>,
     now: i64,
     pub stats: EngineStats,
 }
@@ -197,10 +194,9 @@ impl Engine {
             ids: FxStd::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            creds: FxStd::default(),
+            creds: Sightings::default(),
             caches: Caches::default(),
             dirty_ids: Vec::new(),
-            dirty_creds: Vec::new(),
             now: 0,
             stats: EngineStats::default(),
             cfg,
@@ -284,14 +280,14 @@ impl Engine {
         }
         creds.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
         creds.truncate(self.cfg.max_credentials);
+        let ids = &self.ids;
+        // Ids of identities in memory are shared, not copied.
+        let intern = |id: &str| {
+            ids.get_key_value(id)
+                .map_or_else(|| Arc::from(id), |(k, _)| k.clone())
+        };
         for c in creds {
-            self.creds.insert(
-                c.fingerprint.clone(),
-                CredState {
-                    record: c,
-                    dirty: false,
-                },
-            );
+            self.creds.restore(c, intern);
         }
     }
 
@@ -315,24 +311,19 @@ impl Engine {
                 st.dirty = false;
             }
         }
-        for k in &self.dirty_creds {
-            if let Some(c) = self.creds.get_mut(k) {
-                c.dirty = false;
-            }
-        }
         let ids: Vec<&IdentityRecord> = self
             .dirty_ids
             .iter()
             .filter_map(|&s| self.slots.get(s as usize)?.as_ref().map(|st| &st.record))
             .collect();
-        let creds: Vec<&CredentialRecord> = self
-            .dirty_creds
-            .iter()
-            .filter_map(|k| self.creds.get(k).map(|c| &c.record))
-            .collect();
-        save(&ids, &creds)?;
+        let creds = self.creds.take_dirty();
+        let refs: Vec<&CredentialRecord> = creds.iter().collect();
+        if let Err(e) = save(&ids, &refs) {
+            // Written next time.
+            self.creds.relist(&creds);
+            return Err(e);
+        }
         self.dirty_ids.clear();
-        self.dirty_creds.clear();
         Ok(())
     }
 
@@ -342,8 +333,9 @@ impl Engine {
         self.slots.iter().flatten().map(|s| &s.record)
     }
 
-    pub fn credential_records(&self) -> impl Iterator<Item = &CredentialRecord> {
-        self.creds.values().map(|c| &c.record)
+    /// Built from the compact sightings, one record at a time.
+    pub fn credential_records(&self) -> impl Iterator<Item = CredentialRecord> + '_ {
+        self.creds.records()
     }
 
     /// Closes dedup windows that ended by `now` (ns); repeated findings leave summaries.
@@ -396,15 +388,7 @@ impl Engine {
             return;
         };
         let rules: &Compiled = &self.rules;
-        let seen = learn::learn(
-            rules,
-            &mut self.caches,
-            &mut self.creds,
-            &mut self.dirty_creds,
-            st,
-            o,
-            secs,
-        );
+        let seen = learn::learn(rules, &mut self.caches, &mut self.creds, st, o, secs);
         let mut cx = Cx {
             rules,
             cfg: &self.cfg,
@@ -430,6 +414,7 @@ impl Engine {
             window: &mut st.window,
             hot: &mut st.hot,
             ungoverned_key: &mut st.ungoverned_key,
+            significant: st.significant,
         };
         detectors::run(&mut cx, &mut subject, &seen);
         if !st.dirty {
@@ -516,25 +501,8 @@ impl Engine {
             }
         }
         if self.creds.len() > self.cfg.max_credentials {
-            let mut ages: Vec<(i64, String)> = self
-                .creds
-                .iter()
-                .map(|(k, c)| (c.record.last_seen, k.clone()))
-                .collect();
-            ages.sort();
             let n = (self.creds.len() - self.cfg.max_credentials) + self.cfg.max_credentials / 8;
-            let mut dirty_gone = false;
-            let mut gone = HashSet::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher);
-            for (_, k) in ages.into_iter().take(n) {
-                if let Some(c) = self.creds.remove(&k) {
-                    dirty_gone |= c.dirty;
-                }
-                gone.insert(k);
-                self.stats.credentials_evicted += 1;
-            }
-            if dirty_gone {
-                self.dirty_creds.retain(|k| !gone.contains(k));
-            }
+            self.stats.credentials_evicted += self.creds.evict_oldest(n) as u64;
         }
     }
 }

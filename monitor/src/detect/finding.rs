@@ -226,8 +226,10 @@ pub struct Candidate {
     pub evidence: Evidence,
 }
 
+/// Boxed: a finding is ≈ 750 B inline, and the table keeps room for up to twice its entries
+/// (`max_open_findings`, 65,536 by default): inline, the empty slots alone would cost ≈ 50 MiB.
 struct Open {
-    finding: Finding,
+    finding: Box<Finding>,
     /// Listed in `Deduper::changed` since the last [`Deduper::saved`].
     dirty: bool,
 }
@@ -356,7 +358,7 @@ impl Deduper {
         self.open.insert(
             dedup_key,
             Open {
-                finding,
+                finding: Box::new(finding),
                 dirty: true,
             },
         );
@@ -408,7 +410,7 @@ impl Deduper {
                     .order
                     .iter()
                     .filter_map(|(_, h)| self.open.get(h))
-                    .map(|o| &o.finding)
+                    .map(|o| &*o.finding)
                     .collect(),
                 closed: Vec::new(),
             };
@@ -465,7 +467,7 @@ impl Deduper {
             self.open.insert(
                 h,
                 Open {
-                    finding: f,
+                    finding: Box::new(f),
                     dirty: false,
                 },
             );
@@ -477,7 +479,7 @@ impl Deduper {
 
 fn summary(o: Open, out: &mut Vec<Finding>) {
     if o.finding.count > 1 {
-        let mut f = o.finding;
+        let mut f = *o.finding;
         f.phase = Phase::Summary;
         out.push(f);
     }

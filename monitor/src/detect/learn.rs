@@ -5,10 +5,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use super::{
     compiled::{Compiled, DsId},
     detectors::{Call, FileRead, Seen},
-    engine::{Caches, CredState, IdState},
+    engine::{Caches, IdState},
     hot::{Hot, HotCred, InlineKey},
-    state::{CredentialRecord, CredentialUse, IdentityRecord, SecretUsage, Usage, MAX_SHARERS},
-    FxStd, MAX_KEYS,
+    sightings::Sightings,
+    state::{CredentialUse, IdentityRecord, SecretUsage, Usage},
+    MAX_CREDENTIALS, MAX_KEYS,
 };
 use crate::events::observation::{Activity, CredentialSeen, Observation};
 
@@ -16,8 +17,7 @@ use crate::events::observation::{Activity, CredentialSeen, Observation};
 pub(super) fn learn<'o>(
     rules: &Compiled,
     caches: &mut Caches,
-    creds: &mut FxStd<String, CredState>,
-    dirty_creds: &mut Vec<String>,
+    creds: &mut Sightings,
     st: &mut IdState,
     o: &'o Observation,
     secs: i64,
@@ -27,6 +27,9 @@ pub(super) fn learn<'o>(
         touch_exe(record, hot, exe, secs);
     }
     let mut seen = Seen::default();
+    if !st.significant {
+        st.significant = significant(rules, o);
+    }
     match &o.activity {
         Activity::Exec => {}
         // A failed open read nothing: it is in the events, not a finding.
@@ -55,7 +58,7 @@ pub(super) fn learn<'o>(
             seen.credentials = &call.credentials;
             for (i, cred) in call.credentials.iter().enumerate() {
                 credential(record, hot, cred, secs);
-                if sighting(creds, dirty_creds, &o.identity.id, cred, secs) {
+                if creds.sight(&st.key, cred, secs) {
                     seen.shared |= 1 << i.min(63);
                 }
             }
@@ -80,6 +83,32 @@ pub(super) fn learn<'o>(
         }
     }
     seen
+}
+
+/// Whether `o` makes its identity matter even without a contract (NHI-001 by default): it
+/// presented a credential, opened a watched file (secret watches and data-source files are
+/// the only files observed), or reached a named data source (an API call it classifies as, or
+/// a connection to a host that serves one). Starting processes and connecting elsewhere do not.
+pub(super) fn significant(rules: &Compiled, o: &Observation) -> bool {
+    match &o.activity {
+        Activity::Exec => false,
+        Activity::FileOpen { result, .. } => *result >= 0,
+        Activity::Connect { name, .. } => name
+            .as_deref()
+            .is_some_and(|h| rules.host_data_sources(h).next().is_some()),
+        Activity::ApiCall(call) => {
+            !call.credentials.is_empty()
+                || call
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| rules.classify_http(h, &call.path).is_some())
+        }
+    }
+}
+
+/// `significant` for a restored record: what it remembers having used.
+pub(super) fn significant_record(r: &IdentityRecord) -> bool {
+    !r.credentials.is_empty() || !r.secrets.is_empty() || !r.data_sources.is_empty()
 }
 
 /// A watched file opened: which executables read it.
@@ -118,7 +147,7 @@ fn credential(record: &mut IdentityRecord, hot: &mut Hot, cred: &CredentialSeen,
     let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
     let key = InlineKey::new(&cred.fingerprint);
     let cached = key.as_ref().and_then(|k| hot.cred(k));
-    let full = record.credentials.len() >= MAX_KEYS;
+    let full = record.credentials.len() >= MAX_CREDENTIALS;
     match cached {
         Some(c) => {
             c.usage.touch(secs);
@@ -143,7 +172,23 @@ fn credential_use(
             u.usage.touch(secs);
             u.max_ttl_seconds = u.max_ttl_seconds.max(ttl);
         }
-        None if !full => {
+        None => {
+            if full {
+                // The least recently seen fingerprint gives way, so that an identity whose tokens
+                // rotate shows its latest ones. Cached entries stay: their record copy is stale
+                // and they are the ones in use.
+                let oldest = record
+                    .credentials
+                    .iter()
+                    .filter(|(fp, _)| !hot.creds.iter().any(|h| h.fingerprint.as_str() == *fp))
+                    .min_by_key(|(_, u)| u.usage.last_seen)
+                    .map(|(fp, _)| fp.clone());
+                record.dropped += 1;
+                match oldest {
+                    Some(fp) => record.credentials.remove(&fp),
+                    None => return,
+                };
+            }
             record.credentials.insert(
                 cred.fingerprint.clone(),
                 CredentialUse {
@@ -155,7 +200,6 @@ fn credential_use(
                 },
             );
         }
-        None => record.dropped += 1,
     }
     if let (Some(k), Some(u), false) = (
         key,
@@ -168,48 +212,6 @@ fn credential_use(
             max_ttl_seconds: u.max_ttl_seconds,
         });
     }
-}
-
-/// A credential presented: which identities presented it (across identities, for sharing).
-/// True when others did.
-fn sighting(
-    creds: &mut FxStd<String, CredState>,
-    dirty_creds: &mut Vec<String>,
-    who: &str,
-    cred: &CredentialSeen,
-    secs: i64,
-) -> bool {
-    let fp = cred.fingerprint.as_str();
-    let c = match creds.get_mut(fp) {
-        Some(c) => c,
-        None => creds.entry(fp.to_owned()).or_insert_with(|| CredState {
-            record: CredentialRecord {
-                fingerprint: fp.to_owned(),
-                kind: cred.kind.clone(),
-                vendor: cred.vendor.clone(),
-                long_lived: cred.long_lived,
-                first_seen: secs,
-                last_seen: secs,
-                identities: Default::default(),
-            },
-            dirty: false,
-        }),
-    };
-    if !c.dirty {
-        c.dirty = true;
-        dirty_creds.push(fp.to_owned());
-    }
-    let r = &mut c.record;
-    r.last_seen = r.last_seen.max(secs);
-    let room = r.identities.len() < MAX_SHARERS;
-    match r.identities.get_mut(who) {
-        Some(t) => *t = secs,
-        None if room => {
-            r.identities.insert(who.to_owned(), secs);
-        }
-        None => {}
-    }
-    r.identities.len() > 1 || !r.identities.contains_key(who)
 }
 
 thread_local! {

@@ -9,6 +9,7 @@ mod engine;
 pub mod finding;
 mod hot;
 mod learn;
+mod sightings;
 pub mod state;
 pub mod telemetry;
 
@@ -33,6 +34,7 @@ pub struct DetectConfig {
     pub ungoverned_window: Duration,
     pub combination: CombinationConfig,
     pub volume: VolumeConfig,
+    pub ungoverned: UngovernedConfig,
     /// Identities and credentials kept in memory; the least recently seen are evicted beyond these.
     pub max_identities: usize,
     pub max_credentials: usize,
@@ -50,12 +52,37 @@ impl Default for DetectConfig {
             ungoverned_window: Duration::from_secs(3600),
             combination: CombinationConfig::default(),
             volume: VolumeConfig::default(),
-            max_identities: 65_536,
+            ungoverned: UngovernedConfig::default(),
+            // Each identity's state is a few KiB (its records' maps, cached entries, an open
+            // NHI-001): 65,536 of them, churned, levelled off near 700 MiB RSS, too close to the
+            // DaemonSet's 1 GiB. Far more than the identities active on one node at once; the
+            // least recently seen are evicted (and stay in the state database).
+            max_identities: 16_384,
             max_credentials: 262_144,
             max_open_findings: 65_536,
             persist_interval: Duration::from_secs(30),
         }
     }
+}
+
+/// `detectors.ungoverned`: which identities without a contract NHI-001 reports.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UngovernedConfig {
+    pub report: UngovernedReport,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UngovernedReport {
+    /// Only identities that matter: that presented a credential, opened a watched file, or
+    /// reached a data source (`learn::significant`). On a busy host every uid + executable is
+    /// an identity (compilers, shells, `sleep`): reporting each buries the few that hold access.
+    #[default]
+    Significant,
+    /// Every identity without a contract, from its first activity ("every non-human identity
+    /// is governed").
+    All,
 }
 
 pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -78,6 +105,10 @@ type FxStd<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// Entries kept per map of an identity record; more are counted in `dropped`.
 const MAX_KEYS: usize = 512;
+/// Credential fingerprints kept per identity record; beyond it the least recently seen gives
+/// way, counted in `dropped`. Fewer than `MAX_KEYS`: an identity whose tokens rotate presents a
+/// new fingerprint each time, and with 10,000 identities each entry per identity costs ≈ 2.5 MiB.
+const MAX_CREDENTIALS: usize = 32;
 
 #[cfg(test)]
 mod tests;

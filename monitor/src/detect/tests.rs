@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::{
     finding::{self, Finding},
-    state, DetectConfig, Engine, MAX_KEYS,
+    state, DetectConfig, Engine, UngovernedReport, MAX_CREDENTIALS,
 };
 use crate::{
     contracts::RuleSet,
@@ -78,10 +78,20 @@ fn memory_stays_bounded_under_a_million_fingerprints() {
     }
     assert!(e.credentials() <= 10_000, "{}", e.credentials());
     assert!(e.stats.credentials_evicted >= 990_000);
-    // The identity's own record is bounded too: it keeps at most MAX_KEYS fingerprints.
+    // The identity's own record is bounded too: it keeps at most MAX_CREDENTIALS fingerprints.
     let r = e.records().next().unwrap();
-    assert_eq!(r.credentials.len(), MAX_KEYS);
+    assert_eq!(r.credentials.len(), MAX_CREDENTIALS);
     assert!(r.dropped > 0);
+    // The latest ones: rotating tokens show what is in use now (the first 8 stay cached).
+    assert!(r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 999_999)));
+    assert!(r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 0)));
+    assert!(!r
+        .credentials
+        .contains_key(&format!("hmac-sha256:{:032x}", 100)));
     // Many identities: evicted beyond the limit, oldest first.
     for i in 0..5_000i64 {
         let o = call(
@@ -264,4 +274,186 @@ fn cached_entries_fold_into_the_records() {
         assert_eq!(total, 150, "{ds}");
         assert_eq!(r.peak_requests_per_minute[ds], 30, "{ds}");
     }
+}
+
+/// A host process (uid + executable), as the identity stage names one outside Kubernetes.
+fn host_process(exe: &str) -> Arc<WorkloadIdentity> {
+    let mut w = crate::report::fixtures::k8s("x", "x");
+    w.id = format!("spiffe://node.example/uid/1000{exe}");
+    w.kind = crate::identity::IdentityKind::Unix;
+    w.namespace = None;
+    w.service_account = None;
+    w.pod = None;
+    w.uid = Some(1000);
+    w.exe = Some(exe.into());
+    Arc::new(w)
+}
+
+fn activity(id: &Arc<WorkloadIdentity>, t: i64, activity: Activity) -> Observation {
+    Observation {
+        time: t,
+        identity: id.clone(),
+        labels: None,
+        pid: 9,
+        exe: id.exe.as_deref().map(Into::into),
+        activity,
+    }
+}
+
+/// What a build host's processes do: start, connect to unnamed hosts, call an API without a
+/// credential. None of it makes an identity matter.
+fn busy_host_noise(id: &Arc<WorkloadIdentity>, t: i64) -> Vec<Observation> {
+    vec![
+        activity(id, t, Activity::Exec),
+        activity(
+            id,
+            t + 1,
+            Activity::Connect {
+                address: "192.0.2.7:443".parse().unwrap(),
+                name: Some("static.crates.example".into()),
+            },
+        ),
+        activity(
+            id,
+            t + 2,
+            Activity::Connect {
+                address: "192.0.2.8:80".parse().unwrap(),
+                name: None,
+            },
+        ),
+        activity(
+            id,
+            t + 3,
+            Activity::ApiCall(ApiCallSeen {
+                host: Some("index.crates.example".into()),
+                method: Some("GET".into()),
+                path: "/config.json".into(),
+                status: Some(200),
+                request_bytes: 100,
+                response_bytes: 1000,
+                credentials: vec![],
+            }),
+        ),
+        // A failed open of a watched file read nothing.
+        activity(
+            id,
+            t + 4,
+            Activity::FileOpen {
+                path: "/etc/ssl/private/server.key".into(),
+                result: -13,
+            },
+        ),
+    ]
+}
+
+fn ungoverned_of(out: &[Finding]) -> Vec<&str> {
+    out.iter()
+        .filter(|f| f.rule.id == "NHI-001")
+        .map(|f| f.identity.id.as_str())
+        .collect()
+}
+
+/// Item 12 of issue 16: by default NHI-001 names only identities that matter; `report: all`
+/// restores "every non-human identity is governed".
+#[test]
+fn ungoverned_reports_only_identities_that_matter_by_default() {
+    let quiet = host_process("/usr/bin/sleep");
+    let reader = host_process("/usr/bin/cat");
+    let bearer = host_process("/usr/bin/curl");
+    let to_ds = host_process("/usr/bin/nc");
+    let ehr = host_process("/usr/bin/python3");
+    let run = |report: UngovernedReport| {
+        let cfg = DetectConfig {
+            ungoverned: super::UngovernedConfig { report },
+            ..DetectConfig::default()
+        };
+        let mut e = Engine::new(shipped(), cfg);
+        let mut out = Vec::new();
+        for (i, id) in [&quiet, &reader, &bearer, &to_ds, &ehr].iter().enumerate() {
+            for o in busy_host_noise(id, T0 + i as i64 * S) {
+                e.observe(&o, &mut out);
+            }
+        }
+        let quiet_then = ungoverned_of(&out)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let t = T0 + 10 * S;
+        // A watched secret read.
+        let read = Activity::FileOpen {
+            path: "/etc/ssl/private/server.key".into(),
+            result: 3,
+        };
+        e.observe(&activity(&reader, t, read), &mut out);
+        // A bearer token presented to a host no data source claims.
+        let mut c = call(&bearer, t, "example.net", "/", "hmac-sha256:dd");
+        if let Activity::ApiCall(a) = &mut c.activity {
+            a.credentials[0].kind = "bearer".into();
+        }
+        e.observe(&c, &mut out);
+        // A connection to a host that serves a data source.
+        let connect = Activity::Connect {
+            address: "192.0.2.9:443".parse().unwrap(),
+            name: Some("fhir.ehr.example.org".into()),
+        };
+        e.observe(&activity(&to_ds, t, connect), &mut out);
+        // An API call to a data source, without a credential.
+        let mut c = call(&ehr, t, "fhir.ehr.example.org", "/R4/Patient/{id}", "x");
+        if let Activity::ApiCall(a) = &mut c.activity {
+            a.credentials.clear();
+        }
+        e.observe(&c, &mut out);
+        // Still quiet afterwards, and learned all the same: the inventory lists it.
+        for o in busy_host_noise(&quiet, t + S) {
+            e.observe(&o, &mut out);
+        }
+        let ids: Vec<String> = e.records().map(|r| r.identity.id.clone()).collect();
+        assert!(ids.contains(&quiet.id), "{ids:?}");
+        let all = ungoverned_of(&out)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        (quiet_then, all)
+    };
+    let (before, all) = run(UngovernedReport::Significant);
+    assert!(before.is_empty(), "raised for busy-host noise: {before:?}");
+    let mut want = vec![
+        reader.id.clone(),
+        bearer.id.clone(),
+        to_ds.id.clone(),
+        ehr.id.clone(),
+    ];
+    assert_eq!(all, want, "one NHI-001 each for the identities that matter");
+    // `all`: every identity at its first activity, the quiet one included.
+    let (before, all) = run(UngovernedReport::All);
+    want.insert(0, quiet.id.clone());
+    assert_eq!(before, want);
+    assert_eq!(all, want);
+}
+
+/// A restored identity that once used a credential or a secret still matters after a restart.
+#[test]
+fn a_restored_identity_that_mattered_still_does() {
+    let reader = host_process("/usr/bin/cat");
+    let quiet = host_process("/usr/bin/sleep");
+    let mut r = crate::report::fixtures::empty_record((*reader).clone(), T0 / S, T0 / S);
+    r.secrets
+        .insert("/etc/ssl/private/server.key".into(), Default::default());
+    let q = crate::report::fixtures::empty_record((*quiet).clone(), T0 / S, T0 / S);
+    let mut e = Engine::new(shipped(), DetectConfig::default());
+    e.restore(vec![r, q], vec![]);
+    let mut out = Vec::new();
+    e.observe(&activity(&reader, T0 + S, Activity::Exec), &mut out);
+    e.observe(&activity(&quiet, T0 + S, Activity::Exec), &mut out);
+    assert_eq!(ungoverned_of(&out), [reader.id.as_str()]);
+}
+
+#[test]
+fn ungoverned_report_setting_parses() {
+    let c: DetectConfig = serde_yaml_ng::from_str("ungoverned: {report: all}").unwrap();
+    assert_eq!(c.ungoverned.report, UngovernedReport::All);
+    let c: DetectConfig = serde_yaml_ng::from_str("{}").unwrap();
+    assert_eq!(c.ungoverned.report, UngovernedReport::Significant);
+    let e = serde_yaml_ng::from_str::<DetectConfig>("ungoverned: {report: some}").unwrap_err();
+    assert!(e.to_string().contains("significant"), "{e}");
 }

@@ -117,10 +117,10 @@ fn judge(cx: &mut Cx<'_>, contract: Option<usize>, cred: &CredentialSeen, shared
         return;
     };
     let others: Vec<String> = r
-        .identities
-        .keys()
-        .filter(|k| k.as_str() != who)
-        .cloned()
+        .identities()
+        .map(|(i, _)| i)
+        .filter(|i| *i != who)
+        .map(str::to_owned)
         .collect();
     if others.is_empty() {
         return;

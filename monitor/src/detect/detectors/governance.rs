@@ -1,9 +1,10 @@
-//! Governance: takes every observation's identity and its contract, gives NHI-001 (no contract), NHI-002 (contract expired), NHI-003 (contract without owner) and NHI-060 (break-glass identity active), each at most once per identity per `ungoverned_window`.
+//! Governance: takes every observation's identity and its contract, gives NHI-001 (no contract; by default only for identities that matter, `detectors.ungoverned.report`), NHI-002 (contract expired), NHI-003 (contract without owner) and NHI-060 (break-glass identity active), each at most once per identity per `ungoverned_window`.
 
 use super::{Cx, Seen, Subject};
 use crate::detect::{
     compiled::CompiledContract,
     finding::{self, Candidate, Evidence, Rule},
+    UngovernedReport,
 };
 
 /// Findings about the identity itself rather than one access.
@@ -19,6 +20,11 @@ pub(in crate::detect) fn detect(cx: &mut Cx<'_>, id: &mut Subject<'_>, _: &Seen<
 }
 
 fn ungoverned(cx: &mut Cx<'_>, id: &mut Subject<'_>) {
+    // Identities that only ran and connected are still learned (the inventory lists them); the
+    // finding waits for the first activity that makes one matter, if ever.
+    if !id.significant && cx.cfg.ungoverned.report == UngovernedReport::Significant {
+        return;
+    }
     let who = cx.who();
     // Hashing the id costs as much as the rest of an ungoverned identity's observation.
     let h = *id

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use super::{
     compiled::{Compiled, CompiledContract, DsId},
-    engine::{Caches, CredState, Others},
+    engine::{Caches, Others},
     finding::{self, Candidate, ContractRef, Deduper, Evidence, Family, Finding, Rule},
     hot::Hot,
-    state::{CredentialRecord, IdentityRecord},
+    sightings::{Sighting, Sightings},
+    state::IdentityRecord,
     DetectConfig, FxStd,
 };
 use crate::{
@@ -104,6 +105,8 @@ pub(super) struct Subject<'a> {
     pub hot: &'a mut Hot,
     /// Its NHI-001 dedup key (it depends on the id only).
     pub ungoverned_key: &'a mut Option<u64>,
+    /// It presented a credential, opened a watched file or reached a data source, now or before.
+    pub significant: bool,
 }
 
 /// What every detector shares while one observation is judged: the rules, the settings, the
@@ -113,7 +116,7 @@ pub(super) struct Cx<'a> {
     pub cfg: &'a DetectConfig,
     pub dedup: &'a mut Deduper,
     pub identity_dedup: &'a mut Deduper,
-    pub creds: &'a FxStd<String, CredState>,
+    pub creds: &'a Sightings,
     pub ids: &'a FxStd<Arc<str>, u32>,
     pub others: Others<'a>,
     pub caches: &'a mut Caches,
@@ -205,8 +208,8 @@ impl<'a> Cx<'a> {
     }
 
     /// Which identities presented the credential `fingerprint` (this one included).
-    fn sightings(&self, fingerprint: &str) -> Option<&'a CredentialRecord> {
-        self.creds.get(fingerprint).map(|c| &c.record)
+    fn sightings(&self, fingerprint: &str) -> Option<&'a Sighting> {
+        self.creds.get(fingerprint)
     }
 
     /// The contract governing another identity, by its id.
