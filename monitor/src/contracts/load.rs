@@ -22,6 +22,10 @@ use super::{
 };
 use crate::identity::selectors::SelectorRule;
 
+/// Data sources and contracts of all rules files together. Each compiled rule keeps its globs
+/// (a compiled regex each) for as long as it is in force.
+pub const MAX_DOCUMENTS: usize = 5000;
+
 const SCHEMA_HINT: &str = "see rules/schema/nhiwatch-rules.schema.json";
 
 /// Loads the rules files the paths name (`files::rules_files`: files as given, the `*.yaml`/`*.yml`
@@ -33,14 +37,45 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
         mut errors,
     } = rules_files(paths);
     let mut loaded = Vec::new();
+    let mut total = 0u64;
     for f in texts {
-        match std::fs::read_to_string(&f) {
-            Ok(t) => loaded.push((f, t)),
-            Err(e) => errors.push(io_error(
-                &f,
-                format!("cannot read file: {e}"),
-                "check the path and its permissions",
-            )),
+        use crate::input::{read_text, InputError, MAX_RULES_FILE_BYTES, MAX_RULES_TOTAL_BYTES};
+        // Not a FIFO or device, at most a ConfigMap's 1 MiB each and 4 MiB in all: a 50 MB
+        // file used to cost gigabytes before the first check.
+        match read_text(&f, MAX_RULES_FILE_BYTES, "a rules file") {
+            Ok(t) if total + t.len() as u64 > MAX_RULES_TOTAL_BYTES => {
+                errors.push(io_error(
+                    &f,
+                    format!(
+                        "the rules files read so far and this one hold {} bytes, more than the limit of {MAX_RULES_TOTAL_BYTES} bytes for all rules files together",
+                        total + t.len() as u64
+                    ),
+                    "split the rules between fewer, smaller files, or remove unused ones",
+                ));
+                break;
+            }
+            Ok(t) => {
+                total += t.len() as u64;
+                loaded.push((f, t));
+            }
+            Err(e) => {
+                let hint = match e {
+                    InputError::TooLarge { .. } => {
+                        "a rules file holds at most 1 MiB (a ConfigMap's maximum); split it"
+                    }
+                    InputError::NotRegular { .. } => {
+                        "rules are read from regular files (or symlinks to them) only"
+                    }
+                    _ => "check the path and its permissions",
+                };
+                let what = e.to_string();
+                // The error already starts with the path, which RuleError shows too.
+                let what = what
+                    .strip_prefix(&format!("{}: ", f.display()))
+                    .unwrap_or(&what)
+                    .to_owned();
+                errors.push(io_error(&f, format!("cannot read file: {what}"), hint));
+            }
         }
     }
     match load_texts(&loaded) {
@@ -56,8 +91,32 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
 /// Validates rules given as (file name, text) pairs, in order; names resolve across all of them.
 pub fn load_texts(files: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleError>> {
     let mut l = Loader::default();
+    let mut documents = 0;
     for (file, text) in files {
+        // Before the parser, whose cost grows with the square of the nesting depth.
+        if let Err(d) = crate::input::yaml_depth(text, crate::input::MAX_YAML_DEPTH) {
+            l.errors.push(RuleError {
+                file: file.clone(),
+                line: d.line,
+                column: d.column,
+                what: format!("YAML nested {} levels deep", d.depth),
+                expected: format!("at most {} levels of nesting", crate::input::MAX_YAML_DEPTH),
+                hint: "rules need fewer than 10 levels; check for runaway brackets".into(),
+            });
+            continue;
+        }
         for doc in split_documents(file, text) {
+            documents += 1;
+            if documents > MAX_DOCUMENTS {
+                let at = (doc.first_line, 1);
+                l.errors.push(doc.error(
+                    at,
+                    format!("more than {MAX_DOCUMENTS} rules documents"),
+                    format!("at most {MAX_DOCUMENTS} data sources and contracts in all rules files"),
+                    "each compiled rule costs memory in the daemon; merge data sources with globs, or govern groups of workloads with selectors",
+                ));
+                return Err(l.errors);
+            }
             l.parse(doc);
         }
     }

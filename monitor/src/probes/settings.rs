@@ -52,9 +52,18 @@ impl SensorConfig {
             ));
         }
         self.tls.validate()?;
-        if self.process_table_capacity < 64 {
-            return Err("sensors.process_table_capacity must be at least 64".into());
-        }
+        crate::bounds::count(
+            "sensors.process_table_capacity",
+            self.process_table_capacity,
+            64,
+            1 << 22,
+        )?;
+        crate::bounds::count(
+            "sensors.exited_linger_ms",
+            self.exited_linger_ms,
+            1,
+            3_600_000,
+        )?;
         self.files.validate()
     }
 }

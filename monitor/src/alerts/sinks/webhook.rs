@@ -35,6 +35,35 @@ pub struct WebhookConfig {
     pub index: Option<String>,
     #[serde(default)]
     pub sourcetype: Option<String>,
+    /// An `http://` url sends the token and every alert in clear; it is refused unless this says
+    /// so (a relay on the same host or in the same pod).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl WebhookConfig {
+    /// What can be told without the network. Messages name the key as it stands under the sink.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url {:?}: {e}", self.url))?;
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_insecure_http => Ok(()),
+            "http" => Err(format!(
+                "url {:?} is http://: the {} and every alert would cross the network in clear; \
+                 use https://, or set allow_insecure_http: true for a relay on this host",
+                self.url,
+                if self.body == Body::Hec {
+                    "HEC token"
+                } else {
+                    "token"
+                }
+            )),
+            _ => Err(format!(
+                "url {:?}: must be https://HOST[:PORT]/PATH",
+                self.url
+            )),
+        }
+    }
 }
 
 pub struct WebhookSink {
@@ -77,6 +106,7 @@ impl WebhookSink {
                 cfg.url
             )));
         }
+        cfg.validate().map_err(SinkError::Config)?;
         let token = cfg.token_file.as_ref().map(read_token).transpose()?;
         if cfg.body == Body::Hec && token.is_none() {
             return Err(SinkError::Config(
@@ -265,6 +295,7 @@ mod tests {
                 tls: None,
                 index: index.map(str::to_owned),
                 sourcetype: None,
+                allow_insecure_http: true,
             },
             "node-1",
             Duration::from_secs(1),
@@ -319,6 +350,7 @@ mod tests {
             tls: None,
             index: None,
             sourcetype: None,
+            allow_insecure_http: false,
         };
         let e = WebhookSink::new(&cfg, "n", Duration::from_secs(1))
             .err()
@@ -351,5 +383,34 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn http_is_refused_unless_allowed_explicitly() {
+        let cfg = WebhookConfig {
+            url: "http://siem.example:8088/services/collector/event".into(),
+            body: Body::Hec,
+            token_file: None,
+            tls: None,
+            index: None,
+            sourcetype: None,
+            allow_insecure_http: false,
+        };
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            e.contains("http://") && e.contains("HEC token") && e.contains("in clear"),
+            "{e}"
+        );
+        assert!(e.contains("allow_insecure_http"), "{e}");
+        let allowed = WebhookConfig {
+            allow_insecure_http: true,
+            ..cfg.clone()
+        };
+        assert_eq!(allowed.validate(), Ok(()));
+        let https = WebhookConfig {
+            url: "https://siem.example/services/collector/event".into(),
+            ..cfg
+        };
+        assert_eq!(https.validate(), Ok(()));
     }
 }
