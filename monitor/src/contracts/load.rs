@@ -339,8 +339,20 @@ pub(crate) fn yaml_opened_at(e: &serde_yaml_ng::Error, line_offset: usize) -> Op
     ))
 }
 
+/// Which compiler a glob went through, part of the key under which it is shared.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum GlobKind {
+    File,
+    Path,
+    Host,
+}
+
 #[derive(Default)]
 struct Loader {
+    /// Each distinct glob is compiled once and shared (clones share the compiled automaton):
+    /// a compiled glob is a regex with a full DFA of up to ~40 KB, and most data sources repeat
+    /// the same few (`/**` for every host without paths).
+    globs: HashMap<(GlobKind, String), GlobMatcher>,
     errors: Vec<RuleError>,
     warnings: Vec<RuleError>,
     sources: Vec<(Doc, Document<DataSourceSpec>)>,
@@ -395,6 +407,19 @@ fn host_glob(p: &str) -> Result<GlobMatcher, String> {
 }
 
 impl Loader {
+    fn glob(&mut self, kind: GlobKind, p: &str) -> Result<GlobMatcher, String> {
+        if let Some(g) = self.globs.get(&(kind, p.to_owned())) {
+            return Ok(g.clone());
+        }
+        let g = match kind {
+            GlobKind::File => glob(p),
+            GlobKind::Path => path_glob(p),
+            GlobKind::Host => host_glob(p),
+        }?;
+        self.globs.insert((kind, p.to_owned()), g.clone());
+        Ok(g)
+    }
+
     fn parse(&mut self, doc: Doc) {
         let header: Header = match typed(&doc) {
             Ok(h) => h,
@@ -503,6 +528,8 @@ impl Loader {
                 set.contracts.push(ac);
             }
         }
+        // The rule set holds its own clones; the cache's are dropped with the loader.
+        self.globs = HashMap::new();
         if self.errors.is_empty() {
             set.warnings = std::mem::take(&mut self.warnings);
             Ok(set)
@@ -526,7 +553,14 @@ impl Loader {
         for m in &d.spec.matchers {
             match (&m.host, &m.file) {
                 (Some(host), None) => {
-                    let host_glob = match host_glob(host) {
+                    let literal = !host.contains(['*', '?', '[', ']', '{', '}', ',', '!', '\\']);
+                    // A plain host name cannot be a bad pattern: nothing to compile.
+                    let compiled = if literal {
+                        Ok(None)
+                    } else {
+                        self.glob(GlobKind::Host, host).map(Some)
+                    };
+                    let host_glob = match compiled {
                         Ok(g) => Some(g),
                         Err(e) => {
                             let at = doc.locate(Some("host"), Some(host));
@@ -551,7 +585,7 @@ impl Loader {
                             ));
                             continue;
                         }
-                        match path_glob(p) {
+                        match self.glob(GlobKind::Path, p) {
                             Ok(g) => paths.push(g),
                             Err(e) => self.errors.push(doc.error(
                                 at(),
@@ -571,7 +605,7 @@ impl Loader {
                         ));
                     }
                     if m.paths.is_none() {
-                        paths.push(glob("/**").ok()?);
+                        paths.push(self.glob(GlobKind::File, "/**").ok()?);
                     }
                     if let Some(host_glob) = host_glob {
                         matchers.push(Matcher::Http {
@@ -601,7 +635,7 @@ impl Loader {
                         ));
                         continue;
                     }
-                    match glob(file) {
+                    match self.glob(GlobKind::File, file) {
                         Ok(glob) => matchers.push(Matcher::File { glob }),
                         Err(e) => self.errors.push(doc.error(
                             at(),
@@ -898,7 +932,7 @@ impl Loader {
         let mut secrets = Vec::new();
         for sec in &a.secrets {
             let at = || doc.locate(Some("path"), Some(&sec.path));
-            match glob(&sec.path) {
+            match self.glob(GlobKind::File, &sec.path) {
                 Ok(g) if sec.path.starts_with('/') => secrets.push(SecretGrant {
                     path: g,
                     executables: sec.executables.clone(),
@@ -928,7 +962,7 @@ impl Loader {
         }
         let mut destinations = Vec::new();
         for d in &a.destinations {
-            match host_glob(&d.host) {
+            match self.glob(GlobKind::Host, &d.host) {
                 Ok(g) if !d.host.trim().is_empty() => destinations.push(g),
                 Ok(_) => {
                     let at = doc.locate(Some("destinations"), None);
