@@ -20,6 +20,10 @@ pub const MAX_RULES_TOTAL_BYTES: u64 = 4 << 20;
 /// Nesting of YAML collections (block indentation levels plus flow brackets). Ours need fewer
 /// than 10; the YAML parser's cost grows with the square of the depth.
 pub const MAX_YAML_DEPTH: usize = 64;
+/// A token file (webhook, kubelet or API server bearer token): projected tokens are ~1–2 KB.
+pub const MAX_TOKEN_BYTES: u64 = 64 << 10;
+/// A PEM certificate bundle or key (a system CA bundle is ~200 KB).
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
 /// One line of a replay file (an observation is a few hundred bytes).
 pub const MAX_REPLAY_LINE_BYTES: usize = 1 << 20;
 
