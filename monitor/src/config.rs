@@ -13,11 +13,6 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/nhiwatch.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}: {message}")]
     Parse {
         path: String,
@@ -28,6 +23,7 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// Not readable, not a regular file, or over the size limit (`crate::input`).
     #[error(transparent)]
     Input(#[from] crate::input::InputError),
 }

@@ -219,6 +219,16 @@ pub fn yaml_depth(text: &str, max: usize) -> Result<(), TooDeep> {
                 b' ' | b'\t' => {}
                 b'#' if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => break,
                 b'"' | b'\'' if at_start => quote = Some(c),
+                // An anchor or tag before a node (`&a [`, `!!seq [`): the node still starts after it.
+                b'&' | b'!' if at_start => {
+                    // Their names end at a blank or a flow indicator (`&a[` is `&a` then `[`).
+                    while i + 1 < b.len()
+                        && !b[i + 1].is_ascii_whitespace()
+                        && !matches!(b[i + 1], b'[' | b']' | b'{' | b'}' | b',')
+                    {
+                        i += 1;
+                    }
+                }
                 b'[' | b'{' if at_start || flow > 0 => {
                     flow += 1;
                     if indents.len() + flow > max {
@@ -361,6 +371,12 @@ mod tests {
     fn depth_ignores_text_that_only_looks_nested() {
         let text = "a: \"[[[[\"\nb: '{{{{'\nc: don't [[[[\n# [[[[\nd: |\n  [[[[\n      x:\n        y:\ne: x # [[[[\nf: \"multi\n [[[[ line\"\n";
         assert_eq!(yaml_depth(text, 2), Ok(()));
+        // Anchors and tags do not hide what follows them.
+        let hidden = format!("a: &x !!seq {}{}\n", "[".repeat(10), "]".repeat(10));
+        assert!(yaml_depth(&hidden, 10).is_err());
+        assert_eq!(yaml_depth(&hidden, 11), Ok(()));
+        let glued = format!("a: &x{}{}\n", "[".repeat(10), "]".repeat(10));
+        assert!(yaml_depth(&glued, 10).is_err());
         let flow_over_lines = "a: [\n  1,\n  {b: [2]},\n]\nc: 1\n";
         assert_eq!(yaml_depth(flow_over_lines, 4), Ok(()));
         assert!(yaml_depth(flow_over_lines, 3).is_err());
