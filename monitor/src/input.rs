@@ -154,21 +154,29 @@ pub struct TooDeep {
 }
 
 /// Refuses YAML nested deeper than `max` before the parser sees it. A cheap scan, linear in the
-/// text: block nesting is the stack of indentations (and `- ` entries on one line), flow nesting
-/// counts `[` and `{`, both outside comments, quoted scalars and block scalars. It may count a
-/// little more than the parser would (a plain scalar continued on deeper-indented lines), never
-/// less, so a text it passes parses in time linear in its length.
+/// text: block nesting is the stack of indentations (a sequence at its key's indentation and
+/// each `- ` entry on one line count as levels), flow nesting counts `[` and `{`, both outside
+/// comments, block scalars and quoted scalars (within their line). It counts more than the
+/// parser in odd places (a scalar after `- `, lines of a multi-line quoted scalar), never less
+/// (`the_scan_never_counts_less_than_the_parser`), so a text it passes parses in time linear in
+/// its length.
 pub fn yaml_depth(text: &str, max: usize) -> Result<(), TooDeep> {
-    let mut indents: Vec<usize> = Vec::new();
+    // Open block collections: (indentation, is a sequence). A sequence may sit at its parent
+    // key's indentation (`a:` then `- x`), so both are kept to count it as a level of its own.
+    let mut indents: Vec<(usize, bool)> = Vec::new();
     let mut flow = 0usize;
-    // Inside a quoted scalar that goes on over lines: the quote character.
-    let mut quote: Option<u8> = None;
     // Lines more indented than this belong to a block scalar (`|` or `>`).
     let mut block_scalar: Option<usize> = None;
     for (n, line) in text.lines().enumerate() {
         let b = line.as_bytes();
         let indent = b.iter().take_while(|&&c| c == b' ').count();
-        if quote.is_none() && flow == 0 {
+        // A quoted scalar is followed to the end of its line only: whether a quote on a later
+        // line opens one or is text inside a plain scalar (`it\n  's`) takes the parser's
+        // context, and a wrong guess could hide structure. Text lines of a multi-line quoted
+        // scalar are scanned as if they were structure: more than the parser sees, never less.
+        let mut quote: Option<u8> = None;
+        let mut i = 0;
+        if flow == 0 {
             if b[indent..].iter().all(|c| c.is_ascii_whitespace()) {
                 continue;
             }
@@ -181,23 +189,50 @@ pub fn yaml_depth(text: &str, max: usize) -> Result<(), TooDeep> {
             if b[indent] == b'#' {
                 continue;
             }
-            while indents.last().is_some_and(|&top| top > indent) {
-                indents.pop();
+            let marker =
+                |m: &[u8]| b.starts_with(m) && b.get(3).is_none_or(|c| c.is_ascii_whitespace());
+            if marker(b"...") {
+                indents.clear();
+                continue;
             }
-            if indents.last() != Some(&indent) {
-                indents.push(indent);
+            if marker(b"---") {
+                // A new document; a node may follow on the same line (`--- [`).
+                indents.clear();
+                i = 3;
+            } else {
+                while indents.last().is_some_and(|&(top, _)| top > indent) {
+                    indents.pop();
+                }
+                let entry = matches!(b[indent], b'-' | b'?')
+                    && b.get(indent + 1).is_none_or(|c| c.is_ascii_whitespace());
+                if entry {
+                    if indents.last() != Some(&(indent, true)) {
+                        indents.push((indent, true));
+                    }
+                } else {
+                    // A key at a sequence's indentation ends the sequence.
+                    if indents.last() == Some(&(indent, true)) {
+                        indents.pop();
+                    }
+                    if indents.last() != Some(&(indent, false)) {
+                        indents.push((indent, false));
+                    }
+                }
+                i = indent;
             }
         }
-        let mut i = if quote.is_none() && flow == 0 {
-            indent
-        } else {
-            0
-        };
         // At the start of a node: a quote or bracket here opens a quoted scalar or a collection;
         // elsewhere it is part of a plain scalar (`don't`, `a[0]`).
         let mut at_start = true;
+        // Where the node a block scalar would belong to begins: the `-` of an entry, or the
+        // first character of a key.
+        let mut token = i;
+        let mut parent = i;
         while i < b.len() {
             let c = b[i];
+            if quote.is_none() && at_start && c != b' ' && c != b'\t' {
+                token = i;
+            }
             if let Some(q) = quote {
                 if q == b'"' && c == b'\\' {
                     i += 2;
@@ -248,13 +283,19 @@ pub fn yaml_depth(text: &str, max: usize) -> Result<(), TooDeep> {
                 b'-' | b'?' if at_start && flow == 0 && next_blank => {
                     // A compact nested entry (`- - x`, `- key: v`): one level deeper, at the
                     // column after the indicator.
-                    indents.push(i + 2);
+                    indents.push((i + 2, false));
                     at_start = true;
+                    parent = i;
                 }
-                b':' if next_blank || flow > 0 && at_start => at_start = true,
+                b':' if next_blank || flow > 0 && at_start => {
+                    at_start = true;
+                    parent = token;
+                }
                 b'|' | b'>' if at_start && flow == 0 => {
-                    // A block scalar: its lines are text, whatever their indentation.
-                    block_scalar = Some(indent);
+                    // A block scalar: its lines are text, whatever their indentation, as long
+                    // as it is more than the node it is the value of (`- |`: the `-`; `- a: |`:
+                    // the key `a`).
+                    block_scalar = Some(parent);
                     break;
                 }
                 _ => at_start = false,
@@ -369,8 +410,18 @@ mod tests {
 
     #[test]
     fn depth_ignores_text_that_only_looks_nested() {
-        let text = "a: \"[[[[\"\nb: '{{{{'\nc: don't [[[[\n# [[[[\nd: |\n  [[[[\n      x:\n        y:\ne: x # [[[[\nf: \"multi\n [[[[ line\"\n";
+        let text = "a: \"[[[[\"\nb: '{{{{'\nc: don't [[[[\n# [[[[\nd: |\n  [[[[\n      x:\n        y:\ne: x # [[[[\nf: \"multi\n line\"\n";
         assert_eq!(yaml_depth(text, 2), Ok(()));
+        // A quote on a later line may be text of a plain scalar: it hides nothing after it.
+        let plain = "a: it\n  's\nb: [[[]]]\n";
+        assert!(yaml_depth(plain, 3).is_err());
+        // Nor does a document marker.
+        assert!(yaml_depth("--- [[[]]]\n", 2).is_err());
+        assert_eq!(yaml_depth("a: 1\n--- [[[]]]\n...\n", 3), Ok(()));
+        // Found by the property test below.
+        assert!(yaml_depth("a:\n- a: 0\n", 2).is_err());
+        assert!(yaml_depth("- a: |2+\n\n  b: []\n", 2).is_err());
+        assert!(yaml_depth("- |-\n  :\n  \"\n- - []\n", 2).is_err());
         // Anchors and tags do not hide what follows them.
         let hidden = format!("a: &x !!seq {}{}\n", "[".repeat(10), "]".repeat(10));
         assert!(yaml_depth(&hidden, 10).is_err());
@@ -403,5 +454,73 @@ mod tests {
         let mut r = BoundedLines::new(&at[..], 100);
         assert_eq!(r.next_line(&mut buf).unwrap(), Line::Text);
         assert_eq!(buf.len(), 101);
+    }
+
+    /// The nesting depth of a parsed value: what the parser's cost depends on.
+    fn depth(v: &serde_yaml_ng::Value) -> usize {
+        use serde_yaml_ng::Value;
+        match v {
+            Value::Sequence(s) => 1 + s.iter().map(depth).max().unwrap_or(0),
+            Value::Mapping(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+            Value::Tagged(t) => depth(&t.value),
+            _ => 0,
+        }
+    }
+
+    /// Flow style, written by hand (the serializer writes block style only).
+    fn flow(v: &serde_yaml_ng::Value) -> String {
+        use serde_yaml_ng::Value;
+        match v {
+            Value::Sequence(s) => {
+                format!("[{}]", s.iter().map(flow).collect::<Vec<_>>().join(", "))
+            }
+            Value::Mapping(m) => format!(
+                "{{{}}}",
+                m.iter()
+                    .map(|(k, v)| format!("{}: {}", flow(k), flow(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            // A JSON string is a YAML double-quoted scalar, valid inside brackets too.
+            Value::String(t) => serde_json::to_string(t).unwrap(),
+            other => serde_yaml_ng::to_string(other)
+                .unwrap()
+                .trim_end()
+                .to_owned(),
+        }
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = serde_yaml_ng::Value> {
+        use proptest::prelude::*;
+        use serde_yaml_ng::Value;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            "[a-z\\n #'\"\\[\\]{}:|>&!-]{0,12}".prop_map(Value::String),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(12, 200, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
+                proptest::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|kv| {
+                    Value::Mapping(kv.into_iter().map(|(k, v)| (Value::String(k), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Never less than the parser sees, in block and in flow style (an undercount would let
+        /// the quadratic parse through), and at most twice it plus two.
+        #[test]
+        fn the_scan_never_counts_less_than_the_parser(v in value()) {
+            for text in [serde_yaml_ng::to_string(&v).unwrap(), format!("x: {}\n", flow(&v))] {
+                let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+                let real = depth(&parsed);
+                if real > 0 {
+                    proptest::prop_assert!(yaml_depth(&text, real - 1).is_err(), "{text}");
+                }
+                proptest::prop_assert!(yaml_depth(&text, 2 * real + 2).is_ok(), "{real}: {text}");
+            }
+        }
     }
 }
