@@ -65,7 +65,8 @@ fn kind_of(t: std::fs::FileType) -> &'static str {
 
 /// Opens `path` for reading without ever blocking: the type is checked before opening (a FIFO's
 /// `open` waits for a writer), the open is non-blocking in case it was swapped meanwhile, and the
-/// opened file is checked again. `allow_fifo` lets a pipe through (replay reads `<(…)`).
+/// opened file is checked again. `allow_fifo` lets a pipe through (replay reads `<(…)`); only
+/// then may the open wait, for the pipe's writer, as any reader of a pipe does.
 pub fn open_file(path: &Path, allow_fifo: bool) -> Result<File, InputError> {
     let io = |source| InputError::Io {
         path: path.to_owned(),
@@ -79,9 +80,16 @@ pub fn open_file(path: &Path, allow_fifo: bool) -> Result<File, InputError> {
             kind: kind_of(meta.file_type()),
         });
     }
+    // A pipe the caller accepts is opened like `cat` opens it: waiting for its writer, else a
+    // FIFO whose writer comes later would read as empty.
+    let flags = if meta.file_type().is_fifo() {
+        0
+    } else {
+        libc::O_NONBLOCK
+    };
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(flags)
         .open(path)
         .map_err(io)?;
     let meta = f.metadata().map_err(io)?;
@@ -92,7 +100,7 @@ pub fn open_file(path: &Path, allow_fifo: bool) -> Result<File, InputError> {
         });
     }
     if meta.file_type().is_fifo() {
-        // Reads wait for data like any pipe from here on.
+        // Swapped for a FIFO after the check: reads wait for data like any pipe from here on.
         // SAFETY: fcntl on a descriptor we own; no memory is passed.
         unsafe {
             use std::os::fd::AsRawFd;

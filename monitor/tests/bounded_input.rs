@@ -484,3 +484,44 @@ fn zero_and_absurd_windows_intervals_and_capacities_are_refused() {
     .unwrap();
     Config::parse(&sink("      keep: 1000\n"), "c.yaml").unwrap();
 }
+
+/// Replay still streams from a pipe: a named FIFO whose writer comes after the open.
+#[test]
+fn replay_reads_a_fifo_whose_writer_comes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rec.jsonl");
+    mkfifo(&fifo);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            // Opening for writing waits for the replay to open it for reading.
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            w.write_all(b"{\"not\":\"an observation\"}\n").unwrap();
+        })
+    };
+    let rules = shipped_rules();
+    let r = run(
+        &[
+            os("replay"),
+            os("--rules"),
+            rules.as_os_str(),
+            fifo.as_os_str(),
+        ],
+        None,
+    );
+    // Releases the writer if the replay never opened the FIFO, so the join cannot hang.
+    let _release = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+    };
+    writer.join().unwrap();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("(1 unreadable lines skipped)"),
+        "{}",
+        r.stderr
+    );
+}
