@@ -700,8 +700,39 @@ impl Loader {
             };
             m(a, b) || m(b, a)
         };
+        // Only sources that share a host (any case) or both match files can clash: pairing those
+        // alone keeps thousands of single-host sources linear instead of quadratic.
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut with_files = Vec::new();
+        for (k, (_, d)) in sources.iter().enumerate() {
+            for m in &d.spec.matchers {
+                if let Some(h) = &m.host {
+                    by_host.entry(h.to_ascii_lowercase()).or_default().push(k);
+                }
+            }
+            if d.spec.matchers.iter().any(|m| m.file.is_some()) {
+                with_files.push(k);
+            }
+        }
         for (j, (doc_b, b)) in sources.iter().enumerate() {
-            for (doc_a, a) in sources.iter().take(j) {
+            let mut candidates: Vec<usize> = b
+                .spec
+                .matchers
+                .iter()
+                .filter_map(|m| m.host.as_ref())
+                .flat_map(|h| by_host.get(&h.to_ascii_lowercase()).into_iter().flatten())
+                .copied()
+                .chain(
+                    with_files
+                        .iter()
+                        .copied()
+                        .filter(|_| b.spec.matchers.iter().any(|m| m.file.is_some())),
+                )
+                .filter(|&i| i < j)
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            for (doc_a, a) in candidates.into_iter().map(|i| &sources[i]) {
                 if a.metadata.name == b.metadata.name {
                     continue;
                 }
