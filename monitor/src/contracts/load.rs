@@ -339,6 +339,59 @@ pub(crate) fn yaml_opened_at(e: &serde_yaml_ng::Error, line_offset: usize) -> Op
     ))
 }
 
+/// Distinct globs of all rules files together. Each is compiled into a regex with a DFA of up
+/// to ~40 KB (~20 KB measured on average): 4,096 bound them to ~100 MB, where 1 MiB of one-line
+/// secret paths alone would have asked for gigabytes.
+pub const MAX_GLOBS: usize = 4096;
+
+/// The first document at which the distinct globs (paths, files, wildcard hosts, secret paths,
+/// destinations) pass [`MAX_GLOBS`], before any is compiled.
+fn too_many_globs(
+    sources: &[(Doc, Document<DataSourceSpec>)],
+    contracts: &[(Doc, Document<AccessContractSpec>)],
+) -> Option<RuleError> {
+    let mut seen: std::collections::HashSet<(GlobKind, &str)> = Default::default();
+    let wild = |h: &str| h.contains(['*', '?', '[', ']', '{', '}', ',', '!', '\\']);
+    let over = |doc: &Doc, seen: usize| {
+        (seen > MAX_GLOBS).then(|| {
+            doc.error(
+                (doc.first_line, 1),
+                format!("the rules hold more than {MAX_GLOBS} distinct globs"),
+                format!("at most {MAX_GLOBS} distinct path, file, host, secret and destination globs in all rules files"),
+                "each compiled glob costs ~20 KB in the daemon; use fewer, wider globs",
+            )
+        })
+    };
+    for (doc, d) in sources {
+        for m in &d.spec.matchers {
+            if let Some(h) = m.host.as_deref().filter(|h| wild(h)) {
+                seen.insert((GlobKind::Host, h));
+            }
+            for p in m.paths.iter().flatten() {
+                seen.insert((GlobKind::Path, p));
+            }
+            if let Some(f) = &m.file {
+                seen.insert((GlobKind::File, f));
+            }
+        }
+        if let Some(e) = over(doc, seen.len()) {
+            return Some(e);
+        }
+    }
+    for (doc, c) in contracts {
+        for sec in &c.spec.allow.secrets {
+            seen.insert((GlobKind::File, &sec.path));
+        }
+        for d in &c.spec.allow.destinations {
+            seen.insert((GlobKind::Host, &d.host));
+        }
+        if let Some(e) = over(doc, seen.len()) {
+            return Some(e);
+        }
+    }
+    None
+}
+
 /// Which compiler a glob went through, part of the key under which it is shared.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum GlobKind {
@@ -507,6 +560,10 @@ impl Loader {
         let sources = std::mem::take(&mut self.sources);
         let contracts = std::mem::take(&mut self.contracts);
         let mut set = RuleSet::default();
+        if let Some(e) = too_many_globs(&sources, &contracts) {
+            self.errors.push(e);
+            return Err(self.errors);
+        }
 
         let mut seen = BTreeMap::new();
         for (doc, d) in &sources {
