@@ -13,11 +13,6 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/nhiwatch.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}: {message}")]
     Parse {
         path: String,
@@ -28,6 +23,9 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// Not readable, not a regular file, or over the size limit (`crate::input`).
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -68,10 +66,10 @@ impl Config {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Not a FIFO, device or socket, at most 1 MiB: `check-config` of a FIFO used to block for
+        // ever, and of /dev/zero to grow until the allocator aborted.
+        let text =
+            crate::input::read_text(path, crate::input::MAX_CONFIG_BYTES, "a configuration file")?;
         let mut cfg = Config::parse(&text, &path.display().to_string())?;
         // Rules next to the config file are found wherever nhiwatch is started from.
         if let Some(dir) = path.parent() {
@@ -99,12 +97,29 @@ impl Config {
                 source,
             }
         };
+        // Before the parser, whose cost grows with the square of the nesting depth.
+        crate::input::yaml_depth(text, crate::input::MAX_YAML_DEPTH).map_err(|d| {
+            ConfigError::Invalid {
+                path: origin.to_owned(),
+                message: format!(
+                    "line {} column {}: YAML nested {} levels deep, more than the limit of {}",
+                    d.line,
+                    d.column,
+                    d.depth,
+                    crate::input::MAX_YAML_DEPTH
+                ),
+            }
+        })?;
         // First on its own, so that errors carry the file's own line and column.
         let _: Config = serde_yaml_ng::from_str(text).map_err(parse_err)?;
         let mut merged: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(DEFAULT_CONFIG).expect("bundled config is YAML");
         let user: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse_err)?;
-        overlay(&mut merged, user);
+        // An empty or comment-only file is `null` to YAML: it means "nothing changed", like `{}`,
+        // not "replace every default" (which left no secret-file watch at all).
+        if !user.is_null() {
+            overlay(&mut merged, user);
+        }
         let cfg: Config = serde_yaml_ng::from_value(merged).map_err(parse_err)?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: origin.to_owned(),
@@ -124,6 +139,13 @@ impl Config {
             ));
         }
         self.api_calls.validate()?;
+        self.detectors.validate()?;
+        crate::bounds::count(
+            "metrics.identity_series",
+            self.metrics.identity_series,
+            0,
+            100_000,
+        )?;
         Ok(())
     }
 }

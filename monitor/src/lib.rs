@@ -1,6 +1,7 @@
 //! nhiwatch: runtime monitor for machine identities. Kernel sensors → typed events → context → outputs.
 
 pub mod alerts;
+pub mod bounds;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -9,6 +10,7 @@ pub mod daemon;
 pub mod detect;
 pub mod events;
 pub mod identity;
+pub mod input;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -7,6 +7,7 @@ use std::{
 
 use crate::detect::{finding::Finding, Engine};
 use crate::events::observation::Observation;
+use crate::input::{BoundedLines, Line, MAX_REPLAY_LINE_BYTES};
 
 #[derive(Debug, Default)]
 pub struct ReplayStats {
@@ -26,6 +27,8 @@ pub enum ReplayError {
     },
     #[error("writing findings: {0}")]
     Write(std::io::Error),
+    #[error(transparent)]
+    Input(crate::input::InputError),
 }
 
 /// Bad lines reported individually; the rest are only counted.
@@ -78,28 +81,39 @@ pub fn replay(
         let reader: Box<dyn BufRead> = if path == Path::new("-") {
             Box::new(std::io::stdin().lock())
         } else {
-            let f = std::fs::File::open(path).map_err(|source| ReplayError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            // A regular file or a pipe (`<(zcat …)`); a device such as /dev/zero never ends.
+            let f = crate::input::open_file(path, true).map_err(ReplayError::Input)?;
             Box::new(std::io::BufReader::new(f))
         };
         // Bytes, not `lines()`: a line that is not UTF-8 is one bad line, not the end of the replay.
-        let mut reader = reader;
+        // Bounded: a line longer than 1 MiB is one bad line, skipped without being kept.
+        let mut reader = BoundedLines::new(reader, MAX_REPLAY_LINE_BYTES);
         let mut line = Vec::new();
         let mut i = 0;
         loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
+            let got = reader
+                .next_line(&mut line)
                 .map_err(|source| ReplayError::Read {
                     path: path.clone(),
                     source,
                 })?;
-            if n == 0 {
+            if got == Line::End {
                 break;
             }
             i += 1;
+            if let Line::TooLong(n) = got {
+                stats.bad_total += 1;
+                if stats.bad_lines.len() < BAD_SHOWN {
+                    stats.bad_lines.push((
+                        path.clone(),
+                        i,
+                        format!(
+                            "line {i} is {n} bytes, longer than the limit of {MAX_REPLAY_LINE_BYTES} bytes; skipped"
+                        ),
+                    ));
+                }
+                continue;
+            }
             if line.trim_ascii().is_empty() {
                 continue;
             }

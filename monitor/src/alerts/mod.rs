@@ -163,6 +163,27 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     /// Each sink's settings, and that no two share a name (it names their spools and metrics).
     pub fn validate(&self) -> Result<(), String> {
+        use crate::bounds::{duration, DAY, HOUR, MINUTE, SECOND};
+        // `max: 0` turns the limit off; the window still needs a length to count in.
+        duration(
+            "alerts.rate_limit.window",
+            self.rate_limit.window,
+            SECOND,
+            DAY,
+        )?;
+        // Zero is allowed: stop without waiting for receivers.
+        duration(
+            "alerts.drain_timeout",
+            self.drain_timeout,
+            Duration::ZERO,
+            10 * MINUTE,
+        )?;
+        duration(
+            "alerts.sync_interval",
+            self.sync_interval,
+            Duration::from_millis(10),
+            HOUR,
+        )?;
         let mut names = std::collections::HashSet::new();
         for sink in &self.sinks {
             sink.validate()?;

@@ -698,6 +698,7 @@ mod spool_full_tests {
                         tls: None,
                         index: None,
                         sourcetype: None,
+                        allow_insecure_http: true,
                     }),
                     64 << 10,
                 ),

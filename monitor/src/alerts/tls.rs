@@ -26,9 +26,15 @@ fn config_err(path: &Path, what: impl std::fmt::Display) -> SinkError {
     SinkError::Config(format!("tls: {}: {what}", path.display()))
 }
 
+/// The file's text, bounded and without blocking on a FIFO (see `crate::input`).
+fn read_pem(path: &Path) -> Result<String, SinkError> {
+    crate::input::read_text(path, crate::input::MAX_PEM_BYTES, "a PEM file")
+        .map_err(|e| SinkError::Config(format!("tls: {e}")))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SinkError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| config_err(path, e))?
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| config_err(path, e))?;
     if certs.is_empty() {
@@ -38,7 +44,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SinkError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SinkError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| config_err(path, e))
+    PrivateKeyDer::from_pem_slice(read_pem(path)?.as_bytes()).map_err(|e| config_err(path, e))
 }
 
 impl TlsClientConfig {

@@ -404,6 +404,7 @@ mod tests {
             tls: None,
             index: None,
             sourcetype: None,
+            allow_insecure_http: true,
         });
         let transport = Transport::open(&cfg, dir.path(), "host").unwrap();
         let metrics = Arc::new(AlertTelemetry::register(&crate::metrics::Registry::new()));

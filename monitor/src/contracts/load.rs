@@ -22,6 +22,10 @@ use super::{
 };
 use crate::identity::selectors::SelectorRule;
 
+/// Data sources and contracts of all rules files together. Each compiled rule keeps its globs
+/// (a compiled regex each) for as long as it is in force.
+pub const MAX_DOCUMENTS: usize = 5000;
+
 const SCHEMA_HINT: &str = "see rules/schema/nhiwatch-rules.schema.json";
 
 /// Loads the rules files the paths name (`files::rules_files`: files as given, the `*.yaml`/`*.yml`
@@ -33,14 +37,45 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
         mut errors,
     } = rules_files(paths);
     let mut loaded = Vec::new();
+    let mut total = 0u64;
     for f in texts {
-        match std::fs::read_to_string(&f) {
-            Ok(t) => loaded.push((f, t)),
-            Err(e) => errors.push(io_error(
-                &f,
-                format!("cannot read file: {e}"),
-                "check the path and its permissions",
-            )),
+        use crate::input::{read_text, InputError, MAX_RULES_FILE_BYTES, MAX_RULES_TOTAL_BYTES};
+        // Not a FIFO or device, at most a ConfigMap's 1 MiB each and 4 MiB in all: a 50 MB
+        // file used to cost gigabytes before the first check.
+        match read_text(&f, MAX_RULES_FILE_BYTES, "a rules file") {
+            Ok(t) if total + t.len() as u64 > MAX_RULES_TOTAL_BYTES => {
+                errors.push(io_error(
+                    &f,
+                    format!(
+                        "the rules files read so far and this one hold {} bytes, more than the limit of {MAX_RULES_TOTAL_BYTES} bytes for all rules files together",
+                        total + t.len() as u64
+                    ),
+                    "split the rules between fewer, smaller files, or remove unused ones",
+                ));
+                break;
+            }
+            Ok(t) => {
+                total += t.len() as u64;
+                loaded.push((f, t));
+            }
+            Err(e) => {
+                let hint = match e {
+                    InputError::TooLarge { .. } => {
+                        "a rules file holds at most 1 MiB (a ConfigMap's maximum); split it"
+                    }
+                    InputError::NotRegular { .. } => {
+                        "rules are read from regular files (or symlinks to them) only"
+                    }
+                    _ => "check the path and its permissions",
+                };
+                let what = e.to_string();
+                // The error already starts with the path, which RuleError shows too.
+                let what = what
+                    .strip_prefix(&format!("{}: ", f.display()))
+                    .unwrap_or(&what)
+                    .to_owned();
+                errors.push(io_error(&f, format!("cannot read file: {what}"), hint));
+            }
         }
     }
     match load_texts(&loaded) {
@@ -56,8 +91,32 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
 /// Validates rules given as (file name, text) pairs, in order; names resolve across all of them.
 pub fn load_texts(files: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleError>> {
     let mut l = Loader::default();
+    let mut documents = 0;
     for (file, text) in files {
+        // Before the parser, whose cost grows with the square of the nesting depth.
+        if let Err(d) = crate::input::yaml_depth(text, crate::input::MAX_YAML_DEPTH) {
+            l.errors.push(RuleError {
+                file: file.clone(),
+                line: d.line,
+                column: d.column,
+                what: format!("YAML nested {} levels deep", d.depth),
+                expected: format!("at most {} levels of nesting", crate::input::MAX_YAML_DEPTH),
+                hint: "rules need fewer than 10 levels; check for runaway brackets".into(),
+            });
+            continue;
+        }
         for doc in split_documents(file, text) {
+            documents += 1;
+            if documents > MAX_DOCUMENTS {
+                let at = (doc.first_line, 1);
+                l.errors.push(doc.error(
+                    at,
+                    format!("more than {MAX_DOCUMENTS} rules documents"),
+                    format!("at most {MAX_DOCUMENTS} data sources and contracts in all rules files"),
+                    "each compiled rule costs memory in the daemon; merge data sources with globs, or govern groups of workloads with selectors",
+                ));
+                return Err(l.errors);
+            }
             l.parse(doc);
         }
     }
@@ -280,8 +339,73 @@ pub(crate) fn yaml_opened_at(e: &serde_yaml_ng::Error, line_offset: usize) -> Op
     ))
 }
 
+/// Distinct globs of all rules files together. Each is compiled into a regex with a DFA of up
+/// to ~40 KB (~20 KB measured on average): 4,096 bound them to ~100 MB, where 1 MiB of one-line
+/// secret paths alone would have asked for gigabytes.
+pub const MAX_GLOBS: usize = 4096;
+
+/// The first document at which the distinct globs (paths, files, wildcard hosts, secret paths,
+/// destinations) pass [`MAX_GLOBS`], before any is compiled.
+fn too_many_globs(
+    sources: &[(Doc, Document<DataSourceSpec>)],
+    contracts: &[(Doc, Document<AccessContractSpec>)],
+) -> Option<RuleError> {
+    let mut seen: std::collections::HashSet<(GlobKind, &str)> = Default::default();
+    let wild = |h: &str| h.contains(['*', '?', '[', ']', '{', '}', ',', '!', '\\']);
+    let over = |doc: &Doc, seen: usize| {
+        (seen > MAX_GLOBS).then(|| {
+            doc.error(
+                (doc.first_line, 1),
+                format!("the rules hold more than {MAX_GLOBS} distinct globs"),
+                format!("at most {MAX_GLOBS} distinct path, file, host, secret and destination globs in all rules files"),
+                "each compiled glob costs ~20 KB in the daemon; use fewer, wider globs",
+            )
+        })
+    };
+    for (doc, d) in sources {
+        for m in &d.spec.matchers {
+            if let Some(h) = m.host.as_deref().filter(|h| wild(h)) {
+                seen.insert((GlobKind::Host, h));
+            }
+            for p in m.paths.iter().flatten() {
+                seen.insert((GlobKind::Path, p));
+            }
+            if let Some(f) = &m.file {
+                seen.insert((GlobKind::File, f));
+            }
+        }
+        if let Some(e) = over(doc, seen.len()) {
+            return Some(e);
+        }
+    }
+    for (doc, c) in contracts {
+        for sec in &c.spec.allow.secrets {
+            seen.insert((GlobKind::File, &sec.path));
+        }
+        for d in &c.spec.allow.destinations {
+            seen.insert((GlobKind::Host, &d.host));
+        }
+        if let Some(e) = over(doc, seen.len()) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Which compiler a glob went through, part of the key under which it is shared.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum GlobKind {
+    File,
+    Path,
+    Host,
+}
+
 #[derive(Default)]
 struct Loader {
+    /// Each distinct glob is compiled once and shared (clones share the compiled automaton):
+    /// a compiled glob is a regex with a full DFA of up to ~40 KB, and most data sources repeat
+    /// the same few (`/**` for every host without paths).
+    globs: HashMap<(GlobKind, String), GlobMatcher>,
     errors: Vec<RuleError>,
     warnings: Vec<RuleError>,
     sources: Vec<(Doc, Document<DataSourceSpec>)>,
@@ -336,6 +460,19 @@ fn host_glob(p: &str) -> Result<GlobMatcher, String> {
 }
 
 impl Loader {
+    fn glob(&mut self, kind: GlobKind, p: &str) -> Result<GlobMatcher, String> {
+        if let Some(g) = self.globs.get(&(kind, p.to_owned())) {
+            return Ok(g.clone());
+        }
+        let g = match kind {
+            GlobKind::File => glob(p),
+            GlobKind::Path => path_glob(p),
+            GlobKind::Host => host_glob(p),
+        }?;
+        self.globs.insert((kind, p.to_owned()), g.clone());
+        Ok(g)
+    }
+
     fn parse(&mut self, doc: Doc) {
         let header: Header = match typed(&doc) {
             Ok(h) => h,
@@ -423,6 +560,10 @@ impl Loader {
         let sources = std::mem::take(&mut self.sources);
         let contracts = std::mem::take(&mut self.contracts);
         let mut set = RuleSet::default();
+        if let Some(e) = too_many_globs(&sources, &contracts) {
+            self.errors.push(e);
+            return Err(self.errors);
+        }
 
         let mut seen = BTreeMap::new();
         for (doc, d) in &sources {
@@ -444,6 +585,8 @@ impl Loader {
                 set.contracts.push(ac);
             }
         }
+        // The rule set holds its own clones; the cache's are dropped with the loader.
+        self.globs = HashMap::new();
         if self.errors.is_empty() {
             set.warnings = std::mem::take(&mut self.warnings);
             Ok(set)
@@ -467,7 +610,14 @@ impl Loader {
         for m in &d.spec.matchers {
             match (&m.host, &m.file) {
                 (Some(host), None) => {
-                    let host_glob = match host_glob(host) {
+                    let literal = !host.contains(['*', '?', '[', ']', '{', '}', ',', '!', '\\']);
+                    // A plain host name cannot be a bad pattern: nothing to compile.
+                    let compiled = if literal {
+                        Ok(None)
+                    } else {
+                        self.glob(GlobKind::Host, host).map(Some)
+                    };
+                    let host_glob = match compiled {
                         Ok(g) => Some(g),
                         Err(e) => {
                             let at = doc.locate(Some("host"), Some(host));
@@ -492,7 +642,7 @@ impl Loader {
                             ));
                             continue;
                         }
-                        match path_glob(p) {
+                        match self.glob(GlobKind::Path, p) {
                             Ok(g) => paths.push(g),
                             Err(e) => self.errors.push(doc.error(
                                 at(),
@@ -512,7 +662,7 @@ impl Loader {
                         ));
                     }
                     if m.paths.is_none() {
-                        paths.push(glob("/**").ok()?);
+                        paths.push(self.glob(GlobKind::File, "/**").ok()?);
                     }
                     if let Some(host_glob) = host_glob {
                         matchers.push(Matcher::Http {
@@ -542,7 +692,7 @@ impl Loader {
                         ));
                         continue;
                     }
-                    match glob(file) {
+                    match self.glob(GlobKind::File, file) {
                         Ok(glob) => matchers.push(Matcher::File { glob }),
                         Err(e) => self.errors.push(doc.error(
                             at(),
@@ -607,8 +757,39 @@ impl Loader {
             };
             m(a, b) || m(b, a)
         };
+        // Only sources that share a host (any case) or both match files can clash: pairing those
+        // alone keeps thousands of single-host sources linear instead of quadratic.
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut with_files = Vec::new();
+        for (k, (_, d)) in sources.iter().enumerate() {
+            for m in &d.spec.matchers {
+                if let Some(h) = &m.host {
+                    by_host.entry(h.to_ascii_lowercase()).or_default().push(k);
+                }
+            }
+            if d.spec.matchers.iter().any(|m| m.file.is_some()) {
+                with_files.push(k);
+            }
+        }
         for (j, (doc_b, b)) in sources.iter().enumerate() {
-            for (doc_a, a) in sources.iter().take(j) {
+            let mut candidates: Vec<usize> = b
+                .spec
+                .matchers
+                .iter()
+                .filter_map(|m| m.host.as_ref())
+                .flat_map(|h| by_host.get(&h.to_ascii_lowercase()).into_iter().flatten())
+                .copied()
+                .chain(
+                    with_files
+                        .iter()
+                        .copied()
+                        .filter(|_| b.spec.matchers.iter().any(|m| m.file.is_some())),
+                )
+                .filter(|&i| i < j)
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            for (doc_a, a) in candidates.into_iter().map(|i| &sources[i]) {
                 if a.metadata.name == b.metadata.name {
                     continue;
                 }
@@ -839,7 +1020,7 @@ impl Loader {
         let mut secrets = Vec::new();
         for sec in &a.secrets {
             let at = || doc.locate(Some("path"), Some(&sec.path));
-            match glob(&sec.path) {
+            match self.glob(GlobKind::File, &sec.path) {
                 Ok(g) if sec.path.starts_with('/') => secrets.push(SecretGrant {
                     path: g,
                     executables: sec.executables.clone(),
@@ -869,7 +1050,7 @@ impl Loader {
         }
         let mut destinations = Vec::new();
         for d in &a.destinations {
-            match host_glob(&d.host) {
+            match self.glob(GlobKind::Host, &d.host) {
                 Ok(g) if !d.host.trim().is_empty() => destinations.push(g),
                 Ok(_) => {
                     let at = doc.locate(Some("destinations"), None);

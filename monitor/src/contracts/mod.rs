@@ -48,7 +48,9 @@ pub enum Matcher {
     /// An HTTP API: the host (a glob, lowercased) and the request paths (globs) it serves.
     Http {
         host: String,
-        host_glob: GlobMatcher,
+        /// `None` for a host without glob characters, which is compared as it is: a compiled
+        /// glob is a regex with a DFA of up to ~40 KB, most of a data source's memory.
+        host_glob: Option<GlobMatcher>,
         paths: Vec<GlobMatcher>,
     },
     /// Files on the host, by path glob.

@@ -106,6 +106,8 @@ pub fn spawn(
                         metrics.load(None);
                     }
                 }
+                // What parsing allocated (all of it, for a refused load) is free now.
+                crate::input::release_freed_memory();
             }
         })
 }

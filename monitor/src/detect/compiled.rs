@@ -40,7 +40,8 @@ pub struct Compiled {
 struct HttpRule {
     ds: DsId,
     wild: bool,
-    host: GlobMatcher,
+    /// Set for wildcard hosts; exact hosts are found through `exact_hosts`.
+    host: Option<GlobMatcher>,
     paths: Vec<GlobMatcher>,
 }
 
@@ -194,7 +195,7 @@ impl Compiled {
         for &i in exact.chain(self.wild_hosts.iter()) {
             let r = &self.http[i];
             if best.is_some_and(|b| b < i)
-                || (r.wild && !r.host.is_match(host))
+                || (r.wild && !r.host.as_ref().is_some_and(|g| g.is_match(host)))
                 || !r.paths.iter().any(|p| p.is_match(path))
             {
                 continue;
@@ -209,9 +210,9 @@ impl Compiled {
         let exact = self.exact_hosts.get(host).into_iter().flatten();
         exact
             .chain(
-                self.wild_hosts
-                    .iter()
-                    .filter(move |&&i| self.http[i].host.is_match(host)),
+                self.wild_hosts.iter().filter(move |&&i| {
+                    self.http[i].host.as_ref().is_some_and(|g| g.is_match(host))
+                }),
             )
             .map(|&i| self.http[i].ds)
     }

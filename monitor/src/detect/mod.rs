@@ -85,6 +85,64 @@ pub enum UngovernedReport {
     All,
 }
 
+impl DetectConfig {
+    /// Ranges of the windows, intervals and caps: a zero window never deduplicates (or never
+    /// judges), a zero interval writes state in a loop, a zero cap keeps nothing.
+    /// Messages name the key as it stands in the file (`detectors.…`).
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::bounds::{count, duration, DAY, HOUR, SECOND};
+        duration("detectors.dedup_window", self.dedup_window, SECOND, 7 * DAY)?;
+        duration(
+            "detectors.ungoverned_window",
+            self.ungoverned_window,
+            SECOND,
+            30 * DAY,
+        )?;
+        duration(
+            "detectors.combination.window",
+            self.combination.window,
+            SECOND,
+            7 * DAY,
+        )?;
+        // Zero learning is meaningful: judge pairs from the first sighting.
+        duration(
+            "detectors.combination.learning",
+            self.combination.learning,
+            std::time::Duration::ZERO,
+            365 * DAY,
+        )?;
+        let v = &self.volume;
+        duration("detectors.volume.bucket", v.bucket, SECOND, DAY)?;
+        count("detectors.volume.history", v.history, 1, 10_000)?;
+        count("detectors.volume.warmup", v.warmup, 1, v.history)?;
+        if !(v.sensitivity.is_finite() && v.sensitivity > 0.0) {
+            return Err(format!(
+                "detectors.volume.sensitivity must be a positive number, got {}",
+                v.sensitivity
+            ));
+        }
+        count("detectors.max_identities", self.max_identities, 1, 16 << 20)?;
+        count(
+            "detectors.max_credentials",
+            self.max_credentials,
+            1,
+            64 << 20,
+        )?;
+        count(
+            "detectors.max_open_findings",
+            self.max_open_findings,
+            1,
+            16 << 20,
+        )?;
+        duration(
+            "detectors.persist_interval",
+            self.persist_interval,
+            SECOND,
+            HOUR,
+        )
+    }
+}
+
 pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

@@ -335,6 +335,9 @@ pub enum PodSourceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A token or CA file that is not a regular file, too large or not text; names the file.
+    #[error("{0}")]
+    Input(String),
     #[error("GET {url}: {}", chain(source))]
     Http { url: String, source: reqwest::Error },
     #[error("GET {url}: HTTP {status}")]
@@ -381,11 +384,10 @@ impl PodSource {
             .connect_timeout(Duration::from_secs(5))
             .use_rustls_tls();
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|source| PodSourceError::File {
-                path: ca.clone(),
-                source,
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            let pem = crate::input::read_text(ca, crate::input::MAX_PEM_BYTES, "a CA file")
+                .map_err(|e| PodSourceError::Input(e.to_string()))?;
+            let pem = pem.as_bytes();
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| PodSourceError::Client(e.to_string()))?
             {
                 b = b.add_root_certificate(cert);
@@ -411,10 +413,9 @@ impl PodSource {
         let mut r = self.client.get(url);
         if let Some(tf) = &self.cfg.token_file {
             // Read every time: projected tokens rotate.
-            let token = std::fs::read_to_string(tf).map_err(|source| PodSourceError::File {
-                path: tf.clone(),
-                source,
-            })?;
+            // Bounded and never blocking: this runs at every refresh.
+            let token = crate::input::read_text(tf, crate::input::MAX_TOKEN_BYTES, "a token file")
+                .map_err(|e| PodSourceError::Input(e.to_string()))?;
             r = r.bearer_auth(token.trim());
         }
         Ok(r)

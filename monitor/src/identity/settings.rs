@@ -89,6 +89,22 @@ impl IdentityConfig {
     /// Checks what serde cannot: the trust domain's shape, template placeholders, selectors.
     /// Messages name the key as it stands in the file (`identity.…`).
     pub fn validate(&self) -> Result<(), String> {
+        use crate::bounds::count;
+        // A zero hold attributes nothing late: every event of a new pod would leave as pending.
+        count("identity.pending_hold_ms", self.pending_hold_ms, 1, 60_000)?;
+        let k = &self.kubernetes;
+        count(
+            "identity.kubernetes.refresh_seconds",
+            k.refresh_seconds,
+            1,
+            3600,
+        )?;
+        count(
+            "identity.kubernetes.deleted_pod_retention_seconds",
+            k.deleted_pod_retention_seconds,
+            1,
+            86_400,
+        )?;
         if self.trust_domain.is_empty() || self.trust_domain.contains(['/', ':', ' ']) {
             return Err(format!(
                 "identity.trust_domain must be a DNS-like name, got {:?}",

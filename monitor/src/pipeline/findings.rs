@@ -169,6 +169,8 @@ impl FindingsStage {
             }
             if let Some(set) = latest {
                 self.engine.set_rules(set);
+                // The old rules were dropped just now, on this thread's arena.
+                crate::input::release_freed_memory();
             }
         }
         let before = self.pending.len();

@@ -45,9 +45,10 @@ impl SensorConfig {
     /// The first problem found, as a sentence naming the setting by its YAML path.
     pub fn validate(&self) -> Result<(), String> {
         let rb = self.ring_buffer_bytes;
-        if !rb.is_power_of_two() || rb < 4096 {
+        // Kernel memory, locked for the daemon's life: 1 GiB is far beyond any need.
+        if !rb.is_power_of_two() || !(4096..=1 << 30).contains(&rb) {
             return Err(format!(
-                "sensors.ring_buffer_bytes must be a power of two of at least 4096 (page size), got {rb}"
+                "sensors.ring_buffer_bytes must be a power of two between 4096 (page size) and 1073741824, got {rb}"
             ));
         }
         if self.wakeup_bytes >= u64::from(rb) {
@@ -63,9 +64,18 @@ impl SensorConfig {
             ));
         }
         self.tls.validate()?;
-        if self.process_table_capacity < 64 {
-            return Err("sensors.process_table_capacity must be at least 64".into());
-        }
+        crate::bounds::count(
+            "sensors.process_table_capacity",
+            self.process_table_capacity,
+            64,
+            1 << 22,
+        )?;
+        crate::bounds::count(
+            "sensors.exited_linger_ms",
+            self.exited_linger_ms,
+            1,
+            3_600_000,
+        )?;
         for r in &self.required {
             if !super::sensors::ALL.iter().any(|s| s.name == r) {
                 return Err(format!(
@@ -91,6 +101,8 @@ mod tests {
             c.validate().unwrap_err()
         };
         assert!(bad(|c| c.ring_buffer_bytes = 5000).contains("sensors.ring_buffer_bytes"));
+        assert!(bad(|c| c.ring_buffer_bytes = 1 << 31).contains("sensors.ring_buffer_bytes"));
+        assert!(bad(|c| c.exited_linger_ms = 0).contains("sensors.exited_linger_ms"));
         assert!(bad(|c| c.wakeup_bytes = 16 << 20).contains("sensors.wakeup_bytes"));
         assert!(bad(|c| c.poll_interval_ms = 1001).contains("sensors.poll_interval_ms"));
         assert!(bad(|c| c.tls.capture_bytes = 100_000).contains("sensors.tls.capture_bytes"));

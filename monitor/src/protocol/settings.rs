@@ -47,9 +47,28 @@ impl ApiCallConfig {
                 self.max_head_bytes, self.max_buffered_bytes
             ));
         }
-        if self.session_idle_seconds == 0 {
-            return Err("api_calls.session_idle_seconds must be at least 1".into());
-        }
+        use crate::bounds::count;
+        count(
+            "api_calls.session_idle_seconds",
+            self.session_idle_seconds,
+            1,
+            86_400,
+        )?;
+        count("api_calls.max_sessions", self.max_sessions, 1, 1 << 20)?;
+        count("api_calls.max_in_flight", self.max_in_flight, 1, 4096)?;
+        count("api_calls.max_dns_names", self.max_dns_names, 1, 1 << 22)?;
+        count(
+            "api_calls.max_head_bytes",
+            self.max_head_bytes,
+            1024,
+            1 << 20,
+        )?;
+        count(
+            "api_calls.max_buffered_bytes",
+            self.max_buffered_bytes,
+            2 * self.max_head_bytes,
+            1 << 30,
+        )?;
         Ok(())
     }
 }

@@ -19,8 +19,25 @@ pub struct FileConfig {
     pub path: PathBuf,
     /// Rotate when the file would grow beyond this; 0 never rotates.
     pub max_bytes: u64,
-    /// Rotated files kept.
+    /// Rotated files kept (at most [`MAX_KEEP`]).
     pub keep: u32,
+}
+
+/// Rotated files a sink may keep: more is not a retention policy, it is a directory nobody reads.
+pub const MAX_KEEP: u32 = 1000;
+
+impl FileConfig {
+    /// Messages name the key as it stands under the sink.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::bounds::count("keep", self.keep, 0, MAX_KEEP)?;
+        if self.max_bytes != 0 && self.max_bytes < 4096 {
+            return Err(format!(
+                "max_bytes must be 0 (never rotate) or at least 4096, got {}",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for FileConfig {
@@ -73,15 +90,50 @@ impl FileSink {
         PathBuf::from(s)
     }
 
+    /// The rotated files that exist, by number, highest first. Read from the directory, so a
+    /// rotation costs what is on the disk, not `keep` (a loop over 1..keep that tested each
+    /// name spun at 100% CPU with `keep: 100000000`).
+    fn existing_rotated(&self) -> std::io::Result<Vec<u32>> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(Vec::new());
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut prefix = name.to_os_string();
+        prefix.push(".");
+        let prefix = prefix.as_encoded_bytes().to_vec();
+        let mut found: Vec<u32> = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let n = e.file_name();
+            let Some(num) = n.as_encoded_bytes().strip_prefix(&prefix[..]) else {
+                continue;
+            };
+            // Only the names rotation makes: digits without a leading zero.
+            if num.first().is_some_and(|&d| d != b'0') && num.iter().all(u8::is_ascii_digit) {
+                if let Some(k) = std::str::from_utf8(num).ok().and_then(|s| s.parse().ok()) {
+                    found.push(k);
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(found)
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
         if self.keep == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
-            for n in (1..self.keep).rev() {
-                let from = self.rotated(n);
-                if from.exists() {
-                    std::fs::rename(&from, self.rotated(n + 1))?;
+            for n in self.existing_rotated()? {
+                if n >= self.keep {
+                    // The oldest, or left over from a larger `keep`.
+                    std::fs::remove_file(self.rotated(n))?;
+                } else {
+                    std::fs::rename(self.rotated(n), self.rotated(n + 1))?;
                 }
             }
             std::fs::rename(&self.path, self.rotated(1))?;
@@ -172,6 +224,50 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A large `keep` used to cost one stat per number at each rotation (100% CPU, no delivery);
+    /// now a rotation touches only the files that exist.
+    #[test]
+    fn rotation_costs_what_exists_not_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FileConfig {
+            path: "alerts.jsonl".into(),
+            max_bytes: 10,
+            keep: u32::MAX,
+        };
+        let mut s = FileSink::open(&cfg, dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..4 {
+            s.send(&[alert(i)]).unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap_or_default();
+        assert_eq!(read("alerts.jsonl.3"), "{\"n\":0}\n");
+        assert_eq!(read("alerts.jsonl.1"), "{\"n\":2}\n");
+        // Left over from a larger keep: dropped at the next rotation.
+        s.keep = 2;
+        s.send(&[alert(4)]).unwrap();
+        assert!(!dir.path().join("alerts.jsonl.3").exists());
+        assert_eq!(read("alerts.jsonl.2"), "{\"n\":2}\n");
+        assert_eq!(read("alerts.jsonl"), "{\"n\":4}\n");
+    }
+
+    #[test]
+    fn keep_and_max_bytes_are_bounded() {
+        let c = |keep, max_bytes| FileConfig {
+            path: "f".into(),
+            max_bytes,
+            keep,
+        };
+        assert_eq!(c(5, 0).validate(), Ok(()));
+        assert_eq!(c(MAX_KEEP, 64 << 20).validate(), Ok(()));
+        let e = c(100_000_000, 64 << 20).validate().unwrap_err();
+        assert!(
+            e.contains("keep") && e.contains("1000") && e.contains("100000000"),
+            "{e}"
+        );
+        assert!(c(5, 10).validate().unwrap_err().contains("max_bytes"));
     }
 
     #[test]

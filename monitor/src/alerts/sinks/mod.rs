@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
         Ok(SinkConfig {
             format: raw.format.unwrap_or(default_format),
             min_severity: raw.min_severity.unwrap_or(Severity::Info),
-            batch_max: raw.batch_max.unwrap_or(100).max(1),
+            batch_max: raw.batch_max.unwrap_or(100),
             retry_initial: raw.retry_initial.unwrap_or(Duration::from_millis(250)),
             retry_max: raw.retry_max.unwrap_or(Duration::from_secs(30)),
             spool_max_bytes: raw.spool_max_bytes.unwrap_or(256 << 20),
@@ -155,6 +155,25 @@ impl SinkConfig {
                 "alerts.sinks: name {:?} must be 1-64 of [a-z0-9_-] (it names a directory and a metrics label)",
                 self.name
             ));
+        }
+        let key = |k: &str| format!("alerts.sinks {:?}: {k}", self.name);
+        crate::bounds::count(&key("batch_max"), self.batch_max, 1, 10_000)?;
+        crate::bounds::duration(
+            &key("timeout"),
+            self.timeout,
+            Duration::from_millis(100),
+            crate::bounds::HOUR,
+        )?;
+        crate::bounds::duration(
+            &key("retry_max"),
+            self.retry_max,
+            Duration::from_millis(1),
+            crate::bounds::DAY,
+        )?;
+        match &self.kind {
+            SinkKind::File(f) => f.validate().map_err(|e| key(&e))?,
+            SinkKind::Webhook(w) => w.validate().map_err(|e| key(&e))?,
+            SinkKind::Syslog(_) => {}
         }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
             return Err(format!(

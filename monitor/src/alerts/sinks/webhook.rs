@@ -35,6 +35,35 @@ pub struct WebhookConfig {
     pub index: Option<String>,
     #[serde(default)]
     pub sourcetype: Option<String>,
+    /// An `http://` url sends the token and every alert in clear; it is refused unless this says
+    /// so (a relay on the same host or in the same pod).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl WebhookConfig {
+    /// What can be told without the network. Messages name the key as it stands under the sink.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url {:?}: {e}", self.url))?;
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_insecure_http => Ok(()),
+            "http" => Err(format!(
+                "url {:?} is http://: the {} and every alert would cross the network in clear; \
+                 use https://, or set allow_insecure_http: true for a relay on this host",
+                self.url,
+                if self.body == Body::Hec {
+                    "HEC token"
+                } else {
+                    "token"
+                }
+            )),
+            _ => Err(format!(
+                "url {:?}: must be https://HOST[:PORT]/PATH",
+                self.url
+            )),
+        }
+    }
 }
 
 pub struct WebhookSink {
@@ -49,9 +78,11 @@ pub struct WebhookSink {
     sourcetype: String,
 }
 
-fn read_token(path: &PathBuf) -> Result<String, SinkError> {
-    let t = std::fs::read_to_string(path)
-        .map_err(|e| SinkError::Config(format!("token_file {}: {e}", path.display())))?;
+fn read_token(path: &std::path::Path) -> Result<String, SinkError> {
+    // Bounded and never blocking (a FIFO would hang the start); the error names the file and
+    // the limit, never the contents.
+    let t = crate::input::read_text(path, crate::input::MAX_TOKEN_BYTES, "a token file")
+        .map_err(|e| SinkError::Config(format!("token_file {e}")))?;
     let t = t.trim().to_owned();
     // The token goes into a header: reject what would be invalid there, without echoing it.
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
@@ -77,7 +108,8 @@ impl WebhookSink {
                 cfg.url
             )));
         }
-        let token = cfg.token_file.as_ref().map(read_token).transpose()?;
+        cfg.validate().map_err(SinkError::Config)?;
+        let token = cfg.token_file.as_deref().map(read_token).transpose()?;
         if cfg.body == Body::Hec && token.is_none() {
             return Err(SinkError::Config(
                 "body hec needs token_file (the HEC token)".into(),
@@ -265,6 +297,7 @@ mod tests {
                 tls: None,
                 index: index.map(str::to_owned),
                 sourcetype: None,
+                allow_insecure_http: true,
             },
             "node-1",
             Duration::from_secs(1),
@@ -319,6 +352,7 @@ mod tests {
             tls: None,
             index: None,
             sourcetype: None,
+            allow_insecure_http: false,
         };
         let e = WebhookSink::new(&cfg, "n", Duration::from_secs(1))
             .err()
@@ -351,5 +385,77 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn http_is_refused_unless_allowed_explicitly() {
+        let cfg = WebhookConfig {
+            url: "http://siem.example:8088/services/collector/event".into(),
+            body: Body::Hec,
+            token_file: None,
+            tls: None,
+            index: None,
+            sourcetype: None,
+            allow_insecure_http: false,
+        };
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            e.contains("http://") && e.contains("HEC token") && e.contains("in clear"),
+            "{e}"
+        );
+        assert!(e.contains("allow_insecure_http"), "{e}");
+        let allowed = WebhookConfig {
+            allow_insecure_http: true,
+            ..cfg.clone()
+        };
+        assert_eq!(allowed.validate(), Ok(()));
+        let https = WebhookConfig {
+            url: "https://siem.example/services/collector/event".into(),
+            ..cfg
+        };
+        assert_eq!(https.validate(), Ok(()));
+    }
+
+    /// A token or CA file that is a FIFO used to block the daemon's start in `open`.
+    #[test]
+    fn token_and_ca_files_that_are_fifos_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("token");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let cfg = WebhookConfig {
+            url: "https://h/x".into(),
+            body: Body::Hec,
+            token_file: Some(fifo.clone()),
+            tls: None,
+            index: None,
+            sourcetype: None,
+            allow_insecure_http: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let token = WebhookSink::new(&cfg, "n", Duration::from_secs(1))
+                .err()
+                .map(|e| e.to_string());
+            let ca = crate::alerts::tls::TlsClientConfig {
+                ca: Some(fifo),
+                ..Default::default()
+            }
+            .rustls()
+            .err()
+            .map(|e| e.to_string());
+            let _ = tx.send((token, ca));
+        });
+        let (token, ca) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("blocked opening a FIFO");
+        let token = token.expect("a FIFO token file is an error");
+        assert!(
+            token.contains("token_file") && token.contains("not a regular file (a FIFO)"),
+            "{token}"
+        );
+        let ca = ca.expect("a FIFO CA file is an error");
+        assert!(ca.contains("not a regular file (a FIFO)"), "{ca}");
     }
 }
