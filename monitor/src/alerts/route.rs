@@ -489,37 +489,41 @@ fn spool_unwritable(
     e: &SpoolError,
     t: i64,
 ) -> Finding {
-    let r = Rule::AlertSpoolFull;
-    Finding {
-        kind: "finding".into(),
-        time: t,
-        last_seen: t,
-        rule: RuleRef {
-            id: r.id().into(),
-            name: r.name().into(),
-        },
-        severity: r.severity(),
-        summary: format!(
-            "the alert spool of sink {sink} cannot be written ({e}): the sink is down and its new alerts are dropped until a write succeeds"
-        ),
-        identity: me.clone(),
-        contract: None,
-        evidence: Evidence {
-            destination: Some(sink.to_owned()),
-            metric: Some("spool_error".into()),
-            file: Some(dir.to_owned()),
-            ..Evidence::default()
-        },
-        count: 1,
-        phase: Phase::Opened,
-        dedup_key: format!(
-            "{:016x}",
-            dedup_key(&me.id, r, &[sink, "!", &t.to_string()])
-        ),
-    }
+    let evidence = Evidence {
+        destination: Some(sink.to_owned()),
+        metric: Some("spool_error".into()),
+        file: Some(dir.to_owned()),
+        ..Evidence::default()
+    };
+    let summary = format!(
+        "the alert spool of sink {sink} cannot be written ({e}): the sink is down and its new alerts are dropped until a write succeeds"
+    );
+    spool_finding(me, sink, "!", t, summary, evidence)
 }
 
 fn spool_full(me: &Arc<WorkloadIdentity>, sink: &str, max_bytes: u64, t: i64) -> Finding {
+    let evidence = Evidence {
+        destination: Some(sink.to_owned()),
+        metric: Some("spool_bytes".into()),
+        limit: Some(max_bytes as f64),
+        ..Evidence::default()
+    };
+    let summary = format!(
+        "the alert spool of sink {sink} is full ({max_bytes} bytes undelivered): its new alerts are dropped until it drains"
+    );
+    spool_finding(me, sink, "@", t, summary, evidence)
+}
+
+/// An NHI-091 about `sink`, opened at `t`; `episode` keeps a full spool's key apart from an
+/// unwritable one's.
+fn spool_finding(
+    me: &Arc<WorkloadIdentity>,
+    sink: &str,
+    episode: &str,
+    t: i64,
+    summary: String,
+    evidence: Evidence,
+) -> Finding {
     let r = Rule::AlertSpoolFull;
     Finding {
         kind: "finding".into(),
@@ -530,22 +534,15 @@ fn spool_full(me: &Arc<WorkloadIdentity>, sink: &str, max_bytes: u64, t: i64) ->
             name: r.name().into(),
         },
         severity: r.severity(),
-        summary: format!(
-            "the alert spool of sink {sink} is full ({max_bytes} bytes undelivered): its new alerts are dropped until it drains"
-        ),
+        summary,
         identity: me.clone(),
         contract: None,
-        evidence: Evidence {
-            destination: Some(sink.to_owned()),
-            metric: Some("spool_bytes".into()),
-            limit: Some(max_bytes as f64),
-            ..Evidence::default()
-        },
+        evidence,
         count: 1,
         phase: Phase::Opened,
         dedup_key: format!(
             "{:016x}",
-            dedup_key(&me.id, r, &[sink, "@", &t.to_string()])
+            dedup_key(&me.id, r, &[sink, episode, &t.to_string()])
         ),
     }
 }
