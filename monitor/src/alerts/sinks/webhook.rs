@@ -44,26 +44,38 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// What can be told without the network. Messages name the key as it stands under the sink.
     pub fn validate(&self) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url {:?}: {e}", self.url))?;
+        // The value itself is not echoed when it does not parse: it may hold a password.
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url: {e}"))?;
+        let shown = shown_url(&url);
         match url.scheme() {
             "https" => Ok(()),
             "http" if self.allow_insecure_http => Ok(()),
             "http" => Err(format!(
                 "url {:?} is http://: the {} and every alert would cross the network in clear; \
                  use https://, or set allow_insecure_http: true for a relay on this host",
-                self.url,
+                shown,
                 if self.body == Body::Hec {
                     "HEC token"
                 } else {
                     "token"
                 }
             )),
-            _ => Err(format!(
-                "url {:?}: must be https://HOST[:PORT]/PATH",
-                self.url
-            )),
+            _ => Err(format!("url {:?}: must be https://HOST[:PORT]/PATH", shown)),
         }
     }
+}
+
+/// A URL as error messages may show it: a password or user in it, and its query, could be
+/// credentials (`https://user:pass@host/`, `?token=…`); they are replaced by `…`.
+fn shown_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let had_user = !u.username().is_empty() || u.password().is_some();
+    let _ = u.set_password(None);
+    let _ = u.set_username(if had_user { "…" } else { "" });
+    if u.query().is_some() {
+        u.set_query(Some("…"));
+    }
+    u.to_string()
 }
 
 pub struct WebhookSink {
@@ -100,12 +112,12 @@ impl WebhookSink {
         hostname: &str,
         timeout: Duration,
     ) -> Result<WebhookSink, SinkError> {
-        let url = reqwest::Url::parse(&cfg.url)
-            .map_err(|e| SinkError::Config(format!("url {:?}: {e}", cfg.url)))?;
+        let url =
+            reqwest::Url::parse(&cfg.url).map_err(|e| SinkError::Config(format!("url: {e}")))?;
         if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
             return Err(SinkError::Config(format!(
                 "url {:?}: must be https://HOST[:PORT]/PATH (http:// only for a local relay)",
-                cfg.url
+                shown_url(&url)
             )));
         }
         cfg.validate().map_err(SinkError::Config)?;
@@ -338,6 +350,35 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&s.payload(&[alert(0), alert(1)])).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_refused_url_is_shown_without_its_password_or_query() {
+        let cfg = |url: &str| WebhookConfig {
+            url: url.into(),
+            body: Body::Hec,
+            token_file: None,
+            tls: None,
+            index: None,
+            sourcetype: None,
+            allow_insecure_http: false,
+        };
+        for url in [
+            "http://splunk:hunter2pw@siem.example:8088/services/collector?token=qsecret42",
+            "ftp://splunk:hunter2pw@siem.example/x?token=qsecret42",
+            "not a url hunter2pw",
+        ] {
+            let e = cfg(url).validate().unwrap_err();
+            assert!(
+                !e.contains("hunter2pw") && !e.contains("qsecret42") && !e.contains("splunk:"),
+                "{e}"
+            );
+            assert!(e.starts_with("url"), "{e}");
+        }
+        let e = cfg("http://siem.example:8088/services/collector")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("siem.example:8088/services/collector"), "{e}");
     }
 
     #[test]
