@@ -177,12 +177,21 @@ fn credential_use(
                 // The least recently seen fingerprint gives way, so that an identity whose tokens
                 // rotate shows its latest ones. Cached entries stay: their record copy is stale
                 // and they are the ones in use.
-                let oldest = record
-                    .credentials
-                    .iter()
-                    .filter(|(fp, _)| !hot.creds.iter().any(|h| h.fingerprint.as_str() == *fp))
-                    .min_by_key(|(_, u)| u.usage.last_seen)
-                    .map(|(fp, _)| fp.clone());
+                // Only an entry older than the best so far is checked against the cache: this
+                // runs on every new fingerprint of a full identity (rotating tokens).
+                let mut oldest: Option<(&String, i64)> = None;
+                for (fp, u) in &record.credentials {
+                    let t = u.usage.last_seen;
+                    if oldest.is_none_or(|(_, best)| t < best)
+                        && !hot
+                            .creds
+                            .iter()
+                            .any(|h| h.fingerprint.as_bytes() == fp.as_bytes())
+                    {
+                        oldest = Some((fp, t));
+                    }
+                }
+                let oldest = oldest.map(|(fp, _)| fp.clone());
                 record.dropped += 1;
                 match oldest {
                     Some(fp) => record.credentials.remove(&fp),
