@@ -144,33 +144,53 @@ fn token(
             );
         }
     }
-    // Scopes: only where the contract lists them for this data source.
-    let (Some(c), Some(d)) = (c, ds) else { return };
-    let Some((globs, allowed)) = c.scopes.get(&d) else {
+    // Scopes: only where the contract lists them for a data source of this host. A token is
+    // minted for a server, not for one of the data sources it serves (one SMART token reads
+    // Patient and MedicationRequest alike), so the grants of every data source the host serves
+    // count together.
+    let Some(c) = c else { return };
+    if c.scopes.is_empty() || j.scope.is_empty() {
         return;
+    }
+    let rules = cx.rules;
+    let grants: Vec<&(globset::GlobSet, Vec<String>)> = match ds {
+        Some(d) => std::iter::once(d)
+            .chain(rules.host_data_sources(host).filter(|h| *h != d))
+            .filter_map(|d| c.scopes.get(&d))
+            .collect(),
+        None => rules
+            .host_data_sources(host)
+            .filter_map(|d| c.scopes.get(&d))
+            .collect(),
     };
+    if grants.is_empty() {
+        return;
+    }
     for sc in j.scope.iter().take(MAX_JUDGED) {
-        if globs.is_match(sc.as_str()) {
+        if grants.iter().any(|(g, _)| g.is_match(sc.as_str())) {
             continue;
         }
         let Some(f) = cx.fresh(Rule::ScopeBeyondContract, &[sc]) else {
             continue;
         };
         let who = cx.who();
-        let name = cx.rules.ds_name(d);
+        let mut allowed: Vec<String> = grants.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
+        allowed.sort();
+        allowed.dedup();
+        let name = ds.map(|d| rules.ds_name(d).to_owned());
         cx.open(
             f,
             format!(
-                "{who} holds a token with scope {sc} on {name}; its contract allows {}",
+                "{who} holds a token with scope {sc} at {host}; its contract allows {} there",
                 allowed.join(", ")
             ),
             contract,
             Evidence {
                 credential: Some(cref(cred)),
-                data_source: Some(name.to_owned()),
+                data_source: name,
                 destination: Some(host.to_owned()),
                 scope: Some(sc.clone()),
-                allowed: allowed.clone(),
+                allowed,
                 ..Evidence::default()
             },
         );
