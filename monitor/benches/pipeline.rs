@@ -238,6 +238,7 @@ fn replay_benches() {
                             iat: Some(4_000_000_000 - 3600),
                             jti: None,
                             ttl_seconds: Some(3600),
+                            ..JwtSeen::default()
                         }),
                     }],
                 }),

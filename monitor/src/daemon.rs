@@ -254,7 +254,20 @@ fn start_findings(
     hup: Arc<std::sync::atomic::AtomicBool>,
     rules_telemetry: crate::contracts::RulesTelemetry,
 ) -> anyhow::Result<Findings> {
-    let mut engine = crate::detect::Engine::new(rules, cfg.detectors.clone());
+    let mut detectors = cfg.detectors.clone();
+    // In a pod, the API server is the Service whose address the kubelet gives every container:
+    // in-cluster clients dial that IP, so service-account tokens sent there match their
+    // `kubernetes.default.svc` audience (NHI-056).
+    if let Some(h) = std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h.len() <= 253)
+    {
+        if !detectors.credentials.kubernetes_api_hosts.contains(&h) {
+            detectors.credentials.kubernetes_api_hosts.push(h);
+        }
+    }
+    let mut engine = crate::detect::Engine::new(rules, detectors);
     let store = crate::store::Store::open(&cfg.state_dir)
         .with_context(|| format!("state database in {}", cfg.state_dir.display()))?;
     let ids = store.load_identities()?;

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 const CATALOGUE: &[&str] = &[
     "NHI-001", "NHI-002", "NHI-003", "NHI-010", "NHI-011", "NHI-012", "NHI-020", "NHI-021",
     "NHI-030", "NHI-031", "NHI-040", "NHI-041", "NHI-050", "NHI-051", "NHI-052", "NHI-053",
-    "NHI-054", "NHI-055", "NHI-060",
+    "NHI-054", "NHI-055", "NHI-056", "NHI-057", "NHI-058", "NHI-059", "NHI-060",
 ];
 
 /// `expected.yaml` of one scenario.

@@ -18,7 +18,7 @@ use super::{
     files::{io_error, rules_files, Listing},
     schema::{self, AccessContractSpec, DataSourceSpec, Document, Header, API_VERSION},
     values, AccessContract, Allow, CredentialPolicy, DataSource, Endpoint, Limit, Matcher, Origin,
-    RuleError, RuleSet, SecretGrant, Subject,
+    RuleError, RuleSet, ScopeGrant, SecretGrant, Subject,
 };
 use crate::identity::selectors::SelectorRule;
 
@@ -344,6 +344,16 @@ pub(crate) fn yaml_opened_at(e: &serde_yaml_ng::Error, line_offset: usize) -> Op
 /// secret paths alone would have asked for gigabytes.
 pub const MAX_GLOBS: usize = 4096;
 
+/// Audiences one data source may declare, and the length of one: tokens keep at most 16
+/// audiences of 256 characters (`protocol::credentials::MAX_AUD`, `MAX_CLAIM_CHARS`).
+const MAX_AUDIENCES: usize = 64;
+const MAX_AUDIENCE_CHARS: usize = 256;
+
+/// `credentials.maxKeyAge`: ages are counted in whole days, and a key older than ten years
+/// is not a rotation schedule.
+const MIN_KEY_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
+const MAX_KEY_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
 /// The first document at which the distinct globs (paths, files, wildcard hosts, secret paths,
 /// destinations) pass [`MAX_GLOBS`], before any is compiled.
 fn too_many_globs(
@@ -384,6 +394,11 @@ fn too_many_globs(
         }
         for d in &c.spec.allow.destinations {
             seen.insert((GlobKind::Host, &d.host));
+        }
+        for g in &c.spec.allow.scopes {
+            for sc in &g.scopes {
+                seen.insert((GlobKind::File, sc));
+            }
         }
         if let Some(e) = over(doc, seen.len()) {
             return Some(e);
@@ -722,10 +737,44 @@ impl Loader {
                 }
             }
         }
+        if d.spec.audiences.len() > MAX_AUDIENCES {
+            let at = doc.locate(Some("audiences"), None);
+            self.errors.push(doc.error(
+                at,
+                format!(
+                    "{} audiences, more than the limit of {MAX_AUDIENCES}",
+                    d.spec.audiences.len()
+                ),
+                format!("at most {MAX_AUDIENCES} audiences per data source"),
+                "list the audiences the API's tokens are minted for, not every client",
+            ));
+        }
+        for a in &d.spec.audiences {
+            let bad = if a.trim().is_empty() {
+                Some("an empty audience".to_owned())
+            } else if a.chars().count() > MAX_AUDIENCE_CHARS {
+                Some(format!(
+                    "audience {:?}… is longer than {MAX_AUDIENCE_CHARS} characters",
+                    a.chars().take(32).collect::<String>()
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = bad {
+                let at = doc.locate(Some("audiences"), None);
+                self.errors.push(doc.error(
+                    at,
+                    what,
+                    "an audience a token for this API carries in `aud`",
+                    "e.g. audiences: [\"api://ehr-prod\", \"0c6a1f3e-client-id\"]",
+                ));
+            }
+        }
         (self.errors.len() == before).then(|| DataSource {
             name: d.metadata.name.clone(),
             classification: d.spec.classification,
             matchers,
+            audiences: d.spec.audiences.clone(),
             origin: doc.origin(),
         })
     }
@@ -1085,6 +1134,72 @@ impl Loader {
             }
             d
         });
+        let max_key_age = s.credentials.max_key_age.as_deref().and_then(|t| {
+            let d = values::parse_duration(t).filter(|d| (MIN_KEY_AGE..=MAX_KEY_AGE).contains(d));
+            if d.is_none() {
+                let at = doc.locate(Some("maxKeyAge"), None);
+                self.errors.push(doc.error(
+                    at,
+                    format!("bad key age {t:?}"),
+                    "a duration from 1d to 3650d, such as 90d",
+                    "the age of a static key is counted in days since nhiwatch first saw it",
+                ));
+            }
+            d
+        });
+        let mut scopes = Vec::new();
+        for g in &a.scopes {
+            if unknown(self, "scopes", &g.data_source) && !granted(&g.data_source) {
+                let at = doc.locate(Some("scopes"), Some(&g.data_source));
+                self.errors.push(doc.error(
+                    at,
+                    format!(
+                        "scopes for {:?}, which allow.dataSources does not grant",
+                        g.data_source
+                    ),
+                    "scopes for granted data sources only",
+                    format!("add {} to allow.dataSources", g.data_source),
+                ));
+            }
+            if g.scopes.is_empty() {
+                let at = doc.locate(Some("scopes"), Some(&g.data_source));
+                self.errors.push(doc.error(
+                    at,
+                    "an empty scopes list".into(),
+                    "one or more scope globs such as patient/*.read",
+                    "leave the data source out of allow.scopes to not judge its scopes",
+                ));
+            }
+            let mut globs = Vec::new();
+            for sc in &g.scopes {
+                match self.glob(GlobKind::File, sc) {
+                    Ok(m) if !sc.trim().is_empty() => globs.push(m),
+                    Ok(_) => {
+                        let at = doc.locate(Some("scopes"), Some(&g.data_source));
+                        self.errors.push(doc.error(
+                            at,
+                            "an empty scope".into(),
+                            "a scope or scope glob such as patient/*.read",
+                            "remove the empty entry",
+                        ));
+                    }
+                    Err(e) => {
+                        let at = doc.locate(Some("scopes"), Some(sc));
+                        self.errors.push(doc.error(
+                            at,
+                            format!("bad scope glob {sc:?}: {e}"),
+                            "a scope or glob with * (not crossing /) and {a,b}",
+                            "close every [ and {",
+                        ));
+                    }
+                }
+            }
+            scopes.push(ScopeGrant {
+                data_source: g.data_source.clone(),
+                scopes: g.scopes.clone(),
+                globs,
+            });
+        }
         let mut limits = Vec::new();
         for l in &s.limits {
             unknown(self, "limits", &l.data_source);
@@ -1148,11 +1263,14 @@ impl Loader {
                     .collect(),
                 secrets,
                 destinations,
+                scopes,
             },
             credentials: CredentialPolicy {
                 kinds: s.credentials.kinds.clone(),
                 max_token_ttl,
                 shared: s.credentials.shared,
+                require_audience: s.credentials.require_audience,
+                max_key_age,
             },
             limits,
             break_glass: s.break_glass,

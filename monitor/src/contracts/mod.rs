@@ -40,6 +40,8 @@ pub struct DataSource {
     pub name: String,
     pub classification: Classification,
     pub matchers: Vec<Matcher>,
+    /// Declared token audiences (`audiences:`), as written.
+    pub audiences: Vec<String>,
     pub origin: Origin,
 }
 
@@ -88,6 +90,17 @@ pub struct Allow {
     pub endpoints: Vec<Endpoint>,
     pub secrets: Vec<SecretGrant>,
     pub destinations: Vec<GlobMatcher>,
+    pub scopes: Vec<ScopeGrant>,
+}
+
+/// `allow.scopes`: the scopes a token may carry on calls to one data source.
+#[derive(Debug)]
+pub struct ScopeGrant {
+    pub data_source: String,
+    /// As written, for evidence and reports.
+    pub scopes: Vec<String>,
+    /// The same, compiled (`*` does not cross `/`: `patient/*.read` is not `system/x.read`).
+    pub globs: Vec<GlobMatcher>,
 }
 
 #[derive(Debug)]
@@ -109,6 +122,9 @@ pub struct CredentialPolicy {
     pub kinds: Vec<CredentialKind>,
     pub max_token_ttl: Option<Duration>,
     pub shared: Sharing,
+    pub require_audience: bool,
+    /// None: the detectors' default (`detectors.credentials.max_key_age`).
+    pub max_key_age: Option<Duration>,
 }
 
 #[derive(Debug)]

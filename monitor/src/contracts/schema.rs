@@ -37,6 +37,10 @@ pub struct DataSourceSpec {
     pub classification: Classification,
     #[serde(rename = "match")]
     pub matchers: Vec<MatcherSpec>,
+    /// Token audiences (`aud`) this API accepts besides its URL and host: opaque ids such as
+    /// `api://ehr-prod` or a client id.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -93,6 +97,16 @@ pub struct AllowSpec {
     pub secrets: Vec<SecretSpec>,
     #[serde(default)]
     pub destinations: Vec<DestinationSpec>,
+    #[serde(default)]
+    pub scopes: Vec<ScopeSpec>,
+}
+
+/// The token scopes an identity may hold when it calls one data source (globs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScopeSpec {
+    pub data_source: String,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +150,11 @@ pub struct CredentialsSpec {
     pub max_token_ttl: Option<String>,
     #[serde(default)]
     pub shared: Sharing,
+    /// Every JWT must name an audience (`aud`).
+    #[serde(default)]
+    pub require_audience: bool,
+    /// How long one static key may be in use (since nhiwatch first saw it).
+    pub max_key_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

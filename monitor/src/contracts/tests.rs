@@ -638,3 +638,54 @@ fn a_file_named_directly_is_read_whatever_its_name() {
         [dir.join("a.yaml"), dir.join("link.yml"), notes]
     );
 }
+
+/// Credential hygiene keys: declared audiences, scope grants, requireAudience and maxKeyAge load,
+/// and each bad value is one located error.
+#[test]
+fn credential_hygiene_keys() {
+    let ds = DS.replace(
+        "      paths: [\"/R4/Medication*\"]\n",
+        "      paths: [\"/R4/Medication*\"]\n  audiences: [\"api://ehr-prod\"]\n",
+    );
+    let text = contract(
+        "  allow:\n    dataSources: [ehr]\n    scopes: [{dataSource: ehr, scopes: [\"patient/*.read\", openid]}]\n  credentials: {requireAudience: true, maxKeyAge: 30d}\n",
+    )
+    .replacen(DS, &ds, 1);
+    let set = load_str("r.yaml", &text).unwrap();
+    assert_eq!(set.data_sources[0].audiences, ["api://ehr-prod"]);
+    let c = &set.contracts[0];
+    assert!(c.credentials.require_audience);
+    assert_eq!(
+        c.credentials.max_key_age,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(c.allow.scopes[0].scopes, ["patient/*.read", "openid"]);
+    let g = &c.allow.scopes[0].globs[0];
+    assert!(g.is_match("patient/Observation.read"));
+    assert!(!g.is_match("system/Observation.read") && !g.is_match("patient/a/b.read"));
+    one(
+        &contract("  credentials: {maxKeyAge: 2h}\n"),
+        "17:17",
+        "bad key age \"2h\"",
+        "counted in days",
+    );
+    one(
+        &contract("  allow:\n    scopes: [{dataSource: ehr, scopes: [a]}]\n"),
+        "18:27",
+        "scopes for \"ehr\", which allow.dataSources does not grant",
+        "add ehr to allow.dataSources",
+    );
+    one(
+        &contract(
+            "  allow:\n    dataSources: [ehr]\n    scopes: [{dataSource: ehr, scopes: []}]\n",
+        ),
+        "19:27",
+        "an empty scopes list",
+        "not judge",
+    );
+    let e = errors(&DS.replace(
+        "      paths: [\"/R4/Medication*\"]\n",
+        "      paths: [\"/R4/Medication*\"]\n  audiences: [\"\"]\n",
+    ));
+    assert!(e[0].starts_with("r.yaml:9:3: an empty audience"), "{e:?}");
+}

@@ -35,6 +35,8 @@ pub struct Compiled {
     /// order): a new identity is tested against its namespace's contracts only, not all of them.
     by_namespace: Fx<String, Vec<usize>>,
     any_namespace: Vec<usize>,
+    /// Per data source, the token audiences it declares (`audiences:`).
+    audiences: Vec<Vec<String>>,
 }
 
 struct HttpRule {
@@ -57,6 +59,11 @@ pub struct CompiledContract {
     pub kinds: Vec<&'static str>,
     pub max_ttl_seconds: Option<i64>,
     pub shared_allowed: bool,
+    pub require_audience: bool,
+    /// `credentials.maxKeyAge` in seconds; None: the detectors' default.
+    pub max_key_age: Option<i64>,
+    /// Data source → the scope globs its tokens may carry there (absent: not judged).
+    pub scopes: Fx<DsId, (GlobSet, Vec<String>)>,
     pub limits: Fx<DsId, (Option<u64>, Option<u64>)>,
     /// The first instant the contract no longer holds (end of its `expires` day, UTC), ns.
     pub expires_at: Option<i64>,
@@ -142,8 +149,18 @@ impl Compiled {
             by_identity,
             by_namespace,
             any_namespace,
+            audiences: set
+                .data_sources
+                .iter()
+                .map(|d| d.audiences.clone())
+                .collect(),
             set,
         }
+    }
+
+    /// The token audiences data source `ds` declares.
+    pub fn audiences(&self, ds: DsId) -> &[String] {
+        self.audiences.get(ds as usize).map_or(&[], Vec::as_slice)
     }
 
     pub fn ds_name(&self, ds: DsId) -> &str {
@@ -270,6 +287,18 @@ fn compile_contract(c: &AccessContract, index: &HashMap<&str, DsId>, n: usize) -
     for g in &c.allow.destinations {
         dest.add(g.glob().clone());
     }
+    let mut scopes: Fx<DsId, (GlobSetBuilder, Vec<String>)> = Fx::default();
+    for g in &c.allow.scopes {
+        if let Some(d) = id(&g.data_source) {
+            let e = scopes
+                .entry(d)
+                .or_insert_with(|| (GlobSetBuilder::new(), Vec::new()));
+            for m in &g.globs {
+                e.0.add(m.glob().clone());
+            }
+            e.1.extend(g.scopes.iter().cloned());
+        }
+    }
     let mut limits = Fx::default();
     for l in &c.limits {
         if let Some(d) = id(&l.data_source) {
@@ -282,6 +311,8 @@ fn compile_contract(c: &AccessContract, index: &HashMap<&str, DsId>, n: usize) -
             version: c.version.clone(),
             file: c.origin.file.display().to_string(),
             line: c.origin.line,
+            owner: Some(c.owner.clone()).filter(|o| !o.is_empty()),
+            purpose: Some(c.purpose.trim().to_owned()).filter(|p| !p.is_empty()),
         },
         allowed,
         combinations,
@@ -296,6 +327,12 @@ fn compile_contract(c: &AccessContract, index: &HashMap<&str, DsId>, n: usize) -
         kinds: c.credentials.kinds.iter().map(|k| kind_name(*k)).collect(),
         max_ttl_seconds: c.credentials.max_token_ttl.map(|d| d.as_secs() as i64),
         shared_allowed: c.credentials.shared == Sharing::Allowed,
+        require_audience: c.credentials.require_audience,
+        max_key_age: c.credentials.max_key_age.map(|d| d.as_secs() as i64),
+        scopes: scopes
+            .into_iter()
+            .map(|(d, (b, v))| (d, (b.build().unwrap_or_else(|_| GlobSet::empty()), v)))
+            .collect(),
         limits,
         expires_at: c
             .expires

@@ -388,7 +388,17 @@ impl Engine {
             return;
         };
         let rules: &Compiled = &self.rules;
-        let seen = learn::learn(rules, &mut self.caches, &mut self.creds, st, o, secs);
+        let max_key_age =
+            i64::try_from(self.cfg.credentials.max_key_age.as_secs()).unwrap_or(i64::MAX);
+        let seen = learn::learn(
+            rules,
+            &mut self.caches,
+            &mut self.creds,
+            st,
+            o,
+            secs,
+            max_key_age,
+        );
         let mut cx = Cx {
             rules,
             cfg: &self.cfg,

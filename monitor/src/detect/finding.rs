@@ -115,6 +115,10 @@ rules! {
     TokenTtlTooLong = "NHI-053", "token-ttl-too-long", Medium, Credentials, Rule, "Token lifetime above the contract's maximum";
     ExpiredToken = "NHI-054", "expired-token", High, Credentials, Rule, "Expired token presented";
     TokenReplayed = "NHI-055", "token-replayed", Critical, Credentials, Rule, "Token presented by a second identity";
+    AudienceMismatch = "NHI-056", "audience-mismatch", High, Credentials, Rule, "Token presented to a destination none of its audiences names";
+    AudienceMissing = "NHI-057", "audience-missing", Medium, Credentials, Rule, "Token without an audience where the contract requires one";
+    ScopeBeyondContract = "NHI-058", "scope-beyond-contract", Medium, Credentials, Rule, "Token scope beyond what the contract allows";
+    RotationOverdue = "NHI-059", "rotation-overdue", Medium, Credentials, Rule, "Static credential in use longer than its maximum age";
     BreakGlass = "NHI-060", "break-glass-activity", High, Governance, Rule, "Break-glass identity active";
     AlertsRateLimited = "NHI-090", "alerts-rate-limited", Low, Alerts, Rule, "Alerts held back by the rate limit";
     AlertSpoolFull = "NHI-091", "alert-spool-full", High, Alerts, Rule, "Alert spool full: alerts for a sink dropped";
@@ -133,6 +137,12 @@ pub struct ContractRef {
     pub version: String,
     pub file: String,
     pub line: usize,
+    /// Who is accountable for the identity (absent: nobody, see NHI-003), and why it holds
+    /// its access: what an auditor asks first. Findings saved before these were added have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +197,20 @@ pub struct Evidence {
     pub allowed: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_on: Option<String>,
+    /// The token's audiences (`aud`), as it named them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The one scope a finding is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// When nhiwatch first saw the credential (RFC 3339): its age counts from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_in_use: Option<u64>,
+    /// The age is a lower bound: the key may have been issued long before nhiwatch saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_is_lower_bound: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ pub(super) fn learn<'o>(
     st: &mut IdState,
     o: &'o Observation,
     secs: i64,
+    default_max_key_age: i64,
 ) -> Seen<'o> {
     let (record, hot) = (&mut st.record, &mut st.hot);
     if let Some(exe) = &o.exe {
@@ -56,10 +57,20 @@ pub(super) fn learn<'o>(
         }
         Activity::ApiCall(call) => {
             seen.credentials = &call.credentials;
+            seen.request = Some(call);
+            let max_age = st
+                .contract
+                .and_then(|c| rules.contracts.get(c))
+                .and_then(|c| c.max_key_age)
+                .unwrap_or(default_max_key_age);
             for (i, cred) in call.credentials.iter().enumerate() {
                 credential(record, hot, cred, secs);
-                if creds.sight(&st.key, cred, secs) {
+                let (shared, first_seen) = creds.sight(&st.key, cred, secs);
+                if shared {
                     seen.shared |= 1 << i.min(63);
+                }
+                if secs.saturating_sub(first_seen) > max_age && is_static(cred) {
+                    seen.overdue |= 1 << i.min(63);
                 }
             }
             let Some(host) = call.host.as_deref() else {
@@ -83,6 +94,17 @@ pub(super) fn learn<'o>(
         }
     }
     seen
+}
+
+/// A static credential: one that lives until someone rotates it (an API key, a Basic password,
+/// a long-lived bearer token, an AKIA access key, a JWT without `exp`), not a token that expires
+/// by itself.
+pub(super) fn is_static(c: &CredentialSeen) -> bool {
+    match c.kind.as_str() {
+        "jwt" => c.jwt.as_ref().is_some_and(|j| j.exp.is_none()),
+        "api_key" | "basic" => c.long_lived != Some(false),
+        _ => c.long_lived == Some(true),
+    }
 }
 
 /// Whether `o` makes its identity matter even without a contract (NHI-001 by default): it

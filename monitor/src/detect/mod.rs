@@ -3,6 +3,7 @@
 // The engine keeps the state and dispatches; `learn` records what an observation shows about its
 // identity and classifies it once, so that each family in `detectors/` only judges. The catalogue
 // of rules, which every consumer reads, is `finding::Rule`.
+mod audience;
 pub mod compiled;
 mod detectors;
 mod engine;
@@ -35,6 +36,7 @@ pub struct DetectConfig {
     pub combination: CombinationConfig,
     pub volume: VolumeConfig,
     pub ungoverned: UngovernedConfig,
+    pub credentials: CredentialsConfig,
     /// Identities and credentials kept in memory; the least recently seen are evicted beyond these.
     pub max_identities: usize,
     pub max_credentials: usize,
@@ -53,6 +55,7 @@ impl Default for DetectConfig {
             combination: CombinationConfig::default(),
             volume: VolumeConfig::default(),
             ungoverned: UngovernedConfig::default(),
+            credentials: CredentialsConfig::default(),
             // Each identity's state is a few KiB (its records' maps, cached entries, an open
             // NHI-001): 65,536 of them, churned, levelled off near 700 MiB RSS, too close to the
             // DaemonSet's 1 GiB. Far more than the identities active on one node at once; the
@@ -61,6 +64,29 @@ impl Default for DetectConfig {
             max_credentials: 262_144,
             max_open_findings: 65_536,
             persist_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `detectors.credentials`: credential hygiene beyond what contracts say.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// How long one static key may be in use where a contract sets no `maxKeyAge` (and for
+    /// identities without a contract): 90 days is the common rotation baseline.
+    #[serde(with = "humantime_serde")]
+    pub max_key_age: Duration,
+    /// Hosts (lowercase, as requests name them) that are the Kubernetes API server, besides
+    /// `kubernetes`, `kubernetes.default` and `kubernetes.default.svc[.…]`. In-cluster clients
+    /// reach it by its service IP; the daemon adds its own `KUBERNETES_SERVICE_HOST`.
+    pub kubernetes_api_hosts: Vec<String>,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            max_key_age: Duration::from_secs(90 * 86_400),
+            kubernetes_api_hosts: Vec::new(),
         }
     }
 }
@@ -119,6 +145,25 @@ impl DetectConfig {
             return Err(format!(
                 "detectors.volume.sensitivity must be a positive number, got {}",
                 v.sensitivity
+            ));
+        }
+        duration(
+            "detectors.credentials.max_key_age",
+            self.credentials.max_key_age,
+            DAY,
+            3650 * DAY,
+        )?;
+        count(
+            "detectors.credentials.kubernetes_api_hosts",
+            self.credentials.kubernetes_api_hosts.len(),
+            0,
+            64,
+        )?;
+        if let Some(h) = self.credentials.kubernetes_api_hosts.iter().find(|h| {
+            h.is_empty() || h.len() > 253 || h.contains(|c: char| c == '/' || c.is_whitespace())
+        }) {
+            return Err(format!(
+                "detectors.credentials.kubernetes_api_hosts: {h:?} is not a host name or IP address"
             ));
         }
         count("detectors.max_identities", self.max_identities, 1, 16 << 20)?;

@@ -117,6 +117,11 @@ impl Sighting {
         }
     }
 
+    /// When anyone first presented it (Unix seconds).
+    pub(super) fn first_seen(&self) -> i64 {
+        self.first_seen
+    }
+
     /// Every identity that presented it, with its last sighting.
     pub(super) fn identities(&self) -> impl Iterator<Item = (&str, i64)> {
         let others = self.extra.as_ref().map_or(&[][..], |e| &e.others[..]);
@@ -167,8 +172,14 @@ impl Sightings {
         self.map.get(&Fp::of(fingerprint).0)
     }
 
-    /// Records that `who` presented `cred` at `secs`; true when other identities did too.
-    pub(super) fn sight(&mut self, who: &Arc<str>, cred: &CredentialSeen, secs: i64) -> bool {
+    /// Records that `who` presented `cred` at `secs`; gives whether other identities did too,
+    /// and when the fingerprint was first seen by anyone (Unix seconds, restored across restarts).
+    pub(super) fn sight(
+        &mut self,
+        who: &Arc<str>,
+        cred: &CredentialSeen,
+        secs: i64,
+    ) -> (bool, i64) {
         let fp = cred.fingerprint.as_str();
         let (key, canonical) = Fp::of(fp);
         let s = self
@@ -180,9 +191,15 @@ impl Sightings {
             self.dirty.push(key);
         }
         s.last_seen = s.last_seen.max(secs);
+        // A recording replayed out of order, or a restored record, may hold a later first sighting.
+        s.first_seen = s.first_seen.min(secs);
+        let first_seen = s.first_seen;
         if *s.first.0 == **who {
             s.first.1 = secs;
-            return s.extra.as_ref().is_some_and(|e| !e.others.is_empty());
+            return (
+                s.extra.as_ref().is_some_and(|e| !e.others.is_empty()),
+                first_seen,
+            );
         }
         let extra = s.extra.get_or_insert_with(Box::default);
         let room = extra.others.len() + 1 < MAX_SHARERS;
@@ -191,7 +208,7 @@ impl Sightings {
             None if room => extra.others.push((who.clone(), secs)),
             None => {}
         }
-        true
+        (true, first_seen)
     }
 
     /// Restores a stored record; `intern` gives the engine's own copy of an identity id.
@@ -303,16 +320,16 @@ mod tests {
         let b: Arc<str> = "spiffe://x/b".into();
         let canonical = "hmac-sha256:0123456789abcdef0123456789abcdef";
         let mut s = Sightings::default();
-        assert!(!s.sight(&a, &cred("api_key", canonical), 5));
-        assert!(!s.sight(&a, &cred("api_key", canonical), 6));
-        assert!(s.sight(&b, &cred("api_key", canonical), 7));
+        assert_eq!(s.sight(&a, &cred("api_key", canonical), 5), (false, 5));
+        assert_eq!(s.sight(&a, &cred("api_key", canonical), 6), (false, 5));
+        assert_eq!(s.sight(&b, &cred("api_key", canonical), 7), (true, 5));
         // Forms the fingerprinter does not write: uppercase, short, another scheme, a new kind.
         for fp in [
             "hmac-sha256:0123456789ABCDEF0123456789ABCDEF",
             "hmac-sha256:aa",
             "x:1",
         ] {
-            assert!(!s.sight(&a, &cred("weird", fp), 8));
+            assert!(!s.sight(&a, &cred("weird", fp), 8).0);
         }
         let mut recs: Vec<CredentialRecord> = s.take_dirty();
         assert!(s.take_dirty().is_empty(), "marked clean");

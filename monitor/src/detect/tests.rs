@@ -457,3 +457,78 @@ fn ungoverned_report_setting_parses() {
     let e = serde_yaml_ng::from_str::<DetectConfig>("ungoverned: {report: some}").unwrap_err();
     assert!(e.to_string().contains("significant"), "{e}");
 }
+
+/// NHI-059 counts a key's age from its first sighting, which a restart restores from the state
+/// database: a key first seen 100 days before is overdue at its first use after the restart; a
+/// fresh one is not, nor is a token that expires by itself.
+#[test]
+fn rotation_age_counts_from_the_restored_first_sighting() {
+    let id = k8s("clinical-ai", "med-summarizer");
+    let old = "hmac-sha256:000000000000000000000000000000aa";
+    let fresh = "hmac-sha256:000000000000000000000000000000bb";
+    let mut e = Engine::new(shipped(), DetectConfig::default());
+    let record = |fp: &str, first: i64| state::CredentialRecord {
+        fingerprint: fp.into(),
+        kind: "api_key".into(),
+        vendor: None,
+        long_lived: Some(true),
+        first_seen: first,
+        last_seen: first,
+        identities: [(id.id.clone(), first)].into(),
+    };
+    let now = T0 / S;
+    e.restore(
+        Vec::new(),
+        vec![
+            record(old, now - 100 * 86_400),
+            record(fresh, now - 89 * 86_400),
+        ],
+    );
+    let mut out = Vec::new();
+    e.observe(
+        &call(&id, T0, "api.anthropic.com", "/v1/messages", old),
+        &mut out,
+    );
+    e.observe(
+        &call(&id, T0, "api.anthropic.com", "/v1/messages", fresh),
+        &mut out,
+    );
+    let overdue: Vec<&Finding> = out.iter().filter(|f| f.rule.id == "NHI-059").collect();
+    assert_eq!(overdue.len(), 1, "{:?}", rules_of(&out));
+    let ev = &overdue[0].evidence;
+    assert_eq!(ev.credential.as_ref().unwrap().fingerprint, old);
+    assert_eq!(
+        (ev.days_in_use, ev.age_is_lower_bound),
+        (Some(100), Some(true))
+    );
+    assert_eq!(ev.limit, Some(90.0));
+    // The deciding contract's owner and purpose travel with the finding.
+    let c = overdue[0].contract.as_ref().unwrap();
+    assert_eq!(c.owner.as_deref(), Some("clinical-ai@example.org"));
+    assert_eq!(
+        c.purpose.as_deref(),
+        Some("Summarise medication lists for clinicians")
+    );
+    // A JWT with exp is not static, however old its fingerprint.
+    let mut o = call(&id, T0 + S, "api.anthropic.com", "/v1/messages", old);
+    if let Activity::ApiCall(c) = &mut o.activity {
+        c.credentials[0].kind = "jwt".into();
+        c.credentials[0].jwt = Some(crate::events::observation::JwtSeen {
+            exp: Some(now + 3600),
+            ..Default::default()
+        });
+    }
+    let mut e2 = Engine::new(shipped(), DetectConfig::default());
+    e2.restore(Vec::new(), vec![record(old, now - 100 * 86_400)]);
+    let mut out = Vec::new();
+    e2.observe(&o, &mut out);
+    assert!(!rules_of(&out).contains(&"NHI-059"), "{:?}", rules_of(&out));
+    // Without the restored sighting the key is new: nothing to say.
+    let mut e3 = Engine::new(shipped(), DetectConfig::default());
+    let mut out = Vec::new();
+    e3.observe(
+        &call(&id, T0, "api.anthropic.com", "/v1/messages", old),
+        &mut out,
+    );
+    assert!(!rules_of(&out).contains(&"NHI-059"));
+}

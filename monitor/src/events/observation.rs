@@ -96,6 +96,16 @@ pub struct JwtSeen {
     pub jti: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
+    /// Audiences (`aud`), at most `MAX_AUD`; empty when the token names none. Added after the
+    /// first recordings: older ones replay with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aud: Vec<String>,
+    /// Granted scopes (`scope` split at spaces, or `scp`), at most `MAX_SCOPES`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    /// Scopes were left out at the caps: the list is not the whole grant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scope_truncated: bool,
 }
 
 impl CredentialSeen {
@@ -115,6 +125,9 @@ impl CredentialSeen {
                 iat: j.iat,
                 jti: j.jti.clone(),
                 ttl_seconds: j.ttl_seconds,
+                aud: j.aud.clone(),
+                scope: j.scope.clone(),
+                scope_truncated: j.scope_truncated,
             }),
         }
     }
@@ -178,6 +191,22 @@ mod tests {
             panic!("{o:?}")
         };
         assert_eq!(c.credentials[0].jwt.as_ref().unwrap().ttl_seconds, Some(60));
+        // A recording made before audiences and scopes were kept replays with none.
+        assert!(c.credentials[0].jwt.as_ref().unwrap().aud.is_empty());
+        let with = line.replace(
+            r#""ttl_seconds":60"#,
+            r#""ttl_seconds":60,"aud":["https://fhir.example.org/R4"],"scope":["patient/*.read"]"#,
+        );
+        let o2: Observation = serde_json::from_str(&with).unwrap();
+        let Activity::ApiCall(c2) = &o2.activity else {
+            panic!("{o2:?}")
+        };
+        let j = c2.credentials[0].jwt.as_ref().unwrap();
+        assert_eq!(
+            (j.aud.len(), j.scope.as_slice()),
+            (1, &["patient/*.read".to_string()][..])
+        );
+        assert_eq!(serde_json::to_string(&o2).unwrap(), with);
         let back: Observation = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
         assert_eq!(back, o);
         let exec = r#"{"time":"2026-11-23T10:00:00Z","identity":{"id":"spiffe://x/y","kind":"unix","node":"n"},"pid":1,"kind":"exec"}"#;

@@ -69,12 +69,22 @@ pub(super) struct Seen<'o> {
     /// Bit `i`: other identities presented credential `i` too (bit 63 stands for all from the
     /// 63rd on), so that the common unshared credential costs no second lookup.
     pub shared: u64,
+    /// The API call the credentials came with (classified or not).
+    pub request: Option<&'o ApiCallSeen>,
+    /// Bit `i`: credential `i` is static and was first seen longer ago than its maximum key age
+    /// (bit 63 for all from the 63rd on).
+    pub overdue: u64,
 }
 
 impl Seen<'_> {
     /// Whether other identities may have presented credential `i` too.
     pub fn shared(&self, i: usize) -> bool {
         self.shared & (1 << i.min(63)) != 0
+    }
+
+    /// Whether credential `i` is static and in use beyond its maximum age.
+    pub fn overdue(&self, i: usize) -> bool {
+        self.overdue & (1 << i.min(63)) != 0
     }
 }
 

@@ -11,6 +11,10 @@ use super::JwtClaims;
 pub const MAX_CLAIM_CHARS: usize = 256;
 /// Most audiences kept.
 pub const MAX_AUD: usize = 16;
+/// Most scopes kept. SMART on FHIR launches ask for a dozen or two; beyond 64 the rest are
+/// dropped (and `scope_truncated` says so, so that a detector never judges a partial list as
+/// the whole grant).
+pub const MAX_SCOPES: usize = 64;
 /// A token valid for longer than this is long-lived. One day separates the
 /// minutes-to-hours tokens of OAuth/OIDC/STS from the static ones that
 /// outlive a working day (legacy service-account tokens, hand-minted keys).
@@ -35,14 +39,12 @@ pub fn decode_jwt_claims(token: &[u8], now_unix: i64) -> Option<JwtClaims> {
 
     let exp = number(payload.get("exp"));
     let iat = number(payload.get("iat"));
-    let scope = match payload.get("scope") {
-        Some(Value::String(s)) => Some(cap(s)),
-        // Some issuers (Okta, Azure AD `scp`) send a list or a space-joined string.
-        _ => match payload.get("scp") {
-            Some(Value::String(s)) => Some(cap(s)),
-            Some(Value::Array(a)) => Some(join_capped(a)),
-            _ => None,
-        },
+    // OAuth's `scope` is one space-separated string; some issuers (Okta, Azure AD `scp`) send
+    // a list or a space-joined string under `scp`.
+    let (scope, scope_truncated) = match payload.get("scope").or_else(|| payload.get("scp")) {
+        Some(Value::String(s)) => scopes(s.split_ascii_whitespace()),
+        Some(Value::Array(a)) => scopes(a.iter().filter_map(Value::as_str)),
+        _ => (Vec::new(), false),
     };
     let aud = match payload.get("aud") {
         Some(Value::String(s)) => vec![cap(s)],
@@ -64,6 +66,7 @@ pub fn decode_jwt_claims(token: &[u8], now_unix: i64) -> Option<JwtClaims> {
         nbf: number(payload.get("nbf")),
         jti: string(payload.get("jti")),
         scope,
+        scope_truncated,
         ttl_seconds: match (exp, iat) {
             (Some(e), Some(i)) => e.checked_sub(i),
             _ => None,
@@ -147,23 +150,21 @@ fn string(v: Option<&Value>) -> Option<String> {
     v?.as_str().map(cap)
 }
 
-fn join_capped(a: &[Value]) -> String {
-    let mut out = String::new();
-    let mut chars = 0;
-    for s in a.iter().filter_map(Value::as_str) {
-        for c in (!out.is_empty())
-            .then_some(' ')
-            .into_iter()
-            .chain(s.chars())
-        {
-            if chars == MAX_CLAIM_CHARS {
-                return out;
-            }
-            out.push(c);
-            chars += 1;
+/// At most `MAX_SCOPES` distinct non-empty scopes, each capped; true when some were left out
+/// or cut short (a cut scope is kept whole-or-not: it is dropped, never judged half-read).
+fn scopes<'a>(items: impl Iterator<Item = &'a str>) -> (Vec<String>, bool) {
+    let mut out: Vec<String> = Vec::new();
+    let mut truncated = false;
+    for s in items.map(str::trim).filter(|s| !s.is_empty()) {
+        if s.chars().count() > MAX_CLAIM_CHARS || out.len() == MAX_SCOPES {
+            truncated = true;
+            continue;
+        }
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
         }
     }
-    out
+    (out, truncated)
 }
 
 /// NumericDate: integer seconds, or a float (some issuers send fractions).
@@ -206,7 +207,7 @@ pub(crate) mod tests {
             (Some(1700003600), Some(1700000000), Some(1700000000))
         );
         assert_eq!(c.jti.as_deref(), Some("abc-123"));
-        assert_eq!(c.scope.as_deref(), Some("read:patients write:notes"));
+        assert_eq!(c.scope, ["read:patients", "write:notes"]);
         assert_eq!(c.ttl_seconds, Some(3600));
         assert!(!c.expired);
         assert_eq!(long_lived(&c, 1700000100), Some(false));
@@ -224,7 +225,8 @@ pub(crate) mod tests {
         );
         let c = decode_jwt_claims(t.as_bytes(), 0).unwrap();
         assert_eq!(c.aud, vec!["api://a", "api://b", "api://c"]);
-        assert_eq!(c.scope.as_deref(), Some("openid profile email"));
+        assert_eq!(c.scope, ["openid", "profile", "email"]);
+        assert!(!c.scope_truncated);
         assert_eq!(c.exp, Some(1700003600));
     }
 
@@ -246,7 +248,19 @@ pub(crate) mod tests {
         assert_eq!(c.alg.unwrap().chars().count(), MAX_CLAIM_CHARS);
         assert_eq!(c.sub.unwrap().chars().count(), MAX_CLAIM_CHARS);
         assert_eq!(c.aud.len(), MAX_AUD);
-        assert_eq!(c.scope.unwrap().chars().count(), MAX_CLAIM_CHARS);
+        assert_eq!(c.scope.len(), MAX_SCOPES);
+        assert!(c.scope_truncated);
+        // A scope longer than the cap is left out, not cut: half a scope is another scope.
+        let t = make_jwt(
+            r#"{"alg":"none"}"#,
+            &format!(r#"{{"scope":"  a {long}  b a "}}"#),
+            SIG,
+        );
+        let c = decode_jwt_claims(t.as_bytes(), 0).unwrap();
+        assert_eq!(
+            (c.scope, c.scope_truncated),
+            (vec!["a".into(), "b".into()], true)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::Header;
 pub use fingerprint::{FingerprintError, Fingerprinter, KEY_FILE};
-pub use jwt::{decode_jwt_claims, LONG_LIVED_AFTER_SECONDS, MAX_AUD, MAX_CLAIM_CHARS};
+pub use jwt::{decode_jwt_claims, LONG_LIVED_AFTER_SECONDS, MAX_AUD, MAX_CLAIM_CHARS, MAX_SCOPES};
 use vendor::Format;
 
 /// What is kept of one credential. The secret itself never leaves the parser.
@@ -94,8 +94,12 @@ pub struct JwtClaims {
     pub nbf: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    /// Granted scopes (`scope`, space-separated, or `scp`), distinct, at most `MAX_SCOPES`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    /// Some scopes were left out (over `MAX_SCOPES`, or one longer than `MAX_CLAIM_CHARS`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scope_truncated: bool,
     /// exp − iat, when both are present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
@@ -420,7 +424,7 @@ mod tests {
         assert_eq!(c.long_lived, Some(false));
         let j = c.jwt.as_ref().unwrap();
         assert_eq!(j.aud, vec!["fhir-api", "audit"]);
-        assert_eq!(j.scope.as_deref(), Some("patient/*.read openid"));
+        assert_eq!(j.scope, ["patient/*.read", "openid"]);
         assert_eq!(j.ttl_seconds, Some(3600));
         assert!(!j.expired);
         assert_eq!(c.fingerprint, fp().fingerprint(t.as_bytes()));
