@@ -302,6 +302,12 @@ impl Fleet {
         }
         let ttl_ms = self.cfg.ttl().as_millis() as u64;
         let window_secs = self.cfg.window.as_secs();
+        // The inventory is keyed by the day of the write (the store's clock, as its TTLs), so
+        // `inventory --fleet` finds a replayed recording's identities too.
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            .div_euclid(86_400);
         let mut pipe = redis::pipe();
         let mut written: Vec<(i64, AggKey)> = Vec::new();
         let mut evals = 0u64;
@@ -339,7 +345,7 @@ impl Fleet {
                 pipe.cmd("EVAL")
                     .arg(CAPPED_HSET)
                     .arg(1)
-                    .arg(self.keys.inventory(secs.div_euclid(86_400)))
+                    .arg(self.keys.inventory(today))
                     .arg(format!("{node}{SEP}{id}"))
                     .arg(serde_json::to_string(&row).unwrap_or_default())
                     .arg(self.cfg.max_inventory)

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `P:w:{ID}:W` | hash | node → that node's absolute counts for the window (JSON: requests and bytes per data source, contract) | window × ttl_windows |
 //! | `P:fp:{FP}` | hash | `node|ID` → last window the node saw ID present FP, and whether ID's contract allows sharing | window × ttl_windows |
-//! | `P:inv:D` | hash | `node|ID` → identity kind, contract, last seen | 2 days |
+//! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
 //! | `P:keycheck` | string | HMAC of a fixed label under the fingerprint key | 30 days, refreshed |
 //!
@@ -133,6 +133,9 @@ impl Target {
 /// A store error as an operator reads it: the server's own words for refusals (WRONGPASS,
 /// NOAUTH, NOPERM), never a command's arguments.
 pub fn describe(e: &redis::RedisError) -> String {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return "the store refused the password of fleet.password_file (with fleet.username if set): WRONGPASS".to_owned();
+    }
     let code = e.code().unwrap_or("");
     let what = match code {
         "WRONGPASS" => "the store refused fleet.username/fleet.password_file (WRONGPASS)".to_owned(),
