@@ -450,6 +450,8 @@ mod tests {
         let alerts = crate::alerts::AlertTelemetry::register(&r);
         let _ = alerts.sink("siem");
         let _ = r.summary("pipeline_latency_seconds", "kernel to finding", "stage");
+        let fleet = crate::fleet::telemetry::FleetTelemetry::register(&r);
+        fleet.commands("write", 1);
         t.calls_by_identity.inc("spiffe://t/a", "none");
         let text = r.render();
         let names = include_str!("../../dashboards/nhiwatch-overview.json").to_owned()
@@ -482,6 +484,7 @@ mod tests {
             "api_calls",
             "detect",
             "alerts",
+            "fleet",
         ] {
             assert!(
                 text.contains(&format!(

@@ -532,3 +532,242 @@ fn tls_with_a_client_certificate_and_a_wrong_password() {
     assert!(!err.contains("wrong-staple"), "{err}");
     assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
 }
+
+// ---- Faults, on the fleet stage itself (three nodes in this process, the real store) ----------
+
+use std::sync::Arc;
+
+use nhiwatch::{
+    detect::compiled::Compiled,
+    events::observation::Observation,
+    fleet::{telemetry::FleetTelemetry, worker, Fleet, FleetConfig},
+    metrics::Registry,
+};
+
+fn rules(s: &Setup) -> Arc<Compiled> {
+    let set = nhiwatch::contracts::load_paths(&[s.dir.path().join("rules.yaml")]).unwrap();
+    Arc::new(Compiled::new(set))
+}
+
+fn fleet_cfg(s: &Setup, port: u16, node: &str) -> FleetConfig {
+    let cfg = FleetConfig {
+        url: Some(format!("redis://127.0.0.1:{port}")),
+        node: Some(node.into()),
+        prefix: s.prefix.clone(),
+        timeout: Duration::from_millis(300),
+        flush_interval: Duration::from_millis(100),
+        ..FleetConfig::default()
+    };
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn node(s: &Setup, port: u16, name: &str, key: &str) -> (Fleet, FleetTelemetry) {
+    let t = FleetTelemetry::register(&Registry::new());
+    let f = Fleet::new(
+        &fleet_cfg(s, port, name),
+        rules(s),
+        Duration::from_secs(600),
+        name.into(),
+        Some(key.into()),
+        t.clone(),
+    )
+    .unwrap();
+    (f, t)
+}
+
+fn feed(f: &mut Fleet, node: &str) {
+    for line in recording(node).lines() {
+        let o: Observation = serde_json::from_str(line).unwrap();
+        f.add(&o);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Flushes `f` until the store takes its counts (a failed connect waits `flush_interval`).
+fn flush_until_up(
+    rt: &tokio::runtime::Runtime,
+    f: &mut Fleet,
+    out: &mut Vec<nhiwatch::detect::finding::Finding>,
+) {
+    wait_until(
+        "the fleet store to take the node's counts",
+        Duration::from_secs(20),
+        || {
+            rt.block_on(f.flush(out));
+            f.is_up() && f.pending() == 0
+        },
+    );
+}
+
+#[test]
+fn store_stopped_restarted_and_emptied_loses_and_duplicates_nothing() {
+    let s = Setup::new("nhiwatch-e2e-fleet-down");
+    // Persistent, so that the first restart keeps what the store held.
+    let mut redis = Redis::start(
+        s.dir.path(),
+        &[
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ],
+    );
+    let rt = runtime();
+    let (mut a, ta) = node(&s, redis.port, "node-a", "k1");
+    let (mut b, tb) = node(&s, redis.port, "node-b", "k1");
+    let (mut c, _) = node(&s, redis.port, "node-c", "k1");
+    let mut out = Vec::new();
+    feed(&mut a, "node-a");
+    flush_until_up(&rt, &mut a, &mut out);
+    assert_eq!(ta.up.get(), 1);
+
+    // The store goes away: the other nodes keep their counts, report down, raise nothing.
+    redis.stop();
+    feed(&mut b, "node-b");
+    feed(&mut c, "node-c");
+    rt.block_on(b.flush(&mut out));
+    rt.block_on(c.flush(&mut out));
+    assert!(!b.is_up() && b.pending() > 0 && c.pending() > 0);
+    assert_eq!(tb.up.get(), 0);
+    assert!(tb.stage.errors.get() > 0);
+    assert!(out.is_empty(), "{out:?}");
+
+    // Back with its data: the waiting counts go in, each episode is raised once.
+    redis.spawn();
+    for f in [&mut a, &mut b, &mut c] {
+        flush_until_up(&rt, f, &mut out);
+    }
+    let rules_of = |out: &[nhiwatch::detect::finding::Finding]| {
+        let mut r: Vec<String> = out.iter().map(|f| f.rule.id.clone()).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(
+        rules_of(&out),
+        ["NHI-030", "NHI-041", "NHI-050"],
+        "{out:#?}"
+    );
+    let volume = out.iter().find(|f| f.rule.id == "NHI-041").unwrap();
+    assert_eq!(volume.evidence.nodes, ["node-a", "node-b", "node-c"]);
+
+    // Restarted empty: every node writes its windows and claims again; nothing is raised twice.
+    redis.stop();
+    let _ = std::fs::remove_dir_all(s.dir.path().join("appendonlydir"));
+    redis.spawn();
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    out.clear();
+    for f in [&mut c, &mut a, &mut b] {
+        // A node writes again only once it sees the store's new incarnation.
+        rt.block_on(f.flush(&mut out));
+        flush_until_up(&rt, f, &mut out);
+    }
+    assert!(
+        out.is_empty(),
+        "raised again after the store was emptied: {out:#?}"
+    );
+    let keys = redis.cli(&[
+        "--scan",
+        "--pattern",
+        &format!(
+            "{}:w:{{spiffe://fleet.test/ns/fleet-a/sa/sync}}:*",
+            s.prefix
+        ),
+    ]);
+    let w = keys.lines().next().expect("the window written again");
+    let shares = redis.cli(&["HKEYS", w]);
+    for n in ["node-a", "node-b", "node-c"] {
+        assert!(shares.contains(n), "{shares}");
+    }
+}
+
+#[test]
+fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
+    let s = Setup::new("nhiwatch-e2e-fleet-key");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let (mut a, ta) = node(&s, redis.port, "node-a", "key-one");
+    let (mut b, tb) = node(&s, redis.port, "node-b", "key-two");
+    let mut out = Vec::new();
+    feed(&mut a, "node-a");
+    feed(&mut b, "node-b");
+    flush_until_up(&rt, &mut a, &mut out);
+    rt.block_on(b.flush(&mut out));
+    assert_eq!(ta.key_mismatch.get(), 0);
+    assert_eq!(tb.key_mismatch.get(), 1);
+    assert!(tb.withheld.get() > 0);
+    let dump = redis.dump(&s.prefix);
+    assert!(
+        dump.contains("node-a") && !dump.contains("node-b"),
+        "{dump}"
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_slow_store_never_makes_the_pipeline_wait() {
+    let s = Setup::new("nhiwatch-e2e-fleet-slow");
+    let redis = Redis::start(
+        s.dir.path(),
+        &["--enable-debug-command".into(), "yes".into()],
+    );
+    let (f, t) = node(&s, redis.port, "node-a", "k1");
+    let mut h = worker::spawn(f, 1024, Duration::from_millis(100)).unwrap();
+    let obs: Vec<Observation> = recording("node-a")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    wait_until("fleet up", Duration::from_secs(10), || t.up.get() == 1);
+    // What one observe costs while the store answers, then while it sleeps for 2 s.
+    let mut timed = |n: usize| -> Vec<Duration> {
+        let mut d = Vec::new();
+        for i in 0..n {
+            let t0 = std::time::Instant::now();
+            h.observe(&obs[i % obs.len()]);
+            d.push(t0.elapsed());
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        d.sort();
+        d
+    };
+    let fast = timed(1000);
+    let port = redis.cli_port.to_string();
+    let sleeper = std::thread::spawn(move || {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "2"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let slow = timed(2000);
+    let p99 = |d: &[Duration]| d[d.len() * 99 / 100];
+    eprintln!(
+        "observe p99: {:?} with the store answering, {:?} while it sleeps (max {:?})",
+        p99(&fast),
+        p99(&slow),
+        slow.last().unwrap()
+    );
+    assert!(
+        p99(&slow) < Duration::from_millis(1),
+        "p99 {:?}",
+        p99(&slow)
+    );
+    assert!(*slow.last().unwrap() < Duration::from_millis(50));
+    // The worker saw the store time out, and counted what did not fit in its queue.
+    assert!(
+        t.stage.errors.get() > 0,
+        "no store error counted during DEBUG SLEEP"
+    );
+    sleeper.join().unwrap();
+    wait_until("fleet up again", Duration::from_secs(10), || {
+        t.up.get() == 1
+    });
+    let mut out = Vec::new();
+    h.stop(&mut out);
+}

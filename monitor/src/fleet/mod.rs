@@ -68,11 +68,14 @@ pub struct Fleet {
     claimed: HashMap<String, i64>,
     /// HMAC of `KEY_CHECK_LABEL`; None (replay) skips the check.
     key_check: Option<String>,
-    /// The store held our key check before: finding it missing means it was emptied.
-    seen_check: bool,
+    /// The store's incarnation token when last written (`store::epoch`), and ours to offer.
+    epoch: Option<String>,
+    epoch_offer: String,
     mismatch: bool,
     up: Option<bool>,
-    telemetry: FleetTelemetry,
+    /// After a failed connect, no new attempt before this (a replay flushes at every window).
+    retry_at: Option<std::time::Instant>,
+    pub(crate) telemetry: FleetTelemetry,
     now: i64,
 }
 
@@ -102,9 +105,15 @@ impl Fleet {
             windows: BTreeMap::new(),
             claimed: HashMap::new(),
             key_check,
-            seen_check: false,
+            epoch: None,
+            epoch_offer: {
+                let mut b = [0u8; 16];
+                let _ = getrandom::getrandom(&mut b);
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            },
             mismatch: false,
             up: None,
+            retry_at: None,
             telemetry,
             now: 0,
         })
@@ -219,6 +228,11 @@ impl Fleet {
         self.claimed.retain(|_, until| *until > now);
     }
 
+    /// Whether the store answered at the last flush.
+    pub fn is_up(&self) -> bool {
+        self.up == Some(true)
+    }
+
     /// Windows not yet written (for tests and the stop).
     pub fn pending(&self) -> usize {
         self.windows
@@ -247,14 +261,20 @@ impl Fleet {
         self.expire();
         let conn = match self.conn.take() {
             Some(c) => c,
-            None => match self.target.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.telemetry.stage.errors.inc();
-                    self.set_up(false, Some(&e));
+            None => {
+                if self.retry_at.is_some_and(|t| std::time::Instant::now() < t) {
                     return;
                 }
-            },
+                match self.target.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.retry_at = Some(std::time::Instant::now() + self.cfg.flush_interval);
+                        self.telemetry.stage.errors.inc();
+                        self.set_up(false, Some(&e));
+                        return;
+                    }
+                }
+            }
         };
         self.conn = Some(conn.clone());
         let mut conn = conn;
@@ -286,20 +306,21 @@ impl Fleet {
                     self.set_up(true, None);
                     return Ok(());
                 }
-                KeyCheck::Fresh if self.seen_check => {
-                    tracing::warn!(url = %self.target.url,
-                        "the fleet store was emptied: writing this node's windows again");
-                    for a in self.windows.values_mut().flat_map(HashMap::values_mut) {
-                        a.dirty = true;
-                    }
-                    self.reclaim(c).await?;
-                }
-                _ => {}
+                KeyCheck::Fresh | KeyCheck::Same => {}
             }
-            self.seen_check = true;
             self.mismatch = false;
             self.telemetry.key_mismatch.set(0);
         }
+        let epoch = store::epoch(c, &self.keys, &self.epoch_offer).await?;
+        if self.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            tracing::warn!(url = %self.target.url,
+                "the fleet store was emptied or replaced: writing this node's windows and claims again");
+            for a in self.windows.values_mut().flat_map(HashMap::values_mut) {
+                a.dirty = true;
+            }
+            self.reclaim(c).await?;
+        }
+        self.epoch = Some(epoch);
         let ttl_ms = self.cfg.ttl().as_millis() as u64;
         let window_secs = self.cfg.window.as_secs();
         // The inventory is keyed by the day of the write (the store's clock, as its TTLs), so

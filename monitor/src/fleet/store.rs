@@ -10,6 +10,7 @@
 //! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
 //! | `P:keycheck` | string | HMAC of a fixed label under the fingerprint key | 30 days, refreshed |
+//! | `P:epoch` | string | a random token the first node writes: a new one means the store was emptied | 30 days, refreshed |
 //!
 //! Values are absolute per node and window, never increments: a retried or repeated write
 //! leaves the same value, and readers sum over the nodes.
@@ -174,6 +175,9 @@ impl Keys {
     pub fn found(&self, dedup: &str) -> String {
         format!("{}:found:{{{dedup}}}", self.prefix)
     }
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
     pub fn keycheck(&self) -> String {
         format!("{}:keycheck", self.prefix)
     }
@@ -232,4 +236,30 @@ pub enum KeyCheck {
     Same,
     /// Another node's fingerprint key differs: fingerprints would not compare.
     Different,
+}
+
+/// The store's incarnation: the token the first node wrote (`mine` when it is this one). A
+/// different token than last time means the store was emptied or replaced: every node writes
+/// its windows and its claims again.
+pub async fn epoch(
+    c: &mut ConnectionManager,
+    keys: &Keys,
+    mine: &str,
+) -> Result<String, redis::RedisError> {
+    let k = keys.epoch();
+    let (_, _, theirs): (Option<String>, i64, Option<String>) = redis::pipe()
+        .cmd("SET")
+        .arg(&k)
+        .arg(mine)
+        .arg("NX")
+        .arg("EX")
+        .arg(30 * 86_400)
+        .cmd("EXPIRE")
+        .arg(&k)
+        .arg(30 * 86_400)
+        .cmd("GET")
+        .arg(&k)
+        .query_async(c)
+        .await?;
+    Ok(theirs.unwrap_or_else(|| mine.to_owned()))
 }
