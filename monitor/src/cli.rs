@@ -84,6 +84,10 @@ pub enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The whole fleet's identities and their nodes, from the `fleet:` store, instead of
+        /// this node's state database.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Print a draft contract for an ungoverned identity from what it actually did, or, for a
     /// governed one, the grants it has not used for DAYS days (least-privilege shrink).
@@ -99,6 +103,10 @@ pub enum Command {
         /// A grant unused for this many days is proposed for removal.
         #[arg(long, default_value_t = 30)]
         unused_days: u32,
+        /// Add what the identity did on every node (data sources, from the `fleet:` store) to
+        /// this node's state.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -247,9 +255,16 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Inventory {
             config,
+            json,
+            fleet: true,
+            ..
+        } => fleet_inventory(config, json),
+        Command::Inventory {
+            config,
             state_dir,
             rules,
             json,
+            fleet: false,
         } => inventory(config, state_dir, rules, json),
         Command::Suggest {
             identity,
@@ -257,7 +272,8 @@ pub fn main() -> anyhow::Result<()> {
             state_dir,
             rules,
             unused_days,
-        } => suggest(&identity, config, state_dir, rules, unused_days),
+            fleet,
+        } => suggest(&identity, config, state_dir, rules, unused_days, fleet),
     }
 }
 
@@ -335,18 +351,56 @@ fn suggest(
     state_dir: Option<PathBuf>,
     rules: Vec<PathBuf>,
     unused_days: u32,
+    fleet: bool,
 ) -> anyhow::Result<()> {
     let cfg = config_or_bundled(&config)?;
-    let (ids, _) = load_state(&cfg, state_dir)?;
+    // With --fleet this node need not have seen the identity, nor have a state database.
+    let ids = match load_state(&cfg, state_dir) {
+        Ok((ids, _)) => ids,
+        Err(_) if fleet => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let paths = rules_paths(&cfg, rules);
     let set = load_rules(&paths)?;
-    let Some(record) = ids.iter().find(|r| r.identity.id == identity) else {
+    let mut record = ids.into_iter().find(|r| r.identity.id == identity);
+    if fleet {
+        let rows = fleet_rows(&cfg)?;
+        let Some(row) = rows.into_iter().find(|r| r.identity == identity) else {
+            anyhow::bail!(
+                "identity {identity:?} is not in the fleet store's inventory; `nhiwatch inventory --fleet` lists the ones that are"
+            );
+        };
+        record = Some(crate::fleet::inventory::merge(record, &row));
+    }
+    let Some(record) = record else {
         anyhow::bail!(
             "identity {identity:?} has not been seen; `nhiwatch inventory` lists the ones that have"
         );
     };
-    let s = crate::report::suggest(record, &set, now_unix(), unused_days);
+    let s = crate::report::suggest(&record, &set, now_unix(), unused_days);
     print!("{}", s.yaml);
+    Ok(())
+}
+
+fn fleet_rows(cfg: &Config) -> anyhow::Result<Vec<crate::fleet::inventory::FleetIdentity>> {
+    if !cfg.fleet.enabled() {
+        anyhow::bail!("--fleet needs a configuration with fleet.url (--config)");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::fleet::inventory::read(&cfg.fleet, now_unix()))
+}
+
+/// `inventory --fleet`: every identity the fleet's nodes saw in the last day, with its nodes.
+fn fleet_inventory(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let cfg = config_or_bundled(&config)?;
+    let rows = fleet_rows(&cfg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", crate::fleet::inventory::render(&rows));
+    }
     Ok(())
 }
 
@@ -384,7 +438,39 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ReplayFormat::Native => crate::alerts::Format::Native,
         ReplayFormat::Ocsf => crate::alerts::Format::Ocsf,
     };
-    let stats = crate::replay::replay(&mut engine, &args.files, format, &mut out)?;
+    let mut fleet = if cfg.fleet.enabled() {
+        let registry = crate::metrics::Registry::new();
+        let telemetry = crate::fleet::telemetry::FleetTelemetry::register(&registry);
+        // No fingerprint-key check: the recordings' fingerprints were made on their nodes.
+        let f = crate::fleet::Fleet::new(
+            &cfg.fleet,
+            engine.compiled(),
+            cfg.detectors.dedup_window,
+            crate::identity::node_name(cfg.fleet.node.as_deref()),
+            None,
+            telemetry.clone(),
+        )?;
+        Some((crate::replay::FleetReplay::new(f)?, telemetry))
+    } else {
+        None
+    };
+    let stats = crate::replay::replay_with(
+        &mut engine,
+        &args.files,
+        format,
+        &mut out,
+        fleet.as_mut().map(|(f, _)| f),
+    )?;
+    if let Some((f, t)) = &fleet {
+        let pending = f.fleet.pending();
+        if pending > 0 || t.up.get() == 0 {
+            eprintln!(
+                "warning: the fleet store at {} did not take this replay's counts ({} unwritten); fleet findings are incomplete",
+                cfg.fleet.url.as_deref().unwrap_or(""),
+                pending
+            );
+        }
+    }
     drop(out);
     if let Some(store) = store.as_mut() {
         engine.persist(|ids, creds| store.save(ids, creds, &[], &[]))?;

@@ -42,6 +42,8 @@ pub struct Config {
     /// Where findings go: stdout, SIEM sinks, routing.
     pub alerts: crate::alerts::AlertsConfig,
     pub detectors: crate::detect::DetectConfig,
+    /// Fleet-wide detection through a Redis-protocol store; off unless `fleet.url` is set.
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             rules: vec![PathBuf::from("/etc/nhiwatch/rules")],
             alerts: crate::alerts::AlertsConfig::default(),
             detectors: crate::detect::DetectConfig::default(),
+            fleet: crate::fleet::FleetConfig::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Config {
         }
         self.api_calls.validate()?;
         self.detectors.validate()?;
+        self.fleet.validate()?;
         crate::bounds::count(
             "metrics.identity_series",
             self.metrics.identity_series,

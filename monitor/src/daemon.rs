@@ -125,6 +125,11 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
                 cfg.state_dir.display()
             )
         })?;
+    // Every node's fingerprints compare only under one key: the fleet checks that they share it.
+    let fleet_key = cfg
+        .fleet
+        .enabled()
+        .then(|| fingerprints.fingerprint(crate::fleet::KEY_CHECK_LABEL));
     let api = crate::protocol::ApiCallStage::new(&cfg.api_calls, fingerprints, &metrics);
     let record_dropped = telemetry.userspace_dropped("record_output");
     // Standard output is one sink for `--events` and for findings (`alerts.stdout`): buffered
@@ -159,6 +164,7 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         &metrics,
         hup,
         rules_telemetry,
+        fleet_key,
     )?;
     let mut pipeline = Pipeline::new(
         procs,
@@ -253,6 +259,7 @@ fn start_findings(
     metrics: &Arc<Registry>,
     hup: Arc<std::sync::atomic::AtomicBool>,
     rules_telemetry: crate::contracts::RulesTelemetry,
+    fleet_key: Option<String>,
 ) -> anyhow::Result<Findings> {
     let mut detectors = cfg.detectors.clone();
     // In a pod, the API server is the Service whose address the kubelet gives every container:
@@ -296,6 +303,7 @@ fn start_findings(
         "open findings restored: their windows close when due, repeats are not raised again"
     );
     engine.restore_open(open.items, open_identity.items);
+    let stage_compiled = engine.compiled();
     let node = crate::identity::node_name(cfg.identity.node_name.as_deref());
     let me = crate::alerts::route::daemon_identity(&cfg.identity.trust_domain, &node);
     let alerts = crate::alerts::Alerts::start(
@@ -328,10 +336,41 @@ fn start_findings(
     .with_alerts(alerts)
     .with_reloads(rx)
     .with_store(store);
+    let stage = match start_fleet(cfg, &stage_compiled, &node, fleet_key, metrics)? {
+        Some(f) => stage.with_fleet(f),
+        None => stage,
+    };
     Ok(Findings { stage, stop })
 }
 
 /// Builds the identity resolver and, on Kubernetes, starts the pod metadata source.
+/// The fleet worker when `fleet.url` is set. The store need not answer at start: local
+/// detection never waits on it, and the worker connects when it can.
+pub(crate) fn start_fleet(
+    cfg: &Config,
+    rules: &Arc<crate::detect::compiled::Compiled>,
+    node: &str,
+    key_check: Option<String>,
+    metrics: &Arc<Registry>,
+) -> anyhow::Result<Option<crate::fleet::worker::FleetHandle>> {
+    if !cfg.fleet.enabled() {
+        return Ok(None);
+    }
+    let telemetry = crate::fleet::telemetry::FleetTelemetry::register(metrics);
+    let fleet = crate::fleet::Fleet::new(
+        &cfg.fleet,
+        rules.clone(),
+        cfg.detectors.dedup_window,
+        cfg.fleet.node.clone().unwrap_or_else(|| node.to_owned()),
+        key_check,
+        telemetry,
+    )?;
+    tracing::info!(url = %cfg.fleet.url.as_deref().unwrap_or(""), prefix = %cfg.fleet.prefix, "fleet detection on");
+    let handle = crate::fleet::worker::spawn(fleet, cfg.fleet.buffer, cfg.fleet.flush_interval)
+        .context("starting the fleet worker")?;
+    Ok(Some(handle))
+}
+
 fn start_identity(cfg: &Config, metrics: &IdentityTelemetry) -> anyhow::Result<IdentityResolver> {
     use crate::identity::kubernetes::{
         PodSource, PodSourceConfig, PodSourceKind, PodStore, PodStoreHandle,
@@ -424,6 +463,8 @@ mod tests {
         let alerts = crate::alerts::AlertTelemetry::register(&r);
         let _ = alerts.sink("siem");
         let _ = r.summary("pipeline_latency_seconds", "kernel to finding", "stage");
+        let fleet = crate::fleet::telemetry::FleetTelemetry::register(&r);
+        fleet.commands("write", 1);
         t.calls_by_identity.inc("spiffe://t/a", "none");
         let text = r.render();
         let names = include_str!("../../dashboards/nhiwatch-overview.json").to_owned()
@@ -456,6 +497,7 @@ mod tests {
             "api_calls",
             "detect",
             "alerts",
+            "fleet",
         ] {
             assert!(
                 text.contains(&format!(

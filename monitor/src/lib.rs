@@ -9,6 +9,7 @@ pub mod contracts;
 pub mod daemon;
 pub mod detect;
 pub mod events;
+pub mod fleet;
 pub mod identity;
 pub mod input;
 pub mod metrics;

@@ -75,6 +75,50 @@ pub fn replay(
     format: crate::alerts::Format,
     out: &mut dyn Write,
 ) -> Result<ReplayStats, ReplayError> {
+    replay_with(engine, files, format, out, None)
+}
+
+/// The fleet in a replay (`fleet:` in the configuration): each observation's node is its
+/// identity's, and each window is written and judged when the recording moves past it.
+pub struct FleetReplay {
+    pub fleet: crate::fleet::Fleet,
+    pub runtime: tokio::runtime::Runtime,
+    last_window: Option<i64>,
+}
+
+impl FleetReplay {
+    pub fn new(fleet: crate::fleet::Fleet) -> std::io::Result<FleetReplay> {
+        Ok(FleetReplay {
+            fleet,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            last_window: None,
+        })
+    }
+
+    fn observe(&mut self, o: &Observation, found: &mut Vec<Finding>) {
+        let w = self.fleet.window_of(o.time);
+        if self.last_window.is_some_and(|l| l != w) {
+            self.runtime.block_on(self.fleet.flush(found));
+        }
+        self.last_window = Some(w);
+        self.fleet.add(o);
+    }
+
+    fn finish(&mut self, found: &mut Vec<Finding>) {
+        self.runtime.block_on(self.fleet.flush(found));
+    }
+}
+
+/// [`replay`], with the fleet's findings too when `fleet` is given.
+pub fn replay_with(
+    engine: &mut Engine,
+    files: &[PathBuf],
+    format: crate::alerts::Format,
+    out: &mut dyn Write,
+    mut fleet: Option<&mut FleetReplay>,
+) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     let mut found: Vec<Finding> = Vec::new();
     for path in files {
@@ -121,6 +165,9 @@ pub fn replay(
                 Ok(o) => {
                     stats.observations += 1;
                     engine.observe(&o, &mut found);
+                    if let Some(f) = fleet.as_deref_mut() {
+                        f.observe(&o, &mut found);
+                    }
                 }
                 Err(e) => {
                     stats.bad_total += 1;
@@ -133,6 +180,9 @@ pub fn replay(
         }
     }
     engine.finish(&mut found);
+    if let Some(f) = fleet.as_deref_mut() {
+        f.finish(&mut found);
+    }
     write(out, format, &mut found, &mut stats)?;
     out.flush().map_err(ReplayError::Write)?;
     Ok(stats)

@@ -43,6 +43,10 @@ const TEST: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     // Loads both cores while the suite runs, to show no test's verdict depends on speed.
     ("stress-ng", "/usr/bin/stress-ng"),
+    // Fleet-wide detection (issue J): the Redis-protocol store the fleet tests start per test,
+    // with TLS (tls-port) and redis-cli to inspect what the nodes wrote.
+    ("redis-server", "/usr/bin/redis-server"),
+    ("redis-tools", "/usr/bin/redis-cli"),
 ];
 
 fn present(proof: &str) -> bool {

@@ -215,6 +215,11 @@ impl Engine {
         self.caches.clear();
     }
 
+    /// The compiled rules in force, for stages that classify the same way (the fleet).
+    pub fn compiled(&self) -> Arc<Compiled> {
+        self.rules.clone()
+    }
+
     pub fn config(&self) -> &DetectConfig {
         &self.cfg
     }

@@ -35,6 +35,9 @@ pub struct FindingsStage {
     reported: EngineStats,
     last_evicted_findings: u64,
     store: Option<crate::store::Store>,
+    /// The fleet worker (`fleet:`): fed every observation without waiting, its findings routed
+    /// here like the engine's.
+    fleet: Option<crate::fleet::worker::FleetHandle>,
     last_persist: Instant,
     persists: u64,
 }
@@ -84,6 +87,7 @@ impl FindingsStage {
             reported: EngineStats::default(),
             last_evicted_findings: 0,
             store: None,
+            fleet: None,
             last_persist: Instant::now(),
             persists: 0,
         })
@@ -110,6 +114,11 @@ impl FindingsStage {
         self
     }
 
+    pub fn with_fleet(mut self, fleet: crate::fleet::worker::FleetHandle) -> FindingsStage {
+        self.fleet = Some(fleet);
+        self
+    }
+
     pub fn engine(&mut self) -> &mut Engine {
         &mut self.engine
     }
@@ -121,6 +130,9 @@ impl FindingsStage {
             if !ok {
                 self.record_dropped.inc();
             }
+        }
+        if let Some(f) = &self.fleet {
+            f.observe(o);
         }
         let before = self.pending.len();
         self.engine.observe(o, &mut self.pending);
@@ -169,12 +181,18 @@ impl FindingsStage {
             }
             if let Some(set) = latest {
                 self.engine.set_rules(set);
+                if let Some(f) = &self.fleet {
+                    f.set_rules(self.engine.compiled());
+                }
                 // The old rules were dropped just now, on this thread's arena.
                 crate::input::release_freed_memory();
             }
         }
         let before = self.pending.len();
         self.engine.advance(now_ns, &mut self.pending);
+        if let Some(f) = &self.fleet {
+            f.drain(&mut self.pending);
+        }
         if let Some(a) = self.alerts.as_mut() {
             a.tick(now_ns, &mut self.pending);
         }
@@ -273,6 +291,9 @@ impl FindingsStage {
         let before = self.pending.len();
         if !self.persist() {
             self.engine.finish(&mut self.pending);
+        }
+        if let Some(f) = self.fleet.as_mut() {
+            f.stop(&mut self.pending);
         }
         if let Some(a) = self.alerts.as_mut() {
             a.finish(&mut self.pending);

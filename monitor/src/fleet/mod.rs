@@ -1,0 +1,563 @@
+//! Fleet-wide detection: takes observations (and the compiled rules), gives findings judged over every node's share in a Redis-protocol store, raised once for the whole fleet.
+//!
+//! Each node aggregates its own absolute counts per identity and window, writes them under its
+//! node name (a retried write changes nothing), reads every node's share back and judges the
+//! sums (`detectors`). A finding is claimed with `SET NX` on its dedup key for
+//! `detectors.dedup_window`: the node that wins raises it, the others stay quiet. The daemon
+//! runs this on its own thread (`worker`), fed through a bounded queue; replay calls it inline.
+
+mod detectors;
+pub mod inventory;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use redis::aio::ConnectionManager;
+
+pub use self::settings::FleetConfig;
+use self::{
+    detectors::{Candidate, Presenter, Share},
+    store::{KeyCheck, Keys, Target, CAPPED_HSET, SEP},
+    telemetry::FleetTelemetry,
+};
+use crate::{
+    detect::{
+        compiled::Compiled,
+        finding::{self, Finding, Phase, RuleRef},
+    },
+    events::observation::{Activity, Observation},
+    identity::WorkloadIdentity,
+};
+
+/// The label whose HMAC under the fingerprint key every node compares (`P:keycheck`).
+pub const KEY_CHECK_LABEL: &[u8] = b"nhiwatch fleet fingerprint-key check v1";
+
+/// One node's view of one identity in one window.
+struct Agg {
+    identity: Arc<WorkloadIdentity>,
+    contract: Option<usize>,
+    share: Share,
+    /// Fingerprint → credential kind.
+    fingerprints: BTreeMap<String, String>,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+/// Where a window's aggregate belongs: (node, identity id).
+type AggKey = (Arc<str>, Arc<str>);
+
+pub struct Fleet {
+    cfg: FleetConfig,
+    keys: Keys,
+    target: Target,
+    conn: Option<ConnectionManager>,
+    rules: Arc<Compiled>,
+    /// Fleet findings are claimed for this long (`detectors.dedup_window`).
+    episode: Duration,
+    default_node: String,
+    /// Window number → aggregates, oldest first.
+    windows: BTreeMap<i64, HashMap<AggKey, Agg>>,
+    /// Dedup keys this node raised or saw claimed → when the claim ends (observation clock).
+    claimed: HashMap<String, i64>,
+    /// HMAC of `KEY_CHECK_LABEL`; None (replay) skips the check.
+    key_check: Option<String>,
+    /// The store's incarnation token when last written (`store::epoch`), and ours to offer.
+    epoch: Option<String>,
+    epoch_offer: String,
+    mismatch: bool,
+    up: Option<bool>,
+    /// After a failed connect, no new attempt before this (a replay flushes at every window).
+    retry_at: Option<std::time::Instant>,
+    pub(crate) telemetry: FleetTelemetry,
+    now: i64,
+}
+
+fn ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX).max(1)
+}
+
+impl Fleet {
+    pub fn new(
+        cfg: &FleetConfig,
+        rules: Arc<Compiled>,
+        episode: Duration,
+        default_node: String,
+        key_check: Option<String>,
+        telemetry: FleetTelemetry,
+    ) -> Result<Fleet, store::ConnectError> {
+        Ok(Fleet {
+            target: Target::new(cfg)?,
+            keys: Keys {
+                prefix: cfg.prefix.clone(),
+            },
+            cfg: cfg.clone(),
+            conn: None,
+            rules,
+            episode,
+            default_node,
+            windows: BTreeMap::new(),
+            claimed: HashMap::new(),
+            key_check,
+            epoch: None,
+            epoch_offer: {
+                let mut b = [0u8; 16];
+                let _ = getrandom::getrandom(&mut b);
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            },
+            mismatch: false,
+            up: None,
+            retry_at: None,
+            telemetry,
+            now: 0,
+        })
+    }
+
+    pub fn set_rules(&mut self, rules: Arc<Compiled>) {
+        // Aggregates hold contract indices of the old rules.
+        for w in self.windows.values_mut() {
+            for a in w.values_mut() {
+                a.contract = rules.contract_for(&a.identity, None);
+            }
+        }
+        self.rules = rules;
+    }
+
+    pub fn window_of(&self, t: i64) -> i64 {
+        t.div_euclid(ns(self.cfg.window))
+    }
+
+    fn node_of<'a>(&'a self, o: &'a Observation) -> &'a str {
+        match &self.cfg.node {
+            Some(n) => n,
+            None if !o.identity.node.is_empty() => &o.identity.node,
+            None => &self.default_node,
+        }
+    }
+
+    /// Adds one observation to this node's share of its window.
+    pub fn add(&mut self, o: &Observation) {
+        self.telemetry.stage.received.inc();
+        self.now = self.now.max(o.time);
+        let w = self.window_of(o.time);
+        self.expire();
+        if self
+            .windows
+            .first_key_value()
+            .is_some_and(|(&first, _)| w < first)
+            && w < self.window_of(self.now) - i64::from(self.cfg.ttl_windows)
+        {
+            // Older than anything the store still keeps.
+            self.telemetry.expired_unwritten.inc();
+            return;
+        }
+        let node: Arc<str> = self.node_of(o).into();
+        let total: usize = self.windows.values().map(HashMap::len).sum();
+        let rules = self.rules.clone();
+        let window = self.windows.entry(w).or_default();
+        let key: AggKey = (node, o.identity.id.as_str().into());
+        let agg = match window.get_mut(&key) {
+            Some(a) => a,
+            None => {
+                if total >= self.cfg.max_identities {
+                    self.telemetry.capped.inc();
+                    return;
+                }
+                window.entry(key).or_insert_with(|| Agg {
+                    contract: rules.contract_for(&o.identity, o.labels.as_deref()),
+                    identity: o.identity.clone(),
+                    share: Share::default(),
+                    fingerprints: BTreeMap::new(),
+                    dirty: true,
+                })
+            }
+        };
+        agg.dirty = true;
+        let Activity::ApiCall(call) = &o.activity else {
+            return;
+        };
+        if let Some(ds) = call
+            .host
+            .as_deref()
+            .and_then(|h| rules.classify_http(h, &call.path))
+        {
+            let name = rules.ds_name(ds);
+            let s = &mut agg.share;
+            if s.requests.contains_key(name)
+                || s.requests.len() < self.cfg.max_data_sources_per_identity
+            {
+                *s.requests.entry(name.to_owned()).or_default() += 1;
+                *s.bytes.entry(name.to_owned()).or_default() +=
+                    call.request_bytes + call.response_bytes;
+            } else {
+                self.telemetry.capped.inc();
+            }
+        }
+        for c in &call.credentials {
+            if agg.fingerprints.contains_key(&c.fingerprint)
+                || agg.fingerprints.len() < self.cfg.max_fingerprints_per_identity
+            {
+                agg.fingerprints
+                    .entry(c.fingerprint.clone())
+                    .or_insert_with(|| c.kind.clone());
+            } else {
+                self.telemetry.capped.inc();
+            }
+        }
+    }
+
+    /// Forgets windows the store no longer keeps; one never written is counted.
+    fn expire(&mut self) {
+        let oldest = self.window_of(self.now) - i64::from(self.cfg.ttl_windows);
+        while let Some((&w, _)) = self.windows.first_key_value() {
+            if w >= oldest {
+                break;
+            }
+            if let Some((_, aggs)) = self.windows.pop_first() {
+                let lost = aggs.values().filter(|a| a.dirty).count();
+                self.telemetry.expired_unwritten.inc_by(lost as u64);
+            }
+        }
+        let now = self.now;
+        self.claimed.retain(|_, until| *until > now);
+    }
+
+    /// Whether the store answered at the last flush.
+    pub fn is_up(&self) -> bool {
+        self.up == Some(true)
+    }
+
+    /// Windows not yet written (for tests and the stop).
+    pub fn pending(&self) -> usize {
+        self.windows
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|a| a.dirty)
+            .count()
+    }
+
+    fn set_up(&mut self, up: bool, why: Option<&str>) {
+        self.telemetry.up.set(i64::from(up));
+        if self.up != Some(up) {
+            match (up, why) {
+                (true, _) => tracing::info!(url = %self.target.url, "fleet store answers"),
+                (false, Some(e)) => tracing::warn!(url = %self.target.url, error = %e,
+                    "fleet store unavailable: local detection continues, fleet counts wait in memory (bounded) until it answers"),
+                (false, None) => {}
+            }
+            self.up = Some(up);
+        }
+    }
+
+    /// Writes what changed, reads the fleet's sums back and judges them; findings this node
+    /// claimed first go to `out`. A store that does not answer leaves everything for next time.
+    pub async fn flush(&mut self, out: &mut Vec<Finding>) {
+        self.expire();
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                if self.retry_at.is_some_and(|t| std::time::Instant::now() < t) {
+                    return;
+                }
+                match self.target.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.retry_at = Some(std::time::Instant::now() + self.cfg.flush_interval);
+                        self.telemetry.stage.errors.inc();
+                        self.set_up(false, Some(&e));
+                        return;
+                    }
+                }
+            }
+        };
+        self.conn = Some(conn.clone());
+        let mut conn = conn;
+        if let Err(e) = self.flush_on(&mut conn, out).await {
+            self.telemetry.stage.errors.inc();
+            self.set_up(false, Some(&store::describe(&e)));
+        }
+    }
+
+    async fn flush_on(
+        &mut self,
+        c: &mut ConnectionManager,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), redis::RedisError> {
+        if let Some(mine) = self.key_check.clone() {
+            match store::key_check(c, &self.keys, &mine).await? {
+                KeyCheck::Different => {
+                    if !self.mismatch {
+                        tracing::error!(url = %self.target.url, prefix = %self.keys.prefix,
+                            "the fleet store holds another fingerprint key's check: this node's credential fingerprints would not match the others'. Mount the same fingerprint key (the DaemonSet's Secret) on every node; until then this node writes nothing to the fleet");
+                    }
+                    self.mismatch = true;
+                    self.telemetry.key_mismatch.set(1);
+                    let n = self.pending() as u64;
+                    self.telemetry.withheld.inc_by(n);
+                    for a in self.windows.values_mut().flat_map(HashMap::values_mut) {
+                        a.dirty = false;
+                    }
+                    self.set_up(true, None);
+                    return Ok(());
+                }
+                KeyCheck::Fresh | KeyCheck::Same => {}
+            }
+            self.mismatch = false;
+            self.telemetry.key_mismatch.set(0);
+        }
+        let epoch = store::epoch(c, &self.keys, &self.epoch_offer).await?;
+        if self.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            tracing::warn!(url = %self.target.url,
+                "the fleet store was emptied or replaced: writing this node's windows and claims again");
+            for a in self.windows.values_mut().flat_map(HashMap::values_mut) {
+                a.dirty = true;
+            }
+            self.reclaim(c).await?;
+        }
+        self.epoch = Some(epoch);
+        let ttl_ms = self.cfg.ttl().as_millis() as u64;
+        let window_secs = self.cfg.window.as_secs();
+        // The inventory is keyed by the day of the write (the store's clock, as its TTLs), so
+        // `inventory --fleet` finds a replayed recording's identities too.
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            .div_euclid(86_400);
+        let mut pipe = redis::pipe();
+        let mut written: Vec<(i64, AggKey)> = Vec::new();
+        let mut evals = 0u64;
+        for (&w, aggs) in &self.windows {
+            for (key, a) in aggs.iter().filter(|(_, a)| a.dirty) {
+                let (node, id) = key;
+                let k = self.keys.window(id, w);
+                let value = serde_json::to_string(&a.share).unwrap_or_default();
+                pipe.hset(&k, &**node, value).ignore();
+                pipe.pexpire(&k, ttl_ms as i64).ignore();
+                let sharing = a
+                    .contract
+                    .and_then(|i| self.rules.contracts.get(i))
+                    .is_some_and(|c| c.shared_allowed);
+                for fp in a.fingerprints.keys() {
+                    pipe.cmd("EVAL")
+                        .arg(CAPPED_HSET)
+                        .arg(1)
+                        .arg(self.keys.fingerprint(fp))
+                        .arg(format!("{node}{SEP}{id}"))
+                        .arg(format!("{w}:{}", u8::from(sharing)))
+                        .arg(self.cfg.max_identities_per_fingerprint)
+                        .arg(ttl_ms);
+                    evals += 1;
+                }
+                let secs = (w * ns(self.cfg.window)).div_euclid(1_000_000_000);
+                let row = inventory::Row {
+                    kind: a.identity.kind,
+                    contract: a
+                        .contract
+                        .and_then(|i| self.rules.contracts.get(i))
+                        .map(|c| c.reference.name.clone()),
+                    last_seen: secs,
+                };
+                pipe.cmd("EVAL")
+                    .arg(CAPPED_HSET)
+                    .arg(1)
+                    .arg(self.keys.inventory(today))
+                    .arg(format!("{node}{SEP}{id}"))
+                    .arg(serde_json::to_string(&row).unwrap_or_default())
+                    .arg(self.cfg.max_inventory)
+                    .arg(2 * 86_400_000u64);
+                evals += 1;
+                written.push((w, key.clone()));
+            }
+        }
+        if written.is_empty() {
+            self.set_up(true, None);
+            return Ok(());
+        }
+        let results: Vec<i64> = pipe.query_async(c).await?;
+        self.telemetry
+            .commands("write", written.len() as u64 * 2 + evals);
+        let refused = results.iter().filter(|r| **r == 0).count() as u64;
+        self.telemetry.capped.inc_by(refused);
+        self.set_up(true, None);
+        for (w, key) in &written {
+            if let Some(a) = self.windows.get_mut(w).and_then(|m| m.get_mut(key)) {
+                a.dirty = false;
+            }
+        }
+        // Read back every node's share of what this node wrote, and who presented its fingerprints.
+        let mut ids: BTreeSet<(i64, Arc<str>)> = BTreeSet::new();
+        let mut fps: BTreeMap<String, (String, i64, AggKey)> = BTreeMap::new();
+        for (w, key) in &written {
+            ids.insert((*w, key.1.clone()));
+            if let Some(a) = self.windows.get(w).and_then(|m| m.get(key)) {
+                for (fp, kind) in &a.fingerprints {
+                    fps.insert(fp.clone(), (kind.clone(), *w, key.clone()));
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (w, id) in &ids {
+            pipe.hgetall(self.keys.window(id, *w));
+        }
+        for fp in fps.keys() {
+            pipe.hgetall(self.keys.fingerprint(fp));
+        }
+        let read: Vec<Vec<(String, String)>> = pipe.query_async(c).await?;
+        self.telemetry
+            .commands("read", (ids.len() + fps.len()) as u64);
+        let mut candidates = Vec::new();
+        let (id_reads, fp_reads) = read.split_at(ids.len().min(read.len()));
+        for ((w, id), fields) in ids.iter().zip(id_reads) {
+            let shares: Vec<(String, Share)> = fields
+                .iter()
+                .filter_map(|(n, v)| Some((n.clone(), serde_json::from_str(v).ok()?)))
+                .collect();
+            // Any node's aggregate of this identity gives its attributes and contract.
+            let Some(a) = self
+                .windows
+                .get(w)
+                .and_then(|m| m.iter().find(|((_, i), _)| i == id).map(|(_, a)| a))
+            else {
+                continue;
+            };
+            candidates.extend(detectors::limits(
+                &self.rules,
+                &a.identity,
+                a.contract,
+                &shares,
+                window_secs,
+            ));
+            candidates.extend(detectors::combination(
+                &self.rules,
+                &a.identity,
+                a.contract,
+                &shares,
+                window_secs,
+            ));
+        }
+        let current = self.window_of(self.now);
+        for ((fp, (kind, w, key)), fields) in fps.iter().zip(fp_reads) {
+            let presenters: Vec<Presenter> = fields
+                .iter()
+                .filter_map(|(field, v)| {
+                    let (node, identity) = field.split_once(SEP)?;
+                    let (last, sharing) = v.split_once(':')?;
+                    let last: i64 = last.parse().ok()?;
+                    // Presented within the windows the store keeps.
+                    (current - last <= i64::from(self.cfg.ttl_windows)).then(|| Presenter {
+                        node: node.to_owned(),
+                        identity: identity.to_owned(),
+                        sharing_allowed: sharing == "1",
+                    })
+                })
+                .collect();
+            if let Some(a) = self.windows.get(w).and_then(|m| m.get(key)) {
+                candidates.extend(detectors::shared(
+                    &a.identity,
+                    a.contract,
+                    kind,
+                    fp,
+                    &presenters,
+                ));
+            }
+        }
+        self.claim(c, candidates, out).await
+    }
+
+    /// Raises each candidate this node claims first, fleet-wide, for the episode.
+    async fn claim(
+        &mut self,
+        c: &mut ConnectionManager,
+        candidates: Vec<Candidate>,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), redis::RedisError> {
+        let node = self
+            .cfg
+            .node
+            .clone()
+            .unwrap_or_else(|| self.default_node.clone());
+        let fresh: Vec<(String, Candidate)> = candidates
+            .into_iter()
+            .map(|cand| {
+                let h = finding::dedup_key(&cand.subject, cand.rule, &[&cand.key, "fleet"]);
+                (format!("{h:016x}"), cand)
+            })
+            .filter(|(k, _)| !self.claimed.contains_key(k))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (k, _) in &fresh {
+            pipe.cmd("SET")
+                .arg(self.keys.found(k))
+                .arg(&node)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.episode.as_millis() as u64);
+        }
+        let won: Vec<Option<String>> = pipe.query_async(c).await?;
+        self.telemetry.commands("claim", fresh.len() as u64);
+        let until = self.now.saturating_add(ns(self.episode));
+        for ((k, cand), won) in fresh.into_iter().zip(won) {
+            self.claimed.insert(k.clone(), until);
+            if won.is_none() {
+                continue;
+            }
+            self.telemetry.stage.emitted.inc();
+            let contract = cand
+                .contract
+                .and_then(|i| self.rules.contracts.get(i))
+                .map(|c| c.reference.clone());
+            out.push(Finding {
+                kind: "finding".into(),
+                time: self.now,
+                last_seen: self.now,
+                rule: RuleRef {
+                    id: cand.rule.id().into(),
+                    name: cand.rule.name().into(),
+                },
+                severity: cand.rule.severity(),
+                summary: cand.summary,
+                identity: cand.identity,
+                contract,
+                evidence: cand.evidence,
+                count: 1,
+                phase: Phase::Opened,
+                dedup_key: k,
+            });
+        }
+        Ok(())
+    }
+
+    /// After the store was emptied: the claims this node knows of are written again, so no
+    /// node raises an episode a second time.
+    async fn reclaim(&mut self, c: &mut ConnectionManager) -> Result<(), redis::RedisError> {
+        if self.claimed.is_empty() {
+            return Ok(());
+        }
+        let node = self
+            .cfg
+            .node
+            .clone()
+            .unwrap_or_else(|| self.default_node.clone());
+        let mut pipe = redis::pipe();
+        for (k, until) in &self.claimed {
+            let left = ((until - self.now) / 1_000_000).max(1);
+            pipe.cmd("SET")
+                .arg(self.keys.found(k))
+                .arg(&node)
+                .arg("NX")
+                .arg("PX")
+                .arg(left)
+                .ignore();
+        }
+        pipe.query_async::<()>(c).await
+    }
+}

@@ -1,0 +1,234 @@
+//! The `fleet:` settings: takes the YAML block, gives the store address, credentials, TLS files, windows and caps, checked by `validate()`.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Off unless `url` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `redis://host:port[/db]` or `rediss://…` (TLS). No password in the URL: use `password_file`.
+    pub url: Option<String>,
+    /// This node's name in the store (default: the observation's node, else `NODE_NAME`, else
+    /// the host name).
+    pub node: Option<String>,
+    /// Every key starts with `<prefix>:`, so several clusters can share one store.
+    pub prefix: String,
+    /// Per-node counts are kept per window of this length (epoch-aligned); the fleet judges a
+    /// window's sum over the nodes.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Keys live for `window × ttl_windows` after their last write: a node that dies stops
+    /// counting once its windows expire.
+    pub ttl_windows: u32,
+    /// How often a daemon writes what changed and judges the fleet's sums.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Each store command gives up after this long (the store is then counted down).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Observations queued for the fleet worker; beyond it they are dropped and counted, so
+    /// the pipeline never waits on the store.
+    pub buffer: usize,
+    /// ACL user (Redis 6+); with `password_file` only, the `default` user.
+    pub username: Option<String>,
+    /// File holding the password (first line); never in the URL or the configuration.
+    pub password_file: Option<PathBuf>,
+    pub tls: FleetTls,
+    /// Caps under adversarial cardinality; what goes beyond is counted, not stored.
+    pub max_fingerprints_per_identity: usize,
+    pub max_identities_per_fingerprint: usize,
+    pub max_data_sources_per_identity: usize,
+    pub max_identities: usize,
+    pub max_inventory: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetTls {
+    /// CA certificate(s) (PEM) the store's certificate must chain to (default: system roots).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), for stores that require one (`tls-auth-clients yes`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            url: None,
+            node: None,
+            prefix: "nhiwatch".into(),
+            window: Duration::from_secs(60),
+            ttl_windows: 10,
+            flush_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            buffer: 65_536,
+            username: None,
+            password_file: None,
+            tls: FleetTls::default(),
+            max_fingerprints_per_identity: 64,
+            max_identities_per_fingerprint: 64,
+            max_data_sources_per_identity: 64,
+            max_identities: 16_384,
+            max_inventory: 100_000,
+        }
+    }
+}
+
+impl FleetConfig {
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// Messages name the key as it stands in the file (`fleet.…`).
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::bounds::{count, duration, DAY, HOUR, MINUTE, SECOND};
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        if scheme != "redis" && scheme != "rediss" {
+            return Err("fleet.url must start with redis:// or rediss:// (TLS)".to_owned());
+        }
+        // The userinfo part may hold a password: never echoed, refused so it stays in a file.
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            return Err("fleet.url must not carry a user or password; use fleet.username and fleet.password_file".to_owned());
+        }
+        if authority.is_empty() {
+            return Err("fleet.url has no host".to_owned());
+        }
+        if scheme == "redis" && (self.tls.ca.is_some() || self.tls.cert.is_some()) {
+            return Err(
+                "fleet.tls is set but fleet.url is redis://; use rediss:// for TLS".to_owned(),
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("fleet.tls.cert and fleet.tls.key go together".to_owned());
+        }
+        if self.username.is_some() && self.password_file.is_none() {
+            return Err("fleet.username needs fleet.password_file".to_owned());
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 64
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(format!(
+                "fleet.prefix must be 1 to 64 characters of letters, digits, - _ . :, got {:?}",
+                self.prefix
+            ));
+        }
+        if let Some(n) = &self.node {
+            if n.is_empty() || n.len() > 253 || n.contains(['|', '\n']) {
+                return Err(
+                    "fleet.node must be 1 to 253 characters without | or newlines".to_owned(),
+                );
+            }
+        }
+        duration("fleet.window", self.window, SECOND, HOUR)?;
+        count("fleet.ttl_windows", self.ttl_windows, 2, 1_000)?;
+        if self.window * self.ttl_windows > 7 * DAY {
+            return Err("fleet.window × fleet.ttl_windows must be at most 7 days".to_owned());
+        }
+        duration(
+            "fleet.flush_interval",
+            self.flush_interval,
+            Duration::from_millis(100),
+            MINUTE,
+        )?;
+        duration(
+            "fleet.timeout",
+            self.timeout,
+            Duration::from_millis(10),
+            MINUTE,
+        )?;
+        count("fleet.buffer", self.buffer, 16, 1 << 22)?;
+        count(
+            "fleet.max_fingerprints_per_identity",
+            self.max_fingerprints_per_identity,
+            1,
+            4_096,
+        )?;
+        count(
+            "fleet.max_identities_per_fingerprint",
+            self.max_identities_per_fingerprint,
+            2,
+            4_096,
+        )?;
+        count(
+            "fleet.max_data_sources_per_identity",
+            self.max_data_sources_per_identity,
+            1,
+            4_096,
+        )?;
+        count("fleet.max_identities", self.max_identities, 1, 1 << 20)?;
+        count("fleet.max_inventory", self.max_inventory, 1, 10_000_000)?;
+        Ok(())
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.window * self.ttl_windows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut FleetConfig)) -> Result<(), String> {
+        let mut c = FleetConfig {
+            url: Some("redis://127.0.0.1:6379".into()),
+            ..FleetConfig::default()
+        };
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn off_by_default_and_checked_when_on() {
+        assert!(!FleetConfig::default().enabled());
+        assert!(FleetConfig::default().validate().is_ok());
+        assert!(with(|_| ()).is_ok());
+        for (change, needle) in [
+            (
+                Box::new(|c: &mut FleetConfig| c.url = Some("http://x".into()))
+                    as Box<dyn FnOnce(&mut FleetConfig)>,
+                "redis://",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| c.url = Some("redis://u:hunter2@x".into())),
+                "password_file",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| c.window = Duration::ZERO),
+                "fleet.window",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| c.ttl_windows = 1),
+                "fleet.ttl_windows",
+            ),
+            (Box::new(|c: &mut FleetConfig| c.buffer = 0), "fleet.buffer"),
+            (
+                Box::new(|c: &mut FleetConfig| c.prefix = "a{b}".into()),
+                "fleet.prefix",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| c.tls.cert = Some("/c".into())),
+                "fleet.tls",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| c.username = Some("u".into())),
+                "password_file",
+            ),
+        ] {
+            let e = with(change).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}

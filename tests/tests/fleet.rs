@@ -1,0 +1,773 @@
+//! Fleet-wide detection against a real redis-server: three `nhiwatch replay` runs with three node
+//! names share one store; each cross-node finding comes out exactly once, its benign twin never;
+//! TLS with a client certificate, a wrong password, and no marker secret in the store.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use nhiwatch_e2e::{
+    free_port, make_cert, make_client_cert, nhiwatch_bin, unique, wait_until, TempDir, Value,
+};
+
+/// A redis-server on a loopback port with its own directory, killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    /// Plain-text port for redis-cli when the server also listens with TLS.
+    cli_port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path, extra: &[String]) -> Redis {
+        let port = free_port();
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+            args: extra.to_vec(),
+            cli_port: port,
+        };
+        r.spawn();
+        r
+    }
+
+    fn start_tls(dir: &Path) -> Redis {
+        let (ca, cert, key) = make_cert(dir);
+        let tls = free_port();
+        let plain = free_port();
+        let mut r = Redis {
+            child: None,
+            port: tls,
+            dir: dir.to_owned(),
+            args: vec![
+                "--port".into(),
+                plain.to_string(),
+                "--tls-port".into(),
+                tls.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ],
+            cli_port: plain,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        if !self.args.iter().any(|a| a == "--tls-port") {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(
+            cmd.spawn()
+                .expect("redis-server (cargo xtask deps installs it)"),
+        );
+        wait_until(
+            "redis-server answering PING",
+            Duration::from_secs(20),
+            || {
+                // With requirepass it answers, but refuses.
+                let a = self.cli(&["PING"]);
+                a.trim() == "PONG" || a.contains("NOAUTH")
+            },
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.cli_port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        // Error replies (NOAUTH) go to stderr.
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Every key under `prefix` and its whole value, as redis-cli prints them.
+    fn dump(&self, prefix: &str) -> String {
+        let keys = self.cli(&["--scan", "--pattern", &format!("{prefix}:*")]);
+        let mut all = String::new();
+        for k in keys.lines().filter(|k| !k.is_empty()) {
+            all.push_str(k);
+            all.push('\n');
+            let t = self.cli(&["TYPE", k]);
+            let v = match t.trim() {
+                "hash" => self.cli(&["HGETALL", k]),
+                _ => self.cli(&["GET", k]),
+            };
+            all.push_str(&v);
+        }
+        all
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const MARKER: &str = "sk-live-FLEETMARKER-4c1e9d2b";
+
+const RULES: &str = r#"
+apiVersion: nhiwatch.dev/v1
+kind: DataSource
+metadata: {name: notes}
+spec:
+  classification: phi
+  match: [{host: notes.fleet.test, paths: ["/mh/*"]}]
+---
+apiVersion: nhiwatch.dev/v1
+kind: DataSource
+metadata: {name: fitness}
+spec:
+  classification: pii
+  match: [{host: api.fitness.fleet.test}]
+---
+apiVersion: nhiwatch.dev/v1
+kind: DataSource
+metadata: {name: records}
+spec:
+  classification: phi
+  match: [{host: records.fleet.test}]
+---
+apiVersion: nhiwatch.dev/v1
+kind: AccessContract
+metadata: {name: fleet-sync}
+spec:
+  selectors: ["k8s:ns:fleet-a"]
+  owner: team@example.org
+  purpose: Sync fitness data into records
+  allow:
+    dataSources: [fitness, records]
+    combinations: [[fitness, records]]
+    destinations: [{host: api.fitness.fleet.test}, {host: records.fleet.test}, {host: notes.fleet.test}]
+  credentials: {kinds: [api-key, bearer], shared: forbidden}
+  limits:
+    - {dataSource: fitness, requestsPerMinute: 100}
+"#;
+
+/// One API call observation as `nhiwatch record` writes it; the marker sits in every field a
+/// careless store layout could copy (pod, exe, path, labels).
+fn call(
+    sec: u32,
+    ns: &str,
+    sa: &str,
+    node: &str,
+    host: &str,
+    path: &str,
+    fp: Option<&str>,
+) -> String {
+    let creds = fp.map_or(String::new(), |fp| {
+        format!(r#","credentials":[{{"kind":"api_key","fingerprint":"{fp}","vendor":"acme"}}]"#)
+    });
+    format!(
+        r#"{{"time":"2026-11-24T10:00:{sec:02}.000000000Z","identity":{{"id":"spiffe://fleet.test/ns/{ns}/sa/{sa}","kind":"kubernetes","namespace":"{ns}","service_account":"{sa}","pod":"{sa}-{MARKER}","node":"{node}"}},"labels":{{"token":"{MARKER}"}},"pid":7,"exe":"/app/{MARKER}","kind":"api_call","host":"{host}","method":"GET","path":"{path}?k={MARKER}","status":200,"request_bytes":100,"response_bytes":1000{creds}}}"#
+    )
+}
+
+/// The recording of one node: the three cross-node episodes and their benign twins.
+fn recording(node: &str) -> String {
+    let mut lines = Vec::new();
+    let fit = "api.fitness.fleet.test";
+    // Replicated volume: 40 calls per node (limit 100 a minute; 120 over three nodes). Twin: 30.
+    for i in 0..40 {
+        lines.push(call(
+            1 + i % 50,
+            "fleet-a",
+            "sync",
+            node,
+            fit,
+            "/v1/steps",
+            None,
+        ));
+    }
+    for i in 0..30 {
+        lines.push(call(
+            1 + i % 50,
+            "fleet-a",
+            "sync-twin",
+            node,
+            fit,
+            "/v1/steps",
+            None,
+        ));
+    }
+    match node {
+        "node-a" => {
+            // Cross-replica combination: notes here, fitness on node-b. Twin: records + fitness.
+            lines.push(call(
+                51,
+                "fleet-a",
+                "combo",
+                node,
+                "notes.fleet.test",
+                "/mh/1",
+                None,
+            ));
+            lines.push(call(
+                51,
+                "fleet-a",
+                "combo-twin",
+                node,
+                "records.fleet.test",
+                "/r/1",
+                None,
+            ));
+            // Shared key: alpha here, beta on node-b. Twin: gamma's key on node-a and node-c.
+            lines.push(call(
+                52,
+                "fleet-b",
+                "alpha",
+                node,
+                fit,
+                "/v1/x",
+                Some("hmac-sha256:aaaa0000aaaa0000aaaa0000aaaa0000"),
+            ));
+            lines.push(call(
+                52,
+                "fleet-b",
+                "gamma",
+                node,
+                fit,
+                "/v1/x",
+                Some("hmac-sha256:cccc0000cccc0000cccc0000cccc0000"),
+            ));
+        }
+        "node-b" => {
+            lines.push(call(53, "fleet-a", "combo", node, fit, "/v1/steps", None));
+            lines.push(call(
+                53,
+                "fleet-a",
+                "combo-twin",
+                node,
+                fit,
+                "/v1/steps",
+                None,
+            ));
+            lines.push(call(
+                54,
+                "fleet-b",
+                "beta",
+                node,
+                fit,
+                "/v1/x",
+                Some("hmac-sha256:aaaa0000aaaa0000aaaa0000aaaa0000"),
+            ));
+        }
+        _ => {
+            lines.push(call(
+                55,
+                "fleet-b",
+                "gamma",
+                node,
+                fit,
+                "/v1/x",
+                Some("hmac-sha256:cccc0000cccc0000cccc0000cccc0000"),
+            ));
+        }
+    }
+    lines.sort();
+    lines.join("\n") + "\n"
+}
+
+struct Setup {
+    dir: TempDir,
+    prefix: String,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let dir = TempDir::new(name);
+        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+        for n in ["node-a", "node-b", "node-c"] {
+            std::fs::write(dir.path().join(format!("{n}.jsonl")), recording(n)).unwrap();
+        }
+        Setup {
+            dir,
+            prefix: unique("fleet").replace('-', "_"),
+        }
+    }
+
+    fn config(&self, fleet: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{}.yaml", unique("cfg")));
+        std::fs::write(
+            &p,
+            format!(
+                "state_dir: {}\nrules: [{}]\nfleet:\n  prefix: {}\n  timeout: 500ms\n{fleet}",
+                self.dir.path().join("state").display(),
+                self.dir.path().join("rules.yaml").display(),
+                self.prefix
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// `nhiwatch replay` of one node's recording: (findings, stderr).
+    fn replay(&self, cfg: &Path, node: &str) -> (Vec<Value>, String) {
+        let out = Command::new(nhiwatch_bin())
+            .args(["replay", "--config"])
+            .arg(cfg)
+            .arg(self.dir.path().join(format!("{node}.jsonl")))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "replay {node}: {stderr}");
+        let findings = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (findings, stderr)
+    }
+}
+
+fn fleet_findings(all: &[Value]) -> Vec<&Value> {
+    all.iter()
+        .filter(|f| {
+            f["evidence"]["nodes"]
+                .as_array()
+                .is_some_and(|n| !n.is_empty())
+        })
+        .collect()
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn three_nodes_raise_each_cross_node_finding_once_and_never_the_twins() {
+    let s = Setup::new("nhiwatch-e2e-fleet");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let cfg = s.config(&format!("  url: redis://127.0.0.1:{}\n", redis.port));
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let (f, err) = s.replay(&cfg, node);
+        assert!(!err.contains("did not take"), "{err}");
+        all.extend(f);
+    }
+    let fleet = fleet_findings(&all);
+    let text = serde_json::to_string_pretty(&fleet).unwrap();
+    assert_eq!(fleet.len(), 3, "{text}");
+    let by_rule =
+        |id: &str| -> Vec<&&Value> { fleet.iter().filter(|f| f["rule"]["id"] == id).collect() };
+
+    let volume = by_rule("NHI-041");
+    assert_eq!(volume.len(), 1, "{text}");
+    assert_eq!(
+        volume[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/sync"
+    );
+    assert_eq!(
+        strs(&volume[0]["evidence"]["nodes"]),
+        ["node-a", "node-b", "node-c"]
+    );
+    assert_eq!(volume[0]["evidence"]["observed"], 120.0);
+    assert_eq!(volume[0]["evidence"]["limit"], 100.0);
+
+    let combo = by_rule("NHI-030");
+    assert_eq!(combo.len(), 1, "{text}");
+    assert_eq!(
+        combo[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/combo"
+    );
+    assert_eq!(strs(&combo[0]["evidence"]["nodes"]), ["node-a", "node-b"]);
+    assert_eq!(
+        strs(&combo[0]["evidence"]["data_sources"]),
+        ["fitness", "notes"]
+    );
+
+    let shared = by_rule("NHI-050");
+    assert_eq!(shared.len(), 1, "{text}");
+    assert_eq!(
+        strs(&shared[0]["evidence"]["identities"]),
+        [
+            "spiffe://fleet.test/ns/fleet-b/sa/alpha",
+            "spiffe://fleet.test/ns/fleet-b/sa/beta"
+        ]
+    );
+    assert_eq!(strs(&shared[0]["evidence"]["nodes"]), ["node-a", "node-b"]);
+    assert!(!text.contains("twin") && !text.contains("gamma"), "{text}");
+    // Local detection unchanged: node-a alone raises NHI-010 for `notes`.
+    assert!(all
+        .iter()
+        .any(|f| f["rule"]["id"] == "NHI-010" && f["evidence"]["nodes"].is_null()));
+
+    // At-least-once: the same recordings again (a retry) double-count nothing and raise nothing.
+    let key = format!("{}:w:{{spiffe://fleet.test/ns/fleet-a/sa/sync}}:", s.prefix);
+    let keys = redis.cli(&["--scan", "--pattern", &format!("{key}*")]);
+    let wkey = keys.lines().next().expect("the window key").to_owned();
+    let before = redis.cli(&["HGETALL", &wkey]);
+    for node in ["node-a", "node-b", "node-c"] {
+        let (f, _) = s.replay(&cfg, node);
+        assert!(fleet_findings(&f).is_empty(), "{f:?}");
+    }
+    assert_eq!(redis.cli(&["HGETALL", &wkey]), before);
+    assert!(before.contains("\"fitness\":40"), "{before}");
+    // Every key expires.
+    for k in redis
+        .cli(&["--scan", "--pattern", &format!("{}:*", s.prefix)])
+        .lines()
+    {
+        let ttl: i64 = redis.cli(&["PTTL", k]).trim().parse().unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+    // Leak test: no marker secret in any key or value, nor the path.
+    let dump = redis.dump(&s.prefix);
+    assert!(dump.contains("node-a"), "{dump}");
+    assert!(
+        !dump.contains("FLEETMARKER") && !dump.contains("/v1/steps"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn fleet_inventory_names_every_node() {
+    let s = Setup::new("nhiwatch-e2e-fleet-inv");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let cfg = s.config(&format!("  url: redis://127.0.0.1:{}\n", redis.port));
+    for node in ["node-a", "node-b", "node-c"] {
+        s.replay(&cfg, node);
+    }
+    let out = Command::new(nhiwatch_bin())
+        .args(["inventory", "--fleet", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sync = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["identity"] == "spiffe://fleet.test/ns/fleet-a/sa/sync")
+        .unwrap_or_else(|| panic!("{rows:#}"));
+    assert_eq!(strs(&sync["nodes"]), ["node-a", "node-b", "node-c"]);
+    assert_eq!(sync["contract"], "fleet-sync");
+    assert_eq!(sync["data_sources"]["fitness"], 120);
+}
+
+#[test]
+fn tls_with_a_client_certificate_and_a_wrong_password() {
+    let s = Setup::new("nhiwatch-e2e-fleet-tls");
+    let redis = Redis::start_tls(s.dir.path());
+    let (cert, key) = make_client_cert(s.dir.path(), "nhiwatch-client");
+    let ca = s.dir.path().join("ca.pem");
+    let cfg = s.config(&format!(
+        "  url: rediss://localhost:{}\n  tls: {{ca: {}, cert: {}, key: {}}}\n",
+        redis.port,
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let (f, err) = s.replay(&cfg, node);
+        assert!(!err.contains("did not take"), "{err}");
+        all.extend(f);
+    }
+    assert_eq!(fleet_findings(&all).len(), 3, "{all:#?}");
+    // Without the client certificate the store refuses; local findings still come out.
+    let no_cert = s.config(&format!(
+        "  url: rediss://localhost:{}\n  tls: {{ca: {}}}\n",
+        redis.port,
+        ca.display()
+    ));
+    let (f, err) = s.replay(&no_cert, "node-a");
+    assert!(err.contains("did not take"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+    drop(redis);
+
+    // A password the store does not accept: a clear error naming the setting, local detection on.
+    let dir = TempDir::new("nhiwatch-e2e-fleet-auth");
+    let redis = Redis::start(
+        dir.path(),
+        &["--requirepass".into(), "right-horse-battery".into()],
+    );
+    let pw = s.dir.path().join("password");
+    std::fs::write(&pw, "wrong-staple\n").unwrap();
+    let cfg = s.config(&format!(
+        "  url: redis://127.0.0.1:{}\n  password_file: {}\n",
+        redis.port,
+        pw.display()
+    ));
+    let (f, err) = s.replay(&cfg, "node-a");
+    assert!(
+        err.contains("WRONGPASS") && err.contains("fleet.password_file"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-staple"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+}
+
+// ---- Faults, on the fleet stage itself (three nodes in this process, the real store) ----------
+
+use std::sync::Arc;
+
+use nhiwatch::{
+    detect::compiled::Compiled,
+    events::observation::Observation,
+    fleet::{telemetry::FleetTelemetry, worker, Fleet, FleetConfig},
+    metrics::Registry,
+};
+
+fn rules(s: &Setup) -> Arc<Compiled> {
+    let set = nhiwatch::contracts::load_paths(&[s.dir.path().join("rules.yaml")]).unwrap();
+    Arc::new(Compiled::new(set))
+}
+
+fn fleet_cfg(s: &Setup, port: u16, node: &str) -> FleetConfig {
+    let cfg = FleetConfig {
+        url: Some(format!("redis://127.0.0.1:{port}")),
+        node: Some(node.into()),
+        prefix: s.prefix.clone(),
+        timeout: Duration::from_millis(300),
+        flush_interval: Duration::from_millis(100),
+        ..FleetConfig::default()
+    };
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn node(s: &Setup, port: u16, name: &str, key: &str) -> (Fleet, FleetTelemetry) {
+    let t = FleetTelemetry::register(&Registry::new());
+    let f = Fleet::new(
+        &fleet_cfg(s, port, name),
+        rules(s),
+        Duration::from_secs(600),
+        name.into(),
+        Some(key.into()),
+        t.clone(),
+    )
+    .unwrap();
+    (f, t)
+}
+
+fn feed(f: &mut Fleet, node: &str) {
+    for line in recording(node).lines() {
+        let o: Observation = serde_json::from_str(line).unwrap();
+        f.add(&o);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Flushes `f` until the store takes its counts (a failed connect waits `flush_interval`).
+fn flush_until_up(
+    rt: &tokio::runtime::Runtime,
+    f: &mut Fleet,
+    out: &mut Vec<nhiwatch::detect::finding::Finding>,
+) {
+    wait_until(
+        "the fleet store to take the node's counts",
+        Duration::from_secs(20),
+        || {
+            rt.block_on(f.flush(out));
+            f.is_up() && f.pending() == 0
+        },
+    );
+}
+
+#[test]
+fn store_stopped_restarted_and_emptied_loses_and_duplicates_nothing() {
+    let s = Setup::new("nhiwatch-e2e-fleet-down");
+    // Persistent, so that the first restart keeps what the store held.
+    let mut redis = Redis::start(
+        s.dir.path(),
+        &[
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ],
+    );
+    let rt = runtime();
+    let (mut a, ta) = node(&s, redis.port, "node-a", "k1");
+    let (mut b, tb) = node(&s, redis.port, "node-b", "k1");
+    let (mut c, _) = node(&s, redis.port, "node-c", "k1");
+    let mut out = Vec::new();
+    feed(&mut a, "node-a");
+    flush_until_up(&rt, &mut a, &mut out);
+    assert_eq!(ta.up.get(), 1);
+
+    // The store goes away: the other nodes keep their counts, report down, raise nothing.
+    redis.stop();
+    feed(&mut b, "node-b");
+    feed(&mut c, "node-c");
+    rt.block_on(b.flush(&mut out));
+    rt.block_on(c.flush(&mut out));
+    assert!(!b.is_up() && b.pending() > 0 && c.pending() > 0);
+    assert_eq!(tb.up.get(), 0);
+    assert!(tb.stage.errors.get() > 0);
+    assert!(out.is_empty(), "{out:?}");
+
+    // Back with its data: the waiting counts go in, each episode is raised once.
+    redis.spawn();
+    for f in [&mut a, &mut b, &mut c] {
+        flush_until_up(&rt, f, &mut out);
+    }
+    let rules_of = |out: &[nhiwatch::detect::finding::Finding]| {
+        let mut r: Vec<String> = out.iter().map(|f| f.rule.id.clone()).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(
+        rules_of(&out),
+        ["NHI-030", "NHI-041", "NHI-050"],
+        "{out:#?}"
+    );
+    let volume = out.iter().find(|f| f.rule.id == "NHI-041").unwrap();
+    assert_eq!(volume.evidence.nodes, ["node-a", "node-b", "node-c"]);
+
+    // Restarted empty: every node writes its windows and claims again; nothing is raised twice.
+    redis.stop();
+    let _ = std::fs::remove_dir_all(s.dir.path().join("appendonlydir"));
+    redis.spawn();
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    out.clear();
+    for f in [&mut c, &mut a, &mut b] {
+        // A node writes again only once it sees the store's new incarnation.
+        rt.block_on(f.flush(&mut out));
+        flush_until_up(&rt, f, &mut out);
+    }
+    assert!(
+        out.is_empty(),
+        "raised again after the store was emptied: {out:#?}"
+    );
+    let keys = redis.cli(&[
+        "--scan",
+        "--pattern",
+        &format!(
+            "{}:w:{{spiffe://fleet.test/ns/fleet-a/sa/sync}}:*",
+            s.prefix
+        ),
+    ]);
+    let w = keys.lines().next().expect("the window written again");
+    let shares = redis.cli(&["HKEYS", w]);
+    for n in ["node-a", "node-b", "node-c"] {
+        assert!(shares.contains(n), "{shares}");
+    }
+}
+
+#[test]
+fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
+    let s = Setup::new("nhiwatch-e2e-fleet-key");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let (mut a, ta) = node(&s, redis.port, "node-a", "key-one");
+    let (mut b, tb) = node(&s, redis.port, "node-b", "key-two");
+    let mut out = Vec::new();
+    feed(&mut a, "node-a");
+    feed(&mut b, "node-b");
+    flush_until_up(&rt, &mut a, &mut out);
+    rt.block_on(b.flush(&mut out));
+    assert_eq!(ta.key_mismatch.get(), 0);
+    assert_eq!(tb.key_mismatch.get(), 1);
+    assert!(tb.withheld.get() > 0);
+    let dump = redis.dump(&s.prefix);
+    assert!(
+        dump.contains("node-a") && !dump.contains("node-b"),
+        "{dump}"
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_slow_store_never_makes_the_pipeline_wait() {
+    let s = Setup::new("nhiwatch-e2e-fleet-slow");
+    let redis = Redis::start(
+        s.dir.path(),
+        &["--enable-debug-command".into(), "yes".into()],
+    );
+    let (f, t) = node(&s, redis.port, "node-a", "k1");
+    let mut h = worker::spawn(f, 1024, Duration::from_millis(100)).unwrap();
+    let obs: Vec<Observation> = recording("node-a")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    wait_until("fleet up", Duration::from_secs(10), || t.up.get() == 1);
+    // What one observe costs while the store answers, then while it sleeps for 2 s.
+    let mut timed = |n: usize| -> Vec<Duration> {
+        let mut d = Vec::new();
+        for i in 0..n {
+            let t0 = std::time::Instant::now();
+            h.observe(&obs[i % obs.len()]);
+            d.push(t0.elapsed());
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        d.sort();
+        d
+    };
+    let fast = timed(1000);
+    let port = redis.cli_port.to_string();
+    let sleeper = std::thread::spawn(move || {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "2"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let slow = timed(2000);
+    let p99 = |d: &[Duration]| d[d.len() * 99 / 100];
+    eprintln!(
+        "observe p99: {:?} with the store answering, {:?} while it sleeps (max {:?})",
+        p99(&fast),
+        p99(&slow),
+        slow.last().unwrap()
+    );
+    assert!(
+        p99(&slow) < Duration::from_millis(1),
+        "p99 {:?}",
+        p99(&slow)
+    );
+    assert!(*slow.last().unwrap() < Duration::from_millis(50));
+    // The worker saw the store time out, and counted what did not fit in its queue.
+    assert!(
+        t.stage.errors.get() > 0,
+        "no store error counted during DEBUG SLEEP"
+    );
+    sleeper.join().unwrap();
+    wait_until("fleet up again", Duration::from_secs(10), || {
+        t.up.get() == 1
+    });
+    let mut out = Vec::new();
+    h.stop(&mut out);
+}
