@@ -3,6 +3,7 @@
 //! Every helper owns what it starts (processes, directories) and removes it on drop,
 //! so tests can run twice in a row and next to CI on the same machine.
 
+pub mod container;
 pub mod kube;
 
 use std::{
@@ -171,6 +172,8 @@ pub struct Daemon {
     /// The stdout and stderr readers: joined at stop, so nothing the daemon printed is missed.
     readers: Vec<thread::JoinHandle<()>>,
     _dir: TempDir,
+    /// The podman container the daemon runs in, if it does (removed on drop).
+    container: Option<String>,
 }
 
 /// Daemon configuration for tests: the bundled defaults with `watch` replaced.
@@ -204,13 +207,27 @@ impl Daemon {
         let yaml = format!("state_dir: {}\n{config_yaml}", state_dir.display());
         std::fs::write(&cfg, yaml).unwrap();
         let metrics_port = free_port();
-        let mut child = Command::new(nhiwatch_bin())
-            .args(["run", "--events", "--config"])
+        let mut cmd = Command::new(nhiwatch_bin());
+        cmd.args(["run", "--events", "--config"])
             .arg(&cfg)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(extra)
-            .env("NHIWATCH_LOG", "info,nhiwatch=debug")
+            .env("NHIWATCH_LOG", "info,nhiwatch=debug");
+        Daemon::spawn(cmd, metrics_port, state_dir, dir, None)
+    }
+
+    /// Starts `cmd` (a daemon that prints its events on stdout and serves /readyz on
+    /// `metrics_port` of loopback) and waits until it is ready. `container`: the podman container
+    /// it runs in, removed when the Daemon is dropped.
+    pub fn spawn(
+        mut cmd: Command,
+        metrics_port: u16,
+        state_dir: PathBuf,
+        dir: TempDir,
+        container: Option<String>,
+    ) -> Daemon {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -247,6 +264,7 @@ impl Daemon {
             state_dir,
             readers: vec![stdout_reader, stderr_reader],
             _dir: dir,
+            container,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -371,6 +389,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(name) = &self.container {
+            // Killing the podman client leaves its container running.
+            container::remove(name);
+        }
     }
 }
 
@@ -906,6 +928,7 @@ impl Daemon {
             state_dir,
             readers: vec![stdout_reader, stderr_reader],
             _dir: dir,
+            container: None,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -961,7 +961,12 @@ fn the_image_form_file_capabilities_permitted_only_work_for_a_non_root_user() {
     let containerfile = read("deploy/container/Containerfile");
     let setcap = containerfile
         .lines()
-        .find_map(|l| l.trim().trim_start_matches("&& ").strip_prefix("setcap "))
+        .find_map(|l| {
+            l.trim()
+                .trim_start_matches("&& ")
+                .trim_start_matches("RUN ")
+                .strip_prefix("setcap ")
+        })
         .expect("a setcap line in the Containerfile");
     let (spec, file) = setcap.split_once(' ').unwrap();
     assert_eq!(

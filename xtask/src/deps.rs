@@ -48,6 +48,20 @@ const TEST: &[(&str, &str)] = &[
     ("redis-server", "/usr/bin/redis-server"),
     ("redis-tools", "/usr/bin/redis-cli"),
 ];
+// Containers (issue M): `cargo xtask image` and the tests' real containers. podman runs them with
+// runc (crun refuses this kernel's hybrid cgroup layout); debootstrap makes the local Debian base
+// where no registry is reachable; the CNI plugins serve podman's default network.
+pub const CONTAINERS: &[(&str, &str)] = &[
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("conmon", "/usr/bin/conmon"),
+    (
+        "golang-github-containers-common",
+        "/usr/share/containers/containers.conf",
+    ),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
+];
 
 fn present(proof: &str) -> bool {
     if proof.starts_with('/') {
@@ -64,7 +78,13 @@ pub fn ensure(set: Set) -> Result<()> {
     let mut wanted: Vec<&(&str, &str)> = BUILD.iter().collect();
     if set == Set::All {
         wanted.extend(TEST.iter());
+        wanted.extend(CONTAINERS.iter());
     }
+    ensure_list(&wanted)
+}
+
+/// Installs the packages of `wanted` whose proof is missing.
+pub fn ensure_list(wanted: &[&(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(_, proof)| !present(proof))

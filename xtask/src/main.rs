@@ -1,8 +1,10 @@
 //! `cargo xtask`: installs what the project needs, then builds, runs, tests and benchmarks nhiwatch.
 
 mod bench;
-mod deps;
 mod fuzz;
+
+pub use xtask::is_root;
+use xtask::{deps, image};
 
 use std::{
     path::{Path, PathBuf},
@@ -44,6 +46,21 @@ enum Cmd {
     },
     /// Measure overhead and throughput side by side with peers; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Build the container image `nhiwatch:<version>` (release binary, deploy/container/Containerfile)
+    /// with podman, installing podman, runc and debootstrap if missing; prints its size.
+    Image {
+        /// The runtime base: `auto` (the public debian:bookworm-slim when it can be pulled, else a
+        /// Debian bookworm bootstrapped here from the Debian archive), `public`, `local`, or an
+        /// image reference.
+        #[arg(long, default_value = "auto")]
+        base: String,
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("localhost/nhiwatch:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// Put this daemon binary in the image instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Fuzz the protocol parsers (HTTP/1, HTTP/2 + HPACK, JWT, DNS) with cargo-fuzz.
     Fuzz {
         /// Seconds per target.
@@ -88,6 +105,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { filter } => test(&root, filter),
+        Cmd::Image { base, tag, binary } => {
+            deps::ensure(deps::Set::Build)?;
+            deps::ensure_list(&deps::CONTAINERS.iter().collect::<Vec<_>>())?;
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    cargo(&["build", "--release", "-p", "nhiwatch"])?;
+                    target_dir(&root).join("release/nhiwatch")
+                }
+            };
+            let podman = image::Podman::new(&root);
+            let base = image::resolve_base(&podman, &image::cache_dir(&root), &base)?;
+            let built = image::build(&podman, &root, &binary, &base, &tag)?;
+            println!(
+                "xtask: built {} ({}) on {base}: {:.1} MiB",
+                built.tag,
+                &built.id[..12.min(built.id.len())],
+                built.size as f64 / (1024.0 * 1024.0)
+            );
+            Ok(())
+        }
         Cmd::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
         Cmd::Bench(args) => {
             deps::ensure(deps::Set::All)?;
@@ -204,6 +242,12 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 pub fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
@@ -218,13 +262,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
-}
-
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn has_sudo() -> bool {
