@@ -129,9 +129,16 @@ struct nw_tcp {
 enum nw_tls_lib {
 	NW_TLS_OPENSSL = 1,
 	NW_TLS_GNUTLS = 2,
+	/* 3: Go crypto/tls (issue H) */
+	/* Cleartext bytes of a TCP socket's read/write syscalls (sockets.bpf.c): session and
+	 * sock are both the kernel socket address. */
+	NW_TLS_PLAIN = 4,
 };
 
 #define NW_F_TLS_READ 0x1 /* plaintext received (else sent) */
+/* NW_TLS_PLAIN only: the first bytes read on an accepted connection, which looked like an HTTP
+ * request (the process serves HTTP; reported once per connection, never parsed as a call). */
+#define NW_F_TLS_INBOUND 0x2
 
 /* Plaintext of one TLS library call. Followed by captured bytes. */
 struct nw_tls_data {
@@ -242,6 +249,11 @@ enum nw_counter {
 	NW_CNT_PATH_READ_FAIL = 18,
 	NW_CNT_TCP_UNATTRIBUTED = 19, /* established socket with no connect() owner */
 	NW_CNT_MAP_FULL = 20,     /* a bookkeeping map was full */
+	/* 21..23: other sensors */
+	NW_CNT_SOCK_NOT_HTTP = 24,  /* TCP connections whose first bytes were not an HTTP request: never looked at again */
+	NW_CNT_SOCK_INBOUND = 25,   /* accepted connections (server side): first bytes checked, never captured */
+	NW_CNT_SOCK_TRUNCATED = 26, /* cleartext socket calls longer than the capture prefix */
+	NW_CNT_SOCK_READ_FAIL = 27, /* bpf_probe_read_user of socket bytes failed */
 	NW_CNT_COUNT = 32,
 };
 

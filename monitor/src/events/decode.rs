@@ -66,6 +66,7 @@ fn tls_library(lib: u8, kind: u16) -> Result<TlsLibrary, DecodeError> {
     match u32::from(lib) {
         NW_TLS_OPENSSL => Ok(TlsLibrary::OpenSsl),
         NW_TLS_GNUTLS => Ok(TlsLibrary::GnuTls),
+        NW_TLS_PLAIN => Ok(TlsLibrary::Cleartext),
         _ => Err(DecodeError::UnknownTlsLibrary { kind, lib }),
     }
 }
@@ -196,6 +197,8 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 sock: t.sock,
                 direction,
                 library,
+                inbound: library == TlsLibrary::Cleartext
+                    && u32::from(t.hdr.flags) & NW_F_TLS_INBOUND != 0,
                 len: t.len,
                 plaintext: tail::<nw_tls_data>(rec, t.captured, kind)?,
             })

@@ -98,6 +98,18 @@ pub struct Tcp {
 pub enum TlsLibrary {
     OpenSsl,
     GnuTls,
+    /// No TLS: the bytes a process wrote to or read from a TCP socket (the sockets sensor).
+    Cleartext,
+}
+
+impl TlsLibrary {
+    /// What carried the bytes: `tls`, or `tcp` for cleartext on a socket.
+    pub fn transport(self) -> &'static str {
+        match self {
+            TlsLibrary::Cleartext => "tcp",
+            TlsLibrary::OpenSsl | TlsLibrary::GnuTls => "tls",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +129,9 @@ pub struct TlsData<'a> {
     pub sock: u64,
     pub direction: Direction,
     pub library: TlsLibrary,
+    /// Cleartext only: the first bytes read on an accepted connection, which opened with an
+    /// HTTP request (the process serves HTTP there). Never parsed as a call.
+    pub inbound: bool,
     /// Full length of the call; `plaintext` may be a prefix of it.
     pub len: u32,
     pub plaintext: &'a [u8],
@@ -129,6 +144,7 @@ impl std::fmt::Debug for TlsData<'_> {
             .field("hdr", &self.hdr)
             .field("direction", &self.direction)
             .field("library", &self.library)
+            .field("inbound", &self.inbound)
             .field("len", &self.len)
             .field("captured", &self.plaintext.len())
             .finish_non_exhaustive()

@@ -87,6 +87,8 @@ pub enum Detail<'a> {
     Tls {
         direction: &'static str,
         library: &'static str,
+        /// `tls`, or `tcp` for cleartext read or written on a TCP socket.
+        transport: &'static str,
         len: u32,
         captured: usize,
         flow: Option<u64>,
@@ -289,7 +291,9 @@ impl<'a> EventRecord<'a> {
                     library: match library {
                         TlsLibrary::OpenSsl => "openssl",
                         TlsLibrary::GnuTls => "gnutls",
+                        TlsLibrary::Cleartext => "none",
                     },
+                    transport: library.transport(),
                     len: *len,
                     captured: plaintext.len(),
                     flow: flow.map(|f| f.id),

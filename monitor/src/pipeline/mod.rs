@@ -423,6 +423,19 @@ impl Pipeline {
     /// Turns finished exchanges into API calls: flow, destination name, identity, output.
     fn emit_calls(&mut self, done: &mut Vec<Finished>) {
         for Finished { info, exchange } in done.drain(..) {
+            // A proxy's upstream call forwards a client's request, which the client's own
+            // capture (cleartext on the socket, or its TLS library) reported already.
+            if let Some(api) = self.api.as_ref() {
+                let proc = self.procs.get(info.key.pid);
+                if api.forwards(
+                    info.key.pid,
+                    proc.map_or("", |p| &p.exe),
+                    proc.map_or("", |p| &p.comm),
+                ) {
+                    api.proxied();
+                    continue;
+                }
+            }
             let flow = self.flows.by_sock(info.sock).map(|f| (f.id, f.remote));
             let now_ns = info.last_ns;
             let authority = exchange
@@ -440,7 +453,7 @@ impl Pipeline {
                 },
                 flow.map(|f| f.1),
             );
-            let call = ApiCall::new(exchange, flow, destination);
+            let call = ApiCall::new(exchange, info.transport, flow, destination);
             let proc = self.procs.get(info.key.pid);
             let attributed = self.identity.resolve(info.cgroup_id, proc);
             if attributed.status == Attribution::Pending

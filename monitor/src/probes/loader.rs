@@ -237,7 +237,10 @@ impl Sensors {
                 .map_err(|e| LoadError::Object(format!("{}: {e}", p.to_string_lossy())))?,
             None => super::object::bytes().to_vec(),
         };
+        let (follow_ports_only, follow_cidrs_only) = cfg.sockets.follow_only();
         let mut bpf = EbpfLoader::new()
+            .override_global("sock_follow_ports_only", &follow_ports_only, true)
+            .override_global("sock_follow_cidrs_only", &follow_cidrs_only, true)
             .override_global("self_tgid", &self_tgid, true)
             .override_global("tls_capture_len", &cfg.tls.capture_bytes, true)
             .override_global("wakeup_bytes", &cfg.wakeup_bytes, true)

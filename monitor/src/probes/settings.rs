@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::sensors::{files::FilesConfig, tls::TlsConfig};
+use super::sensors::{files::FilesConfig, sockets::SocketsConfig, tls::TlsConfig};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -12,6 +12,7 @@ pub struct SensorConfig {
     pub poll_interval_ms: u64,
     pub files: FilesConfig,
     pub tls: TlsConfig,
+    pub sockets: SocketsConfig,
     pub process_table_capacity: usize,
     pub exited_linger_ms: u64,
     /// Sensors (names in `sensors::ALL`) that must be attached for `/readyz` to answer 200.
@@ -34,6 +35,7 @@ impl Default for SensorConfig {
             poll_interval_ms: 2,
             files: FilesConfig::default(),
             tls: TlsConfig::default(),
+            sockets: SocketsConfig::default(),
             process_table_capacity: 65536,
             exited_linger_ms: 30_000,
             required: all_sensors(),
@@ -64,6 +66,7 @@ impl SensorConfig {
             ));
         }
         self.tls.validate()?;
+        self.sockets.validate()?;
         crate::bounds::count(
             "sensors.process_table_capacity",
             self.process_table_capacity,

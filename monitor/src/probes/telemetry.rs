@@ -89,7 +89,12 @@ impl HoldMetrics {
 }
 
 /// Kernel anomalies that mean a failure rather than a partial view.
-const FAILURES: [&str; 3] = ["tls_read_failed", "path_read_failed", "map_full"];
+const FAILURES: [&str; 4] = [
+    "tls_read_failed",
+    "path_read_failed",
+    "map_full",
+    "socket_read_failed",
+];
 
 impl SensorTelemetry {
     /// `userspace_dropped` is the daemon's family of queue drops, which the upkeep thread's

@@ -284,6 +284,10 @@ fn anomaly_name(slot: u32) -> Option<&'static str> {
         NW_CNT_PATH_READ_FAIL => "path_read_failed",
         NW_CNT_TCP_UNATTRIBUTED => "tcp_unattributed",
         NW_CNT_MAP_FULL => "map_full",
+        NW_CNT_SOCK_NOT_HTTP => "socket_not_http",
+        NW_CNT_SOCK_INBOUND => "socket_inbound",
+        NW_CNT_SOCK_TRUNCATED => "socket_capture_truncated",
+        NW_CNT_SOCK_READ_FAIL => "socket_read_failed",
         _ => return None,
     })
 }

@@ -32,10 +32,19 @@ pub struct Destination {
     pub address: Option<SocketAddr>,
 }
 
+/// What carried a call: a TLS library's plaintext, or cleartext written on a TCP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Tls,
+    Tcp,
+}
+
 /// One API call: metadata only.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiCall {
     pub protocol: Protocol,
+    pub transport: Transport,
     /// HTTP/2 stream id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<u32>,
@@ -59,9 +68,15 @@ pub struct ApiCall {
 }
 
 impl ApiCall {
-    pub fn new(ex: Exchange, flow: Option<(u64, SocketAddr)>, destination: Destination) -> ApiCall {
+    pub fn new(
+        ex: Exchange,
+        transport: Transport,
+        flow: Option<(u64, SocketAddr)>,
+        destination: Destination,
+    ) -> ApiCall {
         ApiCall {
             protocol: ex.protocol,
+            transport,
             stream: (ex.protocol == Protocol::Http2).then_some(ex.stream),
             flow: flow.map(|f| f.0),
             destination,

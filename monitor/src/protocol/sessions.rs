@@ -1,4 +1,4 @@
-//! TLS chunks keyed by (pid, library session) → the HTTP parser of that connection; bounded, idle-expired.
+//! TLS and cleartext socket chunks keyed by (pid, library session or socket) → the HTTP parser of that connection; bounded, idle-expired.
 //!
 //! A session's role and protocol are told from its first bytes: a client
 //! writes a request line or the HTTP/2 preface, a server reads one. Only
@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 
-use super::{http1::Http1Conn, http2::Http2Conn, CallSink, Chunk, Direction, ExchangeEnd, Limits};
+use super::{
+    api_call::Transport, http1::Http1Conn, http2::Http2Conn, CallSink, Chunk, Direction,
+    ExchangeEnd, Limits,
+};
 
 /// A TLS session: the process and the library's session object address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +28,8 @@ pub struct SessionInfo {
     pub sock: u64,
     pub cgroup_id: u64,
     pub last_ns: u64,
+    /// What carried the bytes: a TLS library, or cleartext on the socket.
+    pub transport: Transport,
 }
 
 /// What a session turned out to be.
@@ -213,8 +218,24 @@ impl SessionTable {
     ///
     /// Sessions dropped to stay within bounds are pushed to `evicted`; the
     /// caller finishes them (their open exchanges leave as `aborted`).
+    #[cfg(test)]
     pub fn feed(
         &mut self,
+        key: SessionKey,
+        sock: u64,
+        cgroup_id: u64,
+        chunk: &Chunk<'_>,
+        sink: &mut dyn CallSink,
+        evicted: &mut Vec<ClosedSession>,
+    ) -> Role {
+        self.feed_from(Transport::Tls, key, sock, cgroup_id, chunk, sink, evicted)
+    }
+
+    /// [`Self::feed`] for a chunk that came over `transport`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed_from(
+        &mut self,
+        transport: Transport,
         key: SessionKey,
         sock: u64,
         cgroup_id: u64,
@@ -235,6 +256,7 @@ impl SessionTable {
                 sock,
                 cgroup_id,
                 last_ns: chunk.ktime_ns,
+                transport,
             },
             parser: Parser::Detecting(Vec::new()),
         });

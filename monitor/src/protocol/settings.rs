@@ -18,6 +18,17 @@ pub struct ApiCallConfig {
     pub session_idle_seconds: u64,
     /// Destination names remembered from DNS answers.
     pub max_dns_names: usize,
+    /// Executables (file name, or comm) of proxies and mesh sidecars: once such a process has
+    /// served HTTP, its outbound calls forward its clients' and are not reported again.
+    pub proxy_executables: Vec<String>,
+}
+
+/// Proxies that forward calls made by the applications they serve (mesh sidecars, local
+/// reverse proxies).
+pub fn default_proxies() -> Vec<String> {
+    ["envoy", "linkerd2-proxy", "nginx", "haproxy", "traefik"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 impl Default for ApiCallConfig {
@@ -29,6 +40,7 @@ impl Default for ApiCallConfig {
             max_in_flight: 128,
             session_idle_seconds: 300,
             max_dns_names: 65536,
+            proxy_executables: default_proxies(),
         }
     }
 }
@@ -48,6 +60,21 @@ impl ApiCallConfig {
             ));
         }
         use crate::bounds::count;
+        count(
+            "api_calls.proxy_executables (entries)",
+            self.proxy_executables.len(),
+            0,
+            256,
+        )?;
+        if let Some(bad) = self
+            .proxy_executables
+            .iter()
+            .find(|p| p.is_empty() || p.contains('/') || p.len() > 255)
+        {
+            return Err(format!(
+                "api_calls.proxy_executables: `{bad}` must be an executable's file name (no `/`, 1..=255 bytes)"
+            ));
+        }
         count(
             "api_calls.session_idle_seconds",
             self.session_idle_seconds,

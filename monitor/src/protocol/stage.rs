@@ -1,8 +1,9 @@
-//! TLS data, socket closes and exits → finished exchanges with the session they belong to (the interpret stage for TLS).
+//! TLS data and cleartext socket data, socket closes and exits → finished exchanges with the session they belong to (the interpret stage), and which processes are proxies whose calls are someone else's.
 
-use std::time::Instant;
+use std::{collections::HashSet, time::Instant};
 
 use super::{
+    api_call::Transport,
     credentials::Fingerprinter,
     minimise,
     names::DestinationNames,
@@ -11,7 +12,14 @@ use super::{
     telemetry::ApiTelemetry,
     Anomaly, CallSink, Chunk, Exchange, Limits, RequestHead, RequestSummary,
 };
-use crate::{events::TlsData, metrics::Registry};
+use crate::{
+    events::{TlsData, TlsLibrary},
+    metrics::Registry,
+};
+
+/// Processes remembered as HTTP servers; beyond it the set starts over (a proxy serves again
+/// at its next inbound request and is remembered again).
+const MAX_SERVERS: usize = 65536;
 
 /// A finished (or abandoned) exchange and the TLS session it came from.
 pub struct Finished {
@@ -52,6 +60,11 @@ pub struct ApiCallStage {
     /// Stats already reported as metrics.
     reported: SessionStats,
     telemetry: ApiTelemetry,
+    /// Processes seen serving HTTP (an inbound request on an accepted connection, or a TLS
+    /// session they read a request on).
+    servers: HashSet<u32>,
+    /// `api_calls.proxy_executables`: names of proxies whose outbound calls forward someone's.
+    proxies: Vec<String>,
 }
 
 impl ApiCallStage {
@@ -78,11 +91,48 @@ impl ApiCallStage {
             last_expiry: Instant::now(),
             reported: SessionStats::default(),
             telemetry: ApiTelemetry::register(registry),
+            servers: HashSet::new(),
+            proxies: cfg.proxy_executables.clone(),
         }
     }
 
-    /// One TLS call's plaintext. Finished exchanges are appended to `out`.
+    /// Whether a call from this process forwards a request it received: it is a listed proxy
+    /// (by executable file name or comm) and has served HTTP. Such calls are the client's,
+    /// which the client's own capture already reported: they are dropped (`proxied`).
+    pub fn forwards(&self, pid: u32, exe: &str, comm: &str) -> bool {
+        if !self.servers.contains(&pid) {
+            return false;
+        }
+        let base = exe.rsplit('/').next().unwrap_or(exe);
+        self.proxies.iter().any(|p| p == base || p == comm)
+    }
+
+    /// Counts a call dropped by [`Self::forwards`].
+    pub fn proxied(&self) {
+        self.telemetry.proxied.inc();
+    }
+
+    fn served(&mut self, pid: u32) {
+        if self.servers.len() >= MAX_SERVERS && !self.servers.contains(&pid) {
+            self.servers.clear();
+        }
+        self.servers.insert(pid);
+    }
+
+    /// One TLS call's plaintext, or one socket call's cleartext. Finished exchanges are appended to `out`.
     pub fn tls(&mut self, t: &TlsData<'_>, now_unix: i64, out: &mut Vec<Finished>) -> Role {
+        self.telemetry.stage.received.inc();
+        if t.inbound {
+            // The kernel sends one look at each accepted connection that opened with a
+            // request: the process serves HTTP there; not a call of its own.
+            self.telemetry.skipped_inbound();
+            self.served(t.hdr.pid);
+            return Role::Server;
+        }
+        let transport = match t.library {
+            TlsLibrary::Cleartext => Transport::Tcp,
+            TlsLibrary::OpenSsl | TlsLibrary::GnuTls => Transport::Tls,
+        };
         let key = SessionKey {
             pid: t.hdr.pid,
             session: t.session,
@@ -94,8 +144,8 @@ impl ApiCallStage {
             data: t.plaintext,
         };
         self.collector.now_unix = now_unix;
-        self.telemetry.stage.received.inc();
-        let role = self.sessions.feed(
+        let role = self.sessions.feed_from(
+            transport,
             key,
             t.sock,
             t.hdr.cgroup_id,
@@ -113,6 +163,9 @@ impl ApiCallStage {
             }
         }
         self.finish_closed(out);
+        if role == Role::Server {
+            self.served(t.hdr.pid);
+        }
         role
     }
 
@@ -126,6 +179,7 @@ impl ApiCallStage {
 
     pub fn process_exited(&mut self, pid: u32, out: &mut Vec<Finished>) {
         self.names.forget_pid(pid);
+        self.servers.remove(&pid);
         let closed = self.sessions.close_pid(pid);
         self.closed.extend(closed);
         self.finish_closed(out);

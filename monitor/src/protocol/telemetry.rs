@@ -48,6 +48,8 @@ pub struct ApiTelemetry {
     sessions_expired: Counter,
     skipped_chunks: Counter,
     skipped: Counter,
+    /// Calls of a proxy that forwarded a request it received (the client's call is reported).
+    pub proxied: Counter,
     buffered_bytes: Gauge,
 }
 
@@ -58,6 +60,7 @@ impl ApiTelemetry {
         let stage = registry.stage("api_calls");
         let t = ApiTelemetry {
             skipped: stage.dropped("not_http_client"),
+            proxied: stage.dropped("proxied"),
             stage,
             calls: Protocol::ALL
                 .iter()
@@ -127,6 +130,11 @@ impl ApiTelemetry {
             t.buffered_bytes.clone(),
         );
         t
+    }
+
+    /// The first bytes of an inbound cleartext connection: server side, not parsed.
+    pub(super) fn skipped_inbound(&self) {
+        self.skipped.inc();
     }
 
     /// One finished exchange, about to leave as an API call.

@@ -20,6 +20,7 @@ pub mod canary;
 pub mod dns;
 pub mod files;
 pub mod process;
+pub mod sockets;
 pub mod tcp;
 pub mod tls;
 pub mod tls_gnutls;
@@ -27,7 +28,7 @@ pub mod tls_hold;
 pub mod tls_openssl;
 
 /// Every sensor, in attach order. Names match the C files in monitor-ebpf/src/.
-pub const ALL: [&Sensor; 8] = [
+pub const ALL: [&Sensor; 9] = [
     &process::SENSOR,
     &files::SENSOR,
     &tcp::SENSOR,
@@ -35,6 +36,7 @@ pub const ALL: [&Sensor; 8] = [
     &tls_gnutls::SENSOR,
     &tls_hold::SENSOR,
     &dns::SENSOR,
+    &sockets::SENSOR,
     &canary::SENSOR,
 ];
 

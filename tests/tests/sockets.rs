@@ -1,0 +1,446 @@
+//! End-to-end: API calls sent in cleartext over TCP (HTTP/1.1, h2c) by real clients (curl,
+//! python3) to real servers (nginx plain and h2c, a python server), seen from the socket syscalls
+//! with `transport: "tcp"`; servers, non-HTTP traffic and TLS bytes never parsed; a local proxy's
+//! upstream leg never a second call; and not one secret kept.
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use nhiwatch_e2e::*;
+
+/// Bounds each wait for something that must happen: generous, so a busy machine is only slower.
+const WAIT: Duration = Duration::from_secs(60);
+
+const TOKEN: &str = "LEAKCANARYsockbearer4e8a1f9c";
+const QUERY_VALUE: &str = "LEAKCANARYsockquery2b7";
+const API_KEY: &str = "sk-ant-api03-LEAKCANARYsockapikey0d3";
+
+fn secrets() -> [&'static str; 4] {
+    [TOKEN, QUERY_VALUE, API_KEY, "LEAKCANARY"]
+}
+
+/// nginx serving cleartext: HTTP/1.1 on 127.0.0.1 and [::1], and h2c (prior knowledge, nginx
+/// 1.22 has no Upgrade: h2c) on its own port. `extra` goes into the server blocks.
+struct PlainNginx {
+    child: Child,
+    port: u16,
+    h2c_port: u16,
+    dir: TempDir,
+}
+
+impl PlainNginx {
+    fn start(extra: &str) -> PlainNginx {
+        let dir = TempDir::new("nhiwatch-e2e-plain-nginx");
+        let (port, h2c_port) = (free_port(), free_port());
+        let body = "location /fhir/ { return 200 '{\"resourceType\":\"Bundle\"}'; }";
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               default_type application/json;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    listen [::1]:{port};\n    {body}\n    {extra}\n  }}\n\
+               server {{\n    listen 127.0.0.1:{h2c_port} http2;\n    {body}\n  }}\n}}\n",
+            d = dir.path().display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        wait_until("plain nginx listening", WAIT, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", h2c_port)).is_ok()
+        });
+        PlainNginx {
+            child,
+            port,
+            h2c_port,
+            dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PlainNginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+fn calls_of(d: &Daemon, pid: u32) -> Vec<Value> {
+    d.events()
+        .into_iter()
+        .filter(|v| kind_is(v, "api_call") && pid_is(v, pid))
+        .collect()
+}
+
+/// Waits until `pid` has made `n` API calls and returns them.
+fn wait_calls(d: &Daemon, what: &str, pid: u32, n: usize) -> Vec<Value> {
+    wait_until(what, WAIT, || calls_of(d, pid).len() >= n);
+    calls_of(d, pid)
+}
+
+fn kernel_anomaly(d: &Daemon, reason: &str) -> f64 {
+    d.metric_sum(
+        "nhiwatch_kernel_anomalies_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+/// Greps stdout, logs, the metrics page and every file of the state directory.
+fn assert_no_leak(d: Daemon) {
+    let metrics = d.metrics();
+    let (stdout, stderr, state) = d.stop_with_state();
+    let mut outputs = vec![
+        ("events".to_owned(), stdout.into_bytes()),
+        ("logs".to_owned(), stderr.into_bytes()),
+        ("metrics".to_owned(), metrics.into_bytes()),
+    ];
+    for (path, bytes) in state {
+        outputs.push((path.display().to_string(), bytes));
+    }
+    for (what, bytes) in &outputs {
+        for s in secrets() {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s:?} leaked into nhiwatch {what}"
+            );
+        }
+        assert!(
+            !bytes.windows(12).any(|w| w == b"resourceType"),
+            "a response body byte leaked into nhiwatch {what}"
+        );
+    }
+}
+
+fn curl(args: &[&str]) -> u32 {
+    spawn_pid(
+        Command::new("curl")
+            .args(["-sS", "--fail", "-o", "/dev/null"])
+            .args(args),
+    )
+}
+
+#[test]
+fn cleartext_http1_and_h2c_calls_from_curl_and_python_over_ipv4_and_ipv6() {
+    let nginx = PlainNginx::start("");
+    let d = Daemon::start(&config_with(&[], ""));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let path = format!("/fhir/R4/Patient/8812/Observation?code={QUERY_VALUE}");
+
+    // curl, HTTP/1.1 over IPv4
+    let url = format!("http://127.0.0.1:{}{path}", nginx.port);
+    let pid = curl(&["--http1.1", "-H", &auth, &url]);
+    let calls = wait_calls(&d, "curl HTTP/1.1 cleartext call", pid, 1);
+    let call = &calls[0];
+    assert_eq!(call["transport"], "tcp", "{call}");
+    assert_eq!(call["protocol"], "http1", "{call}");
+    assert_eq!(call["method"], "GET", "{call}");
+    assert_eq!(call["path"], "/fhir/R4/Patient/{id}/Observation", "{call}");
+    assert_eq!(call["query_keys"], serde_json::json!(["code"]), "{call}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["end"], "complete", "{call}");
+    let conn = d.wait_for("curl's connect", WAIT, |v| {
+        kind_is(v, "tcp_connect") && pid_is(v, pid)
+    });
+    assert_eq!(
+        call["flow"], conn["flow"],
+        "tied to its TCP flow: {call} vs {conn}"
+    );
+    let cred = &call["credentials"][0];
+    assert_eq!(cred["kind"], "bearer", "{call}");
+    let fp = cred["fingerprint"].as_str().unwrap().to_owned();
+    assert!(fp.starts_with("hmac-sha256:"), "{fp}");
+
+    // curl, h2c with prior knowledge (curl 7.88 cannot reuse such a connection for a second
+    // URL: one request per process), same credential, same fingerprint
+    let url = format!("http://127.0.0.1:{}{path}", nginx.h2c_port);
+    let pid = curl(&["--http2-prior-knowledge", "-H", &auth, &url]);
+    let calls = wait_calls(&d, "curl h2c call", pid, 1);
+    let call = &calls[0];
+    assert_eq!(call["transport"], "tcp", "{call}");
+    assert_eq!(call["protocol"], "http2", "{call}");
+    assert_eq!(call["stream"], 1, "{call}");
+    assert_eq!(call["method"], "GET", "{call}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["credentials"][0]["fingerprint"], fp.as_str(), "{call}");
+
+    // python http.client over IPv6 loopback: three requests on one keep-alive connection
+    let script = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('::1', {port})\n\
+         for i in range(3):\n\
+         \x20   c.request('GET', '/fhir/R4/Patient/{{}}'.format(100 + i), headers={{'x-api-key': '{API_KEY}'}})\n\
+         \x20   r = c.getresponse(); r.read()\n\
+         \x20   assert r.status == 200, r.status\n\
+         c.close()\n",
+        port = nginx.port
+    );
+    let pid = spawn_pid(Command::new("python3").args(["-c", &script]));
+    let calls = wait_calls(&d, "python's three calls over IPv6", pid, 3);
+    for call in &calls {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["protocol"], "http1", "{call}");
+        assert_eq!(call["path"], "/fhir/R4/Patient/{id}", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "api_key", "{call}");
+        assert_eq!(call["flow"], calls[0]["flow"], "one connection: {call}");
+        assert!(
+            call["destination"]["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("[::1]:")),
+            "{call}"
+        );
+    }
+    // nginx served them all and made no call of its own.
+    assert!(calls_of(&d, nginx.pid()).is_empty());
+    assert_eq!(
+        calls_of(&d, pid).len(),
+        3,
+        "one api_call per request, none twice"
+    );
+    assert_no_leak(d);
+}
+
+#[test]
+fn a_python_server_is_not_a_client_and_its_inbound_requests_are_counted() {
+    let port = free_port();
+    let server = Child2(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("python server listening", WAIT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let d = Daemon::start(&config_with(&[], ""));
+    let before = d.metric_sum(
+        "nhiwatch_stage_dropped_total",
+        &["stage=\"api_calls\"", "reason=\"not_http_client\""],
+    );
+    let pid = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    let calls = wait_calls(&d, "curl's call to the python server", pid, 1);
+    assert_eq!(calls[0]["transport"], "tcp");
+    assert_eq!(calls[0]["status"], 200);
+    wait_until("the server's inbound request counted", WAIT, || {
+        d.metric_sum(
+            "nhiwatch_stage_dropped_total",
+            &["stage=\"api_calls\"", "reason=\"not_http_client\""],
+        ) > before
+    });
+    assert!(
+        calls_of(&d, server.0.id()).is_empty(),
+        "the server made no call"
+    );
+    assert_no_leak(d);
+}
+
+struct Child2(Child);
+
+impl Drop for Child2 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn redis_tls_unix_sockets_files_and_pipes_give_no_api_call() {
+    let dir = TempDir::new("nhiwatch-e2e-sockets-nothttp");
+    let redis_port = free_port();
+    let _redis = Child2(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (cargo xtask deps installs it)"),
+    );
+    wait_until("redis listening", WAIT, || {
+        TcpStream::connect(("127.0.0.1", redis_port)).is_ok()
+    });
+    let tls = Nginx::start("location / { return 200 'ok'; }");
+    let d = Daemon::start(&config_with(&[], ""));
+    let not_http_before = kernel_anomaly(&d, "socket_not_http");
+
+    let mut pids = Vec::new();
+    // a database protocol: RESP over TCP (its inline form even starts with a capital word)
+    let out = run_ok(Command::new("redis-cli").args([
+        "-p",
+        &redis_port.to_string(),
+        "SET",
+        "k",
+        "GET / HTTP/1.1",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    // a TLS connection: the bytes on its socket are records, the request is seen by the uprobes
+    let pid = curl(&[
+        "--http1.1",
+        "--cacert",
+        tls.cert.to_str().unwrap(),
+        &format!("https://127.0.0.1:{}/x", tls.port),
+    ]);
+    let via_tls = wait_calls(&d, "curl's call through TLS", pid, 1);
+    // a unix socket, a file copy and a pipe, each carrying an HTTP request's bytes
+    let big = dir.path().join("big");
+    let mut f = std::fs::File::create(&big).unwrap();
+    f.write_all(b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    f.write_all(&vec![b'a'; 8 << 20]).unwrap();
+    drop(f);
+    let sock = dir.path().join("s.sock");
+    let script = format!(
+        "import socket, shutil, os\n\
+         srv = socket.socket(socket.AF_UNIX); srv.bind('{s}'); srv.listen(1)\n\
+         c = socket.socket(socket.AF_UNIX); c.connect('{s}')\n\
+         a, _ = srv.accept()\n\
+         c.sendall(b'GET /unix HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); a.recv(100)\n\
+         a.sendall(b'HTTP/1.1 200 OK\\r\\ncontent-length: 0\\r\\n\\r\\n'); c.recv(100)\n\
+         shutil.copyfile('{big}', '{big}.copy')\n\
+         r, w = os.pipe(); os.write(w, b'GET /pipe HTTP/1.1\\r\\n\\r\\n'); os.read(r, 100)\n",
+        s = sock.display(),
+        big = big.display(),
+    );
+    pids.push(spawn_pid(Command::new("python3").args(["-c", &script])));
+    pids.push(spawn_pid(
+        Command::new("cp").arg(&big).arg(dir.path().join("cp.copy")),
+    ));
+    pids.push(spawn_pid(Command::new("sh").args([
+        "-c",
+        "printf 'GET /sh HTTP/1.1\\r\\n\\r\\n' | cat > /dev/null",
+    ])));
+
+    wait_until("redis and the TLS bytes classified not HTTP", WAIT, || {
+        kernel_anomaly(&d, "socket_not_http") >= not_http_before + 2.0
+    });
+    // Processes above ran to completion (spawn_pid waits): anything they caused is in the ring;
+    // an exit event of the last one bounds the wait.
+    let last = *pids.last().unwrap();
+    d.wait_for("the pipe writer's exit", WAIT, |v| {
+        kind_is(v, "exit") && pid_is(v, last)
+    });
+    let tcp_calls: Vec<Value> = d
+        .events()
+        .into_iter()
+        .filter(|v| (kind_is(v, "api_call") || kind_is(v, "tls_data")) && v["transport"] == "tcp")
+        .filter(|v| {
+            let p = v["pid"].as_u64().unwrap_or(0) as u32;
+            pids.contains(&p) || p == pid || p == tls.pid()
+        })
+        .collect();
+    assert!(
+        tcp_calls.is_empty(),
+        "non-HTTP or TLS traffic parsed as cleartext: {tcp_calls:?}"
+    );
+    assert!(
+        d.events().iter().all(|v| !(kind_is(v, "api_call")
+            && pids.contains(&(v["pid"].as_u64().unwrap_or(0) as u32)))),
+        "no api_call from unix sockets, files or pipes"
+    );
+    assert_eq!(via_tls.len(), 1, "{via_tls:?}");
+    assert_eq!(
+        via_tls[0]["transport"], "tls",
+        "the TLS connection is parsed once, from the uprobes"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_local_proxy_in_front_of_an_https_upstream_gives_one_call_per_request_to_the_client() {
+    let upstream = Nginx::start("location / { return 200 '{\"resourceType\":\"Patient\"}'; }");
+    let proxy = PlainNginx::start(&format!(
+        "location /api/ {{ proxy_pass https://127.0.0.1:{}; proxy_ssl_verify off; proxy_http_version 1.1; }}",
+        upstream.port
+    ));
+    for (proxies, expect_proxy_calls) in [("", false), ("  proxy_executables: []\n", true)] {
+        let cfg = format!(
+            "{}api_calls:\n  max_sessions: 16384\n{proxies}",
+            config_with(&[], "")
+        );
+        let d = Daemon::start(&cfg);
+        let dropped_before = d.metric_sum(
+            "nhiwatch_stage_dropped_total",
+            &["stage=\"api_calls\"", "reason=\"proxied\""],
+        );
+        let url = format!(
+            "http://127.0.0.1:{}/api/Patient/77?x={QUERY_VALUE}",
+            proxy.port
+        );
+        let pid = curl(&["-H", &format!("Authorization: Bearer {TOKEN}"), &url, &url]);
+        let calls = wait_calls(&d, "the client's calls through the proxy", pid, 2);
+        for c in &calls {
+            assert_eq!(c["transport"], "tcp", "{c}");
+            assert_eq!(c["status"], 200, "{c}");
+            assert_eq!(c["path"], "/api/Patient/{id}", "{c}");
+        }
+        if expect_proxy_calls {
+            // Without the proxy rule the upstream leg is a second call: the rule is what removes it.
+            wait_calls(
+                &d,
+                "nginx's upstream calls without the rule",
+                proxy.pid(),
+                2,
+            );
+            d.stop();
+            continue;
+        }
+        wait_until(
+            "the proxy's upstream calls dropped as proxied",
+            WAIT,
+            || {
+                d.metric_sum(
+                    "nhiwatch_stage_dropped_total",
+                    &["stage=\"api_calls\"", "reason=\"proxied\""],
+                ) >= dropped_before + 2.0
+            },
+        );
+        assert!(
+            calls_of(&d, proxy.pid()).is_empty(),
+            "{:?}",
+            calls_of(&d, proxy.pid())
+        );
+        assert!(calls_of(&d, upstream.pid()).is_empty());
+        assert_eq!(calls_of(&d, pid).len(), 2, "exactly one call per request");
+        assert_no_leak(d);
+    }
+}
