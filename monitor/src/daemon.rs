@@ -374,13 +374,29 @@ fn start_identity(cfg: &Config, metrics: &IdentityTelemetry) -> anyhow::Result<I
         tokio::spawn(source.run());
         (Some(handle), Some(tx))
     };
-    Ok(IdentityResolver::new(
-        id.clone(),
-        node,
-        cgroups,
-        pods,
-        refresh,
-    ))
+    let resolver = IdentityResolver::new(id.clone(), node, cgroups, pods, refresh);
+    let c = &id.containers;
+    if c.sockets.is_empty() {
+        return Ok(resolver);
+    }
+    use crate::identity::containers::{
+        socket_candidates, ContainerSource, ContainerStore, ContainerStoreHandle,
+    };
+    let store = ContainerStoreHandle::new(ContainerStore::new(16384));
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let sockets = socket_candidates(&c.sockets);
+    tracing::info!(?sockets, "container metadata source starting");
+    tokio::spawn(
+        ContainerSource {
+            sockets,
+            timeout: Duration::from_millis(c.timeout_ms),
+            store: store.clone(),
+            requests: rx,
+            errors: metrics.pod_source_errors.clone(),
+        }
+        .run(),
+    );
+    Ok(resolver.with_containers(store, tx))
 }
 
 async fn shutdown() {
