@@ -533,6 +533,11 @@ fn standalone_containers_are_identities_named_by_the_runtime() {
     assert!(loose.is_empty(), "{loose:#?}");
 
     let metrics = d.metrics();
+    // Their first events waited for podman's answer and were released resolved.
+    assert!(
+        d.metric_sum("nhiwatch_held_attributions", &["resolved"]) > 0.0,
+        "{metrics}"
+    );
     let (stdout, stderr, state) = d.stop_with_state();
     let mut outputs = vec![
         ("stdout".to_owned(), stdout.into_bytes()),

@@ -314,18 +314,29 @@ mod tests {
         };
         let cases = [
             (format!("/libpod_parent/libpod-{CID}"), c(Runtime::Podman)),
-            (format!("/machine.slice/libpod-{CID}.scope"), c(Runtime::Podman)),
+            (
+                format!("/machine.slice/libpod-{CID}.scope"),
+                c(Runtime::Podman),
+            ),
             (
                 format!("/machine.slice/libpod-{CID}.scope/container"),
                 c(Runtime::Podman),
             ),
             (
-                format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope"),
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope"
+                ),
                 c(Runtime::Podman),
             ),
-            (format!("/system.slice/docker-{CID}.scope"), c(Runtime::Docker)),
+            (
+                format!("/system.slice/docker-{CID}.scope"),
+                c(Runtime::Docker),
+            ),
             (format!("/docker/{CID}"), c(Runtime::Docker)),
-            (format!("/system.slice/nerdctl-{CID}.scope"), c(Runtime::Containerd)),
+            (
+                format!("/system.slice/nerdctl-{CID}.scope"),
+                c(Runtime::Containerd),
+            ),
             (format!("/default/{CID}"), c(Runtime::Containerd)),
             (format!("/buildkit/{CID}"), c(Runtime::Containerd)),
         ];

@@ -57,8 +57,7 @@ struct InspectConfig {
 
 /// `GET /containers/{id}/json`'s body → metadata.
 pub fn parse_inspect(body: &[u8]) -> Result<ContainerMeta, String> {
-    let i: Inspect =
-        serde_json::from_slice(body).map_err(|e| format!("container inspect: {e}"))?;
+    let i: Inspect = serde_json::from_slice(body).map_err(|e| format!("container inspect: {e}"))?;
     Ok(ContainerMeta {
         id: i.id,
         name: i.name.trim_start_matches('/').to_owned(),

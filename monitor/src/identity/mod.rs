@@ -381,10 +381,7 @@ impl IdentityResolver {
             id.user = Some(self.user_name(p.uid));
             id.exe = (!p.exe.is_empty()).then(|| p.exe.to_string());
         }
-        let attrs = Attributes {
-            id: &id,
-            labels,
-        };
+        let attrs = Attributes { id: &id, labels };
         if let Some(rule) = self.rules.iter().find(|r| r.matches(&attrs)) {
             id.id = rule.id.clone();
         }
