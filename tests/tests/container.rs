@@ -162,10 +162,12 @@ fn podman_args(pod: &Yaml, container: &Yaml, src: &Sources) -> (Vec<String>, Vec
 }
 
 /// The shipped Kubernetes config with what the test must set: metadata from no API server,
-/// watched secrets of the test, a loopback metrics port.
-fn daemon_config(watch: &[String], metrics_port: u16) -> String {
+/// watched secrets of the test, a loopback metrics port, the container runtime's socket.
+fn daemon_config(watch: &[String], metrics_port: u16, socket: &Path) -> String {
     let mut cfg = yaml("deploy/kubernetes/config/nhiwatch.yaml");
     cfg["identity"]["kubernetes"]["source"] = "none".into();
+    cfg["identity"]["containers"] =
+        serde_yaml_ng::from_str(&format!("sockets: [{}]", socket.display())).unwrap();
     cfg["metrics"]["listen"] = format!("127.0.0.1:{metrics_port}").into();
     cfg["sensors"]["poll_interval_ms"] = 2.into();
     cfg["sensors"]["files"] =
@@ -230,6 +232,12 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
     let ctr_token = unique("api-token");
     std::fs::write(ctr_secrets.join(&ctr_token), "not-a-real-token").unwrap();
     let metrics_port = free_port();
+    // The runtime's API on the host. The daemon would find it under /proc/1/root, but pid 1 of
+    // this machine holds capabilities outside our bounding set, so its root is unreadable even to
+    // root here: the socket is mounted into the daemon's container as an operator would
+    // (hostPath). A real socket is root's; the operator lets uid 65534 write it.
+    let svc = PodmanService::start(tmp.path().join("podman.sock"));
+    std::fs::set_permissions(&svc.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let config = tmp.path().join("nhiwatch.yaml");
     std::fs::write(
         &config,
@@ -239,6 +247,7 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
                 "/run/secrets/".into(),
             ],
             metrics_port,
+            &svc.socket,
         ),
     )
     .unwrap();
@@ -267,7 +276,12 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
         .iter()
         .find(|c| c["name"].as_str() == Some("nhiwatch"))
         .unwrap();
-    let (args, cmd) = podman_args(pod, main, &src);
+    let (mut args, cmd) = podman_args(pod, main, &src);
+    args.push(format!(
+        "--volume={}:{}",
+        svc.socket.display(),
+        svc.socket.display()
+    ));
     let name = unique("nhiwatch-e2e-ds");
     let mut run = command();
     run.args(["run", "--rm", "--name", &name])
@@ -340,11 +354,28 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
         "cat /run/secrets/{ctr_token} >/dev/null && curl -sS --fail -o /dev/null --cacert /ca.pem {url}"
     );
     podman_ok(&["exec", &client.name, "sh", "-c", &script]);
-    d.wait_for("container exec", WAIT, |v| {
+    let exec = d.wait_for("container exec", WAIT, |v| {
         kind_is(v, "exec")
             && cgroup_is(v, cg)
             && v["filename"].as_str().is_some_and(|f| f.ends_with("curl"))
     });
+    // Named by podman's API, reached through /proc/1/root from inside the daemon's container.
+    assert_eq!(exec["identity"]["kind"], "container", "{exec}");
+    assert_eq!(
+        exec["identity"]["container"],
+        client.name.as_str(),
+        "{exec}\n{}",
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("container"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        exec["identity"]["container_id"],
+        client.id().as_str(),
+        "{exec}"
+    );
     d.wait_for("container secret read", WAIT, |v| {
         kind_is(v, "file_open")
             && cgroup_is(v, cg)

@@ -139,9 +139,11 @@ impl ContainerStoreHandle {
 /// root, /proc/1/root.
 pub fn socket_candidates(configured: &[PathBuf]) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
+    // Unless / is provably the host's root, the host's is tried too (a lookup skips a path that
+    // is not there; /proc/1/root may be unreadable to us when pid 1 holds more capabilities).
     let same = |a: &str, b: &str| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => true,
+        _ => false,
     };
     let in_container = !same("/", "/proc/1/root");
     let mut out = Vec::new();
