@@ -186,3 +186,31 @@ impl IdentityConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_settings_are_checked_and_named() {
+        assert_eq!(IdentityConfig::default().validate(), Ok(()));
+        let mut c = IdentityConfig::default();
+        c.containers.timeout_ms = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.containers.timeout_ms"));
+        let mut c = IdentityConfig::default();
+        c.containers.sockets = vec!["run/docker.sock".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.containers.sockets"));
+        let mut c = IdentityConfig::default();
+        c.templates.container = "spiffe://{trust_domain}/c/{bogus}".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.templates.container"));
+    }
+}
