@@ -426,13 +426,41 @@ fn start_identity(cfg: &Config, metrics: &IdentityTelemetry) -> anyhow::Result<I
         tokio::spawn(source.run());
         (Some(handle), Some(tx))
     };
-    Ok(IdentityResolver::new(
-        id.clone(),
-        node,
-        cgroups,
-        pods,
-        refresh,
-    ))
+    let resolver = IdentityResolver::new(id.clone(), node, cgroups, pods, refresh);
+    let c = &id.containers;
+    if c.sockets.is_empty() {
+        return Ok(resolver);
+    }
+    use crate::identity::containers::{
+        socket_candidates, ContainerSource, ContainerStore, ContainerStoreHandle,
+    };
+    let store = ContainerStoreHandle::new(ContainerStore::new(16384));
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let sockets = socket_candidates(&c.sockets);
+    tracing::info!(?sockets, "container metadata source starting");
+    let source = ContainerSource {
+        sockets,
+        timeout: Duration::from_millis(c.timeout_ms),
+        store: store.clone(),
+        requests: rx,
+        errors: metrics.pod_source_errors.clone(),
+    };
+    // A thread of its own, made from this one: capabilities are per thread, and only this one
+    // had its permitted set made effective (the async workers predate that); reaching a socket
+    // under /proc/1/root needs CAP_SYS_PTRACE.
+    std::thread::Builder::new()
+        .name("nhiwatch-containers".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(source.run()),
+                Err(e) => tracing::error!("container metadata source: {e}"),
+            }
+        })
+        .context("starting the container metadata thread")?;
+    Ok(resolver.with_containers(store, tx))
 }
 
 async fn shutdown() {

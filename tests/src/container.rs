@@ -83,7 +83,9 @@ impl Image {
         let base = xtask::image::resolve_base(&p, &xtask::image::cache_dir(&root), "auto")
             .unwrap_or_else(|e| panic!("{e:#}"));
         let tag = format!("localhost/{}:e2e", crate::unique("nhiwatch-e2e"));
-        let built = xtask::image::build(&p, &root, &crate::nhiwatch_bin(), &base, &tag)
+        // Every image this build makes, the intermediate ones too, carries the label: removed on drop.
+        let label = format!("--label=nhiwatch.e2e.build={tag}");
+        let built = xtask::image::build(&p, &root, &crate::nhiwatch_bin(), &base, &tag, &[&label])
             .unwrap_or_else(|e| panic!("building the image: {e:#}"));
         Image {
             tag,
@@ -94,12 +96,25 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = podman()
+        let p = podman();
+        let _ = p
             .command()
             .args(["rmi", "--force", &self.tag])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        let filter = format!("label=nhiwatch.e2e.build={}", self.tag);
+        let ids = p
+            .output(&["images", "--all", "--quiet", "--filter", &filter])
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = p
+                .command()
+                .args(["rmi", "--force", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -162,10 +162,12 @@ fn podman_args(pod: &Yaml, container: &Yaml, src: &Sources) -> (Vec<String>, Vec
 }
 
 /// The shipped Kubernetes config with what the test must set: metadata from no API server,
-/// watched secrets of the test, a loopback metrics port.
-fn daemon_config(watch: &[String], metrics_port: u16) -> String {
+/// watched secrets of the test, a loopback metrics port, the container runtime's socket.
+fn daemon_config(watch: &[String], metrics_port: u16, socket: &Path) -> String {
     let mut cfg = yaml("deploy/kubernetes/config/nhiwatch.yaml");
     cfg["identity"]["kubernetes"]["source"] = "none".into();
+    cfg["identity"]["containers"] =
+        serde_yaml_ng::from_str(&format!("sockets: [{}]", socket.display())).unwrap();
     cfg["metrics"]["listen"] = format!("127.0.0.1:{metrics_port}").into();
     cfg["sensors"]["poll_interval_ms"] = 2.into();
     cfg["sensors"]["files"] =
@@ -230,6 +232,12 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
     let ctr_token = unique("api-token");
     std::fs::write(ctr_secrets.join(&ctr_token), "not-a-real-token").unwrap();
     let metrics_port = free_port();
+    // The runtime's API on the host. The daemon would find it under /proc/1/root, but pid 1 of
+    // this machine holds capabilities outside our bounding set, so its root is unreadable even to
+    // root here: the socket is mounted into the daemon's container as an operator would
+    // (hostPath). A real socket is root's; the operator lets uid 65534 write it.
+    let svc = PodmanService::start(tmp.path().join("podman.sock"));
+    std::fs::set_permissions(&svc.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let config = tmp.path().join("nhiwatch.yaml");
     std::fs::write(
         &config,
@@ -239,6 +247,7 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
                 "/run/secrets/".into(),
             ],
             metrics_port,
+            &svc.socket,
         ),
     )
     .unwrap();
@@ -267,7 +276,12 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
         .iter()
         .find(|c| c["name"].as_str() == Some("nhiwatch"))
         .unwrap();
-    let (args, cmd) = podman_args(pod, main, &src);
+    let (mut args, cmd) = podman_args(pod, main, &src);
+    args.push(format!(
+        "--volume={}:{}",
+        svc.socket.display(),
+        svc.socket.display()
+    ));
     let name = unique("nhiwatch-e2e-ds");
     let mut run = command();
     run.args(["run", "--rm", "--name", &name])
@@ -340,11 +354,28 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
         "cat /run/secrets/{ctr_token} >/dev/null && curl -sS --fail -o /dev/null --cacert /ca.pem {url}"
     );
     podman_ok(&["exec", &client.name, "sh", "-c", &script]);
-    d.wait_for("container exec", WAIT, |v| {
+    let exec = d.wait_for("container exec", WAIT, |v| {
         kind_is(v, "exec")
             && cgroup_is(v, cg)
             && v["filename"].as_str().is_some_and(|f| f.ends_with("curl"))
     });
+    // Named by podman's API, reached through /proc/1/root from inside the daemon's container.
+    assert_eq!(exec["identity"]["kind"], "container", "{exec}");
+    assert_eq!(
+        exec["identity"]["container"],
+        client.name.as_str(),
+        "{exec}\n{}",
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("container"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        exec["identity"]["container_id"],
+        client.id().as_str(),
+        "{exec}"
+    );
     d.wait_for("container secret read", WAIT, |v| {
         kind_is(v, "file_open")
             && cgroup_is(v, cg)
@@ -386,4 +417,171 @@ fn the_image_runs_as_the_daemonset_does_and_sees_host_and_container_workloads() 
         findings.contains(&host_secret.display().to_string()),
         "{findings}"
     );
+}
+
+/// `podman system service` on a socket of the test's own: the Docker Engine API the daemon asks
+/// for a container's name, image and labels. Stopped on drop.
+struct PodmanService {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl PodmanService {
+    fn start(socket: PathBuf) -> PodmanService {
+        let child = command()
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("podman system service");
+        let s = PodmanService { child, socket };
+        wait_until("the podman API socket", WAIT, || s.socket.exists());
+        s
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An API key both containers present (a leak canary: it must appear in no output).
+const KEY: &str = "sk-ant-api03-LEAKCANARYcontainerkey5d2e8b";
+
+/// Two containers of one image with different names, each reading the same watched secret
+/// mounted into it and calling the test's HTTPS server once with it through the image's own
+/// libssl: every event of theirs is attributed to its container identity (name, image, labels
+/// from podman's API; held while that answer is pending), the calls are seen from the first,
+/// the secret reads are found with the container identity, NHI-050 names both, and a selector
+/// on name and label renames one.
+#[test]
+fn standalone_containers_are_identities_named_by_the_runtime() {
+    let tmp = TempDir::new("nhiwatch-e2e-ctr");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svc = PodmanService::start(tmp.path().join("podman.sock"));
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("api-key"), KEY).unwrap();
+    let nginx = Nginx::start("location = /v1/messages { return 200 '{}'; }");
+    let team = unique("team");
+    let (a, b) = (unique("summarizer-a"), unique("summarizer-b"));
+    let selected = format!("spiffe://cluster.local/e2e/{b}");
+    let cfg = format!(
+        "{}identity:\n  node_name: e2e-node\n  containers:\n    sockets: [{}]\n  selectors:\n    - selectors: [\"container:name:{b}\", \"container:label:team:{team}\"]\n      id: {selected}\n",
+        config_with(&["/run/secrets/".into()], ""),
+        svc.socket.display()
+    );
+    let d = Daemon::start(&cfg);
+    let image = client_image();
+    let script = format!(
+        "curl -sS --fail -o /dev/null --cacert /ca.pem -H \"x-api-key: $(cat /run/secrets/api-key)\" -d '{{}}' https://127.0.0.1:{}/v1/messages",
+        nginx.port
+    );
+    let run = |name: &str| {
+        let c = Container {
+            name: name.to_owned(),
+        };
+        podman_ok(&[
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network=host",
+            "--label",
+            &format!("team={team}"),
+            &format!("--volume={}:/run/secrets:ro", secrets.display()),
+            &format!("--volume={}:/ca.pem:ro", nginx.cert.display()),
+            image,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        c
+    };
+    let (ca, cb) = (run(&a), run(&b));
+    for c in [&ca, &cb] {
+        assert_eq!(c.wait(), 0, "{}: {}", c.name, c.logs());
+    }
+    let id_a = format!("spiffe://cluster.local/node/e2e-node/container/{a}");
+    let of = |v: &Value, name: &str| v["identity"]["container"] == name;
+    for (c, spiffe) in [(&ca, &id_a), (&cb, &selected)] {
+        let call = d.wait_for(&format!("the API call of {}", c.name), WAIT, |v| {
+            kind_is(v, "api_call") && of(v, &c.name)
+        });
+        let id = &call["identity"];
+        assert_eq!(id["status"], "resolved", "{call}");
+        assert_eq!(id["kind"], "container", "{call}");
+        assert_eq!(id["id"], spiffe.as_str(), "{call}");
+        assert_eq!(id["image"], image, "{call}");
+        assert_eq!(id["container_id"], c.id().as_str(), "{call}");
+        assert_eq!(id["node"], "e2e-node");
+        assert_eq!(
+            call["process"]["exe"].as_str().map(|e| e.ends_with("curl")),
+            Some(true),
+            "{call}"
+        );
+        d.wait_for(&format!("the secret read of {}", c.name), WAIT, |v| {
+            kind_is(v, "file_open")
+                && of(v, &c.name)
+                && v["path"].as_str().is_some_and(|p| p.ends_with("api-key"))
+        });
+        d.wait_for(&format!("NHI-020 for {}", c.name), WAIT, |v| {
+            kind_is(v, "finding")
+                && v["rule"]["id"] == "NHI-020"
+                && v["identity"]["id"] == spiffe.as_str()
+        });
+    }
+    let shared = d.wait_for("NHI-050 naming both containers", WAIT, |v| {
+        kind_is(v, "finding") && v["rule"]["id"] == "NHI-050"
+    });
+    let mut named: Vec<String> = shared["evidence"]["identities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    named.push(shared["identity"]["id"].as_str().unwrap_or("").to_owned());
+    named.sort();
+    let mut want = vec![id_a.clone(), selected.clone()];
+    want.sort();
+    assert_eq!(named, want, "{shared}");
+    // No event of theirs left the hold unattributed (findings carry no status).
+    let ids = [ca.id(), cb.id()];
+    let loose: Vec<Value> = d
+        .events()
+        .into_iter()
+        .filter(|v| {
+            v["identity"]["container_id"]
+                .as_str()
+                .is_some_and(|c| ids.iter().any(|i| i == c))
+                && v["identity"]["status"].is_string()
+                && v["identity"]["status"] != "resolved"
+        })
+        .collect();
+    assert!(loose.is_empty(), "{loose:#?}");
+
+    let metrics = d.metrics();
+    // Their first events waited for podman's answer and were released resolved.
+    assert!(
+        d.metric_sum("nhiwatch_held_attributions", &["resolved"]) > 0.0,
+        "{metrics}"
+    );
+    let (stdout, stderr, state) = d.stop_with_state();
+    let mut outputs = vec![
+        ("stdout".to_owned(), stdout.into_bytes()),
+        ("stderr".to_owned(), stderr.into_bytes()),
+        ("metrics".to_owned(), metrics.into_bytes()),
+    ];
+    outputs.extend(state.into_iter().map(|(p, b)| (p.display().to_string(), b)));
+    for (what, bytes) in &outputs {
+        for s in [KEY, "LEAKCANARY"] {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(s),
+                "{s} leaked into {what}"
+            );
+        }
+    }
 }

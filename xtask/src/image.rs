@@ -163,9 +163,17 @@ pub struct Built {
 }
 
 /// Builds `tag` from deploy/container/Containerfile with `binary` as the daemon, on `base`
-/// (an image reference). The build context holds only what the image ships: the binary (debug
-/// sections stripped), the bundled config and the rules.
-pub fn build(podman: &Podman, root: &Path, binary: &Path, base: &str, tag: &str) -> Result<Built> {
+/// (an image reference), with `extra` podman build options (e.g. a `--label` naming the build, so
+/// its intermediate images can be found and removed). The build context holds only what the image
+/// ships: the binary (debug sections stripped), the bundled config and the rules.
+pub fn build(
+    podman: &Podman,
+    root: &Path,
+    binary: &Path,
+    base: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Result<Built> {
     let cache = cache_dir(root);
     let name: String = tag
         .chars()
@@ -199,6 +207,7 @@ pub fn build(podman: &Podman, root: &Path, binary: &Path, base: &str, tag: &str)
         .args(["build", "--layers", "--network", "host", "-f"])
         .arg(&containerfile)
         .args(["--build-arg", &format!("BASE={base}"), "-t", tag])
+        .args(extra)
         .arg(&ctx)
         .stdin(Stdio::null())
         .status()

@@ -117,7 +117,7 @@ fn main() -> Result<()> {
             };
             let podman = image::Podman::new(&root);
             let base = image::resolve_base(&podman, &image::cache_dir(&root), &base)?;
-            let built = image::build(&podman, &root, &binary, &base, &tag)?;
+            let built = image::build(&podman, &root, &binary, &base, &tag, &[])?;
             println!(
                 "xtask: built {} ({}) on {base}: {:.1} MiB",
                 built.tag,

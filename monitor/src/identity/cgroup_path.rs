@@ -1,4 +1,4 @@
-//! cgroup v2 paths → what runs there: a Kubernetes container (pod UID, QoS, runtime, container id), a systemd unit, or neither.
+//! cgroup v2 paths → what runs there: a Kubernetes container (pod UID, QoS, runtime, container id), a standalone container (podman, Docker, containerd/nerdctl: runtime and id), a systemd unit, or neither.
 
 /// Container runtime, from the scope or directory name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -6,6 +6,7 @@ pub enum Runtime {
     Containerd,
     CriO,
     Docker,
+    Podman,
     /// cgroupfs driver: a bare container id says nothing about the runtime.
     Unknown,
 }
@@ -16,6 +17,7 @@ impl Runtime {
             Runtime::Containerd => "containerd",
             Runtime::CriO => "cri-o",
             Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
             Runtime::Unknown => "unknown",
         }
     }
@@ -47,6 +49,12 @@ pub enum CgroupKind {
         qos: QosClass,
         /// Absent for the pod-level cgroup itself (e.g. a process moved there).
         container_id: Option<String>,
+        runtime: Runtime,
+    },
+    /// A container run without Kubernetes (podman, Docker, nerdctl): its runtime names it.
+    Container {
+        /// The runtime's full container id (hex).
+        id: String,
         runtime: Runtime,
     },
     Systemd {
@@ -140,6 +148,37 @@ fn parse_kubepods(elems: &[&str]) -> Option<CgroupKind> {
     })
 }
 
+/// A standalone container from one path element and the one before it, in the layouts the
+/// runtimes make with either cgroup driver:
+/// - podman: `libpod-<id>` (cgroupfs, under `libpod_parent`) and `libpod-<id>.scope` (systemd,
+///   under `machine.slice`); `libpod-conmon-<id>.scope` is its monitor process, not the container;
+/// - Docker: `docker-<id>.scope` (systemd, under `system.slice`) and `docker/<id>` (cgroupfs);
+/// - containerd with nerdctl: `nerdctl-<id>.scope` (systemd) and `<namespace>/<id>` (cgroupfs,
+///   `default/<id>` unless `--namespace`), recognised at the top of the hierarchy only.
+fn standalone(parent: Option<&str>, elem: &str, top: bool) -> Option<(String, Runtime)> {
+    let full_id = |id: &str| (id.len() == 64 && is_container_id(id)).then(|| id.to_owned());
+    let scope = elem.strip_suffix(".scope").unwrap_or(elem);
+    for (prefix, rt) in [
+        ("libpod-", Runtime::Podman),
+        ("docker-", Runtime::Docker),
+        ("nerdctl-", Runtime::Containerd),
+    ] {
+        if let Some(id) = scope.strip_prefix(prefix) {
+            // Docker and nerdctl only make scopes; podman's cgroupfs layout has no suffix.
+            if scope.len() == elem.len() && rt != Runtime::Podman {
+                return None;
+            }
+            return full_id(id).map(|id| (id, rt));
+        }
+    }
+    let id = full_id(elem)?;
+    match parent {
+        Some("docker") => Some((id, Runtime::Docker)),
+        Some(ns) if top && !ns.contains('.') && !ns.is_empty() => Some((id, Runtime::Containerd)),
+        _ => None,
+    }
+}
+
 /// Classifies a cgroup v2 path relative to the hierarchy root (e.g. `/system.slice/nginx.service`).
 /// Malformed Kubernetes paths come out as `Other`, never as a wrong pod.
 pub fn parse(path: &str) -> CgroupKind {
@@ -150,6 +189,14 @@ pub fn parse(path: &str) -> CgroupKind {
         .position(|e| *e == "kubepods.slice" || *e == "kubepods")
     {
         return parse_kubepods(&elems[k + 1..]).unwrap_or(CgroupKind::Other);
+    }
+    // A standalone container; a cgroup a container made beneath its own (e.g. podman's
+    // `container` for systemd inside) still belongs to it: the innermost container wins.
+    for (i, e) in elems.iter().enumerate().rev() {
+        let parent = i.checked_sub(1).map(|p| elems[p]);
+        if let Some((id, runtime)) = standalone(parent, e, i == 1) {
+            return CgroupKind::Container { id, runtime };
+        }
     }
     // systemd: the innermost .service or .scope names the unit.
     let user = elems.iter().find_map(|e| {
@@ -256,6 +303,79 @@ mod tests {
                 user: None
             }
         );
+    }
+
+    /// Path shapes as podman 4.3 (verified on this machine), Docker and nerdctl make them.
+    #[test]
+    fn standalone_containers_of_each_runtime_and_driver() {
+        let c = |rt| CgroupKind::Container {
+            id: CID.into(),
+            runtime: rt,
+        };
+        let cases = [
+            (format!("/libpod_parent/libpod-{CID}"), c(Runtime::Podman)),
+            (
+                format!("/machine.slice/libpod-{CID}.scope"),
+                c(Runtime::Podman),
+            ),
+            (
+                format!("/machine.slice/libpod-{CID}.scope/container"),
+                c(Runtime::Podman),
+            ),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope"
+                ),
+                c(Runtime::Podman),
+            ),
+            (
+                format!("/system.slice/docker-{CID}.scope"),
+                c(Runtime::Docker),
+            ),
+            (format!("/docker/{CID}"), c(Runtime::Docker)),
+            (
+                format!("/system.slice/nerdctl-{CID}.scope"),
+                c(Runtime::Containerd),
+            ),
+            (format!("/default/{CID}"), c(Runtime::Containerd)),
+            (format!("/buildkit/{CID}"), c(Runtime::Containerd)),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse(&path), want, "{path}");
+        }
+        // podman's monitor, a short id, a hex directory deep in some unit, a docker service:
+        // not containers.
+        assert_eq!(
+            parse(&format!("/machine.slice/libpod-conmon-{CID}.scope")),
+            CgroupKind::Systemd {
+                unit: format!("libpod-conmon-{CID}.scope"),
+                user: None
+            }
+        );
+        for p in [
+            "/libpod_parent/libpod-4c1e7f0a9b8d".to_owned(),
+            format!("/system.slice/docker-{CID}"),
+            format!("/system.slice/app.service/{CID}"),
+            format!("/a/b/{CID}"),
+        ] {
+            assert!(
+                !matches!(parse(&p), CgroupKind::Container { .. }),
+                "{p}: {:?}",
+                parse(&p)
+            );
+        }
+        assert_eq!(
+            parse("/system.slice/docker.service"),
+            CgroupKind::Systemd {
+                unit: "docker.service".into(),
+                user: None
+            }
+        );
+        // Inside Kubernetes the pod wins.
+        assert!(matches!(
+            parse(&format!("/kubepods/pod{UID}/{CID}")),
+            CgroupKind::Kubernetes { .. }
+        ));
     }
 
     #[test]

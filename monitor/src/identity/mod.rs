@@ -1,20 +1,25 @@
-//! Workload identity for every event: kernel cgroup id + process → SPIFFE ID (Kubernetes service account, systemd unit, or uid + executable) with an explicit attribution status.
+//! Workload identity for every event: kernel cgroup id + process → SPIFFE ID (Kubernetes service account, standalone container, systemd unit, or uid + executable) with an explicit attribution status.
 
 pub mod cgroup_path;
 pub mod cgroups;
+pub mod containers;
 pub mod inventory;
 pub mod kubernetes;
 pub mod selectors;
 pub mod settings;
 pub mod telemetry;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
 use self::{
     cgroup_path::CgroupKind,
     cgroups::CgroupResolver,
+    containers::{ContainerMeta, ContainerStoreHandle, Lookup},
     kubernetes::{PodMeta, PodStoreHandle},
     selectors::{Attributes, SelectorRule},
 };
@@ -27,7 +32,8 @@ use crate::context::process_table::ProcessInfo;
 pub enum Attribution {
     /// The identity is known.
     Resolved,
-    /// A Kubernetes container whose pod metadata has not arrived yet.
+    /// A Kubernetes container whose pod metadata, or a standalone container whose runtime's
+    /// answer, has not arrived yet.
     Pending,
     /// Host activity outside any workload (kernel threads, processes without an executable).
     Host,
@@ -50,6 +56,8 @@ impl Attribution {
 #[serde(rename_all = "lowercase")]
 pub enum IdentityKind {
     Kubernetes,
+    /// A container run without Kubernetes (podman, Docker, nerdctl).
+    Container,
     Systemd,
     Unix,
 }
@@ -149,8 +157,11 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
 }
 
 /// Placeholders a template may use.
-pub const TEMPLATE_VARS: [&str; 10] = [
+pub const TEMPLATE_VARS: [&str; 12] = [
     "trust_domain",
+    // A standalone container's name and image.
+    "name",
+    "image",
     "node",
     "namespace",
     "service_account",
@@ -175,6 +186,10 @@ pub struct IdentityResolver {
     cache: HashMap<CacheKey, (u64, Arc<WorkloadIdentity>)>,
     capacity: usize,
     refresh: Option<tokio::sync::mpsc::Sender<()>>,
+    containers: Option<ContainerStoreHandle>,
+    container_requests: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Container ids asked for and not answered yet (each is asked once).
+    requested: HashSet<String>,
     pub evictions: u64,
 }
 
@@ -201,8 +216,22 @@ impl IdentityResolver {
             cache: HashMap::new(),
             capacity: 65536,
             refresh,
+            containers: None,
+            container_requests: None,
+            requested: HashSet::new(),
             evictions: 0,
         }
+    }
+
+    /// Standalone containers' metadata: the store the lookup task fills and its request channel.
+    pub fn with_containers(
+        mut self,
+        store: ContainerStoreHandle,
+        requests: tokio::sync::mpsc::Sender<String>,
+    ) -> IdentityResolver {
+        self.containers = Some(store);
+        self.container_requests = Some(requests);
+        self
     }
 
     pub fn node(&self) -> &str {
@@ -221,8 +250,10 @@ impl IdentityResolver {
         self.pods.as_ref()?.get(pod_uid).map(|p| p.labels.clone())
     }
 
+    /// Changes whenever pod or container metadata arrives (both only grow).
     fn generation(&self) -> u64 {
         self.pods.as_ref().map_or(0, |p| p.generation())
+            + self.containers.as_ref().map_or(0, |c| c.generation())
     }
 
     /// Who did it: from the kernel's cgroup id and, when known, the process.
@@ -272,6 +303,37 @@ impl IdentityResolver {
                     }
                 }
             }
+            CgroupKind::Container { id, .. } => {
+                match self.containers.as_ref().map(|c| c.get(&id)) {
+                    Some(Some(Lookup::Known(meta))) => {
+                        Ok(self.container_identity(&id, Some(&meta), proc))
+                    }
+                    Some(None) => {
+                        // Ask once; a full channel is asked again by the next event.
+                        if !self.requested.contains(&id) {
+                            if self.requested.len() >= 4096 {
+                                self.requested.clear();
+                            }
+                            let sent = self
+                                .container_requests
+                                .as_ref()
+                                .is_some_and(|tx| tx.try_send(id.clone()).is_ok());
+                            if sent {
+                                self.requested.insert(id.clone());
+                            }
+                        }
+                        Err(Attributed {
+                            status: Attribution::Pending,
+                            identity: None,
+                            pod_uid: None,
+                            container_id: Some(id),
+                        })
+                    }
+                    Some(Some(Lookup::Missing)) | None => {
+                        Ok(self.container_identity(&id, None, proc))
+                    }
+                }
+            }
             CgroupKind::Systemd { unit, .. } => Ok(self.systemd_identity(&unit, proc)),
             CgroupKind::Other => match proc {
                 Some(p) if !p.exe.is_empty() => Ok(self.unix_identity(p)),
@@ -312,17 +374,14 @@ impl IdentityResolver {
         &mut self,
         mut id: WorkloadIdentity,
         proc: Option<&ProcessInfo>,
-        labels: Option<&PodMeta>,
+        labels: Option<&BTreeMap<String, String>>,
     ) -> WorkloadIdentity {
         if let Some(p) = proc {
             id.uid = Some(p.uid);
             id.user = Some(self.user_name(p.uid));
             id.exe = (!p.exe.is_empty()).then(|| p.exe.to_string());
         }
-        let attrs = Attributes {
-            id: &id,
-            labels: labels.map(|p| &*p.labels),
-        };
+        let attrs = Attributes { id: &id, labels };
         if let Some(rule) = self.rules.iter().find(|r| r.matches(&attrs)) {
             id.id = rule.id.clone();
         }
@@ -380,7 +439,35 @@ impl IdentityResolver {
             .as_ref()
             .zip(pod.owner_name.as_ref())
             .map(|(k, n)| format!("{k}/{n}"));
-        self.finish(id, proc, Some(pod))
+        self.finish(id, proc, Some(&pod.labels))
+    }
+
+    /// A standalone container: named by the runtime, or by its short id where no runtime API
+    /// answered for it.
+    fn container_identity(
+        &mut self,
+        container_id: &str,
+        meta: Option<&ContainerMeta>,
+        proc: Option<&ProcessInfo>,
+    ) -> WorkloadIdentity {
+        let short = &container_id[..container_id.len().min(12)];
+        let name = meta.map_or(short, |m| m.name.as_str());
+        let image = meta.map_or("", |m| m.image.as_str());
+        let mut id = self.blank(IdentityKind::Container);
+        id.id = render(
+            &self.cfg.templates.container,
+            &[
+                ("trust_domain", &self.cfg.trust_domain),
+                ("node", &self.node),
+                ("name", name),
+                ("container", name),
+                ("image", image),
+            ],
+        );
+        id.container = Some(name.to_owned());
+        id.container_id = Some(container_id.to_owned());
+        id.image = meta.map(|m| m.image.clone());
+        self.finish(id, proc, meta.map(|m| &*m.labels))
     }
 
     fn systemd_identity(&mut self, unit: &str, proc: Option<&ProcessInfo>) -> WorkloadIdentity {

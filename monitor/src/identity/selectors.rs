@@ -1,4 +1,4 @@
-//! SPIRE-style selectors (`k8s:ns:x`, `systemd:unit:y`, `unix:uid:0` …) that name or override identities.
+//! SPIRE-style selectors (`k8s:ns:x`, `container:name:y`, `systemd:unit:z`, `unix:uid:0` …) that name or override identities.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,9 @@ pub enum Selector {
     K8sPodLabel(String, String),
     K8sContainerName(String),
     K8sImage(String),
+    ContainerName(String),
+    ContainerImage(String),
+    ContainerLabel(String, String),
     SystemdUnit(String),
     UnixUid(u32),
     UnixUser(String),
@@ -40,6 +43,12 @@ impl Selector {
             }
             ("k8s", "container-name") => Selector::K8sContainerName(v),
             ("k8s", "container-image") => Selector::K8sImage(v),
+            ("container", "name") => Selector::ContainerName(v),
+            ("container", "image") => Selector::ContainerImage(v),
+            ("container", "label") => {
+                let (k, val) = value.split_once(':').ok_or_else(|| format!("{s:?}: expected container:label:KEY:VALUE"))?;
+                Selector::ContainerLabel(k.to_owned(), val.to_owned())
+            }
             ("systemd", "unit") => Selector::SystemdUnit(v),
             ("unix", "uid") => Selector::UnixUid(value.parse().map_err(|_| format!("{s:?}: uid must be a number"))?),
             ("unix", "user") => Selector::UnixUser(v),
@@ -47,7 +56,8 @@ impl Selector {
             _ => {
                 return Err(format!(
                     "{s:?}: unknown selector; known: k8s:ns, k8s:sa, k8s:pod-name, k8s:pod-label, \
-                     k8s:container-name, k8s:container-image, systemd:unit, unix:uid, unix:user, unix:path"
+                     k8s:container-name, k8s:container-image, container:name, container:image, container:label, \
+                     systemd:unit, unix:uid, unix:user, unix:path"
                 ))
             }
         })
@@ -57,6 +67,7 @@ impl Selector {
 /// What a selector is checked against.
 pub struct Attributes<'a> {
     pub id: &'a WorkloadIdentity,
+    /// The pod's labels (Kubernetes) or the container's (standalone containers).
     pub labels: Option<&'a BTreeMap<String, String>>,
 }
 
@@ -87,6 +98,7 @@ impl SelectorRule {
     pub fn matches(&self, a: &Attributes<'_>) -> bool {
         let id = a.id;
         let eq = |o: &Option<String>, v: &str| o.as_deref() == Some(v);
+        let standalone = id.kind == super::IdentityKind::Container;
         self.selectors.iter().all(|s| match s {
             Selector::K8sNamespace(v) => eq(&id.namespace, v),
             Selector::K8sServiceAccount(v) => eq(&id.service_account, v),
@@ -94,6 +106,11 @@ impl SelectorRule {
             Selector::K8sPodLabel(k, v) => a.labels.and_then(|l| l.get(k)).is_some_and(|x| x == v),
             Selector::K8sContainerName(v) => eq(&id.container, v),
             Selector::K8sImage(v) => eq(&id.image, v),
+            Selector::ContainerName(v) => standalone && eq(&id.container, v),
+            Selector::ContainerImage(v) => standalone && eq(&id.image, v),
+            Selector::ContainerLabel(k, v) => {
+                standalone && a.labels.and_then(|l| l.get(k)).is_some_and(|x| x == v)
+            }
             Selector::SystemdUnit(v) => eq(&id.unit, v),
             Selector::UnixUid(u) => id.uid == Some(*u),
             Selector::UnixUser(v) => eq(&id.user, v),
@@ -153,6 +170,43 @@ mod tests {
         )
         .unwrap();
         assert!(r.matches(&a));
+    }
+
+    #[test]
+    fn container_selectors_match_standalone_containers_only() {
+        let mut id = ident();
+        let labels: BTreeMap<String, String> = [("team".to_string(), "ml".to_string())].into();
+        let rule = |sel: &[&str]| {
+            SelectorRule::parse(
+                &sel.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "spiffe://td/x",
+            )
+            .unwrap()
+        };
+        let sels = [
+            "container:name:app",
+            "container:image:localhost/app:1",
+            "container:label:team:ml",
+        ];
+        id.image = Some("localhost/app:1".into());
+        let a = Attributes {
+            id: &id,
+            labels: Some(&labels),
+        };
+        // A pod's container of that name and image is not a standalone container.
+        assert!(!rule(&sels[..1]).matches(&a));
+        let mut c = id.clone();
+        c.kind = IdentityKind::Container;
+        let a = Attributes {
+            id: &c,
+            labels: Some(&labels),
+        };
+        assert!(rule(&sels).matches(&a));
+        assert!(!rule(&["container:label:team:web"]).matches(&a));
+        assert!(!rule(&["container:image:localhost/app:2"]).matches(&a));
+        assert!(Selector::parse("container:label:novalue")
+            .unwrap_err()
+            .contains("KEY:VALUE"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `identity:` settings (trust domain, SPIFFE ID templates, pod metadata source, selectors) and their validation.
+//! The `identity:` settings (trust domain, SPIFFE ID templates, pod and container metadata sources, selectors) and their validation.
 
 use std::path::PathBuf;
 
@@ -16,7 +16,32 @@ pub struct IdentityConfig {
     /// How long an event of a pod whose metadata has not arrived is held back.
     pub pending_hold_ms: u64,
     pub kubernetes: KubernetesConfig,
+    pub containers: ContainersConfig,
     pub selectors: Vec<SelectorRuleConfig>,
+}
+
+/// Standalone containers (podman, Docker, nerdctl without Kubernetes).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainersConfig {
+    /// Docker Engine API sockets (Docker's, or podman's `podman system service`), asked in
+    /// order for a container's name, image and labels; each also under /proc/1/root when the
+    /// daemon runs in a container. Empty: containers are named by their id alone.
+    pub sockets: Vec<PathBuf>,
+    /// How long one socket may take to answer.
+    pub timeout_ms: u64,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        ContainersConfig {
+            sockets: vec![
+                PathBuf::from("/run/docker.sock"),
+                PathBuf::from("/run/podman/podman.sock"),
+            ],
+            timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -25,6 +50,7 @@ pub struct IdentityTemplates {
     pub kubernetes: String,
     pub systemd: String,
     pub unix: String,
+    pub container: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -56,6 +82,7 @@ impl Default for IdentityConfig {
             templates: IdentityTemplates::default(),
             pending_hold_ms: 5000,
             kubernetes: KubernetesConfig::default(),
+            containers: ContainersConfig::default(),
             selectors: Vec::new(),
         }
     }
@@ -67,6 +94,7 @@ impl Default for IdentityTemplates {
             kubernetes: "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}".into(),
             systemd: "spiffe://{trust_domain}/node/{node}/unit/{unit}".into(),
             unix: "spiffe://{trust_domain}/node/{node}/uid/{uid}{exe}".into(),
+            container: "spiffe://{trust_domain}/node/{node}/container/{name}".into(),
         }
     }
 }
@@ -105,6 +133,20 @@ impl IdentityConfig {
             1,
             86_400,
         )?;
+        count(
+            "identity.containers.timeout_ms",
+            self.containers.timeout_ms,
+            10,
+            60_000,
+        )?;
+        for s in &self.containers.sockets {
+            if !s.is_absolute() {
+                return Err(format!(
+                    "identity.containers.sockets: {} must be an absolute path",
+                    s.display()
+                ));
+            }
+        }
         if self.trust_domain.is_empty() || self.trust_domain.contains(['/', ':', ' ']) {
             return Err(format!(
                 "identity.trust_domain must be a DNS-like name, got {:?}",
@@ -115,6 +157,7 @@ impl IdentityConfig {
             ("kubernetes", &self.templates.kubernetes),
             ("systemd", &self.templates.systemd),
             ("unix", &self.templates.unix),
+            ("container", &self.templates.container),
         ] {
             if !t.starts_with("spiffe://") {
                 return Err(format!(
@@ -141,5 +184,33 @@ impl IdentityConfig {
                 .map_err(|e| format!("identity.selectors[{i}]: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_settings_are_checked_and_named() {
+        assert_eq!(IdentityConfig::default().validate(), Ok(()));
+        let mut c = IdentityConfig::default();
+        c.containers.timeout_ms = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.containers.timeout_ms"));
+        let mut c = IdentityConfig::default();
+        c.containers.sockets = vec!["run/docker.sock".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.containers.sockets"));
+        let mut c = IdentityConfig::default();
+        c.templates.container = "spiffe://{trust_domain}/c/{bogus}".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("identity.templates.container"));
     }
 }

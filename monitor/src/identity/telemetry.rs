@@ -68,7 +68,7 @@ impl IdentityTelemetry {
         );
         registry.register(
             "held_attributions",
-            "Events held for pod metadata, by the status they were finally reported with",
+            "Events held for pod or container metadata, by the status they were finally reported with",
             after_hold,
         );
         registry.register(
@@ -83,12 +83,12 @@ impl IdentityTelemetry {
         );
         registry.register(
             "held_events",
-            "Events waiting for pod metadata",
+            "Events waiting for pod or container metadata",
             t.held_events.clone(),
         );
         registry.register(
             "pod_source_errors",
-            "Failed requests to the kubelet or API server for pod metadata",
+            "Failed requests for pod metadata (kubelet, API server) or container metadata (runtime sockets)",
             t.pod_source_errors.clone(),
         );
         registry.register(

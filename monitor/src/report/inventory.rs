@@ -226,6 +226,7 @@ pub fn render_inventory_table(rows: &[InventoryRow]) -> String {
 fn kind_name(k: IdentityKind) -> &'static str {
     match k {
         IdentityKind::Kubernetes => "kubernetes",
+        IdentityKind::Container => "container",
         IdentityKind::Systemd => "systemd",
         IdentityKind::Unix => "unix",
     }

@@ -535,6 +535,7 @@ fn draft_name(r: &IdentityRecord, rules: &RuleSet) -> String {
     let id = &r.identity;
     let base = match id.kind {
         IdentityKind::Kubernetes => id.service_account.clone().or(id.pod.clone()),
+        IdentityKind::Container => id.container.clone(),
         IdentityKind::Systemd => id
             .unit
             .as_deref()
