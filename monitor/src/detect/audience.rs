@@ -148,6 +148,13 @@ mod tests {
             &[]
         ));
         assert!(names(&["0c6a1f3e"], "h", "/", &["0c6a1f3e"], &[]));
+        assert!(names(
+            &["api://billing-prod"],
+            "billing.nhiwatch.test",
+            "/api/invoices/{id}",
+            &["api://billing-prod"],
+            &[]
+        ));
         assert!(!names(
             &["api://ehr-test"],
             "fhir.ehr.example.org",
