@@ -725,7 +725,7 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
         .collect();
     wait_until("fleet up", Duration::from_secs(10), || t.up.get() == 1);
     // What one observe costs while the store answers, then while it sleeps for 2 s.
-    let mut timed = |n: usize| -> Vec<Duration> {
+    let timed = |n: usize| -> Vec<Duration> {
         let mut d = Vec::new();
         for i in 0..n {
             let t0 = std::time::Instant::now();
@@ -770,4 +770,53 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
     });
     let mut out = Vec::new();
     h.stop(&mut out);
+}
+
+// ---- The daemon with real probes ---------------------------------------------------------------
+
+/// `nhiwatch run` with `fleet:` writes what its probes see under its node name; killed with
+/// SIGKILL and started again on the same state, it rejoins: the store answers, writes resume.
+#[test]
+fn a_daemon_killed_with_sigkill_rejoins_the_fleet() {
+    use nhiwatch_e2e::{config_with, Daemon};
+    let s = Setup::new("nhiwatch-e2e-fleet-live");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let node = unique("live-node");
+    let state = s.dir.path().join("daemon-state");
+    let yaml = format!(
+        "{}fleet:\n  url: redis://127.0.0.1:{}\n  node: {node}\n  prefix: {}\n  flush_interval: 200ms\n  timeout: 500ms\n",
+        config_with(&[s.dir.path().join("secret").display().to_string()], ""),
+        redis.port,
+        s.prefix
+    );
+    let written = |d: &Daemon| d.metric_sum("nhiwatch_fleet_commands_total", &["op=\"write\""]);
+    let inventory_has_node = || {
+        let keys = redis.cli(&["--scan", "--pattern", &format!("{}:inv:*", s.prefix)]);
+        keys.lines().any(|k| {
+            redis
+                .cli(&["HKEYS", k])
+                .lines()
+                .any(|f| f.starts_with(&format!("{node}|")))
+        })
+    };
+    let d = Daemon::start_with_state(&yaml, Some(&state));
+    wait_until("the daemon's fleet writes", Duration::from_secs(30), || {
+        let _ = Command::new("true").status();
+        d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0 && inventory_has_node()
+    });
+    // SIGKILL: no stop, no last flush.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    drop(d);
+    let d = Daemon::start_with_state(&yaml, Some(&state));
+    wait_until(
+        "the restarted daemon's fleet writes",
+        Duration::from_secs(30),
+        || {
+            let _ = Command::new("true").status();
+            d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0
+        },
+    );
+    assert_eq!(d.metric_sum("nhiwatch_fleet_key_mismatch", &[]), 0.0);
+    let (_, stderr) = d.stop();
+    assert!(stderr.contains("fleet detection on"), "{stderr}");
 }

@@ -137,14 +137,17 @@ pub fn describe(e: &redis::RedisError) -> String {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         return "the store refused the password of fleet.password_file (with fleet.username if set): WRONGPASS".to_owned();
     }
-    let code = e.code().unwrap_or("");
-    let what = match code {
-        "WRONGPASS" => "the store refused fleet.username/fleet.password_file (WRONGPASS)".to_owned(),
+    match e.code().unwrap_or("") {
+        "WRONGPASS" => {
+            "the store refused fleet.username/fleet.password_file (WRONGPASS)".to_owned()
+        }
         "NOAUTH" => "the store requires a password: set fleet.password_file (NOAUTH)".to_owned(),
-        "NOPERM" => "the ACL user lacks a permission the fleet needs (NOPERM): allow hset hgetall expire set get eval on the prefix".to_owned(),
+        "NOPERM" => {
+            "the ACL user lacks a command or key the fleet needs (NOPERM): see README, Fleet"
+                .to_owned()
+        }
         _ => e.to_string(),
-    };
-    what
+    }
 }
 
 /// Keys, all under `prefix`. Identity ids and fingerprints come from our own formats, but a
