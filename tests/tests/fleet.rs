@@ -820,3 +820,90 @@ fn a_daemon_killed_with_sigkill_rejoins_the_fleet() {
     let (_, stderr) = d.stop();
     assert!(stderr.contains("fleet detection on"), "{stderr}");
 }
+
+// ---- Cost (BENCHMARKS.md, "Fleet"): `-- --ignored fleet_cost --nocapture` -----------------------
+
+fn info_field(redis: &Redis, section: &str, field: &str) -> f64 {
+    redis
+        .cli(&["INFO", section])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One node at 1,000 and 10,000 API calls/s (50 identities, two data sources and one
+/// credential each), flushed once a second as the daemon does: what it sends the store, what the
+/// store spends on it, what the node spends.
+#[test]
+#[ignore]
+fn fleet_cost() {
+    let s = Setup::new("nhiwatch-e2e-fleet-cost");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let secs = 10u32;
+    for rate in [1_000u32, 10_000] {
+        let (mut f, _) = node(&s, redis.port, "node-a", "k1");
+        let mut obs = Vec::new();
+        for i in 0..rate * secs {
+            let id = i % 50;
+            let host = if i % 2 == 0 {
+                "api.fitness.fleet.test"
+            } else {
+                "records.fleet.test"
+            };
+            let line = call(
+                0,
+                "fleet-a",
+                &format!("svc-{id}"),
+                "node-a",
+                host,
+                "/v1/x",
+                Some(&format!("hmac-sha256:{id:032x}")),
+            );
+            let mut o: Observation = serde_json::from_str(&line).unwrap();
+            // Spread over `secs` seconds at `rate`.
+            o.time += i64::from(i) * 1_000_000_000 / i64::from(rate);
+            obs.push(o);
+        }
+        let (c0, i0, o0, cpu0) = (
+            info_field(&redis, "stats", "total_commands_processed"),
+            info_field(&redis, "stats", "total_net_input_bytes"),
+            info_field(&redis, "stats", "total_net_output_bytes"),
+            info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
+        );
+        let mut add = Duration::ZERO;
+        let mut flush = Duration::ZERO;
+        let mut out = Vec::new();
+        let per_second = rate as usize;
+        for chunk in obs.chunks(per_second) {
+            let t0 = std::time::Instant::now();
+            for o in chunk {
+                f.add(o);
+            }
+            add += t0.elapsed();
+            let t0 = std::time::Instant::now();
+            rt.block_on(f.flush(&mut out));
+            flush += t0.elapsed();
+        }
+        let s_ = f64::from(secs);
+        let (c1, i1, o1, cpu1) = (
+            info_field(&redis, "stats", "total_commands_processed"),
+            info_field(&redis, "stats", "total_net_input_bytes"),
+            info_field(&redis, "stats", "total_net_output_bytes"),
+            info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
+        );
+        let store_cpu = (cpu1 - cpu0) / s_;
+        println!(
+            "fleet cost at {rate} calls/s: {:.0} commands/s, {:.0} bytes/s to the store, {:.0} bytes/s back; \
+             node: {:.2} µs per observation added, {:.1} ms per 1 s flush; store CPU {:.4} s/s ({:.0} such nodes per core)",
+            (c1 - c0) / s_,
+            (i1 - i0) / s_,
+            (o1 - o0) / s_,
+            add.as_secs_f64() * 1e6 / f64::from(rate * secs),
+            flush.as_secs_f64() * 1e3 / s_,
+            store_cpu,
+            1.0 / store_cpu.max(1e-9)
+        );
+    }
+}

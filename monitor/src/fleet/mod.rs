@@ -24,7 +24,7 @@ use redis::aio::ConnectionManager;
 pub use self::settings::FleetConfig;
 use self::{
     detectors::{Candidate, Presenter, Share},
-    store::{KeyCheck, Keys, Target, CAPPED_HSET, SEP},
+    store::{KeyCheck, Keys, Target, SEP},
     telemetry::FleetTelemetry,
 };
 use crate::{
@@ -329,6 +329,7 @@ impl Fleet {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
             .div_euclid(86_400);
+        let sha = store::capped_hset_sha();
         let mut pipe = redis::pipe();
         let mut written: Vec<(i64, AggKey)> = Vec::new();
         let mut evals = 0u64;
@@ -344,8 +345,8 @@ impl Fleet {
                     .and_then(|i| self.rules.contracts.get(i))
                     .is_some_and(|c| c.shared_allowed);
                 for fp in a.fingerprints.keys() {
-                    pipe.cmd("EVAL")
-                        .arg(CAPPED_HSET)
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
                         .arg(1)
                         .arg(self.keys.fingerprint(fp))
                         .arg(format!("{node}{SEP}{id}"))
@@ -363,8 +364,8 @@ impl Fleet {
                         .map(|c| c.reference.name.clone()),
                     last_seen: secs,
                 };
-                pipe.cmd("EVAL")
-                    .arg(CAPPED_HSET)
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
                     .arg(1)
                     .arg(self.keys.inventory(today))
                     .arg(format!("{node}{SEP}{id}"))

@@ -198,6 +198,11 @@ end
 return 0
 ";
 
+/// The SHA1 EVALSHA names `CAPPED_HSET` by.
+pub fn capped_hset_sha() -> String {
+    redis::Script::new(CAPPED_HSET).get_hash().to_owned()
+}
+
 /// Key and field separator in `node|ID` fields (`fleet.node` may not contain it).
 pub const SEP: char = '|';
 
@@ -250,7 +255,9 @@ pub async fn epoch(
     mine: &str,
 ) -> Result<String, redis::RedisError> {
     let k = keys.epoch();
-    let (_, _, theirs): (Option<String>, i64, Option<String>) = redis::pipe()
+    // The capped write's script rides along: a restarted store forgot it, and EVALSHA then
+    // saves resending its text with every field.
+    let (_, _, theirs, _): (Option<String>, i64, Option<String>, String) = redis::pipe()
         .cmd("SET")
         .arg(&k)
         .arg(mine)
@@ -262,6 +269,9 @@ pub async fn epoch(
         .arg(30 * 86_400)
         .cmd("GET")
         .arg(&k)
+        .cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(CAPPED_HSET)
         .query_async(c)
         .await?;
     Ok(theirs.unwrap_or_else(|| mine.to_owned()))
