@@ -355,7 +355,8 @@ pub(crate) fn start_fleet(
         cfg.fleet.node.clone().unwrap_or_else(|| node.to_owned()),
         key_check,
         telemetry,
-    )?;
+    )?
+    .with_volume(cfg.detectors.volume.clone());
     tracing::info!(url = %cfg.fleet.url.as_deref().unwrap_or(""), prefix = %cfg.fleet.prefix, "fleet detection on");
     let handle = crate::fleet::worker::spawn(fleet, cfg.fleet.buffer, cfg.fleet.flush_interval)
         .context("starting the fleet worker")?;

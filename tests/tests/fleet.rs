@@ -907,3 +907,69 @@ fn fleet_cost() {
         );
     }
 }
+
+// ---- Fleet baseline (NHI-040) ----------------------------------------------------------------
+
+/// `n` calls to `records` by `sa` on `node` in minute `minute` (a `fleet.window` each).
+fn minute_calls(minute: u32, n: u32, sa: &str, node: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            call(
+                i % 60,
+                "fleet-a",
+                sa,
+                node,
+                "records.fleet.test",
+                "/r/1",
+                None,
+            )
+            .replace("T10:00:", &format!("T10:{minute:02}:"))
+        })
+        .collect()
+}
+
+/// A replicated workload whose replicas each stay under their node's baseline while the
+/// identity as a whole triples its usual volume: one fleet NHI-040; its twin, doubling, none.
+#[test]
+fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
+    let s = Setup::new("nhiwatch-e2e-fleet-spike");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let cfg = s.config(&format!(
+        "  url: redis://127.0.0.1:{}\ndetectors:\n  volume: {{warmup: 3, history: 10, min_requests: 10}}\n",
+        redis.port
+    ));
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let mut lines = Vec::new();
+        for minute in 0..6 {
+            lines.extend(minute_calls(minute, 5, "replica", node));
+            lines.extend(minute_calls(minute, 5, "replica-twin", node));
+        }
+        // Each node's 19 stays at its own threshold (5 + 6·√5 ≈ 19); the fleet's 57 is not.
+        lines.extend(minute_calls(6, 19, "replica", node));
+        lines.extend(minute_calls(6, 10, "replica-twin", node));
+        lines.sort();
+        let file = s.dir.path().join(format!("{node}.jsonl"));
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let (f, err) = s.replay(&cfg, node);
+        assert!(!err.contains("did not take"), "{err}");
+        all.extend(f);
+    }
+    let text = serde_json::to_string_pretty(&all).unwrap();
+    assert!(
+        !all.iter()
+            .any(|f| f["rule"]["id"] == "NHI-040" && f["evidence"]["nodes"].is_null()),
+        "a node's own baseline fired: {text}"
+    );
+    let spikes: Vec<&Value> = fleet_findings(&all)
+        .into_iter()
+        .filter(|f| f["rule"]["id"] == "NHI-040")
+        .collect();
+    assert_eq!(spikes.len(), 1, "{text}");
+    assert_eq!(
+        spikes[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/replica"
+    );
+    assert_eq!(spikes[0]["evidence"]["data_source"], "records");
+    assert!(strs(&spikes[0]["evidence"]["nodes"]).len() >= 2, "{text}");
+}

@@ -6,6 +6,7 @@
 //! | key | type | field → value | TTL |
 //! |---|---|---|---|
 //! | `P:w:{ID}:W` | hash | node → that node's absolute counts for the window (JSON: requests and bytes per data source, contract) | window × ttl_windows |
+//! | `P:h:{ID}` | hash | window → the fleet's summed requests per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
 //! | `P:fp:{FP}` | hash | `node|ID` → last window the node saw ID present FP, and whether ID's contract allows sharing | window × ttl_windows |
 //! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
@@ -168,6 +169,9 @@ fn tag(v: &str) -> std::borrow::Cow<'_, str> {
 impl Keys {
     pub fn window(&self, id: &str, w: i64) -> String {
         format!("{}:w:{{{}}}:{w}", self.prefix, tag(id))
+    }
+    pub fn history(&self, id: &str) -> String {
+        format!("{}:h:{{{}}}", self.prefix, tag(id))
     }
     pub fn fingerprint(&self, fp: &str) -> String {
         format!("{}:fp:{{{}}}", self.prefix, tag(fp))
