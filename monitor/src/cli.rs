@@ -449,7 +449,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             crate::identity::node_name(cfg.fleet.node.as_deref()),
             None,
             telemetry.clone(),
-        )?;
+        )?
+        .with_volume(cfg.detectors.volume.clone());
         Some((crate::replay::FleetReplay::new(f)?, telemetry))
     } else {
         None

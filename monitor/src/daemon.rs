@@ -118,13 +118,17 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
 
     let identity = start_identity(&cfg, &telemetry.identity)?;
     let hold = Duration::from_millis(cfg.identity.pending_hold_ms);
-    let fingerprints = crate::protocol::credentials::Fingerprinter::load_or_create(&cfg.state_dir)
-        .with_context(|| {
-            format!(
-                "credential fingerprint key in state_dir {}",
-                cfg.state_dir.display()
-            )
-        })?;
+    // The fleet's shared key (a Secret on every node) when configured, else this node's own.
+    let fingerprints = match cfg.fleet.shared_key().map_err(|e| anyhow::anyhow!(e))? {
+        Some(key) => crate::protocol::credentials::Fingerprinter::from_key(key),
+        None => crate::protocol::credentials::Fingerprinter::load_or_create(&cfg.state_dir)
+            .with_context(|| {
+                format!(
+                    "credential fingerprint key in state_dir {}",
+                    cfg.state_dir.display()
+                )
+            })?,
+    };
     // Every node's fingerprints compare only under one key: the fleet checks that they share it.
     let fleet_key = cfg
         .fleet
@@ -364,7 +368,8 @@ pub(crate) fn start_fleet(
         cfg.fleet.node.clone().unwrap_or_else(|| node.to_owned()),
         key_check,
         telemetry,
-    )?;
+    )?
+    .with_volume(cfg.detectors.volume.clone());
     tracing::info!(url = %cfg.fleet.url.as_deref().unwrap_or(""), prefix = %cfg.fleet.prefix, "fleet detection on");
     let handle = crate::fleet::worker::spawn(fleet, cfg.fleet.buffer, cfg.fleet.flush_interval)
         .context("starting the fleet worker")?;

@@ -180,7 +180,7 @@ pub fn replay_with(
         }
     }
     engine.finish(&mut found);
-    if let Some(f) = fleet.as_deref_mut() {
+    if let Some(f) = fleet {
         f.finish(&mut found);
     }
     write(out, format, &mut found, &mut stats)?;

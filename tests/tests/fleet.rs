@@ -725,7 +725,7 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
         .collect();
     wait_until("fleet up", Duration::from_secs(10), || t.up.get() == 1);
     // What one observe costs while the store answers, then while it sleeps for 2 s.
-    let mut timed = |n: usize| -> Vec<Duration> {
+    let timed = |n: usize| -> Vec<Duration> {
         let mut d = Vec::new();
         for i in 0..n {
             let t0 = std::time::Instant::now();
@@ -770,4 +770,206 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
     });
     let mut out = Vec::new();
     h.stop(&mut out);
+}
+
+// ---- The daemon with real probes ---------------------------------------------------------------
+
+/// `nhiwatch run` with `fleet:` writes what its probes see under its node name; killed with
+/// SIGKILL and started again on the same state, it rejoins: the store answers, writes resume.
+#[test]
+fn a_daemon_killed_with_sigkill_rejoins_the_fleet() {
+    use nhiwatch_e2e::{config_with, Daemon};
+    let s = Setup::new("nhiwatch-e2e-fleet-live");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let node = unique("live-node");
+    let state = s.dir.path().join("daemon-state");
+    let yaml = format!(
+        "{}fleet:\n  url: redis://127.0.0.1:{}\n  node: {node}\n  prefix: {}\n  flush_interval: 200ms\n  timeout: 500ms\n",
+        config_with(&[s.dir.path().join("secret").display().to_string()], ""),
+        redis.port,
+        s.prefix
+    );
+    let written = |d: &Daemon| d.metric_sum("nhiwatch_fleet_commands_total", &["op=\"write\""]);
+    let inventory_has_node = || {
+        let keys = redis.cli(&["--scan", "--pattern", &format!("{}:inv:*", s.prefix)]);
+        keys.lines().any(|k| {
+            redis
+                .cli(&["HKEYS", k])
+                .lines()
+                .any(|f| f.starts_with(&format!("{node}|")))
+        })
+    };
+    let d = Daemon::start_with_state(&yaml, Some(&state));
+    wait_until("the daemon's fleet writes", Duration::from_secs(30), || {
+        let _ = Command::new("true").status();
+        d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0 && inventory_has_node()
+    });
+    // SIGKILL: no stop, no last flush.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    drop(d);
+    let d = Daemon::start_with_state(&yaml, Some(&state));
+    wait_until(
+        "the restarted daemon's fleet writes",
+        Duration::from_secs(30),
+        || {
+            let _ = Command::new("true").status();
+            d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0
+        },
+    );
+    assert_eq!(d.metric_sum("nhiwatch_fleet_key_mismatch", &[]), 0.0);
+    let (_, stderr) = d.stop();
+    assert!(stderr.contains("fleet detection on"), "{stderr}");
+}
+
+// ---- Cost (BENCHMARKS.md, "Fleet"): `-- --ignored fleet_cost --nocapture` -----------------------
+
+fn info_field(redis: &Redis, section: &str, field: &str) -> f64 {
+    redis
+        .cli(&["INFO", section])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One node at 1,000 and 10,000 API calls/s (50 identities, two data sources and one
+/// credential each), flushed once a second as the daemon does: what it sends the store, what the
+/// store spends on it, what the node spends.
+#[test]
+#[ignore]
+fn fleet_cost() {
+    let s = Setup::new("nhiwatch-e2e-fleet-cost");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let secs = 10u32;
+    for rate in [1_000u32, 10_000] {
+        let (mut f, _) = node(&s, redis.port, "node-a", "k1");
+        let mut obs = Vec::new();
+        for i in 0..rate * secs {
+            let id = i % 50;
+            let host = if i % 2 == 0 {
+                "api.fitness.fleet.test"
+            } else {
+                "records.fleet.test"
+            };
+            let line = call(
+                0,
+                "fleet-a",
+                &format!("svc-{id}"),
+                "node-a",
+                host,
+                "/v1/x",
+                Some(&format!("hmac-sha256:{id:032x}")),
+            );
+            let mut o: Observation = serde_json::from_str(&line).unwrap();
+            // Spread over `secs` seconds at `rate`.
+            o.time += i64::from(i) * 1_000_000_000 / i64::from(rate);
+            obs.push(o);
+        }
+        let (c0, i0, o0, cpu0) = (
+            info_field(&redis, "stats", "total_commands_processed"),
+            info_field(&redis, "stats", "total_net_input_bytes"),
+            info_field(&redis, "stats", "total_net_output_bytes"),
+            info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
+        );
+        let mut add = Duration::ZERO;
+        let mut flush = Duration::ZERO;
+        let mut out = Vec::new();
+        let per_second = rate as usize;
+        for chunk in obs.chunks(per_second) {
+            let t0 = std::time::Instant::now();
+            for o in chunk {
+                f.add(o);
+            }
+            add += t0.elapsed();
+            let t0 = std::time::Instant::now();
+            rt.block_on(f.flush(&mut out));
+            flush += t0.elapsed();
+        }
+        let s_ = f64::from(secs);
+        let (c1, i1, o1, cpu1) = (
+            info_field(&redis, "stats", "total_commands_processed"),
+            info_field(&redis, "stats", "total_net_input_bytes"),
+            info_field(&redis, "stats", "total_net_output_bytes"),
+            info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
+        );
+        let store_cpu = (cpu1 - cpu0) / s_;
+        println!(
+            "fleet cost at {rate} calls/s: {:.0} commands/s, {:.0} bytes/s to the store, {:.0} bytes/s back; \
+             node: {:.2} µs per observation added, {:.1} ms per 1 s flush; store CPU {:.4} s/s ({:.0} such nodes per core)",
+            (c1 - c0) / s_,
+            (i1 - i0) / s_,
+            (o1 - o0) / s_,
+            add.as_secs_f64() * 1e6 / f64::from(rate * secs),
+            flush.as_secs_f64() * 1e3 / s_,
+            store_cpu,
+            1.0 / store_cpu.max(1e-9)
+        );
+    }
+}
+
+// ---- Fleet baseline (NHI-040) ----------------------------------------------------------------
+
+/// `n` calls to `records` by `sa` on `node` in minute `minute` (a `fleet.window` each).
+fn minute_calls(minute: u32, n: u32, sa: &str, node: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            call(
+                i % 60,
+                "fleet-a",
+                sa,
+                node,
+                "records.fleet.test",
+                "/r/1",
+                None,
+            )
+            .replace("T10:00:", &format!("T10:{minute:02}:"))
+        })
+        .collect()
+}
+
+/// A replicated workload whose replicas each stay under their node's baseline while the
+/// identity as a whole triples its usual volume: one fleet NHI-040; its twin, doubling, none.
+#[test]
+fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
+    let s = Setup::new("nhiwatch-e2e-fleet-spike");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let cfg = s.config(&format!(
+        "  url: redis://127.0.0.1:{}\ndetectors:\n  volume: {{warmup: 3, history: 10, min_requests: 10}}\n",
+        redis.port
+    ));
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let mut lines = Vec::new();
+        for minute in 0..6 {
+            lines.extend(minute_calls(minute, 5, "replica", node));
+            lines.extend(minute_calls(minute, 5, "replica-twin", node));
+        }
+        // Each node's 19 stays at its own threshold (5 + 6·√5 ≈ 19); the fleet's 57 is not.
+        lines.extend(minute_calls(6, 19, "replica", node));
+        lines.extend(minute_calls(6, 10, "replica-twin", node));
+        lines.sort();
+        let file = s.dir.path().join(format!("{node}.jsonl"));
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let (f, err) = s.replay(&cfg, node);
+        assert!(!err.contains("did not take"), "{err}");
+        all.extend(f);
+    }
+    let text = serde_json::to_string_pretty(&all).unwrap();
+    assert!(
+        !all.iter()
+            .any(|f| f["rule"]["id"] == "NHI-040" && f["evidence"]["nodes"].is_null()),
+        "a node's own baseline fired: {text}"
+    );
+    let spikes: Vec<&Value> = fleet_findings(&all)
+        .into_iter()
+        .filter(|f| f["rule"]["id"] == "NHI-040")
+        .collect();
+    assert_eq!(spikes.len(), 1, "{text}");
+    assert_eq!(
+        spikes[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/replica"
+    );
+    assert_eq!(spikes[0]["evidence"]["data_source"], "records");
+    assert!(strs(&spikes[0]["evidence"]["nodes"]).len() >= 2, "{text}");
 }

@@ -262,3 +262,81 @@ pub fn shared(
         },
     })
 }
+
+/// NHI-040 over the fleet: an identity's requests to a data source in one window, summed over
+/// the nodes, far above the fleet's own history of such sums (median + k·MAD of the last
+/// `history` windows, after `warmup` of them), while no node alone is above that threshold.
+/// `history` holds the fleet totals of earlier windows (window → requests), the first key being
+/// the identity's first window.
+#[allow(clippy::too_many_arguments)]
+pub fn spike(
+    cfg: &crate::detect::volume::VolumeConfig,
+    identity: &Arc<WorkloadIdentity>,
+    contract: Option<usize>,
+    ds: &str,
+    w: i64,
+    history: &BTreeMap<i64, u64>,
+    shares: &[(String, Share)],
+    window_secs: u64,
+) -> Option<Candidate> {
+    let first = *history.keys().next()?;
+    let from = first.max(w - cfg.history as i64);
+    if w - from < cfg.warmup.max(1) as i64 {
+        return None;
+    }
+    let mut past: Vec<f64> = (from..w)
+        .map(|x| history.get(&x).copied().unwrap_or(0) as f64)
+        .collect();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let m = median(&mut past);
+    let mut dev: Vec<f64> = past.iter().map(|x| (x - m).abs()).collect();
+    let mad = median(&mut dev);
+    // As the node-local baseline: a flat history must not make one extra call a spike.
+    let sd = (1.4826 * mad).max(m.sqrt()).max(1.0);
+    let threshold = ((m + cfg.sensitivity * sd).ceil() as u64).max(cfg.min_requests);
+    let per_node: Vec<(&str, u64)> = shares
+        .iter()
+        .filter_map(|(n, s)| s.requests.get(ds).map(|r| (n.as_str(), *r)))
+        .filter(|(_, r)| *r > 0)
+        .collect();
+    let total: u64 = per_node.iter().map(|(_, r)| r).sum();
+    if total <= threshold || per_node.iter().any(|(_, r)| *r > threshold) {
+        return None;
+    }
+    let nodes: Vec<String> = per_node.iter().map(|(n, _)| (*n).to_owned()).collect();
+    Some(Candidate {
+        rule: Rule::VolumeSpike,
+        subject: identity.id.clone(),
+        key: format!("{ds}:requests"),
+        summary: format!(
+            "{} made {total} requests to {ds} within {window_secs}s across {} nodes ({}), far above the fleet's usual {m:.0} (threshold {threshold}); no node alone exceeded it",
+            identity.id,
+            nodes.len(),
+            per_node
+                .iter()
+                .map(|(n, r)| format!("{n}: {r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        identity: identity.clone(),
+        contract,
+        evidence: Evidence {
+            data_source: Some(ds.to_owned()),
+            metric: Some("requests".into()),
+            observed: Some(total as f64),
+            expected: Some(m),
+            limit: Some(threshold as f64),
+            window_seconds: Some(window_secs),
+            nodes,
+            ..Evidence::default()
+        },
+    })
+}

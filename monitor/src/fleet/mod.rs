@@ -24,7 +24,7 @@ use redis::aio::ConnectionManager;
 pub use self::settings::FleetConfig;
 use self::{
     detectors::{Candidate, Presenter, Share},
-    store::{KeyCheck, Keys, Target, CAPPED_HSET, SEP},
+    store::{KeyCheck, Keys, Target, SEP},
     telemetry::FleetTelemetry,
 };
 use crate::{
@@ -76,6 +76,8 @@ pub struct Fleet {
     /// After a failed connect, no new attempt before this (a replay flushes at every window).
     retry_at: Option<std::time::Instant>,
     pub(crate) telemetry: FleetTelemetry,
+    /// The baseline settings NHI-040 uses, with `fleet.window` as the bucket.
+    volume: crate::detect::volume::VolumeConfig,
     now: i64,
 }
 
@@ -115,8 +117,16 @@ impl Fleet {
             up: None,
             retry_at: None,
             telemetry,
+            volume: crate::detect::volume::VolumeConfig::default(),
             now: 0,
         })
+    }
+
+    /// The fleet baseline judges with these (`detectors.volume`: history, warmup, sensitivity,
+    /// min_requests), over `fleet.window`s.
+    pub fn with_volume(mut self, volume: crate::detect::volume::VolumeConfig) -> Fleet {
+        self.volume = volume;
+        self
     }
 
     pub fn set_rules(&mut self, rules: Arc<Compiled>) {
@@ -329,6 +339,7 @@ impl Fleet {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
             .div_euclid(86_400);
+        let sha = store::capped_hset_sha();
         let mut pipe = redis::pipe();
         let mut written: Vec<(i64, AggKey)> = Vec::new();
         let mut evals = 0u64;
@@ -344,8 +355,8 @@ impl Fleet {
                     .and_then(|i| self.rules.contracts.get(i))
                     .is_some_and(|c| c.shared_allowed);
                 for fp in a.fingerprints.keys() {
-                    pipe.cmd("EVAL")
-                        .arg(CAPPED_HSET)
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
                         .arg(1)
                         .arg(self.keys.fingerprint(fp))
                         .arg(format!("{node}{SEP}{id}"))
@@ -363,8 +374,8 @@ impl Fleet {
                         .map(|c| c.reference.name.clone()),
                     last_seen: secs,
                 };
-                pipe.cmd("EVAL")
-                    .arg(CAPPED_HSET)
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
                     .arg(1)
                     .arg(self.keys.inventory(today))
                     .arg(format!("{node}{SEP}{id}"))
@@ -413,11 +424,38 @@ impl Fleet {
             .commands("read", (ids.len() + fps.len()) as u64);
         let mut candidates = Vec::new();
         let (id_reads, fp_reads) = read.split_at(ids.len().min(read.len()));
-        for ((w, id), fields) in ids.iter().zip(id_reads) {
-            let shares: Vec<(String, Share)> = fields
-                .iter()
-                .filter_map(|(n, v)| Some((n.clone(), serde_json::from_str(v).ok()?)))
-                .collect();
+        // The fleet's totals per window go to the identity's history (the last writer's sum is
+        // complete), which comes back for the baseline.
+        let all_shares: Vec<Vec<(String, Share)>> = id_reads
+            .iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.clone(), serde_json::from_str(v).ok()?)))
+                    .collect()
+            })
+            .collect();
+        let history_ttl = self.cfg.window.as_millis() as u64 * (self.volume.history as u64 + 2);
+        let mut pipe = redis::pipe();
+        for ((w, id), shares) in ids.iter().zip(&all_shares) {
+            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            for (_, s) in shares {
+                for (ds, r) in &s.requests {
+                    *totals.entry(ds.as_str()).or_default() += r;
+                }
+            }
+            let k = self.keys.history(id);
+            pipe.hset(&k, *w, serde_json::to_string(&totals).unwrap_or_default())
+                .ignore();
+            // Bounded: the window that just left the history goes.
+            pipe.hdel(&k, *w - self.volume.history as i64 - 1).ignore();
+            pipe.pexpire(&k, history_ttl as i64).ignore();
+            pipe.hgetall(&k);
+        }
+        let histories: Vec<Vec<(i64, String)>> = pipe.query_async(c).await?;
+        self.telemetry.commands("write", ids.len() as u64 * 3);
+        self.telemetry.commands("read", ids.len() as u64);
+        for (((w, id), shares), history) in ids.iter().zip(&all_shares).zip(&histories) {
             // Any node's aggregate of this identity gives its attributes and contract.
             let Some(a) = self
                 .windows
@@ -426,18 +464,50 @@ impl Fleet {
             else {
                 continue;
             };
+            let mut per_ds: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+            for (hw, v) in history {
+                if *hw >= *w {
+                    continue;
+                }
+                if let Ok(t) = serde_json::from_str::<BTreeMap<String, u64>>(v) {
+                    for (ds, n) in t {
+                        per_ds.entry(ds).or_default().insert(*hw, n);
+                    }
+                }
+            }
+            // The identity's first window, for every data source: quiet ones count as zero.
+            let first = history.iter().map(|(hw, _)| *hw).min().unwrap_or(*w);
+            let dss: BTreeSet<&String> =
+                shares.iter().flat_map(|(_, s)| s.requests.keys()).collect();
+            for ds in dss {
+                let mut h = per_ds.remove(ds.as_str()).unwrap_or_default();
+                h.entry(first).or_insert(0);
+                if first == *w {
+                    continue;
+                }
+                candidates.extend(detectors::spike(
+                    &self.volume,
+                    &a.identity,
+                    a.contract,
+                    ds,
+                    *w,
+                    &h,
+                    shares,
+                    window_secs,
+                ));
+            }
             candidates.extend(detectors::limits(
                 &self.rules,
                 &a.identity,
                 a.contract,
-                &shares,
+                shares,
                 window_secs,
             ));
             candidates.extend(detectors::combination(
                 &self.rules,
                 &a.identity,
                 a.contract,
-                &shares,
+                shares,
                 window_secs,
             ));
         }

@@ -1,6 +1,6 @@
 //! The `fleet:` settings: takes the YAML block, gives the store address, credentials, TLS files, windows and caps, checked by `validate()`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{os::unix::fs::OpenOptionsExt, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -36,6 +36,11 @@ pub struct FleetConfig {
     /// File holding the password (first line); never in the URL or the configuration.
     pub password_file: Option<PathBuf>,
     pub tls: FleetTls,
+    /// The credential fingerprint key every node shares (32 bytes, e.g. a Kubernetes Secret),
+    /// used instead of `state_dir/fingerprint.key`: fingerprints compare across nodes only
+    /// under one key. The store keeps an HMAC of a fixed label under it, so a node with
+    /// another key is reported (`nhiwatch_fleet_key_mismatch`) and writes nothing.
+    pub fingerprint_key_file: Option<PathBuf>,
     /// Caps under adversarial cardinality; what goes beyond is counted, not stored.
     pub max_fingerprints_per_identity: usize,
     pub max_identities_per_fingerprint: usize,
@@ -68,6 +73,7 @@ impl Default for FleetConfig {
             username: None,
             password_file: None,
             tls: FleetTls::default(),
+            fingerprint_key_file: None,
             max_fingerprints_per_identity: 64,
             max_identities_per_fingerprint: 64,
             max_data_sources_per_identity: 64,
@@ -171,6 +177,42 @@ impl FleetConfig {
         Ok(())
     }
 
+    /// Reads `fingerprint_key_file`: a regular file (a Secret's symlinks are followed: the
+    /// volume is the administrator's), no access for others (a group may read it: `fsGroup`),
+    /// exactly 32 bytes.
+    pub fn shared_key(&self) -> Result<Option<[u8; 32]>, String> {
+        use std::{io::Read, os::unix::fs::MetadataExt};
+        let Some(p) = &self.fingerprint_key_file else {
+            return Ok(None);
+        };
+        let err = |what: &str| format!("fleet.fingerprint_key_file {}: {what}", p.display());
+        let real = std::fs::canonicalize(p).map_err(|e| err(&e.to_string()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&real)
+            .map_err(|e| err(&e.to_string()))?;
+        let meta = f.metadata().map_err(|e| err(&e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(err("not a regular file"));
+        }
+        if meta.mode() & 0o007 != 0 {
+            return Err(err(&format!(
+                "readable by others (mode {:04o}); mount it with defaultMode 0400 or 0440",
+                meta.mode() & 0o7777
+            )));
+        }
+        if meta.len() != 32 {
+            return Err(err(&format!(
+                "holds {} bytes, expected 32 (create it with `head -c 32 /dev/urandom`)",
+                meta.len()
+            )));
+        }
+        let mut key = [0u8; 32];
+        f.read_exact(&mut key).map_err(|e| err(&e.to_string()))?;
+        Ok(Some(key))
+    }
+
     pub fn ttl(&self) -> Duration {
         self.window * self.ttl_windows
     }
@@ -230,5 +272,37 @@ mod tests {
             assert!(e.contains(needle), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_shared_key_file_is_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let with = |p: &std::path::Path| FleetConfig {
+            fingerprint_key_file: Some(p.to_owned()),
+            ..FleetConfig::default()
+        };
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(with(&key).shared_key().unwrap(), Some([7u8; 32]));
+        // A Secret volume's file is a symlink into ..data: followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert_eq!(with(&link).shared_key().unwrap(), Some([7u8; 32]));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let e = with(&key).shared_key().unwrap_err();
+        assert!(
+            e.contains("readable by others") && e.contains("fleet.fingerprint_key_file"),
+            "{e}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&key, [7u8; 31]).unwrap();
+        assert!(with(&key).shared_key().unwrap_err().contains("31 bytes"));
+        assert!(with(dir.path())
+            .shared_key()
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert_eq!(FleetConfig::default().shared_key().unwrap(), None);
     }
 }

@@ -6,6 +6,7 @@
 //! | key | type | field → value | TTL |
 //! |---|---|---|---|
 //! | `P:w:{ID}:W` | hash | node → that node's absolute counts for the window (JSON: requests and bytes per data source, contract) | window × ttl_windows |
+//! | `P:h:{ID}` | hash | window → the fleet's summed requests per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
 //! | `P:fp:{FP}` | hash | `node|ID` → last window the node saw ID present FP, and whether ID's contract allows sharing | window × ttl_windows |
 //! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
@@ -137,14 +138,17 @@ pub fn describe(e: &redis::RedisError) -> String {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         return "the store refused the password of fleet.password_file (with fleet.username if set): WRONGPASS".to_owned();
     }
-    let code = e.code().unwrap_or("");
-    let what = match code {
-        "WRONGPASS" => "the store refused fleet.username/fleet.password_file (WRONGPASS)".to_owned(),
+    match e.code().unwrap_or("") {
+        "WRONGPASS" => {
+            "the store refused fleet.username/fleet.password_file (WRONGPASS)".to_owned()
+        }
         "NOAUTH" => "the store requires a password: set fleet.password_file (NOAUTH)".to_owned(),
-        "NOPERM" => "the ACL user lacks a permission the fleet needs (NOPERM): allow hset hgetall expire set get eval on the prefix".to_owned(),
+        "NOPERM" => {
+            "the ACL user lacks a command or key the fleet needs (NOPERM): see README, Fleet"
+                .to_owned()
+        }
         _ => e.to_string(),
-    };
-    what
+    }
 }
 
 /// Keys, all under `prefix`. Identity ids and fingerprints come from our own formats, but a
@@ -165,6 +169,9 @@ fn tag(v: &str) -> std::borrow::Cow<'_, str> {
 impl Keys {
     pub fn window(&self, id: &str, w: i64) -> String {
         format!("{}:w:{{{}}}:{w}", self.prefix, tag(id))
+    }
+    pub fn history(&self, id: &str) -> String {
+        format!("{}:h:{{{}}}", self.prefix, tag(id))
     }
     pub fn fingerprint(&self, fp: &str) -> String {
         format!("{}:fp:{{{}}}", self.prefix, tag(fp))
@@ -194,6 +201,11 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) <
 end
 return 0
 ";
+
+/// The SHA1 EVALSHA names `CAPPED_HSET` by.
+pub fn capped_hset_sha() -> String {
+    redis::Script::new(CAPPED_HSET).get_hash().to_owned()
+}
 
 /// Key and field separator in `node|ID` fields (`fleet.node` may not contain it).
 pub const SEP: char = '|';
@@ -247,7 +259,9 @@ pub async fn epoch(
     mine: &str,
 ) -> Result<String, redis::RedisError> {
     let k = keys.epoch();
-    let (_, _, theirs): (Option<String>, i64, Option<String>) = redis::pipe()
+    // The capped write's script rides along: a restarted store forgot it, and EVALSHA then
+    // saves resending its text with every field.
+    let (_, _, theirs, _): (Option<String>, i64, Option<String>, String) = redis::pipe()
         .cmd("SET")
         .arg(&k)
         .arg(mine)
@@ -259,6 +273,9 @@ pub async fn epoch(
         .arg(30 * 86_400)
         .cmd("GET")
         .arg(&k)
+        .cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(CAPPED_HSET)
         .query_async(c)
         .await?;
     Ok(theirs.unwrap_or_else(|| mine.to_owned()))
