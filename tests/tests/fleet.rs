@@ -894,6 +894,16 @@ fn fleet_cost() {
             info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
         );
         let store_cpu = (cpu1 - cpu0) / s_;
+        // For `cargo xtask bench --only fleet` (BENCHMARKS.md, section 7).
+        println!(
+            "fleet_cost rate={rate} commands={:.0} bytes_in={:.0} bytes_out={:.0} add_us={:.2} flush_ms={:.1} store_cpu={:.5}",
+            (c1 - c0) / s_,
+            (i1 - i0) / s_,
+            (o1 - o0) / s_,
+            add.as_secs_f64() * 1e6 / f64::from(rate * secs),
+            flush.as_secs_f64() * 1e3 / s_,
+            store_cpu
+        );
         println!(
             "fleet cost at {rate} calls/s: {:.0} commands/s, {:.0} bytes/s to the store, {:.0} bytes/s back; \
              node: {:.2} µs per observation added, {:.1} ms per 1 s flush; store CPU {:.4} s/s ({:.0} such nodes per core)",
