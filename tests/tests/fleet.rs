@@ -983,3 +983,63 @@ fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
     assert_eq!(spikes[0]["evidence"]["data_source"], "records");
     assert!(strs(&spikes[0]["evidence"]["nodes"]).len() >= 2, "{text}");
 }
+
+/// Adversarial cardinality: one identity presenting 10,000 fingerprints and 2,000 identities
+/// presenting one; the store keeps the caps' worth and counts the rest.
+#[test]
+fn store_sizes_stay_within_the_caps_under_adversarial_cardinality() {
+    let s = Setup::new("nhiwatch-e2e-fleet-caps");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let (mut f, t) = node(&s, redis.port, "node-a", "k1");
+    let fit = "api.fitness.fleet.test";
+    for i in 0..10_000 {
+        let fp = format!("hmac-sha256:{i:032x}");
+        let o: Observation = serde_json::from_str(&call(
+            1,
+            "fleet-b",
+            "rotator",
+            "node-a",
+            fit,
+            "/v1/x",
+            Some(&fp),
+        ))
+        .unwrap();
+        f.add(&o);
+    }
+    for i in 0..2_000 {
+        let o: Observation = serde_json::from_str(&call(
+            2,
+            "fleet-b",
+            &format!("holder-{i}"),
+            "node-a",
+            fit,
+            "/v1/x",
+            Some("hmac-sha256:ffff0000ffff0000ffff0000ffff0000"),
+        ))
+        .unwrap();
+        f.add(&o);
+    }
+    let mut out = Vec::new();
+    flush_until_up(&rt, &mut f, &mut out);
+    let fp_keys = redis.cli(&["--scan", "--pattern", &format!("{}:fp:*", s.prefix)]);
+    // The rotator's 64 (max_fingerprints_per_identity) and the shared one.
+    assert_eq!(fp_keys.lines().filter(|l| !l.is_empty()).count(), 65);
+    let shared = format!(
+        "{}:fp:{{hmac-sha256:ffff0000ffff0000ffff0000ffff0000}}",
+        s.prefix
+    );
+    assert_eq!(redis.cli(&["HLEN", &shared]).trim(), "64");
+    assert!(
+        t.capped.get() >= 10_000 - 64 + 2_000 - 64,
+        "{}",
+        t.capped.get()
+    );
+    // Every holder is on one node: that node's own detector reports the sharing, the fleet not.
+    let shared: Vec<_> = out.iter().filter(|f| f.rule.id == "NHI-050").collect();
+    assert_eq!(
+        shared.len(),
+        0,
+        "all on one node: the local detector's, not the fleet's"
+    );
+}
