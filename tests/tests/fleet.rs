@@ -318,7 +318,7 @@ impl Setup {
         std::fs::write(
             &p,
             format!(
-                "state_dir: {}\nrules: [{}]\nfleet:\n  prefix: {}\n  timeout: 500ms\n{fleet}",
+                "state_dir: {}\nrules: [{}]\nfleet:\n  prefix: {}\n  timeout: 2s\n{fleet}",
                 self.dir.path().join("state").display(),
                 self.dir.path().join("rules.yaml").display(),
                 self.prefix
