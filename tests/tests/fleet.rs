@@ -478,6 +478,27 @@ fn fleet_inventory_names_every_node() {
     assert_eq!(strs(&sync["nodes"]), ["node-a", "node-b", "node-c"]);
     assert_eq!(sync["contract"], "fleet-sync");
     assert_eq!(sync["data_sources"]["fitness"], 120);
+    // A draft contract from what an ungoverned identity did on every node (this host saw none of it).
+    let out = Command::new(nhiwatch_bin())
+        .args([
+            "suggest",
+            "--fleet",
+            "spiffe://fleet.test/ns/fleet-b/sa/gamma",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let draft = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        draft.contains("fitness") && draft.contains("gamma"),
+        "{draft}"
+    );
 }
 
 #[test]
