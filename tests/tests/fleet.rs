@@ -318,7 +318,7 @@ impl Setup {
         std::fs::write(
             &p,
             format!(
-                "state_dir: {}\nrules: [{}]\nfleet:\n  prefix: {}\n  timeout: 500ms\n{fleet}",
+                "state_dir: {}\nrules: [{}]\nfleet:\n  prefix: {}\n  timeout: 2s\n{fleet}",
                 self.dir.path().join("state").display(),
                 self.dir.path().join("rules.yaml").display(),
                 self.prefix
@@ -478,6 +478,27 @@ fn fleet_inventory_names_every_node() {
     assert_eq!(strs(&sync["nodes"]), ["node-a", "node-b", "node-c"]);
     assert_eq!(sync["contract"], "fleet-sync");
     assert_eq!(sync["data_sources"]["fitness"], 120);
+    // A draft contract from what an ungoverned identity did on every node (this host saw none of it).
+    let out = Command::new(nhiwatch_bin())
+        .args([
+            "suggest",
+            "--fleet",
+            "spiffe://fleet.test/ns/fleet-b/sa/gamma",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let draft = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        draft.contains("fitness") && draft.contains("gamma"),
+        "{draft}"
+    );
 }
 
 #[test]
@@ -894,6 +915,16 @@ fn fleet_cost() {
             info_field(&redis, "cpu", "used_cpu_user") + info_field(&redis, "cpu", "used_cpu_sys"),
         );
         let store_cpu = (cpu1 - cpu0) / s_;
+        // For `cargo xtask bench --only fleet` (BENCHMARKS.md, section 7).
+        println!(
+            "fleet_cost rate={rate} commands={:.0} bytes_in={:.0} bytes_out={:.0} add_us={:.2} flush_ms={:.1} store_cpu={:.5}",
+            (c1 - c0) / s_,
+            (i1 - i0) / s_,
+            (o1 - o0) / s_,
+            add.as_secs_f64() * 1e6 / f64::from(rate * secs),
+            flush.as_secs_f64() * 1e3 / s_,
+            store_cpu
+        );
         println!(
             "fleet cost at {rate} calls/s: {:.0} commands/s, {:.0} bytes/s to the store, {:.0} bytes/s back; \
              node: {:.2} µs per observation added, {:.1} ms per 1 s flush; store CPU {:.4} s/s ({:.0} such nodes per core)",
@@ -972,4 +1003,64 @@ fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
     );
     assert_eq!(spikes[0]["evidence"]["data_source"], "records");
     assert!(strs(&spikes[0]["evidence"]["nodes"]).len() >= 2, "{text}");
+}
+
+/// Adversarial cardinality: one identity presenting 10,000 fingerprints and 2,000 identities
+/// presenting one; the store keeps the caps' worth and counts the rest.
+#[test]
+fn store_sizes_stay_within_the_caps_under_adversarial_cardinality() {
+    let s = Setup::new("nhiwatch-e2e-fleet-caps");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let (mut f, t) = node(&s, redis.port, "node-a", "k1");
+    let fit = "api.fitness.fleet.test";
+    for i in 0..10_000 {
+        let fp = format!("hmac-sha256:{i:032x}");
+        let o: Observation = serde_json::from_str(&call(
+            1,
+            "fleet-b",
+            "rotator",
+            "node-a",
+            fit,
+            "/v1/x",
+            Some(&fp),
+        ))
+        .unwrap();
+        f.add(&o);
+    }
+    for i in 0..2_000 {
+        let o: Observation = serde_json::from_str(&call(
+            2,
+            "fleet-b",
+            &format!("holder-{i}"),
+            "node-a",
+            fit,
+            "/v1/x",
+            Some("hmac-sha256:ffff0000ffff0000ffff0000ffff0000"),
+        ))
+        .unwrap();
+        f.add(&o);
+    }
+    let mut out = Vec::new();
+    flush_until_up(&rt, &mut f, &mut out);
+    let fp_keys = redis.cli(&["--scan", "--pattern", &format!("{}:fp:*", s.prefix)]);
+    // The rotator's 64 (max_fingerprints_per_identity) and the shared one.
+    assert_eq!(fp_keys.lines().filter(|l| !l.is_empty()).count(), 65);
+    let shared = format!(
+        "{}:fp:{{hmac-sha256:ffff0000ffff0000ffff0000ffff0000}}",
+        s.prefix
+    );
+    assert_eq!(redis.cli(&["HLEN", &shared]).trim(), "64");
+    assert!(
+        t.capped.get() >= 10_000 - 64 + 2_000 - 64,
+        "{}",
+        t.capped.get()
+    );
+    // Every holder is on one node: that node's own detector reports the sharing, the fleet not.
+    let shared: Vec<_> = out.iter().filter(|f| f.rule.id == "NHI-050").collect();
+    assert_eq!(
+        shared.len(),
+        0,
+        "all on one node: the local detector's, not the fleet's"
+    );
 }

@@ -15,6 +15,7 @@
 
 mod alerts;
 mod event_rate;
+mod fleet;
 mod memory;
 mod open_loop;
 mod stats;
@@ -66,6 +67,8 @@ enum Which {
     Alerts,
     /// Detector memory at scale (peak RSS, default caps).
     Memory,
+    /// Fleet store overhead per node (issue J): store commands, bytes, CPU.
+    Fleet,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -137,7 +140,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 6] = [
+    let benches: [(Which, &str, Bench); 7] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -164,6 +167,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             alerts::run,
         ),
         (Which::Memory, "6. Detector memory at scale", memory::run),
+        (Which::Fleet, "7. Fleet", fleet::run),
     ];
     let mut sections = Vec::new();
     let mut failed = Vec::new();
@@ -787,7 +791,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate,userspace,alerts,memory`.",
+         {}), `--only open,tls,rate,userspace,alerts,memory,fleet`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(
