@@ -129,6 +129,7 @@ struct nw_tcp {
 enum nw_tls_lib {
 	NW_TLS_OPENSSL = 1,
 	NW_TLS_GNUTLS = 2,
+	NW_TLS_GO = 3, /* crypto/tls in a Go program: session is the *tls.Conn */
 };
 
 #define NW_F_TLS_READ 0x1 /* plaintext received (else sent) */
@@ -242,6 +243,8 @@ enum nw_counter {
 	NW_CNT_PATH_READ_FAIL = 18,
 	NW_CNT_TCP_UNATTRIBUTED = 19, /* established socket with no connect() owner */
 	NW_CNT_MAP_FULL = 20,     /* a bookkeeping map was full */
+	NW_CNT_GO_SOCK_UNRESOLVED = 21, /* Go TLS call whose socket could not be followed from its tls.Conn */
+	NW_CNT_GO_RET_UNMATCHED = 22,   /* a Go TLS RET with no entry state (attached mid-call, or the map was full) */
 	NW_CNT_COUNT = 32,
 };
 

@@ -3,6 +3,7 @@
 //! Every helper owns what it starts (processes, directories) and removes it on drop,
 //! so tests can run twice in a row and next to CI on the same machine.
 
+pub mod go;
 pub mod kube;
 
 use std::{

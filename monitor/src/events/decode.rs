@@ -66,6 +66,7 @@ fn tls_library(lib: u8, kind: u16) -> Result<TlsLibrary, DecodeError> {
     match u32::from(lib) {
         NW_TLS_OPENSSL => Ok(TlsLibrary::OpenSsl),
         NW_TLS_GNUTLS => Ok(TlsLibrary::GnuTls),
+        NW_TLS_GO => Ok(TlsLibrary::Go),
         _ => Err(DecodeError::UnknownTlsLibrary { kind, lib }),
     }
 }
@@ -408,7 +409,7 @@ mod tests {
         e.captured = 3;
         let mut v = bytes(&e);
         v.extend_from_slice(b"GET");
-        for lib in [0u8, 3, 255] {
+        for lib in [0u8, 4, 255] {
             v[std::mem::offset_of!(nw_tls_data, lib)] = lib;
             let err = decode(&v).unwrap_err();
             assert_eq!(

@@ -98,6 +98,8 @@ pub struct Tcp {
 pub enum TlsLibrary {
     OpenSsl,
     GnuTls,
+    /// crypto/tls in a Go program.
+    Go,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -289,6 +289,7 @@ impl<'a> EventRecord<'a> {
                     library: match library {
                         TlsLibrary::OpenSsl => "openssl",
                         TlsLibrary::GnuTls => "gnutls",
+                        TlsLibrary::Go => "go",
                     },
                     len: *len,
                     captured: plaintext.len(),

@@ -284,6 +284,8 @@ fn anomaly_name(slot: u32) -> Option<&'static str> {
         NW_CNT_PATH_READ_FAIL => "path_read_failed",
         NW_CNT_TCP_UNATTRIBUTED => "tcp_unattributed",
         NW_CNT_MAP_FULL => "map_full",
+        NW_CNT_GO_SOCK_UNRESOLVED => "go_tls_socket_unresolved",
+        NW_CNT_GO_RET_UNMATCHED => "go_tls_return_unmatched",
         _ => return None,
     })
 }

@@ -94,6 +94,9 @@ pub(crate) fn attach_target(
     links: &mut Vec<UProbeLink>,
     t: &TlsTarget,
 ) -> bool {
+    if let Some(go) = &t.go {
+        return super::tls_go::attach_target(bpf, statuses, links, t, go);
+    }
     let group = t.family.sensor().group;
     let target = t.path.display().to_string();
     let mut any = false;

@@ -1,0 +1,271 @@
+//! End-to-end: API calls of Go programs (crypto/tls compiled in) built here with every toolchain
+//! the tests install — symbols kept and stripped, HTTP/1.1 and HTTP/2 — seen through uprobes at
+//! the entry and RET instructions of `(*tls.Conn).Read/Write`, and not one token byte kept.
+
+use std::{collections::HashMap, path::Path, process::Command, time::Duration};
+
+use nhiwatch::probes::golang::{self, NotCovered};
+use nhiwatch_e2e::{go, *};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The bearer token the clients send: must never appear in anything nhiwatch produced.
+const TOKEN: &str = "gho_LEAKCANARYgotoken8a1f5c3e9d2b7";
+
+fn locations() -> &'static str {
+    // Odd goroutine numbers get 404, even ones 200: a response paired with the wrong HTTP/2
+    // stream shows as a wrong status.
+    "location ~ ^/g[0-9]*[13579]/ { return 404 '{\"error\":\"odd\"}'; }\n\
+     location /g { return 200 '{\"ok\":true}'; }\n\
+     location /c { return 200 '{\"ok\":true}'; }\n\
+     location = /v1/items { return 200 '{\"items\":[]}'; }"
+}
+
+#[test]
+fn go_binaries_are_inspected_with_and_without_symbols_and_the_offset_table_matches_every_toolchain()
+{
+    for tc in go::toolchains() {
+        // The struct layout the table promises, read with reflect from this toolchain.
+        let printed = go::run(&tc, "offsets");
+        let full = go::build(&tc, "client", false);
+        let stripped = go::build(&tc, "client", true);
+        let a = golang::inspect(&full).unwrap_or_else(|e| panic!("{}: {e}", tc.label));
+        let b = golang::inspect(&stripped).unwrap_or_else(|e| panic!("{} -s -w: {e}", tc.label));
+        assert!(
+            printed.starts_with(&format!("{} ", a.version)),
+            "{printed} vs {}",
+            a.version
+        );
+        let o = a.offsets;
+        assert_eq!(
+            printed.trim(),
+            format!(
+                "{} conn={} tcpconn_fd={} netfd_sysfd={}",
+                a.version, o.conn, o.tcpconn_fd, o.netfd_sysfd
+            ),
+            "{}: the offset table disagrees with the toolchain",
+            tc.label
+        );
+        assert!(
+            a.version
+                .starts_with(&format!("go{}", tc.label.trim_end_matches("-debian"))),
+            "{} read as {}",
+            tc.label,
+            a.version
+        );
+        // Same code with and without symbols: the stripped build is found through .gopclntab alone.
+        assert_eq!(a, b, "{}: stripped build inspected differently", tc.label);
+        assert!(!a.read.rets.is_empty() && !a.write.rets.is_empty());
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "readelf -S {} | grep -q '\\.symtab'",
+                    stripped.display()
+                ))
+                .status()
+                .map_or(true, |s| !s.success()),
+            "{} still has .symtab",
+            tc.label
+        );
+    }
+}
+
+#[test]
+fn a_go_binary_of_an_unknown_layout_is_blind_not_probed() {
+    let tc = &go::toolchains()[1];
+    let bin = go::build(tc, "client", true);
+    let mut bytes = std::fs::read(&bin).unwrap();
+    // Rewrite the version in .go.buildinfo to one the table does not know (same length).
+    let v = golang::inspect(&bin).unwrap().version;
+    let info = bytes
+        .windows(14)
+        .position(|w| w == b"\xff Go buildinf:")
+        .unwrap();
+    let pos = info
+        + bytes[info..]
+            .windows(v.len())
+            .position(|w| w == v.as_bytes())
+            .unwrap();
+    let fake = format!("go1.99.{}", "0".repeat(v.len() - 7));
+    bytes[pos..pos + v.len()].copy_from_slice(fake.as_bytes());
+    match golang::inspect_bytes(&bytes) {
+        Err(NotCovered::UnknownLayout(got)) => assert_eq!(got, fake),
+        other => panic!("{other:?}"),
+    }
+    let old = format!("go1.16.{}", "0".repeat(v.len() - 7));
+    bytes[pos..pos + v.len()].copy_from_slice(old.as_bytes());
+    assert!(matches!(
+        golang::inspect_bytes(&bytes),
+        Err(NotCovered::TooOld(_))
+    ));
+}
+
+fn extra_targets<'a>(paths: impl Iterator<Item = &'a Path>) -> String {
+    let mut s = String::from("  tls:\n    extra_targets:\n");
+    for p in paths {
+        s.push_str(&format!("      - {}\n", p.display()));
+    }
+    s
+}
+
+struct Client {
+    pid: u32,
+    stdout: String,
+}
+
+/// Runs a Go client to completion against nginx; its stdout lists connections and statuses.
+fn run_client(bin: &Path, nginx: &Nginx, args: &[&str]) -> Client {
+    let out = Command::new(bin)
+        .arg(format!("-url=https://api.nhiwatch.test:{}", nginx.port))
+        .arg(format!("-ca={}", nginx.cert.display()))
+        .args(args)
+        .env("TOKEN", TOKEN)
+        .env("CONNECT_TO", format!("127.0.0.1:{}", nginx.port))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    let o = out.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} {args:?}: {}",
+        bin.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Client {
+        pid,
+        stdout: String::from_utf8(o.stdout).unwrap(),
+    }
+}
+
+fn calls_of(d: &Daemon, pid: u32) -> Vec<Value> {
+    d.events()
+        .into_iter()
+        .filter(|v| kind_is(v, "api_call") && pid_is(v, pid))
+        .collect()
+}
+
+fn wait_calls(d: &Daemon, what: &str, pid: u32, n: usize) -> Vec<Value> {
+    wait_until(what, WAIT, || calls_of(d, pid).len() >= n);
+    // A moment for any extra (wrong) call to show too.
+    std::thread::sleep(Duration::from_millis(300));
+    calls_of(d, pid)
+}
+
+fn curl_fingerprint(d: &Daemon, nginx: &Nginx) -> String {
+    let pid = spawn_pid(
+        Command::new("curl")
+            .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+            .arg(&nginx.cert)
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+                "--resolve",
+                &format!("api.nhiwatch.test:{}:127.0.0.1", nginx.port),
+                &format!("https://api.nhiwatch.test:{}/v1/items", nginx.port),
+            ]),
+    );
+    let call = d.wait_for("curl's call", WAIT, |v| {
+        kind_is(v, "api_call") && pid_is(v, pid)
+    });
+    call["credentials"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Local port → flow id, from the daemon's tcp_connect events of one process.
+fn flows_by_port(d: &Daemon, pid: u32) -> HashMap<String, u64> {
+    d.events()
+        .iter()
+        .filter(|v| kind_is(v, "tcp_connect") && pid_is(v, pid))
+        .map(|v| {
+            let src = v["src"].as_str().unwrap();
+            (
+                src.rsplit(':').next().unwrap().to_owned(),
+                v["flow"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn assert_no_leak(d: Daemon) {
+    let metrics = d.metrics();
+    let (stdout, stderr, state) = d.stop_with_state();
+    let mut outputs = vec![
+        ("events".to_owned(), stdout.into_bytes()),
+        ("logs".to_owned(), stderr.into_bytes()),
+        ("metrics".to_owned(), metrics.into_bytes()),
+    ];
+    for (path, bytes) in state {
+        outputs.push((path.display().to_string(), bytes));
+    }
+    for (what, bytes) in &outputs {
+        for s in [TOKEN, "LEAKCANARY"] {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s:?} leaked into nhiwatch {what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_go_release_stripped_or_not_over_http1_and_http2_makes_one_api_call_per_request() {
+    let toolchains = go::toolchains();
+    // Build first (cached): the daemon's discovery then sees only finished files.
+    let bins: Vec<_> = toolchains
+        .iter()
+        .flat_map(|tc| [false, true].map(|s| (tc.label.clone(), s, go::build(tc, "client", s))))
+        .collect();
+    let nginx = Nginx::start(locations());
+    // Named in the configuration, the binaries are probed before they first run (discovery
+    // at exec has its own test).
+    let d = Daemon::start(&config_with(
+        &[],
+        &extra_targets(bins.iter().map(|b| b.2.as_path())),
+    ));
+    let fp = curl_fingerprint(&d, &nginx);
+    for (label, stripped, bin) in &bins {
+        for (proto, flag) in [("http1", "-h2=false"), ("http2", "-h2=true")] {
+            let what = format!("go {label} stripped={stripped} {proto}");
+            let c = run_client(bin, &nginx, &[flag, "-paths=/v1/items,/v1/items"]);
+            let calls = wait_calls(&d, &what, c.pid, 2);
+            assert_eq!(calls.len(), 2, "{what}: {calls:?}");
+            let flows = flows_by_port(&d, c.pid);
+            for call in &calls {
+                assert_eq!(call["protocol"], proto, "{what}: {call}");
+                assert_eq!(call["method"], "GET", "{what}: {call}");
+                assert_eq!(call["path"], "/v1/items", "{what}: {call}");
+                assert_eq!(call["status"], 200, "{what}: {call}");
+                assert_eq!(call["end"], "complete", "{what}: {call}");
+                assert_eq!(
+                    call["authority"],
+                    format!("api.nhiwatch.test:{}", nginx.port),
+                    "{what}: {call}"
+                );
+                assert_eq!(
+                    call["credentials"][0]["fingerprint"],
+                    fp.as_str(),
+                    "{what}: same token as curl's, same fingerprint: {call}"
+                );
+                let flow = call["flow"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{what}: no flow: {call}"));
+                assert!(
+                    flows.values().any(|f| *f == flow),
+                    "{what}: flow {flow} is not one of the client's connections {flows:?}"
+                );
+            }
+            assert!(c.stdout.contains("status 200"), "{}", c.stdout);
+        }
+    }
+    let m = d.metrics();
+    assert!(
+        m.contains("probe_attached") && m.contains("crypto/tls.(*Conn).Read"),
+        "per-binary probe statuses"
+    );
+    assert_no_leak(d);
+}
