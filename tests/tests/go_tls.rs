@@ -269,3 +269,151 @@ fn every_go_release_stripped_or_not_over_http1_and_http2_makes_one_api_call_per_
     );
     assert_no_leak(d);
 }
+
+/// `conn C path P local ADDR` lines of a client's stdout → path → local port.
+fn ports_by_path(stdout: &str) -> HashMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("conn ")?;
+            let mut f = rest.split(' ');
+            let (_, _, path, _, local) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            Some((path.to_owned(), local.rsplit(':').next()?.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_goroutines_and_connections_each_call_on_its_own_flow_with_its_own_response() {
+    let tc = go::toolchains().pop().expect("newest");
+    let bin = go::build(&tc, "client", true);
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(
+        &[],
+        &extra_targets(std::iter::once(bin.as_path())),
+    ));
+    // Several connections (one transport each), HTTP/1.1 and HTTP/2, in parallel: every call on
+    // the flow of the connection the client says it used.
+    for flag in ["-h2=false", "-h2=true"] {
+        let c = run_client(&bin, &nginx, &[flag, "-conns=4", "-paths=/c{c}/a,/c{c}/b"]);
+        let calls = wait_calls(&d, flag, c.pid, 8);
+        assert_eq!(calls.len(), 8, "{flag}: {calls:?}");
+        let ports = ports_by_path(&c.stdout);
+        let flows = flows_by_port(&d, c.pid);
+        assert_eq!(flows.len(), 4, "{flag}: four connections: {flows:?}");
+        for call in &calls {
+            let path = call["path"].as_str().unwrap();
+            let port = &ports[path];
+            assert_eq!(
+                call["flow"].as_u64(),
+                Some(flows[port]),
+                "{flag}: {path} went out on local port {port}: {call}"
+            );
+            assert_eq!(call["status"], 200, "{flag}: {call}");
+        }
+    }
+    // Eight goroutines sharing one HTTP/2 connection: eight streams, each answered with its own
+    // status (odd goroutines 404), all on the one flow.
+    let c = run_client(
+        &bin,
+        &nginx,
+        &["-h2=true", "-goroutines=8", "-paths=/g{g}/x"],
+    );
+    let calls = wait_calls(&d, "shared h2 connection", c.pid, 8);
+    assert_eq!(calls.len(), 8, "{calls:?}");
+    let flows = flows_by_port(&d, c.pid);
+    assert_eq!(flows.len(), 1, "one connection: {flows:?}");
+    let flow = *flows.values().next().unwrap();
+    let mut streams: Vec<u64> = Vec::new();
+    for call in &calls {
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["flow"].as_u64(), Some(flow), "{call}");
+        let path = call["path"].as_str().unwrap();
+        let g: u32 = path
+            .trim_start_matches("/g")
+            .trim_end_matches("/x")
+            .parse()
+            .unwrap_or_else(|_| panic!("{path}"));
+        let want = if g % 2 == 1 { 404 } else { 200 };
+        assert_eq!(call["status"], want, "{call}");
+        streams.push(call["stream"].as_u64().unwrap());
+    }
+    streams.sort();
+    streams.dedup();
+    assert_eq!(streams.len(), 8, "one stream per call");
+    assert_no_leak(d);
+}
+
+/// The uretprobe crash: a goroutine whose stack grows (and is moved) between TLS calls. With
+/// probes only at entries and RET instructions, the client runs to completion and every call
+/// is seen.
+#[test]
+fn goroutines_growing_their_stacks_under_the_probes_run_to_completion() {
+    let tc = go::toolchains().pop().expect("newest");
+    let bin = go::build(&tc, "client", false);
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(
+        &[],
+        &extra_targets(std::iter::once(bin.as_path())),
+    ));
+    for flag in ["-h2=false", "-h2=true"] {
+        let c = run_client(
+            &bin,
+            &nginx,
+            &[
+                flag,
+                "-conns=2",
+                "-goroutines=2",
+                "-deep=3000",
+                "-paths=/c{c}/1,/c{c}/2,/c{c}/3",
+            ],
+        );
+        let calls = wait_calls(&d, flag, c.pid, 12);
+        assert_eq!(calls.len(), 12, "{flag}: {calls:?}");
+        assert!(calls.iter().all(|c| c["status"] == 200), "{calls:?}");
+    }
+    assert_no_leak(d);
+}
+
+/// A Go binary nobody named: found when it is executed (its /proc/PID/exe, through its root),
+/// probed once, and its calls seen.
+#[test]
+fn a_go_program_is_discovered_when_it_runs() {
+    let tc = &go::toolchains()[2];
+    let bin = go::build(tc, "client", true);
+    // A private copy: a file no other test's daemon attached to before.
+    let dir = TempDir::new("nhiwatch-e2e-go");
+    let copy = dir.path().join(unique("goclient"));
+    std::fs::copy(&bin, &copy).unwrap();
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let name = copy.file_name().unwrap().to_string_lossy().into_owned();
+    let mut child = Command::new(&copy)
+        .arg(format!("-url=https://api.nhiwatch.test:{}", nginx.port))
+        .arg(format!("-ca={}", nginx.cert.display()))
+        .args(["-wait-stdin", "-h2=true", "-paths=/v1/items"])
+        .env("TOKEN", TOKEN)
+        .env("CONNECT_TO", format!("127.0.0.1:{}", nginx.port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_until("the running Go program probed", WAIT, || {
+        d.metrics().lines().any(|l| {
+            l.starts_with("nhiwatch_probe_attached{")
+                && l.contains("crypto/tls.(*Conn).Read")
+                && l.contains(&name)
+                && l.ends_with(" 1")
+        })
+    });
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let calls = wait_calls(&d, "discovered Go program's call", pid, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["status"], 200, "{}", calls[0]);
+    assert_no_leak(d);
+}

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,6 +28,7 @@ var (
 	conns      = flag.Int("conns", 1, "connections, each with its own transport, run in parallel")
 	goroutines = flag.Int("goroutines", 1, "goroutines per connection sharing it (HTTP/2)")
 	deep       = flag.Int("deep", 0, "recursion depth (frames of 1 KiB) before each request")
+	waitStdin  = flag.Bool("wait-stdin", false, "print \"ready\" and wait for a line on stdin before the first request")
 )
 
 // grow recurses with a large frame so the goroutine's stack is copied to a bigger one.
@@ -65,6 +67,10 @@ func main() {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	if *waitStdin {
+		fmt.Println("ready")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
 	addr := os.Getenv("CONNECT_TO")
 	token := os.Getenv("TOKEN")
 	var wg sync.WaitGroup
