@@ -417,3 +417,160 @@ fn a_go_program_is_discovered_when_it_runs() {
     assert_eq!(calls[0]["status"], 200, "{}", calls[0]);
     assert_no_leak(d);
 }
+
+/// A process kept running with its connections open until dropped.
+struct Held {
+    child: std::process::Child,
+}
+
+impl Held {
+    /// Starts `cmd` with piped stdin and waits until its stdout prints `ready_line` (or, with
+    /// None, until it has a TCP connection to `port`).
+    fn start(cmd: &mut Command, ready_line: Option<&str>, port: u16) -> Held {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        if let Some(line) = ready_line {
+            let out = child.stdout.take().unwrap();
+            let mut lines = std::io::BufReader::new(out).lines();
+            assert!(
+                lines.any(|l| l.is_ok_and(|l| l == line)),
+                "{cmd:?} never printed {line}"
+            );
+        } else {
+            wait_until(&format!("{cmd:?} connected"), WAIT, || {
+                has_connection_to(pid, port)
+            });
+        }
+        Held { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `pid` has an established TCP connection to 127.0.0.1:`port`.
+fn has_connection_to(pid: u32, port: u16) -> bool {
+    let Ok(o) = Command::new("ss")
+        .args([
+            "-Htnp",
+            "state",
+            "established",
+            "dport",
+            &format!("= :{port}"),
+        ])
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&o.stdout).contains(&format!("pid={pid},"))
+}
+
+#[test]
+fn coverage_lists_go_openssl_node_and_a_blind_process() {
+    let tcs = go::toolchains();
+    let tc = tcs.last().unwrap();
+    let bin = go::build(tc, "client", true);
+    // A Go program too old for the register ABI (its version rewritten to go1.16): blind.
+    let dir = TempDir::new("nhiwatch-e2e-go-coverage");
+    let old = dir.path().join("old-go-client");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    let v = golang::inspect(&bin).unwrap().version;
+    let info = bytes
+        .windows(14)
+        .position(|w| w == b"\xff Go buildinf:")
+        .unwrap();
+    let pos = info
+        + bytes[info..]
+            .windows(v.len())
+            .position(|w| w == v.as_bytes())
+            .unwrap();
+    bytes[pos..pos + v.len()]
+        .copy_from_slice(format!("go1.16.{}", "0".repeat(v.len() - 7)).as_bytes());
+    std::fs::write(&old, &bytes).unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let nginx = Nginx::start(locations());
+    let go_args = |b: &Path| {
+        let mut c = Command::new(b);
+        c.arg(format!("-url=https://api.nhiwatch.test:{}", nginx.port))
+            .arg(format!("-ca={}", nginx.cert.display()))
+            .args(["-wait-after", "-paths=/v1/items"])
+            .env("TOKEN", "not-a-secret")
+            .env("CONNECT_TO", format!("127.0.0.1:{}", nginx.port));
+        c
+    };
+    let go_new = Held::start(&mut go_args(&bin), Some("done"), nginx.port);
+    let go_old = Held::start(&mut go_args(&old), Some("done"), nginx.port);
+    let openssl = Held::start(
+        Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{}", nginx.port)),
+        None,
+        nginx.port,
+    );
+    let node = Held::start(
+        Command::new("node").arg("-e").arg(format!(
+            "require('tls').connect({{port:{},host:'127.0.0.1',rejectUnauthorized:false}});setInterval(()=>{{}},1000)",
+            nginx.port
+        )),
+        None,
+        nginx.port,
+    );
+    let o = run_ok(Command::new(nhiwatch_bin()).args(["coverage", "--json"]));
+    let listed: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |pid: u32| {
+        listed
+            .iter()
+            .find(|v| v["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not listed: {listed:?}"))
+            .clone()
+    };
+    let g = of(go_new.pid());
+    assert_eq!(g["stack"], "go", "{g}");
+    assert_eq!(g["covered"], true, "{g}");
+    assert_eq!(g["detail"], v.as_str(), "{g}");
+    let b = of(go_old.pid());
+    assert_eq!(b["stack"], "blind", "{b}");
+    assert_eq!(b["covered"], false, "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("older than go1.17"),
+        "{b}"
+    );
+    let s = of(openssl.pid());
+    assert_eq!(s["stack"], "openssl_system", "{s}");
+    assert_eq!(s["covered"], true, "{s}");
+    let n = of(node.pid());
+    assert_eq!(n["stack"], "openssl_static", "{n}");
+    assert_eq!(n["covered"], true, "{n}");
+    // The daemon publishes the same as counts.
+    let d = Daemon::start(&config_with(&[], ""));
+    wait_until("tls_coverage published", WAIT, || {
+        d.metric_sum(
+            "nhiwatch_tls_coverage",
+            &["stack=\"go\"", "covered=\"true\""],
+        ) >= 1.0
+            && d.metric_sum(
+                "nhiwatch_tls_coverage",
+                &["stack=\"blind\"", "covered=\"false\""],
+            ) >= 1.0
+    });
+    d.stop();
+}

@@ -2,6 +2,7 @@
 
 pub mod abi;
 pub mod cause;
+pub mod coverage;
 pub mod golang;
 pub mod handoff;
 pub mod health;

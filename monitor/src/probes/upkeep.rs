@@ -34,6 +34,7 @@ const SCAN_DELAYS: [Duration; 3] = [
 ];
 const COUNTER_PERIOD: Duration = Duration::from_secs(1);
 const WATCH_PERIOD: Duration = Duration::from_secs(30);
+const COVERAGE_FIRST: Duration = Duration::from_secs(2);
 /// Pending scans at most; beyond that requests are dropped and counted.
 const MAX_PENDING: usize = 16384;
 
@@ -43,6 +44,7 @@ pub struct Upkeep {
     proc_root: PathBuf,
     last_counters: Vec<Vec<u64>>,
     published: usize,
+    coverage: super::coverage::CoverageScanner,
 }
 
 impl Upkeep {
@@ -53,6 +55,7 @@ impl Upkeep {
             proc_root,
             last_counters: Vec::new(),
             published: 0,
+            coverage: Default::default(),
         };
         u.publish_statuses();
         u.export_counters();
@@ -187,7 +190,8 @@ impl Upkeep {
             due.push(Reverse((start, pid)));
         }
         let mut next_counters = Instant::now() + COUNTER_PERIOD;
-        let mut next_watch = Instant::now() + WATCH_PERIOD;
+        // The first coverage pass once the processes running at start are scanned.
+        let mut next_watch = Instant::now() + COVERAGE_FIRST;
         loop {
             let now = Instant::now();
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -208,6 +212,7 @@ impl Upkeep {
             if now >= next_watch {
                 let stats = self.sensors.refresh_watches();
                 self.metrics.watched_inodes.set(stats.inodes as i64);
+                self.publish_coverage();
                 next_watch = now + WATCH_PERIOD;
             }
             let wake = due
@@ -243,6 +248,12 @@ impl Upkeep {
                 }
             }
         }
+    }
+
+    /// Which TLS stack each process with a TCP socket uses (`nhiwatch_tls_coverage`).
+    fn publish_coverage(&mut self) {
+        let procs = self.coverage.scan(&self.proc_root);
+        self.metrics.coverage(&super::coverage::counts(&procs));
     }
 
     /// Once a second: counters, the hold's heartbeat, and continuing anyone held too long.

@@ -28,6 +28,7 @@ var (
 	conns      = flag.Int("conns", 1, "connections, each with its own transport, run in parallel")
 	goroutines = flag.Int("goroutines", 1, "goroutines per connection sharing it (HTTP/2)")
 	deep       = flag.Int("deep", 0, "recursion depth (frames of 1 KiB) before each request")
+	waitAfter  = flag.Bool("wait-after", false, "after the requests, print \"done\" and wait for a line on stdin (connections stay open)")
 	waitStdin  = flag.Bool("wait-stdin", false, "print \"ready\" and wait for a line on stdin before the first request")
 )
 
@@ -113,6 +114,10 @@ func main() {
 		}
 	}
 	wg.Wait()
+	if *waitAfter {
+		fmt.Println("done")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
 	if failed {
 		os.Exit(1)
 	}
