@@ -77,7 +77,7 @@ pub(crate) fn initial_targets(
                 target: extra.display().to_string(),
                 error: Some(ProbeFailure::new(
                     Cause::MissingFile,
-                    "file missing, or it exports no SSL_write/gnutls_record_send",
+                    "file missing, or it exports no SSL_write/gnutls_record_send and is not a Go program nhiwatch covers (see the log for why)",
                 )),
             }),
         }
