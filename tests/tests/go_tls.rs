@@ -71,6 +71,48 @@ fn go_binaries_are_inspected_with_and_without_symbols_and_the_offset_table_match
     }
 }
 
+/// `bin`'s bytes with the Go version in `.go.buildinfo` replaced by `go1.<minor>.0…` (same length).
+fn with_version(bin: &Path, minor: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(bin).unwrap();
+    let v = golang::inspect(bin).unwrap().version;
+    let info = bytes
+        .windows(14)
+        .position(|w| w == b"\xff Go buildinf:")
+        .unwrap();
+    let pos = info
+        + bytes[info..]
+            .windows(v.len())
+            .position(|w| w == v.as_bytes())
+            .unwrap();
+    let fake = format!("go1.{minor}.");
+    let fake = format!("{fake}{}", "0".repeat(v.len() - fake.len()));
+    bytes[pos..pos + v.len()].copy_from_slice(fake.as_bytes());
+    bytes
+}
+
+/// A release beyond the table: its own DWARF gives the layout when it has DWARF; a stripped
+/// one is blind, never probed on a guess.
+#[test]
+fn a_release_beyond_the_table_is_read_from_dwarf_or_else_blind() {
+    let tc = go::toolchains().pop().unwrap();
+    let full = with_version(&go::build(&tc, "client", false), 99);
+    let go = golang::inspect_bytes(&full).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(go.version, "go1.99.0");
+    assert_eq!(
+        Some(go.offsets),
+        golang::table_offsets(1, 27),
+        "DWARF agrees with the table"
+    );
+    let stripped = with_version(&go::build(&tc, "client", true), 99);
+    assert!(
+        matches!(
+            golang::inspect_bytes(&stripped),
+            Err(NotCovered::UnknownLayout(_))
+        ),
+        "stripped and unknown: blind"
+    );
+}
+
 #[test]
 fn a_go_binary_of_an_unknown_layout_is_blind_not_probed() {
     let tc = &go::toolchains()[1];

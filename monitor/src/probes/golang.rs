@@ -54,7 +54,7 @@ pub enum NotCovered {
     NotX86_64,
     /// Built by a Go release older than the register ABI.
     TooOld(String),
-    /// A release whose struct layout is not in the table (and no DWARF to read it from).
+    /// A release whose struct layout is not in the table, and no DWARF to read it from.
     UnknownLayout(String),
     /// The version could not be read.
     NoVersion,
@@ -92,7 +92,7 @@ impl fmt::Display for NotCovered {
             }
             NotCovered::UnknownLayout(v) => write!(
                 f,
-                "{v}: crypto/tls and net struct layout not in the table (go1.17 to go1.27)"
+                "{v}: crypto/tls and net struct layout not in the table (go1.17 to go1.27) and no DWARF to read it from"
             ),
             NotCovered::NoVersion => write!(f, "Go version unreadable (.go.buildinfo)"),
             NotCovered::Pclntab(e) => write!(f, ".gopclntab: {e}"),
@@ -148,11 +148,12 @@ pub fn inspect_bytes(data: &[u8]) -> Result<GoBinary, NotCovered> {
     if (major, minor) < OLDEST {
         return Err(NotCovered::TooOld(version));
     }
-    let offsets = OFFSET_TABLE
-        .iter()
-        .find(|(from, to, _)| (major, minor) >= *from && (major, minor) <= *to)
-        .map(|r| r.2)
-        .ok_or_else(|| NotCovered::UnknownLayout(version.clone()))?;
+    // The table for the releases it was checked against; beyond it, the binary's own DWARF
+    // (absent from `-s -w` builds: those stay blind rather than probed on a guess).
+    let offsets = match table_offsets(major, minor) {
+        Some(o) => o,
+        None => dwarf_offsets(&obj).ok_or_else(|| NotCovered::UnknownLayout(version.clone()))?,
+    };
     let funcs = pclntab_functions(&obj, &[READ_FN, WRITE_FN])?;
     let mut found = Vec::new();
     for (name, (start, end)) in [READ_FN, WRITE_FN].into_iter().zip(funcs) {
@@ -168,6 +169,86 @@ pub fn inspect_bytes(data: &[u8]) -> Result<GoBinary, NotCovered> {
         read,
         write,
         offsets,
+    })
+}
+
+/// The table's offsets for a release, if the table covers it.
+pub fn table_offsets(major: u32, minor: u32) -> Option<StructOffsets> {
+    OFFSET_TABLE
+        .iter()
+        .find(|(from, to, _)| (major, minor) >= *from && (major, minor) <= *to)
+        .map(|r| r.2)
+}
+
+/// The struct offsets read from the binary's DWARF (Go compresses it; `object` inflates it).
+pub fn dwarf_offsets(obj: &object::File<'_>) -> Option<StructOffsets> {
+    use std::borrow::Cow;
+    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
+        Ok(obj
+            .section_by_name(id.name())
+            .and_then(|s| s.uncompressed_data().ok())
+            .unwrap_or(Cow::Borrowed(&[])))
+    };
+    let owned = gimli::DwarfSections::load(load).ok()?;
+    let dwarf = owned.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
+    // (struct, member) → offset.
+    let wanted: [(&str, &str); 5] = [
+        ("crypto/tls.Conn", "conn"),
+        ("net.TCPConn", "conn"),
+        ("net.conn", "fd"),
+        ("net.netFD", "pfd"),
+        ("internal/poll.FD", "Sysfd"),
+    ];
+    let mut found: [Option<u64>; 5] = [None; 5];
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        let mut entries = unit.entries();
+        let mut depth = 0isize;
+        // The wanted struct being walked, and its depth.
+        let mut inside: Option<(&str, isize)> = None;
+        while let Ok(Some((delta, e))) = entries.next_dfs() {
+            depth += delta;
+            if inside.is_some_and(|(_, d)| depth <= d) {
+                inside = None;
+            }
+            let name = e
+                .attr_value(gimli::DW_AT_name)
+                .ok()
+                .flatten()
+                .and_then(|a| dwarf.attr_string(&unit, a).ok())
+                .and_then(|n| n.to_string().ok().map(str::to_owned));
+            match (e.tag(), &inside, name) {
+                (gimli::DW_TAG_structure_type, _, Some(n)) => {
+                    inside = wanted
+                        .iter()
+                        .find(|(s, _)| *s == n)
+                        .map(|(s, _)| (*s, depth));
+                }
+                (gimli::DW_TAG_member, Some((st, d)), Some(n)) if depth == d + 1 => {
+                    if let Some(i) = wanted.iter().position(|w| w.0 == *st && w.1 == n) {
+                        found[i] = e
+                            .attr_value(gimli::DW_AT_data_member_location)
+                            .ok()
+                            .flatten()
+                            .and_then(|v| v.udata_value());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [conn, tcp_conn, conn_fd, pfd, sysfd] =
+        found.map(|f| f.and_then(|v| u16::try_from(v).ok()));
+    Some(StructOffsets {
+        conn: conn?,
+        tcpconn_fd: tcp_conn?.checked_add(conn_fd?)?,
+        netfd_sysfd: pfd?.checked_add(sysfd?)?,
     })
 }
 
