@@ -174,10 +174,21 @@ impl SensorTelemetry {
         t
     }
 
+    /// The `tls_coverage` gauges, for the thread that computes them.
+    pub fn coverage(&self) -> CoverageMetrics {
+        CoverageMetrics(self.coverage.clone())
+    }
+}
+
+/// `nhiwatch_tls_coverage`, owned by the coverage thread.
+#[derive(Clone)]
+pub struct CoverageMetrics(Family<CoverageLabel, Gauge>);
+
+impl CoverageMetrics {
     /// Processes per TLS stack and coverage, from the last /proc pass.
-    pub fn coverage(&self, counts: &[(super::coverage::Stack, bool, usize)]) {
+    pub fn set(&self, counts: &[(super::coverage::Stack, bool, usize)]) {
         for (stack, covered, n) in counts {
-            self.coverage
+            self.0
                 .get_or_create(&CoverageLabel {
                     stack: stack.name(),
                     covered: if *covered { "true" } else { "false" },
@@ -185,7 +196,9 @@ impl SensorTelemetry {
                 .set(*n as i64);
         }
     }
+}
 
+impl SensorTelemetry {
     pub fn lost(&self, kind: &'static str, cpu: usize, n: u64) {
         self.lost
             .get_or_create(&LostLabel {

@@ -44,7 +44,8 @@ pub struct Upkeep {
     proc_root: PathBuf,
     last_counters: Vec<Vec<u64>>,
     published: usize,
-    coverage: super::coverage::CoverageScanner,
+    /// Dropped when the upkeep thread ends, which ends the coverage thread.
+    coverage_stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Upkeep {
@@ -55,7 +56,7 @@ impl Upkeep {
             proc_root,
             last_counters: Vec::new(),
             published: 0,
-            coverage: Default::default(),
+            coverage_stop: None,
         };
         u.publish_statuses();
         u.export_counters();
@@ -190,8 +191,8 @@ impl Upkeep {
             due.push(Reverse((start, pid)));
         }
         let mut next_counters = Instant::now() + COUNTER_PERIOD;
-        // The first coverage pass once the processes running at start are scanned.
-        let mut next_watch = Instant::now() + COVERAGE_FIRST;
+        self.start_coverage();
+        let mut next_watch = Instant::now() + WATCH_PERIOD;
         loop {
             let now = Instant::now();
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -212,7 +213,6 @@ impl Upkeep {
             if now >= next_watch {
                 let stats = self.sensors.refresh_watches();
                 self.metrics.watched_inodes.set(stats.inodes as i64);
-                self.publish_coverage();
                 next_watch = now + WATCH_PERIOD;
             }
             let wake = due
@@ -250,10 +250,30 @@ impl Upkeep {
         }
     }
 
-    /// Which TLS stack each process with a TCP socket uses (`nhiwatch_tls_coverage`).
-    fn publish_coverage(&mut self) {
-        let procs = self.coverage.scan(&self.proc_root);
-        self.metrics.coverage(&super::coverage::counts(&procs));
+    /// Which TLS stack each process with a TCP socket uses (`nhiwatch_tls_coverage`), on a
+    /// thread of its own: a pass reads every process's descriptors and new executables, which
+    /// must not delay a process held at a new library.
+    fn start_coverage(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let metrics = self.metrics.coverage();
+        let proc_root = self.proc_root.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nw-coverage".into())
+            .spawn(move || {
+                let mut scanner = super::coverage::CoverageScanner::default();
+                let mut wait = COVERAGE_FIRST;
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                    let procs = scanner.scan(&proc_root);
+                    metrics.set(&super::coverage::counts(&procs));
+                    wait = WATCH_PERIOD;
+                }
+            });
+        match spawned {
+            Ok(_) => self.coverage_stop = Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS coverage thread not started: nhiwatch_tls_coverage stays empty")
+            }
+        }
     }
 
     /// Once a second: counters, the hold's heartbeat, and continuing anyone held too long.
