@@ -128,3 +128,37 @@ pub fn run(tc: &Toolchain, name: &str) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// Builds tests/go/<name> with Debian's Go in GOPATH mode against the Go libraries Debian
+/// packages under /usr/share/gocode (gRPC: golang-google-grpc-dev); cached like [`build`].
+pub fn build_debian_gopath(name: &str) -> PathBuf {
+    let src = source(name);
+    let out = go_dir()
+        .join("bin")
+        .join(format!("{name}-debian-gopath-{:016x}", source_hash(&src)));
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let o = Command::new(DEBIAN_GO)
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", go_dir().join("cache"))
+        .env("CGO_ENABLED", "0")
+        .arg("build")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(".")
+        .output()
+        .expect("running go build");
+    assert!(
+        o.status.success(),
+        "go build {name} (GOPATH mode, Debian's Go and libraries; `cargo xtask deps` installs \
+         golang-google-grpc-dev): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}

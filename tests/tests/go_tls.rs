@@ -651,3 +651,40 @@ fn a_go_binary_built_and_stripped_by_debian_is_seen() {
     }
     assert_no_leak(d);
 }
+
+/// gRPC-go runs its own HTTP/2 over crypto/tls: each unary call is one api_call (path = the
+/// method), with the token's fingerprint equal to curl's; the in-process server's side of the
+/// same connection makes no api_call.
+#[test]
+fn grpc_go_calls_are_api_calls() {
+    let bin = go::build_debian_gopath("grpc");
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(
+        &[],
+        &extra_targets(std::iter::once(bin.as_path())),
+    ));
+    let fp = curl_fingerprint(&d, &nginx);
+    // The nginx test certificate serves the gRPC server too.
+    let (cert, key) = (
+        nginx.dir.path().join("cert.pem"),
+        nginx.dir.path().join("key.pem"),
+    );
+    assert!(cert.exists() && key.exists(), "{}", cert.display());
+    let pid = spawn_pid(
+        Command::new(&bin)
+            .arg(&cert)
+            .arg(&key)
+            .arg("3")
+            .env("TOKEN", TOKEN),
+    );
+    let calls = wait_calls(&d, "gRPC calls", pid, 3);
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["method"], "POST", "{call}");
+        assert_eq!(call["path"], "/grpc.health.v1.Health/Check", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["credentials"][0]["fingerprint"], fp.as_str(), "{call}");
+    }
+    assert_no_leak(d);
+}

