@@ -129,7 +129,7 @@ struct nw_tcp {
 enum nw_tls_lib {
 	NW_TLS_OPENSSL = 1,
 	NW_TLS_GNUTLS = 2,
-	/* 3: Go crypto/tls (issue H) */
+	NW_TLS_GO = 3, /* crypto/tls in a Go program: session is the *tls.Conn */
 	/* Cleartext bytes of a TCP socket's read/write syscalls (sockets.bpf.c): session and
 	 * sock are both the kernel socket address. */
 	NW_TLS_PLAIN = 4,
@@ -249,7 +249,8 @@ enum nw_counter {
 	NW_CNT_PATH_READ_FAIL = 18,
 	NW_CNT_TCP_UNATTRIBUTED = 19, /* established socket with no connect() owner */
 	NW_CNT_MAP_FULL = 20,     /* a bookkeeping map was full */
-	/* 21..23: other sensors */
+	NW_CNT_GO_SOCK_UNRESOLVED = 21, /* Go TLS call whose socket could not be followed from its tls.Conn */
+	NW_CNT_GO_RET_UNMATCHED = 22,   /* a Go TLS RET with no entry state (attached mid-call, or the map was full) */
 	NW_CNT_SOCK_NOT_HTTP = 24,  /* TCP connections whose first bytes were not an HTTP request: never looked at again */
 	NW_CNT_SOCK_INBOUND = 25,   /* accepted connections (server side): first bytes checked, never captured */
 	NW_CNT_SOCK_TRUNCATED = 26, /* cleartext socket calls longer than the capture prefix */

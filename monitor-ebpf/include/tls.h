@@ -46,6 +46,36 @@ static __always_inline void tls_note_sock(const struct sock *sk)
 		c->sock = (u64)sk;
 }
 
+/* Emits one call's plaintext (its first tls_capture_len bytes) as an nw_tls_data record. */
+static __always_inline void tls_emit_data(u64 pid_tgid, u64 session, u64 sock, u64 buf, u64 len, u8 lib, u8 read)
+{
+	struct nw_tls_data *t = scratch_buf();
+	if (!t)
+		return;
+	u32 cap = tls_capture_len;
+	if (cap > NW_TLS_CAPTURE_MAX)
+		cap = NW_TLS_CAPTURE_MAX;
+	u32 n = len < cap ? (u32)len : cap;
+	if (n < len)
+		count(NW_CNT_TLS_TRUNCATED);
+	if (n > NW_TLS_CAPTURE_MAX)
+		n = NW_TLS_CAPTURE_MAX;
+	if (bpf_probe_read_user((u8 *)(t + 1), n, (void *)buf)) {
+		count(NW_CNT_TLS_READ_FAIL);
+		n = 0;
+	}
+	t->session = session;
+	t->sock = sock;
+	t->len = len > 0xffffffff ? 0xffffffff : (u32)len;
+	t->captured = n;
+	t->lib = lib;
+	__builtin_memset(t->_pad, 0, sizeof(t->_pad));
+	u32 size = sizeof(*t) + n;
+	fill_header(&t->hdr, NW_EVENT_TLS_DATA, size, pid_tgid);
+	t->hdr.flags = read ? NW_F_TLS_READ : 0;
+	emit(t, size, NW_EVENT_TLS_DATA);
+}
+
 static __always_inline int tls_enter(u64 session, const void *buf, u64 len_out, u8 lib, u8 read)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -108,31 +138,7 @@ static __always_inline int tls_exit(long ret, bool ex)
 		call.sock = *known;
 	}
 
-	struct nw_tls_data *t = scratch_buf();
-	if (!t)
-		return 0;
-	u32 cap = tls_capture_len;
-	if (cap > NW_TLS_CAPTURE_MAX)
-		cap = NW_TLS_CAPTURE_MAX;
-	u32 n = len < cap ? (u32)len : cap;
-	if (n < len)
-		count(NW_CNT_TLS_TRUNCATED);
-	if (n > NW_TLS_CAPTURE_MAX)
-		n = NW_TLS_CAPTURE_MAX;
-	if (bpf_probe_read_user((u8 *)(t + 1), n, (void *)call.buf)) {
-		count(NW_CNT_TLS_READ_FAIL);
-		n = 0;
-	}
-	t->session = call.session;
-	t->sock = call.sock;
-	t->len = len > 0xffffffff ? 0xffffffff : (u32)len;
-	t->captured = n;
-	t->lib = call.lib;
-	__builtin_memset(t->_pad, 0, sizeof(t->_pad));
-	u32 size = sizeof(*t) + n;
-	fill_header(&t->hdr, NW_EVENT_TLS_DATA, size, pid_tgid);
-	t->hdr.flags = call.read ? NW_F_TLS_READ : 0;
-	emit(t, size, NW_EVENT_TLS_DATA);
+	tls_emit_data(pid_tgid, call.session, call.sock, call.buf, len, call.lib, call.read);
 	return 0;
 }
 

@@ -89,6 +89,16 @@ pub enum Command {
         #[arg(long)]
         fleet: bool,
     },
+    /// List the running processes that have a TCP socket, the TLS stack each uses, and whether
+    /// nhiwatch sees its plaintext (OpenSSL, GnuTLS, Go) or is blind to it, and why.
+    Coverage {
+        /// Where processes are listed (a host's /proc mounted elsewhere, in a container).
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a draft contract for an ungoverned identity from what it actually did, or, for a
     /// governed one, the grants it has not used for DAYS days (least-privilege shrink).
     Suggest {
@@ -266,6 +276,7 @@ pub fn main() -> anyhow::Result<()> {
             json,
             fleet: false,
         } => inventory(config, state_dir, rules, json),
+        Command::Coverage { proc_root, json } => coverage(&proc_root, json),
         Command::Suggest {
             identity,
             config,
@@ -275,6 +286,43 @@ pub fn main() -> anyhow::Result<()> {
             fleet,
         } => suggest(&identity, config, state_dir, rules, unused_days, fleet),
     }
+}
+
+fn coverage(proc_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let procs = crate::probes::coverage::CoverageScanner::default().scan(proc_root);
+    let mut out = std::io::stdout().lock();
+    if json {
+        for p in &procs {
+            writeln!(out, "{}", serde_json::to_string(p)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<16} {:<16} {:<5} DETAIL",
+        "PID", "COMM", "STACK", "SEEN"
+    )?;
+    for p in &procs {
+        writeln!(
+            out,
+            "{:>8}  {:<16} {:<16} {:<5} {}",
+            p.pid,
+            one_line(&p.comm),
+            p.stack.name(),
+            if p.covered { "yes" } else { "no" },
+            one_line(&format!("{} ({})", p.detail, p.exe))
+        )?;
+    }
+    let blind = procs.iter().filter(|p| !p.covered).count();
+    writeln!(
+        out,
+        "{} processes with TCP sockets, {} seen, {} blind",
+        procs.len(),
+        procs.len() - blind,
+        blind
+    )?;
+    Ok(())
 }
 
 /// `run` and `record`: the configuration with the command line's overrides, then the daemon.

@@ -4,6 +4,7 @@
 //! so tests can run twice in a row and next to CI on the same machine.
 
 pub mod container;
+pub mod go;
 pub mod kube;
 
 use std::{

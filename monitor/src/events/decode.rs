@@ -67,6 +67,7 @@ fn tls_library(lib: u8, kind: u16) -> Result<TlsLibrary, DecodeError> {
         NW_TLS_OPENSSL => Ok(TlsLibrary::OpenSsl),
         NW_TLS_GNUTLS => Ok(TlsLibrary::GnuTls),
         NW_TLS_PLAIN => Ok(TlsLibrary::Cleartext),
+        NW_TLS_GO => Ok(TlsLibrary::Go),
         _ => Err(DecodeError::UnknownTlsLibrary { kind, lib }),
     }
 }
@@ -411,7 +412,7 @@ mod tests {
         e.captured = 3;
         let mut v = bytes(&e);
         v.extend_from_slice(b"GET");
-        for lib in [0u8, 3, 255] {
+        for lib in [0u8, 4, 255] {
             v[std::mem::offset_of!(nw_tls_data, lib)] = lib;
             let err = decode(&v).unwrap_err();
             assert_eq!(

@@ -98,6 +98,8 @@ pub struct Tcp {
 pub enum TlsLibrary {
     OpenSsl,
     GnuTls,
+    /// crypto/tls in a Go program.
+    Go,
     /// No TLS: the bytes a process wrote to or read from a TCP socket (the sockets sensor).
     Cleartext,
 }
@@ -107,7 +109,7 @@ impl TlsLibrary {
     pub fn transport(self) -> &'static str {
         match self {
             TlsLibrary::Cleartext => "tcp",
-            TlsLibrary::OpenSsl | TlsLibrary::GnuTls => "tls",
+            TlsLibrary::OpenSsl | TlsLibrary::GnuTls | TlsLibrary::Go => "tls",
         }
     }
 }

@@ -291,6 +291,7 @@ impl<'a> EventRecord<'a> {
                     library: match library {
                         TlsLibrary::OpenSsl => "openssl",
                         TlsLibrary::GnuTls => "gnutls",
+                        TlsLibrary::Go => "go",
                         TlsLibrary::Cleartext => "none",
                     },
                     transport: library.transport(),

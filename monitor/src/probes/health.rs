@@ -34,6 +34,7 @@ fn owns(sensor: &Sensor, probe: &str) -> Option<bool> {
             Hook::TlsCall { symbol, .. } | Hook::TlsServerName { symbol } if symbol == rest => {
                 return Some(true)
             }
+            Hook::GoTlsCall { function, .. } if function == rest => return Some(true),
             _ => {}
         }
     }

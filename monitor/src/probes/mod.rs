@@ -2,6 +2,8 @@
 
 pub mod abi;
 pub mod cause;
+pub mod coverage;
+pub mod golang;
 pub mod handoff;
 pub mod health;
 pub mod loader;

@@ -28,6 +28,12 @@ struct DegradedLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoverageLabel {
+    stack: &'static str,
+    covered: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -50,6 +56,7 @@ pub struct SensorTelemetry {
     attached: Family<ProbeLabel, Gauge>,
     pub tls_targets: Gauge,
     pub watched_inodes: Gauge,
+    coverage: Family<CoverageLabel, Gauge>,
     /// Scan requests dropped because the upkeep thread had too many pending.
     pub scan_pending_full: Counter,
     degraded: Family<DegradedLabel, Gauge>,
@@ -112,6 +119,7 @@ impl SensorTelemetry {
             attached: Family::default(),
             tls_targets: Gauge::default(),
             watched_inodes: Gauge::default(),
+            coverage: Family::default(),
             scan_pending_full: userspace_dropped("tls_scan_pending_full"),
             degraded: Family::default(),
             readiness: registry.readiness(),
@@ -158,6 +166,12 @@ impl SensorTelemetry {
             t.tls_targets.clone(),
         );
         registry.register(
+            "tls_coverage",
+            "Running processes with a TCP socket, by TLS stack and whether nhiwatch sees their \
+             plaintext (`nhiwatch coverage` lists them)",
+            t.coverage.clone(),
+        );
+        registry.register(
             "watched_inodes",
             "Watched directories and files matched by inode",
             t.watched_inodes.clone(),
@@ -165,6 +179,31 @@ impl SensorTelemetry {
         t
     }
 
+    /// The `tls_coverage` gauges, for the thread that computes them.
+    pub fn coverage(&self) -> CoverageMetrics {
+        CoverageMetrics(self.coverage.clone())
+    }
+}
+
+/// `nhiwatch_tls_coverage`, owned by the coverage thread.
+#[derive(Clone)]
+pub struct CoverageMetrics(Family<CoverageLabel, Gauge>);
+
+impl CoverageMetrics {
+    /// Processes per TLS stack and coverage, from the last /proc pass.
+    pub fn set(&self, counts: &[(super::coverage::Stack, bool, usize)]) {
+        for (stack, covered, n) in counts {
+            self.0
+                .get_or_create(&CoverageLabel {
+                    stack: stack.name(),
+                    covered: if *covered { "true" } else { "false" },
+                })
+                .set(*n as i64);
+        }
+    }
+}
+
+impl SensorTelemetry {
     pub fn lost(&self, kind: &'static str, cpu: usize, n: u64) {
         self.lost
             .get_or_create(&LostLabel {

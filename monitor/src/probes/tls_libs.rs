@@ -1,4 +1,4 @@
-//! TLS library discovery: library dirs and /proc/PID/maps → files exporting SSL_write/gnutls_record_send → uprobe targets.
+//! TLS library discovery: library dirs and /proc/PID/maps → files exporting SSL_write/gnutls_record_send, and Go executables linking crypto/tls → uprobe targets (and the Go binaries that cannot be probed, with why).
 
 use std::{
     collections::HashMap,
@@ -9,13 +9,18 @@ use std::{
 
 use object::{Object, ObjectSymbol};
 
-use super::sensors::{self, Hook, Sensor};
+use super::{
+    golang::{self, GoBinary, NotCovered},
+    sensors::{self, Hook, Sensor},
+};
 
 /// A TLS library family; the functions probed in it come from its sensor's program table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsFamily {
     OpenSsl,
     GnuTls,
+    /// crypto/tls compiled into a Go executable.
+    Go,
 }
 
 impl TlsFamily {
@@ -23,6 +28,7 @@ impl TlsFamily {
         match self {
             TlsFamily::OpenSsl => "openssl",
             TlsFamily::GnuTls => "gnutls",
+            TlsFamily::Go => "go",
         }
     }
 
@@ -30,6 +36,7 @@ impl TlsFamily {
         match self {
             TlsFamily::OpenSsl => &sensors::tls_openssl::SENSOR,
             TlsFamily::GnuTls => &sensors::tls_gnutls::SENSOR,
+            TlsFamily::Go => &sensors::tls_go::SENSOR,
         }
     }
 
@@ -56,8 +63,10 @@ pub struct TlsTarget {
     /// Path usable from the daemon's mount namespace (may go through /proc/PID/root).
     pub path: PathBuf,
     pub family: TlsFamily,
-    /// Data symbols first, then the SNI setter when defined.
+    /// Data symbols first, then the SNI setter when defined (none for Go).
     pub symbols: Vec<&'static str>,
+    /// For [`TlsFamily::Go`]: the functions' file offsets and the struct layout.
+    pub go: Option<GoBinary>,
 }
 
 /// Which probed symbols an ELF file defines (exported, not merely imported).
@@ -102,6 +111,17 @@ fn looks_like_tls_lib(name: &str) -> bool {
 #[derive(Default)]
 pub struct TlsDiscovery {
     seen: HashMap<(u64, u64), Option<TlsFamily>>,
+    /// Go programs found that get no probes, by file identity: path, version if read, why.
+    go_blind: HashMap<(u64, u64), (PathBuf, NotCovered)>,
+    /// Go programs probed, by file identity: their Go version.
+    go_seen: HashMap<(u64, u64), String>,
+}
+
+/// What discovery knows of one Go executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoCoverage {
+    Covered { version: String },
+    Blind(NotCovered),
 }
 
 impl TlsDiscovery {
@@ -116,13 +136,47 @@ impl TlsDiscovery {
             return None;
         }
         let found = exported_tls_symbols(path);
+        if found.is_none() {
+            // Not a library exporting TLS functions: a Go program carrying crypto/tls?
+            return match golang::inspect(path) {
+                Ok(go) => {
+                    self.seen.insert(key, Some(TlsFamily::Go));
+                    self.go_seen.insert(key, go.version.clone());
+                    Some(TlsTarget {
+                        path: path.to_owned(),
+                        family: TlsFamily::Go,
+                        symbols: Vec::new(),
+                        go: Some(go),
+                    })
+                }
+                Err(why) => {
+                    self.seen.insert(key, None);
+                    if why != NotCovered::NotGo {
+                        tracing::info!(target = %path.display(), reason = %why, "Go program not probed");
+                        self.go_blind.insert(key, (path.to_owned(), why));
+                    }
+                    None
+                }
+            };
+        }
         self.seen.insert(key, found.as_ref().map(|f| f.0));
         let (family, symbols) = found?;
         Some(TlsTarget {
             path: path.to_owned(),
             family,
             symbols,
+            go: None,
         })
+    }
+
+    /// What is known of a Go executable (by `st_dev`, inode) examined before.
+    pub fn go_coverage(&self, key: (u64, u64)) -> Option<GoCoverage> {
+        if let Some(v) = self.go_seen.get(&key) {
+            return Some(GoCoverage::Covered { version: v.clone() });
+        }
+        self.go_blind
+            .get(&key)
+            .map(|(_, why)| GoCoverage::Blind(why.clone()))
     }
 
     /// (st_dev, inode) of every TLS library file found so far.

@@ -34,6 +34,7 @@ const SCAN_DELAYS: [Duration; 3] = [
 ];
 const COUNTER_PERIOD: Duration = Duration::from_secs(1);
 const WATCH_PERIOD: Duration = Duration::from_secs(30);
+const COVERAGE_FIRST: Duration = Duration::from_secs(2);
 /// Pending scans at most; beyond that requests are dropped and counted.
 const MAX_PENDING: usize = 16384;
 
@@ -43,6 +44,8 @@ pub struct Upkeep {
     proc_root: PathBuf,
     last_counters: Vec<Vec<u64>>,
     published: usize,
+    /// Dropped when the upkeep thread ends, which ends the coverage thread.
+    coverage_stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Upkeep {
@@ -53,6 +56,7 @@ impl Upkeep {
             proc_root,
             last_counters: Vec::new(),
             published: 0,
+            coverage_stop: None,
         };
         u.publish_statuses();
         u.export_counters();
@@ -187,6 +191,7 @@ impl Upkeep {
             due.push(Reverse((start, pid)));
         }
         let mut next_counters = Instant::now() + COUNTER_PERIOD;
+        self.start_coverage();
         let mut next_watch = Instant::now() + WATCH_PERIOD;
         loop {
             let now = Instant::now();
@@ -245,6 +250,32 @@ impl Upkeep {
         }
     }
 
+    /// Which TLS stack each process with a TCP socket uses (`nhiwatch_tls_coverage`), on a
+    /// thread of its own: a pass reads every process's descriptors and new executables, which
+    /// must not delay a process held at a new library.
+    fn start_coverage(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let metrics = self.metrics.coverage();
+        let proc_root = self.proc_root.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nw-coverage".into())
+            .spawn(move || {
+                let mut scanner = super::coverage::CoverageScanner::default();
+                let mut wait = COVERAGE_FIRST;
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                    let procs = scanner.scan(&proc_root);
+                    metrics.set(&super::coverage::counts(&procs));
+                    wait = WATCH_PERIOD;
+                }
+            });
+        match spawned {
+            Ok(_) => self.coverage_stop = Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS coverage thread not started: nhiwatch_tls_coverage stays empty")
+            }
+        }
+    }
+
     /// Once a second: counters, the hold's heartbeat, and continuing anyone held too long.
     fn tick(&mut self) {
         self.export_counters();
@@ -288,6 +319,8 @@ fn anomaly_name(slot: u32) -> Option<&'static str> {
         NW_CNT_SOCK_INBOUND => "socket_inbound",
         NW_CNT_SOCK_TRUNCATED => "socket_capture_truncated",
         NW_CNT_SOCK_READ_FAIL => "socket_read_failed",
+        NW_CNT_GO_SOCK_UNRESOLVED => "go_tls_socket_unresolved",
+        NW_CNT_GO_RET_UNMATCHED => "go_tls_return_unmatched",
         _ => return None,
     })
 }

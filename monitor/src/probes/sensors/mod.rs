@@ -24,6 +24,7 @@ pub mod sockets;
 pub mod tcp;
 pub mod tls;
 pub mod tls_gnutls;
+pub mod tls_go;
 pub mod tls_hold;
 pub mod tls_openssl;
 
@@ -34,6 +35,7 @@ pub const ALL: [&Sensor; 9] = [
     &tcp::SENSOR,
     &tls_openssl::SENSOR,
     &tls_gnutls::SENSOR,
+    &tls_go::SENSOR,
     &tls_hold::SENSOR,
     &dns::SENSOR,
     &sockets::SENSOR,
@@ -84,6 +86,14 @@ pub enum Hook {
     TlsServerName { symbol: &'static str },
     /// `uretprobe`, attached together with the [`Hook::TlsCall`]s that name it.
     TlsReturn,
+    /// `uprobe` at the entry of a Go function (found through `.gopclntab`, not a symbol) that
+    /// moves plaintext; `ret`, if any, goes on each of its RET instructions.
+    GoTlsCall {
+        function: &'static str,
+        ret: Option<&'static str>,
+    },
+    /// `uprobe` on RET instructions: never a uretprobe on Go code (moving stacks).
+    GoTlsReturn,
 }
 
 /// What loading and attaching a program of each hook takes, for "permission" failures.
@@ -99,7 +109,10 @@ impl Hook {
             Hook::TpBtf(tp) => format!("tp_btf/{tp}"),
             Hook::Tracepoint(category, name) => format!("tracepoint/{category}/{name}"),
             Hook::CgroupIngress => "cgroup_skb/ingress".into(),
-            Hook::TlsCall { .. } | Hook::TlsServerName { .. } => "uprobe".into(),
+            Hook::TlsCall { .. }
+            | Hook::TlsServerName { .. }
+            | Hook::GoTlsCall { .. }
+            | Hook::GoTlsReturn => "uprobe".into(),
             Hook::TlsReturn => "uretprobe".into(),
         }
     }

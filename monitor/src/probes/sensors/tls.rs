@@ -77,7 +77,7 @@ pub(crate) fn initial_targets(
                 target: extra.display().to_string(),
                 error: Some(ProbeFailure::new(
                     Cause::MissingFile,
-                    "file missing, or it exports no SSL_write/gnutls_record_send",
+                    "file missing, or it exports no SSL_write/gnutls_record_send and is not a Go program nhiwatch covers (see the log for why)",
                 )),
             }),
         }
@@ -94,6 +94,9 @@ pub(crate) fn attach_target(
     links: &mut Vec<UProbeLink>,
     t: &TlsTarget,
 ) -> bool {
+    if let Some(go) = &t.go {
+        return super::tls_go::attach_target(bpf, statuses, links, t, go);
+    }
     let group = t.family.sensor().group;
     let target = t.path.display().to_string();
     let mut any = false;

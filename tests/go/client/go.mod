@@ -1,0 +1,3 @@
+module nhiwatch.test/goclient
+
+go 1.17

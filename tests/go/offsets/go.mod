@@ -1,0 +1,3 @@
+module nhiwatch.test/gooffsets
+
+go 1.17
