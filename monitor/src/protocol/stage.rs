@@ -131,7 +131,7 @@ impl ApiCallStage {
         }
         let transport = match t.library {
             TlsLibrary::Cleartext => Transport::Tcp,
-            TlsLibrary::OpenSsl | TlsLibrary::GnuTls => Transport::Tls,
+            TlsLibrary::OpenSsl | TlsLibrary::GnuTls | TlsLibrary::Go => Transport::Tls,
         };
         let key = SessionKey {
             pid: t.hdr.pid,

@@ -29,7 +29,7 @@ pub mod tls_hold;
 pub mod tls_openssl;
 
 /// Every sensor, in attach order. Names match the C files in monitor-ebpf/src/.
-pub const ALL: [&Sensor; 9] = [
+pub const ALL: [&Sensor; 10] = [
     &process::SENSOR,
     &files::SENSOR,
     &tcp::SENSOR,
