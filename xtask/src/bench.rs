@@ -8,6 +8,8 @@
 //! 4. Userspace stage costs without the kernel.
 //! 5. Alert latency from the kernel's timestamp to the sink write (file, HTTPS webhook, syslog/TLS).
 //! 6. Detector memory at scale (peak RSS with the default caps).
+//! 7. read()/write() storms on a pipe and a file, and cleartext HTTP keep-alive requests: bare,
+//!    an empty-tracepoint floor (bpftrace), nhiwatch's sockets sensor.
 //!
 //! Overhead variants run in alternation (bare, A, B, bare, A, B …) so drift of a noisy machine
 //! hits every variant alike; each tool is started fresh, waited for until attached, and stopped
@@ -17,6 +19,7 @@ mod alerts;
 mod event_rate;
 mod memory;
 mod open_loop;
+mod socket_io;
 mod stats;
 mod sys;
 mod tls_loop;
@@ -66,6 +69,8 @@ enum Which {
     Alerts,
     /// Detector memory at scale (peak RSS, default caps).
     Memory,
+    /// read()/write() storms and cleartext HTTP through the sockets sensor.
+    Sockets,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -137,7 +142,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 6] = [
+    let benches: [(Which, &str, Bench); 7] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -164,6 +169,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             alerts::run,
         ),
         (Which::Memory, "6. Detector memory at scale", memory::run),
+        (
+            Which::Sockets,
+            "7. read()/write() storms and cleartext HTTP (sockets sensor)",
+            socket_io::run,
+        ),
     ];
     let mut sections = Vec::new();
     let mut failed = Vec::new();

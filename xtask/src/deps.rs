@@ -43,6 +43,10 @@ const TEST: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     // Loads both cores while the suite runs, to show no test's verdict depends on speed.
     ("stress-ng", "/usr/bin/stress-ng"),
+    // Cleartext HTTP on sockets (issue I): a database protocol that must never become an
+    // api_call (redis-server and redis-cli, tests/tests/sockets.rs).
+    ("redis-server", "/usr/bin/redis-server"),
+    ("redis-tools", "/usr/bin/redis-cli"),
 ];
 
 fn present(proof: &str) -> bool {
