@@ -3,7 +3,9 @@
 //! connections (syscall tracepoints), classified once per connection in the kernel.
 //
 // Cost model: every write/read of every process hits these tracepoints, so an fd that is not a
-// followed TCP connection must leave after ONE hash lookup. Connections enter `sock_conns` only
+// followed TCP connection must leave at once: a process with no followed connection leaves after
+// one array load (`sock_tgid_filter`, inlined by the verifier), one with some after one hash
+// lookup. Connections enter `sock_conns` only
 // at connect()/accept() exits (rare), after the fd was resolved to a TCP socket with CO-RE; the
 // first bytes the process writes decide: an HTTP/1 request line or the h2 preface keeps it,
 // anything else (TLS records, database protocols, ...) removes it for good. close() removes it
@@ -31,9 +33,19 @@ enum sock_state {
 
 struct sock_conn {
 	u64 sk;
+	/* The process's start (group leader's start_boottime): a process that exits without
+	 * close() leaves its entries behind, and a later process with the same pid must not
+	 * inherit them through an equal fd number. */
+	u64 start_ns;
 	u8 state;
 	u8 _pad[7];
 };
+
+static __always_inline u64 process_start(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, group_leader, start_boottime);
+}
 
 /* Candidate and classified-HTTP connections by (process, fd). LRU: a process that exits without
  * closing leaves entries the map forgets by itself. */
@@ -43,6 +55,39 @@ struct {
 	__type(key, struct sock_conn_key);
 	__type(value, struct sock_conn);
 } sock_conns SEC(".maps");
+
+/* How many followed connections the processes whose tgid falls in each slot have (tgid modulo
+ * the size). Zero: none, and the process's calls leave without a hash lookup. Entries evicted by
+ * the LRU are not subtracted: that only costs a lookup, never a missed connection. */
+#define SOCK_FILTER_SLOTS 65536
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SOCK_FILTER_SLOTS);
+	__type(key, u32);
+	__type(value, u32);
+} sock_tgid_filter SEC(".maps");
+
+static __always_inline u32 *filter_slot(u32 tgid)
+{
+	u32 k = tgid & (SOCK_FILTER_SLOTS - 1);
+	return bpf_map_lookup_elem(&sock_tgid_filter, &k);
+}
+
+/* Whether the process may have a followed connection. */
+static __always_inline bool may_follow(u64 pid_tgid)
+{
+	u32 *n = filter_slot(pid_tgid >> 32);
+	return n && *n;
+}
+
+static __always_inline void untrack(struct sock_conn_key *key)
+{
+	if (bpf_map_delete_elem(&sock_conns, key))
+		return;
+	u32 *n = filter_slot(key->tgid);
+	if (n && *n)
+		__sync_fetch_and_add(n, (u32)-1); /* XADD: the BPF v1 target has no atomic sub */
+}
 
 enum sock_buf_kind {
 	BUF_PLAIN = 0,  /* buf is the data */
@@ -62,7 +107,8 @@ struct sock_call {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	/* LRU: a call whose process lost its last connection meanwhile is never looked up at exit */
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, u32);
 	__type(value, struct sock_call);
@@ -197,9 +243,14 @@ static __always_inline void track(u64 pid_tgid, s64 fd, u8 state)
 	if (state == SOCK_UNKNOWN && !destination_followed(sk))
 		return;
 	struct sock_conn_key key = { .tgid = pid_tgid >> 32, .fd = (u32)fd };
-	struct sock_conn c = { .sk = (u64)sk, .state = state };
-	if (bpf_map_update_elem(&sock_conns, &key, &c, BPF_ANY))
+	struct sock_conn c = { .sk = (u64)sk, .start_ns = process_start(), .state = state };
+	if (bpf_map_update_elem(&sock_conns, &key, &c, BPF_ANY)) {
 		count(NW_CNT_MAP_FULL);
+		return;
+	}
+	u32 *n = filter_slot(key.tgid);
+	if (n)
+		__sync_fetch_and_add(n, 1);
 }
 
 /* ---- connect / accept: the only way into sock_conns ---- */
@@ -257,8 +308,10 @@ int sock_exit_accept4(struct sock_exit_ctx *ctx)
 static __always_inline int forget_fd(u64 fd)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!may_follow(pid_tgid))
+		return 0;
 	struct sock_conn_key key = { .tgid = pid_tgid >> 32, .fd = (u32)fd };
-	bpf_map_delete_elem(&sock_conns, &key);
+	untrack(&key);
 	return 0;
 }
 
@@ -321,15 +374,22 @@ static __always_inline u64 first_word(u64 buf, u8 kind, u64 *n)
 static __always_inline int data_enter(u64 fd, u64 buf, u64 len, u8 kind, u8 read)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!may_follow(pid_tgid))
+		return 0;
 	struct sock_conn_key key = { .tgid = pid_tgid >> 32, .fd = (u32)fd };
 	struct sock_conn *c = bpf_map_lookup_elem(&sock_conns, &key);
 	if (!c)
 		return 0;
+	if (c->start_ns != process_start()) {
+		/* left by an earlier process with this pid */
+		untrack(&key);
+		return 0;
+	}
 	u8 inbound = 0;
 	if (c->state == SOCK_INBOUND) {
 		if (!read) {
 			/* the server spoke first: not an HTTP server connection */
-			bpf_map_delete_elem(&sock_conns, &key);
+			untrack(&key);
 			count(NW_CNT_SOCK_INBOUND);
 			return 0;
 		}
@@ -339,7 +399,7 @@ static __always_inline int data_enter(u64 fd, u64 buf, u64 len, u8 kind, u8 read
 		u64 w = read ? 0 : first_word(buf, kind, &n);
 		if (read || !http_opening(w, n)) {
 			/* TLS, a database protocol, a server that speaks first: never looked at again */
-			bpf_map_delete_elem(&sock_conns, &key);
+			untrack(&key);
 			count(NW_CNT_SOCK_NOT_HTTP);
 			return 0;
 		}
@@ -360,13 +420,17 @@ static __always_inline int data_enter(u64 fd, u64 buf, u64 len, u8 kind, u8 read
 	return 0;
 }
 
-#define SOCK_IOV_MAX 8
+/* gRPC C-core writes each HTTP/2 frame as its own iovec (preface, SETTINGS, HEADERS, DATA ...
+ * in one sendmsg): enough of them to reach the request's header block. */
+#define SOCK_IOV_MAX 16
 /* Bytes of a first inbound read sent up: enough to tell a request line from anything else. */
 #define SOCK_INBOUND_CAPTURE 64
 
 static __always_inline int data_exit(s64 ret)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!may_follow(pid_tgid))
+		return 0;
 	u32 tid = (u32)pid_tgid;
 	struct sock_call *cp = bpf_map_lookup_elem(&sock_calls, &tid);
 	if (!cp)
@@ -433,7 +497,7 @@ static __always_inline int data_exit(s64 ret)
 	if (call.inbound) {
 		/* One look per accepted connection, then it is forgotten either way. */
 		struct sock_conn_key key = { .tgid = pid_tgid >> 32, .fd = call.fd };
-		bpf_map_delete_elem(&sock_conns, &key);
+		untrack(&key);
 		u64 w = 0;
 		if (got >= 8)
 			__builtin_memcpy(&w, data, 8);
@@ -483,6 +547,8 @@ static __always_inline int msg_enter(u64 fd, u64 msg, u8 read)
 	/* the lookup in data_enter happens after this read: keep the unrelated path short by
 	 * checking the fd first */
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!may_follow(pid_tgid))
+		return 0;
 	struct sock_conn_key key = { .tgid = pid_tgid >> 32, .fd = (u32)fd };
 	if (!bpf_map_lookup_elem(&sock_conns, &key))
 		return 0;

@@ -8,6 +8,8 @@
 //! 4. Userspace stage costs without the kernel.
 //! 5. Alert latency from the kernel's timestamp to the sink write (file, HTTPS webhook, syslog/TLS).
 //! 6. Detector memory at scale (peak RSS with the default caps).
+//! 7. read()/write() storms on a pipe and a file, and cleartext HTTP keep-alive requests: bare,
+//!    an empty-tracepoint floor (bpftrace), nhiwatch's sockets sensor.
 //!
 //! Overhead variants run in alternation (bare, A, B, bare, A, B …) so drift of a noisy machine
 //! hits every variant alike; each tool is started fresh, waited for until attached, and stopped
@@ -18,6 +20,7 @@ mod event_rate;
 mod fleet;
 mod memory;
 mod open_loop;
+mod socket_io;
 mod stats;
 mod sys;
 mod tls_loop;
@@ -69,6 +72,8 @@ enum Which {
     Memory,
     /// Fleet store overhead per node (issue J): store commands, bytes, CPU.
     Fleet,
+    /// read()/write() storms and cleartext HTTP through the sockets sensor.
+    Sockets,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -168,6 +173,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ),
         (Which::Memory, "6. Detector memory at scale", memory::run),
         (Which::Fleet, "7. Fleet", fleet::run),
+        (
+            Which::Sockets,
+            "8. read()/write() storms and cleartext HTTP (sockets sensor)",
+            socket_io::run,
+        ),
     ];
     let mut sections = Vec::new();
     let mut failed = Vec::new();

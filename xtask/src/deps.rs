@@ -55,7 +55,8 @@ const TEST: &[(&str, &str)] = &[
         "/usr/share/gocode/src/google.golang.org/grpc/health",
     ),
     // Fleet-wide detection (issue J): the Redis-protocol store the fleet tests start per test,
-    // with TLS (tls-port) and redis-cli to inspect what the nodes wrote.
+    // with TLS (tls-port) and redis-cli to inspect what the nodes wrote; also a database protocol
+    // that must never become an api_call (issue I, tests/tests/sockets.rs).
     ("redis-server", "/usr/bin/redis-server"),
     ("redis-tools", "/usr/bin/redis-cli"),
 ];
