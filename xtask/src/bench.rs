@@ -145,7 +145,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 7] = [
+    let benches: [(Which, &str, Bench); 8] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -801,7 +801,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate,userspace,alerts,memory,fleet`.",
+         {}), `--only open,tls,rate,userspace,alerts,memory,fleet,sockets`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(
