@@ -451,6 +451,7 @@ impl Engine {
                 destinations: Default::default(),
                 credentials: Default::default(),
                 peak_requests_per_minute: Default::default(),
+                scopes: Default::default(),
                 pairs: Default::default(),
                 volume: Default::default(),
                 dropped: 0,
