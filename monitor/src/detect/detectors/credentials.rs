@@ -165,10 +165,13 @@ fn token(
     if own.is_none() && others().next().is_none() {
         return;
     }
+    let Some(ci) = contract else { return };
     for sc in j.scope.iter().take(MAX_JUDGED) {
-        if own.is_some_and(|(g, _)| g.is_match(sc.as_str()))
-            || others().any(|(g, _)| g.is_match(sc.as_str()))
-        {
+        let allowed = cx.caches.scope_allowed(ci, host, sc, || {
+            own.is_some_and(|(g, _)| g.is_match(sc.as_str()))
+                || others().any(|(g, _)| g.is_match(sc.as_str()))
+        });
+        if allowed {
             continue;
         }
         let Some(f) = cx.fresh(Rule::ScopeBeyondContract, &[sc]) else {
