@@ -155,7 +155,7 @@ fn scale_rules() -> String {
         };
         let (a, b) = (ds(c), ds(c + 1));
         y.push_str(&format!(
-            "apiVersion: nhiwatch.dev/v1\nkind: AccessContract\nmetadata: {{name: c-{c}}}\nspec:\n  {subject}\n  owner: team-{c}@example.org\n  purpose: bench\n  expires: 2099-12-31\n  allow:\n    dataSources: [{a}, {b}]\n    combinations: [[{a}, {b}]]\n    endpoints: [{{dataSource: {a}, methods: [GET, POST]}}]\n    secrets: [{{path: /var/run/secrets/**, executables: [/app/bin]}}]\n    destinations: [{{host: \"*.svc.cluster.local\"}}]\n  credentials: {{kinds: [jwt, api-key], maxTokenTtl: 1h}}\n  limits: [{{dataSource: {a}, requestsPerMinute: 100000}}]\n---\n"
+            "apiVersion: nhiwatch.dev/v1\nkind: AccessContract\nmetadata: {{name: c-{c}}}\nspec:\n  {subject}\n  owner: team-{c}@example.org\n  purpose: bench\n  expires: 2099-12-31\n  allow:\n    dataSources: [{a}, {b}]\n    combinations: [[{a}, {b}]]\n    endpoints: [{{dataSource: {a}, methods: [GET, POST]}}]\n    secrets: [{{path: /var/run/secrets/**, executables: [/app/bin]}}]\n    destinations: [{{host: \"*.svc.cluster.local\"}}]\n    scopes: [{{dataSource: {a}, scopes: [\"records.*\"]}}, {{dataSource: {b}, scopes: [\"records.*\"]}}]\n  credentials: {{kinds: [jwt, api-key], maxTokenTtl: 1h}}\n  limits: [{{dataSource: {a}, requestsPerMinute: 100000}}]\n---\n"
         ));
     }
     y
@@ -238,6 +238,11 @@ fn replay_benches() {
                             iat: Some(4_000_000_000 - 3600),
                             jti: None,
                             ttl_seconds: Some(3600),
+                            // The audience names the host called and the scope is inside the
+                            // contract: the audience and scope checks run in full on every
+                            // call and find nothing (issue K's rules cost, not their findings).
+                            aud: vec![format!("https://svc-{}.example.org", (c + k % 2) % 200)],
+                            scope: vec!["records.read".into()],
                             ..JwtSeen::default()
                         }),
                     }],

@@ -36,6 +36,8 @@ pub(super) struct Caches {
     hosts: FxMap<Key, bool>,
     /// (contract or usize::MAX, file path, _) → (data source, index of the secrets grant).
     files: FxMap<Key, (Option<DsId>, Option<usize>)>,
+    /// (contract, host, scope) → allowed by the contract's `allow.scopes` for that host.
+    scopes: FxMap<Key, bool>,
 }
 
 impl Caches {
@@ -43,10 +45,16 @@ impl Caches {
         self.http.clear();
         self.hosts.clear();
         self.files.clear();
+        self.scopes.clear();
     }
 
     fn bound(&mut self) {
-        for n in [self.http.len(), self.hosts.len(), self.files.len()] {
+        for n in [
+            self.http.len(),
+            self.hosts.len(),
+            self.files.len(),
+            self.scopes.len(),
+        ] {
             if n >= CLASSIFY_CACHE {
                 self.clear();
                 return;
@@ -81,6 +89,26 @@ impl Caches {
         self.bound();
         self.hosts
             .insert(Key(contract, host.to_owned(), String::new()), a);
+        a
+    }
+
+    /// A memoised verdict on `scope` at `host` under contract number `contract`; `judge` gives
+    /// it the first time. A token carries the same scopes on every call: glob matching each
+    /// time cost more than the lookup.
+    pub(super) fn scope_allowed(
+        &mut self,
+        contract: usize,
+        host: &str,
+        scope: &str,
+        judge: impl FnOnce() -> bool,
+    ) -> bool {
+        if let Some(a) = self.scopes.get(&KeyRef(contract, host, scope)) {
+            return *a;
+        }
+        let a = judge();
+        self.bound();
+        self.scopes
+            .insert(Key(contract, host.to_owned(), scope.to_owned()), a);
         a
     }
 
@@ -456,6 +484,7 @@ impl Engine {
                 destinations: Default::default(),
                 credentials: Default::default(),
                 peak_requests_per_minute: Default::default(),
+                scopes: Default::default(),
                 pairs: Default::default(),
                 volume: Default::default(),
                 dropped: 0,

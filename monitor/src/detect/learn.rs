@@ -63,8 +63,15 @@ pub(super) fn learn<'o>(
                 .and_then(|c| rules.contracts.get(c))
                 .and_then(|c| c.max_key_age)
                 .unwrap_or(default_max_key_age);
+            // Credentials this identity presents for the first time: their scopes are recorded
+            // once, not on every call.
+            let mut new_tokens = 0u64;
             for (i, cred) in call.credentials.iter().enumerate() {
-                credential(record, hot, cred, secs);
+                if credential(record, hot, cred, secs)
+                    && cred.jwt.as_ref().is_some_and(|j| !j.scope.is_empty())
+                {
+                    new_tokens |= 1 << i.min(63);
+                }
                 let (shared, first_seen) = creds.sight(&st.key, cred, secs);
                 if shared {
                     seen.shared |= 1 << i.min(63);
@@ -85,6 +92,9 @@ pub(super) fn learn<'o>(
             touch_ds(record, hot, rules, ds, secs);
             let method = call.method.as_deref().unwrap_or("?");
             touch_method(record, hot, name, ds, method, secs);
+            if new_tokens != 0 {
+                scopes(record, name, &call.credentials, new_tokens, secs);
+            }
             seen.call = Some(Call {
                 call,
                 host,
@@ -164,8 +174,28 @@ fn destination(rules: &Compiled, record: &mut IdentityRecord, host: &str, secs: 
     }
 }
 
-/// A credential presented: its use by this identity, through the identity's cached ones.
-fn credential(record: &mut IdentityRecord, hot: &mut Hot, cred: &CredentialSeen, secs: i64) {
+/// The scopes of the tokens flagged in `new` (bit `i`: credential `i`), under the data source.
+fn scopes(record: &mut IdentityRecord, ds: &str, creds: &[CredentialSeen], new: u64, t: i64) {
+    let flagged = creds
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| new & (1 << (*i).min(63)) != 0);
+    for (_, c) in flagged {
+        for s in c.jwt.iter().flat_map(|j| j.scope.iter()).take(64) {
+            let key = format!("{ds} {s}");
+            touch(&mut record.scopes, &mut record.dropped, &key, t);
+        }
+    }
+}
+
+/// A credential presented: its use by this identity, through the identity's cached ones; true
+/// when the identity presents this fingerprint for the first time (as far as its record knows).
+fn credential(
+    record: &mut IdentityRecord,
+    hot: &mut Hot,
+    cred: &CredentialSeen,
+    secs: i64,
+) -> bool {
     let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
     let key = InlineKey::new(&cred.fingerprint);
     let cached = key.as_ref().and_then(|k| hot.cred(k));
@@ -174,6 +204,7 @@ fn credential(record: &mut IdentityRecord, hot: &mut Hot, cred: &CredentialSeen,
         Some(c) => {
             c.usage.touch(secs);
             c.max_ttl_seconds = c.max_ttl_seconds.max(ttl);
+            false
         }
         None => credential_use(secs, record, hot, key, cred, ttl, full),
     }
@@ -188,11 +219,12 @@ fn credential_use(
     cred: &CredentialSeen,
     ttl: Option<i64>,
     full: bool,
-) {
-    match record.credentials.get_mut(&cred.fingerprint) {
+) -> bool {
+    let new = match record.credentials.get_mut(&cred.fingerprint) {
         Some(u) => {
             u.usage.touch(secs);
             u.max_ttl_seconds = u.max_ttl_seconds.max(ttl);
+            false
         }
         None => {
             if full {
@@ -217,7 +249,7 @@ fn credential_use(
                 record.dropped += 1;
                 match oldest {
                     Some(fp) => record.credentials.remove(&fp),
-                    None => return,
+                    None => return true,
                 };
             }
             record.credentials.insert(
@@ -230,8 +262,9 @@ fn credential_use(
                     usage: Usage::new(secs),
                 },
             );
+            true
         }
-    }
+    };
     if let (Some(k), Some(u), false) = (
         key,
         record.credentials.get(&cred.fingerprint),
@@ -243,6 +276,7 @@ fn credential_use(
             max_ttl_seconds: u.max_ttl_seconds,
         });
     }
+    new
 }
 
 thread_local! {

@@ -48,6 +48,10 @@ pub struct IdentityRecord {
     /// `DATA-SOURCE METHOD` (e.g. `ehr-medications GET`).
     #[serde(default)]
     pub methods: BTreeMap<String, Usage>,
+    /// `DATA-SOURCE SCOPE`: the token scopes presented on calls to a data source, counted once
+    /// per token (a new fingerprint), not per call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scopes: BTreeMap<String, Usage>,
     /// Secret file path → which executables opened it.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretUsage>,

@@ -91,6 +91,7 @@ pub fn empty_record(identity: WorkloadIdentity, first: i64, last: i64) -> Identi
         destinations: BTreeMap::new(),
         credentials: BTreeMap::new(),
         peak_requests_per_minute: BTreeMap::new(),
+        scopes: BTreeMap::new(),
         pairs: BTreeSet::new(),
         volume: BTreeMap::new(),
         dropped: 0,

@@ -54,6 +54,8 @@ pub struct InventoryRow {
     pub status: Status,
     /// The contract's owner; null when ungoverned or when no rules were given to look it up.
     pub owner: Option<String>,
+    /// Why the identity holds its access (the contract's `purpose`); null as `owner` is.
+    pub purpose: Option<String>,
     pub first_seen: String,
     pub last_seen: String,
     pub data_sources: Vec<String>,
@@ -85,7 +87,7 @@ pub fn inventory(
     let mut rows: Vec<InventoryRow> = identities
         .iter()
         .map(|r| {
-            let (contract, status, owner) = match rules {
+            let (contract, status, owner, purpose) = match rules {
                 Some(rules) => match resolve_contract(rules, r) {
                     Some(c) => {
                         let status = if expired(c.expires, now_unix) {
@@ -95,13 +97,18 @@ pub fn inventory(
                         } else {
                             Status::Governed
                         };
-                        (Some(c.name.clone()), status, Some(c.owner.clone()))
+                        (
+                            Some(c.name.clone()),
+                            status,
+                            Some(c.owner.clone()),
+                            Some(c.purpose.trim().to_owned()),
+                        )
                     }
-                    None => (None, Status::Ungoverned, None),
+                    None => (None, Status::Ungoverned, None, None),
                 },
                 None => match &r.contract {
-                    Some(c) => (Some(c.clone()), Status::Governed, None),
-                    None => (None, Status::Ungoverned, None),
+                    Some(c) => (Some(c.clone()), Status::Governed, None, None),
+                    None => (None, Status::Ungoverned, None, None),
                 },
             };
             let id = &r.identity;
@@ -117,6 +124,7 @@ pub fn inventory(
                 contract,
                 status,
                 owner,
+                purpose,
                 first_seen: rfc3339(r.first_seen),
                 last_seen: rfc3339(r.last_seen),
                 data_sources: r.data_sources.keys().cloned().collect(),
@@ -142,7 +150,7 @@ pub fn inventory(
     rows
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "IDENTITY",
     "KIND",
     "STATUS",
@@ -151,6 +159,8 @@ const HEADER: [&str; 8] = [
     "LAST SEEN",
     "DATA SOURCES",
     "CREDENTIALS",
+    // Last: the one free-text column, as long as its sentence.
+    "PURPOSE",
 ];
 
 /// Aligned columns, one line per identity, for a terminal.
@@ -162,7 +172,7 @@ pub fn render_inventory_table(rows: &[InventoryRow]) -> String {
             clean(s)
         }
     };
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let creds: Vec<String> = r
@@ -197,6 +207,7 @@ pub fn render_inventory_table(rows: &[InventoryRow]) -> String {
                 r.last_seen.clone(),
                 dash(&r.data_sources.join(",")),
                 dash(&creds.join(", ")),
+                dash(r.purpose.as_deref().unwrap_or("")),
             ]
         })
         .collect();

@@ -147,6 +147,33 @@ fn draft(r: &IdentityRecord, rules: &RuleSet, now: i64) -> String {
         allow.push_str("    endpoints:\n");
         allow.push_str(&endpoints);
     }
+    let scopes = scopes_by_source(r);
+    let mut scope_lines = String::new();
+    for ds in &sources {
+        let Some(used) = scopes.get(ds) else { continue };
+        let (plain, odd): (Vec<&str>, Vec<&str>) = used
+            .iter()
+            .partition(|s| !s.contains(['?', '[', ']', '{', '}', '\\', ',']));
+        if !plain.is_empty() {
+            let quoted: Vec<String> = plain.iter().map(|s| q(s)).collect();
+            let _ = writeln!(
+                scope_lines,
+                "      - {{dataSource: {ds}, scopes: [{}]}}",
+                quoted.join(", ")
+            );
+        }
+        if !odd.is_empty() {
+            let _ = writeln!(
+                scope_lines,
+                "      # {ds}: scopes with glob characters, not drafted: {}",
+                comment(&odd.join(", "))
+            );
+        }
+    }
+    if !scope_lines.is_empty() {
+        allow.push_str("    scopes:  # token scopes seen (a * in a scope is a glob here too)\n");
+        allow.push_str(&scope_lines);
+    }
     let mut secrets = String::new();
     for (path, s) in &r.secrets {
         let exes: Vec<&str> = s
@@ -318,6 +345,70 @@ fn shrink(
         ));
     }
 
+    // Scopes recorded under any data source of the same host count for a grant: tokens are
+    // judged per host (see the credentials detector).
+    let hosts_of = |ds: &str| -> Vec<&str> {
+        rules
+            .data_sources
+            .iter()
+            .filter(|d| d.name == ds)
+            .flat_map(|d| d.matchers.iter())
+            .filter_map(|m| match m {
+                Matcher::Http { host, .. } => Some(host.as_str()),
+                Matcher::File { .. } => None,
+            })
+            .collect()
+    };
+    let mut scope_grants: Vec<(&str, Vec<&str>)> = Vec::new();
+    for g in a.scopes.iter().filter(|g| kept(&g.data_source)) {
+        let hosts = hosts_of(&g.data_source);
+        let near: BTreeSet<&str> = rules
+            .data_sources
+            .iter()
+            .filter(|d| hosts_of(&d.name).iter().any(|h| hosts.contains(h)))
+            .map(|d| d.name.as_str())
+            .chain([g.data_source.as_str()])
+            .collect();
+        let usage = |glob: &globset::GlobMatcher| {
+            r.scopes
+                .iter()
+                .filter(|(k, _)| {
+                    k.split_once(' ')
+                        .is_some_and(|(d, s)| near.contains(d) && glob.is_match(s))
+                })
+                .map(|(_, u)| *u)
+                .max_by_key(|u| u.last_seen)
+        };
+        let mut used = Vec::new();
+        let mut idle = Vec::new();
+        for (pattern, glob) in g.scopes.iter().zip(&g.globs) {
+            let u = usage(glob);
+            if recent(u.as_ref()) {
+                used.push(pattern.as_str());
+            } else {
+                idle.push((pattern.as_str(), u));
+            }
+        }
+        for (pattern, u) in &idle {
+            let mut line = format!(
+                "scope {} on {}: {}",
+                pattern,
+                g.data_source,
+                when(u.as_ref())
+            );
+            if used.is_empty() {
+                line.push_str(" (kept: a data source without scopes is not judged)");
+            }
+            unused.push(line);
+        }
+        let keep = if used.is_empty() {
+            g.scopes.iter().map(String::as_str).collect()
+        } else {
+            used
+        };
+        scope_grants.push((&g.data_source, keep));
+    }
+
     let mut secrets: Vec<(&str, Vec<&str>)> = Vec::new();
     for g in &a.secrets {
         let pattern = g.path.glob().glob();
@@ -471,6 +562,17 @@ fn shrink(
             let _ = writeln!(allow, "    - {{dataSource: {ds}, methods: {}}}", flow(ms));
         }
     }
+    if !scope_grants.is_empty() {
+        allow.push_str("  scopes:\n");
+        for (ds, scopes) in &scope_grants {
+            let quoted: Vec<String> = scopes.iter().map(|s| q(s)).collect();
+            let _ = writeln!(
+                allow,
+                "    - {{dataSource: {ds}, scopes: [{}]}}",
+                quoted.join(", ")
+            );
+        }
+    }
     if !secrets.is_empty() {
         allow.push_str("  secrets:\n");
         for (path, exes) in &secrets {
@@ -492,7 +594,12 @@ fn shrink(
         y.push_str("allow:\n");
         y.push_str(&allow);
     }
-    if !kinds.is_empty() || p.max_token_ttl.is_some() || p.shared == Sharing::Allowed {
+    if !kinds.is_empty()
+        || p.max_token_ttl.is_some()
+        || p.shared == Sharing::Allowed
+        || p.require_audience
+        || p.max_key_age.is_some()
+    {
         y.push_str("credentials:\n");
         if !kinds.is_empty() {
             let names: Vec<&str> = kinds.iter().map(|k| credential_kind_name(*k)).collect();
@@ -508,8 +615,31 @@ fn shrink(
         if p.shared == Sharing::Allowed {
             y.push_str("  shared: allowed\n");
         }
+        if p.require_audience {
+            y.push_str("  requireAudience: true\n");
+        }
+        if let Some(age) = p.max_key_age {
+            let text = if age.as_secs() % (DAY as u64) == 0 {
+                format!("{}d", age.as_secs() / DAY as u64)
+            } else {
+                humantime::format_duration(age).to_string()
+            };
+            let _ = writeln!(y, "  maxKeyAge: {}", q(&text));
+        }
     }
     out.yaml = y;
+    out
+}
+
+/// `ehr-patients patient/*.read` keys grouped by data source.
+fn scopes_by_source(r: &IdentityRecord) -> BTreeMap<&str, BTreeSet<&str>> {
+    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for key in r.scopes.keys() {
+        // Data-source names have no space; a scope is one word of a space-separated claim.
+        if let Some((ds, s)) = key.split_once(' ') {
+            out.entry(ds).or_default().insert(s);
+        }
+    }
     out
 }
 

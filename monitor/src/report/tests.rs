@@ -32,6 +32,16 @@ fn inventory_resolves_contracts_against_the_current_rules() {
     assert_eq!(med.status, Status::Governed);
     assert_eq!(med.owner.as_deref(), Some("clinical-ai@example.org"));
     assert_eq!(
+        med.purpose.as_deref(),
+        Some("Summarise medication lists for clinicians")
+    );
+    let table = render_inventory_table(&rows);
+    assert!(
+        table.lines().next().unwrap().ends_with("PURPOSE")
+            && table.contains("Summarise medication lists for clinicians"),
+        "{table}"
+    );
+    assert_eq!(
         med.data_sources,
         [
             "ehr-medications",
@@ -422,4 +432,67 @@ fn break_glass_grants_are_not_shrunk() {
     assert_eq!(s.contract.as_deref(), Some("breakglass-admin"));
     assert!(s.unused.is_empty());
     assert!(s.yaml.contains("break-glass"), "{}", s.yaml);
+}
+
+/// Scopes: a draft grants the scopes seen per data source; a review lists granted scopes no token
+/// carried lately (matching by glob, across the data sources of one host, as the detector judges)
+/// and keeps requireAudience and maxKeyAge in the sections it prints.
+#[test]
+fn scopes_are_drafted_and_unused_scopes_reviewed() {
+    let mut rec = cohort_builder();
+    let u = rec.data_sources["ehr-patients"];
+    rec.scopes
+        .insert("ehr-patients patient/Patient.read".into(), u);
+    rec.scopes
+        .insert("ehr-observations patient/Observation.read".into(), u);
+    let s = suggest(&rec, &shipped_rules(), now(), 30);
+    let doc = format!("{}\n---\n{}", data_sources_text(), s.yaml);
+    let loaded = load_str("draft.yaml", &doc).unwrap_or_else(|e| panic!("{e:#?}\n{}", s.yaml));
+    let scopes: Vec<(&str, &[String])> = loaded.contracts[0]
+        .allow
+        .scopes
+        .iter()
+        .map(|g| (g.data_source.as_str(), g.scopes.as_slice()))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            (
+                "ehr-observations",
+                &["patient/Observation.read".to_string()][..]
+            ),
+            ("ehr-patients", &["patient/Patient.read".to_string()][..]),
+        ]
+    );
+
+    let mut rec = med_summarizer();
+    let recent = rec.data_sources["ehr-medications"];
+    // Recorded on a call to ehr-patients, granted under ehr-medications: the same FHIR host.
+    rec.scopes
+        .insert("ehr-patients patient/MedicationRequest.read".into(), recent);
+    let rules = rules_with(
+        "apiVersion: nhiwatch.dev/v1\nkind: AccessContract\nmetadata: {name: med-summarizer}\nspec:\n  identity: spiffe://clinic.example/ns/clinical-ai/sa/med-summarizer\n  owner: clinical-ai@example.org\n  purpose: Summarise medication lists\n  allow:\n    dataSources: [ehr-medications, ehr-patients, llm-anthropic]\n    scopes:\n      - {dataSource: ehr-medications, scopes: [\"patient/Medication*.read\", \"system/*.read\"]}\n      - {dataSource: ehr-patients, scopes: [\"patient/Patient.read\"]}\n  credentials: {kinds: [jwt, api-key], requireAudience: true, maxKeyAge: 60d}\n",
+    );
+    let s = suggest(&rec, &rules, now(), 30);
+    let y = &s.yaml;
+    assert!(
+        s.unused
+            .iter()
+            .any(|u| u == "scope system/*.read on ehr-medications: never used"),
+        "{:?}",
+        s.unused
+    );
+    assert!(
+        !s.unused.iter().any(|u| u.contains("Medication*")),
+        "{:?}",
+        s.unused
+    );
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(y).unwrap();
+    assert_eq!(
+        v["allow"]["scopes"][0]["scopes"],
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[\"patient/Medication*.read\"]").unwrap(),
+        "{y}"
+    );
+    assert_eq!(v["credentials"]["requireAudience"], true, "{y}");
+    assert_eq!(v["credentials"]["maxKeyAge"], "60d", "{y}");
 }

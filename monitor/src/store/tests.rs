@@ -48,6 +48,7 @@ fn identity(name: &str, last_seen: i64) -> IdentityRecord {
         )]
         .into(),
         peak_requests_per_minute: [("ehr-medications".into(), 42)].into(),
+        scopes: [("ehr-patients patient/*.read".into(), Usage::new(5))].into(),
         pairs: [("ehr-medications".into(), "llm-anthropic".into())].into(),
         volume: BTreeMap::new(),
         dropped: 0,

@@ -153,28 +153,36 @@ fn token(
         return;
     }
     let rules = cx.rules;
-    let grants: Vec<&(globset::GlobSet, Vec<String>)> = match ds {
-        Some(d) => std::iter::once(d)
-            .chain(rules.host_data_sources(host).filter(|h| *h != d))
-            .filter_map(|d| c.scopes.get(&d))
-            .collect(),
-        None => rules
+    let own = ds.and_then(|d| c.scopes.get(&d));
+    // The grants of the host's other data sources, looked up only when the call's own data
+    // source does not cover a scope (the common case costs one glob match per scope).
+    let others = || {
+        rules
             .host_data_sources(host)
+            .filter(move |d| Some(*d) != ds)
             .filter_map(|d| c.scopes.get(&d))
-            .collect(),
     };
-    if grants.is_empty() {
+    if own.is_none() && others().next().is_none() {
         return;
     }
+    let Some(ci) = contract else { return };
     for sc in j.scope.iter().take(MAX_JUDGED) {
-        if grants.iter().any(|(g, _)| g.is_match(sc.as_str())) {
+        let allowed = cx.caches.scope_allowed(ci, host, sc, || {
+            own.is_some_and(|(g, _)| g.is_match(sc.as_str()))
+                || others().any(|(g, _)| g.is_match(sc.as_str()))
+        });
+        if allowed {
             continue;
         }
         let Some(f) = cx.fresh(Rule::ScopeBeyondContract, &[sc]) else {
             continue;
         };
         let who = cx.who();
-        let mut allowed: Vec<String> = grants.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
+        let mut allowed: Vec<String> = own
+            .into_iter()
+            .chain(others())
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect();
         allowed.sort();
         allowed.dedup();
         let name = ds.map(|d| rules.ds_name(d).to_owned());
