@@ -172,6 +172,7 @@ pub fn merge(
         executables: Default::default(),
         data_sources: Default::default(),
         methods: Default::default(),
+        scopes: Default::default(),
         secrets: Default::default(),
         destinations: Default::default(),
         credentials: Default::default(),
