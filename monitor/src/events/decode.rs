@@ -412,7 +412,7 @@ mod tests {
         e.captured = 3;
         let mut v = bytes(&e);
         v.extend_from_slice(b"GET");
-        for lib in [0u8, 4, 255] {
+        for lib in [0u8, 5, 255] {
             v[std::mem::offset_of!(nw_tls_data, lib)] = lib;
             let err = decode(&v).unwrap_err();
             assert_eq!(
