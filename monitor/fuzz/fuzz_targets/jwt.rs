@@ -3,7 +3,7 @@
 
 use nhiwatch::protocol::credentials::{
     classify, decode_jwt_claims, CredentialKind, CredentialSummary, Fingerprinter, JwtClaims,
-    MAX_AUD, MAX_CLAIM_CHARS,
+    MAX_AUD, MAX_CLAIM_CHARS, MAX_SCOPES,
 };
 use nhiwatch::protocol::Header;
 
@@ -44,16 +44,18 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 fn check_claims(c: &JwtClaims) -> Vec<&str> {
-    let strings: Vec<&str> = [&c.alg, &c.iss, &c.sub, &c.jti, &c.scope]
+    let strings: Vec<&str> = [&c.alg, &c.iss, &c.sub, &c.jti]
         .into_iter()
         .flatten()
         .map(String::as_str)
         .chain(c.aud.iter().map(String::as_str))
+        .chain(c.scope.iter().map(String::as_str))
         .collect();
     for s in &strings {
         assert!(s.chars().count() <= MAX_CLAIM_CHARS);
     }
     assert!(c.aud.len() <= MAX_AUD);
+    assert!(c.scope.len() <= MAX_SCOPES);
     assert!(c.alg.is_some(), "a JWT without alg was accepted");
     if let (Some(e), Some(i)) = (c.exp, c.iat) {
         assert_eq!(c.ttl_seconds, e.checked_sub(i));
