@@ -32,6 +32,11 @@ typedef __s64 s64;
 #define NW_WATCH_SUFFIX_LEN 16
 /* Dentry levels walked above an opened file when matching watched directories by inode. */
 #define NW_DENTRY_DEPTH 8
+/* The watched-inode prefilter (map watch_ino_bits): 1 << LOG2 bits in WORDS u64s; a (dev, ino)
+ * has bit ((ino ^ (dev << 32)) * MUL) >> (64 - LOG2), the same in files.bpf.c and watch.rs. */
+#define NW_INODE_BITS_LOG2 16
+#define NW_INODE_BITS_WORDS 1024
+#define NW_INODE_BITS_MUL 0x9E3779B97F4A7C15ULL
 /* DNS message bytes captured per UDP response (the classic UDP limit; larger EDNS
  * answers arrive cut and are rejected by the parser). */
 #define NW_DNS_CAPTURE_MAX 512

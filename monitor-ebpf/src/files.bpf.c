@@ -33,6 +33,22 @@ struct {
 	__type(value, u32);
 } watch_devs SEC(".maps");
 
+/* A bit per hash of (dev, ino) for every key of watch_inodes (probes/watch.rs keeps it, with
+ * the same hash): the exit's dentry walk tests each ancestor here, an array access the verifier
+ * inlines, and pays a watch_inodes lookup only on a set bit. Without it every level of every
+ * open on a filesystem holding a watched inode cost a hash lookup (BENCHMARKS.md benchmark 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64[NW_INODE_BITS_WORDS]);
+} watch_ino_bits SEC(".maps");
+
+static __always_inline u32 inode_bit(u64 ino, u32 dev)
+{
+	return ((ino ^ ((u64)dev << 32)) * NW_INODE_BITS_MUL) >> (64 - NW_INODE_BITS_LOG2);
+}
+
 struct open_pending {
 	u32 watch_id;
 	u32 open_flags;
@@ -164,6 +180,78 @@ static __always_inline void inode_of(struct file *f, u64 *ino, u32 *dev)
 	*dev = BPF_CORE_READ(i, i_sb, s_dev);
 }
 
+/* The first fds live in the files_struct's inline array until the table outgrows it. */
+#define NW_INLINE_FDS 64
+
+/* The file an fd names as a BTF pointer, so the exit reads the file, its inode and its dentries
+ * with plain loads rather than one bpf_probe_read_kernel call each (those helper calls were most
+ * of exit_openat's cost per unwatched open, BENCHMARKS.md benchmark 1). The verifier allows loads
+ * through BTF pointers at constant offsets only, so the fd picks its slot of the inline array by
+ * an unrolled compare; a larger fd, or a table that has outgrown the inline array (its max_fds is
+ * then above NW_INLINE_FDS), gives 0 and the caller takes the probe-read path. */
+static __always_inline struct file *fd_file_btf(long fd)
+{
+	if (fd < 0 || fd >= NW_INLINE_FDS)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	if (!files)
+		return 0;
+	struct fdtable *fdt = files->fdt;
+	if (!fdt || fdt->max_fds > NW_INLINE_FDS)
+		return 0;
+	/* j is i hidden from the compiler, which would otherwise fold the loop into one load at a
+	 * variable offset; the verifier still walks the loop knowing j exactly on each turn. */
+	for (int i = 0; i < NW_INLINE_FDS; i++) {
+		int j = i;
+		asm volatile("" : "+r"(j));
+		if (i == fd)
+			return files->fd_array[j & (NW_INLINE_FDS - 1)];
+	}
+	return 0;
+}
+
+/* True when the opened file is certainly not at or under a watched inode: the same walk as
+ * open_exit's inode match, with plain loads and no name copies. Anything it cannot read says
+ * "not sure", and the full walk decides. Watched opens are rare, so they walk twice. */
+static __always_inline bool surely_unwatched(long fd)
+{
+	struct file *f = fd_file_btf(fd);
+	if (!f)
+		return false;
+	struct inode *leaf = f->f_inode;
+	if (!leaf)
+		return false;
+	struct super_block *sb = leaf->i_sb;
+	if (!sb)
+		return false;
+	u32 zero = 0;
+	u64 *bits = bpf_map_lookup_elem(&watch_ino_bits, &zero);
+	if (!bits)
+		return false;
+	struct nw_inode_key key = {};
+	key.dev = sb->s_dev;
+	struct dentry *d = f->f_path.dentry;
+	for (int i = 0; i < NW_DENTRY_DEPTH; i++) {
+		if (!d)
+			return false;
+		struct inode *di = d->d_inode;
+		if (!di)
+			return false;
+		key.ino = di->i_ino;
+		u32 h = inode_bit(key.ino, key.dev);
+		if ((bits[(h >> 6) & (NW_INODE_BITS_WORDS - 1)] >> (h & 63)) & 1 &&
+		    bpf_map_lookup_elem(&watch_inodes, &key))
+			return false;
+		struct dentry *parent = d->d_parent;
+		if (!parent || parent == d)
+			return true;
+		d = parent;
+	}
+	/* the full walk gives up at the same depth */
+	return true;
+}
+
 static __always_inline int open_exit(long ret)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -197,7 +285,7 @@ static __always_inline int open_exit(long ret)
 		emit_urgent(e, size & 0xffff);
 		return 0;
 	}
-	if (ret < 0)
+	if (ret < 0 || surely_unwatched(ret))
 		return 0;
 
 	/* Not matched by the path string: match the opened file's dentry and its
@@ -214,6 +302,10 @@ static __always_inline int open_exit(long ret)
 	if (!bpf_map_lookup_elem(&watch_devs, &dev))
 		return 0;
 	kw.key.dev = dev;
+	u32 zero = 0;
+	u64 *bits = bpf_map_lookup_elem(&watch_ino_bits, &zero);
+	if (!bits)
+		return 0;
 	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
 	struct dentry *chain[NW_DENTRY_DEPTH];
 	struct nw_watch *w = 0;
@@ -221,7 +313,10 @@ static __always_inline int open_exit(long ret)
 	for (int i = 0; i < NW_DENTRY_DEPTH; i++) {
 		chain[i] = d;
 		kw.key.ino = BPF_CORE_READ(d, d_inode, i_ino);
-		w = bpf_map_lookup_elem(&watch_inodes, &kw.key);
+		u32 h = inode_bit(kw.key.ino, kw.key.dev);
+		/* no bit, no watched inode: skip the hash lookup */
+		if ((bits[(h >> 6) & (NW_INODE_BITS_WORDS - 1)] >> (h & 63)) & 1)
+			w = bpf_map_lookup_elem(&watch_inodes, &kw.key);
 		if (w) {
 			level = i;
 			break;

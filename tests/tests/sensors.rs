@@ -128,6 +128,78 @@ fn watched_files_by_absolute_relative_and_symlink_paths_unwatched_not() {
     d.stop();
 }
 
+/// The exit probe reads the opened file through the task's inline fd array when it can (fds
+/// below 64, table never grown) and falls back to reading the fd table otherwise: a relative
+/// open of a watched file at fd 80 must still be matched by inode.
+#[test]
+fn watched_file_opened_relatively_at_a_high_fd() {
+    let tmp = TempDir::new("nhiwatch-e2e-highfd");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let token = secrets.join("token");
+    std::fs::write(&token, "not-a-real-token").unwrap();
+    let watch = format!("{}/", secrets.display());
+    let d = Daemon::start(&config_with(std::slice::from_ref(&watch), ""));
+    // fds 3..=79 taken, so cat's open of the token gets fd 80 in a grown table
+    let child = Command::new("/bin/bash")
+        .args([
+            "-c",
+            "for i in $(seq 3 79); do eval \"exec $i</dev/null\"; done; exec cat token",
+        ])
+        .current_dir(&secrets)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let token_s = token.display().to_string();
+    let ev = d.wait_for("relative open at a high fd", WAIT, |v| {
+        kind_is(v, "file_open") && pid_is(v, pid)
+    });
+    assert_eq!(ev["matched_by"], "inode");
+    assert_eq!(ev["path"], token_s.as_str());
+    assert_eq!(ev["result"], 80, "{ev}");
+    d.stop();
+}
+
+/// The same relative open by a process whose fd table was never grown: the exit probe's plain-load
+/// walk over the inline fd array must find the watched directory too. (Processes started from the
+/// test inherit whatever high fds its parent left open, so the shell closes them and forks cat
+/// from a small table, which `FDSize` confirms.)
+#[test]
+fn watched_file_opened_relatively_from_a_small_fd_table() {
+    let tmp = TempDir::new("nhiwatch-e2e-smallfd");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("sa")).unwrap();
+    let token = secrets.join("sa/token");
+    std::fs::write(&token, "not-a-real-token").unwrap();
+    let watch = format!("{}/", secrets.display());
+    let d = Daemon::start(&config_with(std::slice::from_ref(&watch), ""));
+    let script = "for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; \
+                  done 2>/dev/null; \
+                  grep FDSize /proc/self/status; cat sa/token >/dev/null & echo \"cat $!\"; wait";
+    let out = Command::new("/bin/bash")
+        .args(["-c", script])
+        .current_dir(&secrets)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FDSize:\t64"), "{text}");
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cat "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text}"));
+    let token_s = token.display().to_string();
+    let ev = d.wait_for("relative open from a small fd table", WAIT, |v| {
+        kind_is(v, "file_open") && pid_is(v, pid)
+    });
+    assert_eq!(ev["matched_by"], "inode");
+    assert_eq!(ev["path"], token_s.as_str());
+    d.stop();
+}
+
 fn tcp_roundtrip(d: &Daemon, bind: &str, host: &str) {
     let listener = TcpListener::bind(bind).unwrap();
     let port = listener.local_addr().unwrap().port();

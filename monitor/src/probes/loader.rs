@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -17,7 +17,7 @@ use super::{
     sensors::{self, tls, Attach},
     tls_hold::TlsHold,
     tls_libs::{TlsDiscovery, TlsTarget},
-    watch::{WatchSet, WatchStats, WatchTarget},
+    watch::{InodeBits, WatchSet, WatchStats, WatchTarget},
     SensorConfig,
 };
 
@@ -67,6 +67,7 @@ pub struct Sensors {
     watch_paths: LpmTrie<MapData, [u8; NW_PATH_MAX as usize], nw_watch>,
     watch_inodes: BpfHashMap<MapData, nw_inode_key, nw_watch>,
     watch_devs: BpfHashMap<MapData, u32, u32>,
+    watch_ino_bits: Array<MapData, InodeBits>,
     watch: WatchSet,
     /// Shared with the pipeline to turn watch ids back into paths.
     pub watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
@@ -270,6 +271,7 @@ impl Sensors {
         let watch_paths = take(&mut bpf, "watch_paths")?;
         let watch_inodes = take(&mut bpf, "watch_inodes")?;
         let watch_devs = take(&mut bpf, "watch_devs")?;
+        let watch_ino_bits = take(&mut bpf, "watch_ino_bits")?;
         let watch = WatchSet::new(&cfg.files.watch).map_err(LoadError::NothingAttached)?;
         let hold = TlsHold::new(
             take(&mut bpf, "tls_hold_ctl")?,
@@ -286,6 +288,7 @@ impl Sensors {
             watch_paths,
             watch_inodes,
             watch_devs,
+            watch_ino_bits,
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
             tls: TlsDiscovery::default(),
@@ -372,6 +375,7 @@ impl Sensors {
             &mut self.watch_paths,
             &mut self.watch_inodes,
             &mut self.watch_devs,
+            &mut self.watch_ino_bits,
         );
         if let Ok(mut t) = self.watch_targets.write() {
             *t = self.watch.targets().to_vec();

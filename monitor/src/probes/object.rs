@@ -113,6 +113,7 @@ mod tests {
             "watch_paths",
             "watch_inodes",
             "watch_devs",
+            "watch_ino_bits",
             "tls_calls",
             "tls_session_socks",
             "canary",

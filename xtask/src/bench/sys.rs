@@ -374,7 +374,12 @@ pub struct ProgStats {
     pub id: u32,
     pub run_time_ns: u64,
     pub run_cnt: u64,
+    /// BPF_PROG_TYPE_* (uprobes and uretprobes are kprobe-type programs, 2).
+    pub prog_type: u32,
 }
+
+/// BPF_PROG_TYPE_KPROBE: the type of uprobe and uretprobe programs, each run of which is a trap.
+pub const PROG_TYPE_KPROBE: u32 = 2;
 
 /// The BPF programs `pid` holds descriptors to, with their run-time counters (from fdinfo).
 pub fn prog_stats(pid: u32) -> Result<Vec<ProgStats>> {
@@ -402,6 +407,7 @@ pub fn prog_stats(pid: u32) -> Result<Vec<ProgStats>> {
                     id: id as u32,
                     run_time_ns: t,
                     run_cnt: c,
+                    prog_type: field("prog_type:").unwrap_or(0) as u32,
                 });
             }
         }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{stats, sys, Ctx, Section, SummaryRow, Tool, Variant};
+use super::{stats, sys, Ctx, Profile, Section, SummaryRow, Tool, Variant, HW_TRAP_SOURCE};
 
 /// The OpenSSL functions nhiwatch probes (entry and return).
 const SSL_FUNCS: [&str; 4] = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
@@ -98,6 +98,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         client_run(2000)?;
         Ok(2000)
     });
+    // The floor's and the peer's programs too, for the projection to hardware: their trap
+    // counts come from the same accounting (one uprobe program run = one trap).
+    let mut peer_profile = |i: usize, label: &str| match &variants[i].tool {
+        Some(t) => ctx.profile(t, label, "request", || {
+            client_run(2000)?;
+            Ok(2000)
+        }),
+        None => bail!("variant {i} runs no tool"),
+    };
+    let floor_profile = peer_profile(1, "floor");
+    let ss_profile = peer_profile(3, "sslsnoop.bt");
     nginx.check_alive()?;
     nginx.stop()?;
     let rows = stats::compare(&samples[0]);
@@ -222,9 +233,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
             .join(", ")
     );
     body.push_str(&stats::table(&cpu_rows, "µs/request", 1));
+    let projected = match (&profile, &floor_profile, &ss_profile) {
+        (Ok(nh), Ok(fl), Ok(ss)) => Some(projection_row(nh, fl, ss)),
+        _ => None,
+    };
     let mut bpf_ns = None;
     match profile {
-        Ok((table, ns)) => {
+        Ok(Profile {
+            table,
+            ns_per_op: ns,
+            ..
+        }) => {
             bpf_ns = Some(ns);
             let _ = writeln!(
                 body,
@@ -240,6 +259,24 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         Err(e) => ctx
             .notes
             .push(format!("TLS benchmark: BPF profiling pass failed: {e:#}")),
+    }
+    for (name, p) in [("the floor", &floor_profile), ("sslsnoop.bt", &ss_profile)] {
+        match p {
+            Ok(p) => {
+                let _ = writeln!(body, "\n{name}'s programs in the same kind of pass:\n");
+                body.push_str(&p.table);
+            }
+            Err(e) => ctx.notes.push(format!(
+                "TLS benchmark: profiling pass of {name} failed: {e:#}"
+            )),
+        }
+    }
+    if let Some(row) = &projected {
+        let _ = writeln!(
+            body,
+            "\n**Projected cost on hardware** (a projection, not a measurement): {}. {}.\n",
+            row.measured, row.verdict
+        );
     }
     if let Some(per_call) = calls.as_ref().map(|c| c.per_request) {
         if per_call > 0.0 && fl > 0.0 {
@@ -297,7 +334,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
                 measured: measured_ss,
                 verdict: verdict_ss,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(projected)
+        .collect(),
     })
 }
 
@@ -507,6 +547,35 @@ fn list_or_none(v: Vec<String>) -> String {
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+/// Benchmark 2's projection to hardware: each tool's program time per request plus its uprobe
+/// traps per request at HW_TRAP_US.
+fn projection_row(nh: &Profile, fl: &Profile, ss: &Profile) -> SummaryRow {
+    let us = |p: &Profile| p.projected_ns() / 1000.0;
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}×", a / b)
+        } else {
+            "n/a".into()
+        }
+    };
+    SummaryRow {
+        target: "2p. Projected cost on hardware per HTTPS request (projection: BPF program time \
+                 from `bpf_stats` + uprobe traps × 0.4 µs)"
+            .into(),
+        measured: format!(
+            "nhiwatch {}, empty-probe floor {}, sslsnoop.bt {}; per-trap figure: {HW_TRAP_SOURCE}",
+            nh.projection(0),
+            fl.projection(0),
+            ss.projection(0)
+        ),
+        verdict: format!(
+            "projection: nhiwatch {} the floor, {} sslsnoop.bt",
+            ratio(us(nh), us(fl)),
+            ratio(us(nh), us(ss))
+        ),
     }
 }
 
