@@ -602,17 +602,24 @@ fn attached(addr: SocketAddr, file: &Path) -> Result<bool> {
 }
 
 fn attached_in(metrics: &str, file: &Path) -> bool {
-    let tail = format!("{}\"", file.display());
+    let path = file.to_string_lossy();
+    let rooted = format!("/root{path}");
     let mut any = false;
     for l in metrics
         .lines()
-        .filter(|l| l.starts_with("nhiwatch_probe_attached{") && l.contains(&tail))
+        .filter(|l| l.starts_with("nhiwatch_probe_attached{"))
     {
         let Some((labels, value)) = l.rsplit_once(' ') else {
-            return false;
+            continue;
         };
-        let target = labels.split("target=\"").nth(1).unwrap_or("");
-        if !(target == tail || target.ends_with(&format!("/root{tail}"))) {
+        let Some(target) = labels
+            .split("target=\"")
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+        else {
+            continue;
+        };
+        if target != path && !target.ends_with(&rooted) {
             continue;
         }
         if value.trim() != "1" {
