@@ -100,9 +100,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
     let samples = ctx.alternate(&variants, "µs/request", |_, tool| {
         nginx.check_alive()?;
         if let Some(pid) = tool.filter(|p| is_nhiwatch(*p)) {
-            // A fresh nhiwatch attaches when it sees the client exec: one request first, then
-            // wait until its probes are on the file, so the timed loop is probed throughout.
-            wait_probed(pid, sites.len(), || client_run(1).map(|_| ()))?;
+            // A fresh nhiwatch attaches when it sees the client exec: wait until its probes
+            // are on the file, so the timed loop is probed throughout.
+            wait_probed(pid, sites.len(), &client)?;
         }
         let server0 = sys::cpu_ns(nginx_pid)?;
         let tool0 = tool.map(sys::cpu_ns).transpose()?.unwrap_or(0);
@@ -125,16 +125,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         let client = client.clone();
         let n_sites = sites.len();
         ctx.profile_nhiwatch(&config, "request", move || {
-            // The profiling daemon is fresh too: let it attach first (each poke is a warm-up
-            // and one request, counted with the 2000 and their warm-up).
-            let mut requests = 2001;
+            // The profiling daemon is fresh too: let it attach first.
             let pid = our_daemon().context("the profiling nhiwatch is not running")?;
-            wait_probed(pid, n_sites, || {
-                requests += 2;
-                goloop(&client, cpu, port, 1).map(|_| ())
-            })?;
+            wait_probed(pid, n_sites, &client)?;
             goloop(&client, cpu, port, 2000)?;
-            Ok(requests)
+            Ok(2001)
         })
     };
     nginx.check_alive()?;
@@ -194,7 +189,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          instruction of `Read` (nhiwatch never uses uretprobes on Go code). Offsets: {}. \
          bpftrace 0.17 here cannot attach at offsets, hence the loader. nhiwatch runs with the \
          bundled configuration; a fresh daemon attaches when it sees the client's exec, so each \
-         of its runs first makes one request and waits until its uprobes are on the file.\n",
+         of its runs first starts the client idle and waits until its uprobes are on the file.\n",
         sites.len(),
         sites
             .iter()
@@ -427,28 +422,30 @@ fn our_daemon() -> Option<u32> {
     })
 }
 
-/// Runs `poke` (an exec of the client, which the daemon sees) until daemon `pid` holds `sites`
-/// more BPF links than before: its uprobes on the client are attached.
-fn wait_probed(pid: u32, sites: usize, mut poke: impl FnMut() -> Result<()>) -> Result<()> {
+/// Runs the client in its hold mode (no traffic) until daemon `pid` holds `sites` more BPF
+/// links than before: its uprobes on the client are attached. The process must outlive the
+/// attach: nhiwatch opens the file through `/proc/<pid>/root`, and a client that already exited
+/// (one quick request) leaves it a `missing_file` it does not retry for that inode.
+fn wait_probed(pid: u32, sites: usize, client: &Path) -> Result<()> {
     let base = sys::attachments(pid);
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        poke()?;
-        let until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < until {
-            if sys::attachments(pid) >= base + sites {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let mut p = hold(client)?;
+    let r = loop {
+        if sys::attachments(pid) >= base + sites {
+            break Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
+            break Err(anyhow::anyhow!(
                 "nhiwatch (pid {pid}) attached no {sites} uprobes to the Go client within 60 s \
                  ({} BPF links, {base} before)",
                 sys::attachments(pid)
-            );
+            ));
         }
-    }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(p.stdin.take());
+    p.wait()?;
+    r
 }
 
 /// One run with the floor and `kernel.bpf_stats_enabled=1`: (program runs per request, ns per run).
