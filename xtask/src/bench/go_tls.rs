@@ -449,7 +449,10 @@ const LINGERING: [&str; 4] = ["go_tls_", "ssl_", "sock_", "handle_sock"];
 /// they would fire here too); returns how long that took (more than `max`: gave up).
 fn wait_probes_gone(max: Duration) -> Duration {
     let t0 = Instant::now();
-    while sys::prog_names().values().any(|n| n.starts_with("go_tls_")) {
+    while sys::prog_names()
+        .values()
+        .any(|n| LINGERING.iter().any(|p| n.starts_with(p)))
+    {
         if t0.elapsed() > max {
             break;
         }
