@@ -104,8 +104,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         if !tool.is_some_and(is_nhiwatch) && !gave_up {
             // A stopped nhiwatch hands its uprobe links to the kernel, which tears them down
             // one by one (≈ 0.1–0.2 s each here) after the daemon exited: until then they still
-            // fire in the client and would be charged to the next variant (bare, in the first
-            // trial runs: bare measured 2.7× slower than with the floor).
+            // fire in the client and would be charged to the next variant.
             let waited = wait_probes_gone(Duration::from_secs(20));
             if waited > Duration::from_secs(20) {
                 gave_up = true;
@@ -223,9 +222,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          fire in the client. So every bare and floor run first waits until none of \
          nhiwatch's programs that fire here (`go_tls_*`, `ssl_*`, `sock_*`, `handle_sock_*`) is \
          loaded any more: median wait {} s, longest {} s \
-         (while this wait covered only `go_tls_*`, bare runs following an nhiwatch run measured \
-         ≈ 150–165 µs/request against ≈ 52–57 µs for the first, truly bare one, and slower than \
-         the floor).\n",
+         (a guard: so far the programs were always gone by then, and bare runs after round 1 \
+         stayed slower than the first one with or without it — see the per-round values).\n",
         stats::num(stats::median(&lingering), 1),
         stats::num(lingering.iter().copied().fold(0.0, f64::max), 1)
     );
