@@ -1,7 +1,4 @@
-//! Benchmark 9: the cost nhiwatch adds to HTTPS requests made by a Go program (crypto/tls, a
-//! minimal keep-alive client → nginx), next to the floor of an empty uprobe at the very places
-//! nhiwatch probes (entries of `(*Conn).Read`/`Write`, RET sites of `Read`); and the time from
-//! exec of a new ~20 MB Go binary to its probes attached.
+//! Benchmark 9: takes a Go HTTPS keep-alive client, nginx and nhiwatch, gives the added cost per request against an empty uprobe at nhiwatch's own Go probe sites (entries of `(*tls.Conn).Read`/`Write`, RET sites of `Read`), per-program BPF time, and the exec-to-attached time of a new ~20 MB Go binary.
 
 use std::{
     ffi::OsString,
