@@ -10,6 +10,8 @@
 //! 6. Detector memory at scale (peak RSS with the default caps).
 //! 7. read()/write() storms on a pipe and a file, and cleartext HTTP keep-alive requests: bare,
 //!    an empty-tracepoint floor (bpftrace), nhiwatch's sockets sensor.
+//! 9. HTTPS requests from a Go client (crypto/tls): bare, an empty uprobe at the same entries
+//!    and RET sites (libbpf), nhiwatch; and the attach cost of a new ~20 MB Go binary.
 //!
 //! Overhead variants run in alternation (bare, A, B, bare, A, B …) so drift of a noisy machine
 //! hits every variant alike; each tool is started fresh, waited for until attached, and stopped
@@ -18,6 +20,7 @@
 mod alerts;
 mod event_rate;
 mod fleet;
+mod go_tls;
 mod memory;
 mod open_loop;
 mod socket_io;
@@ -74,6 +77,8 @@ enum Which {
     Fleet,
     /// read()/write() storms and cleartext HTTP through the sockets sensor.
     Sockets,
+    /// HTTPS from a Go client through the Go TLS probes, and Go attach cost.
+    Go,
 }
 
 /// Command names of other tracers whose probes would fire during our measurements.
@@ -145,7 +150,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     };
     let wants = |w: Which| args.only.is_empty() || args.only.contains(&w);
     type Bench = fn(&mut Ctx) -> Result<Section>;
-    let benches: [(Which, &str, Bench); 8] = [
+    let benches: [(Which, &str, Bench); 9] = [
         (
             Which::Open,
             "1. open()/close() on unwatched paths",
@@ -177,6 +182,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             Which::Sockets,
             "8. read()/write() storms and cleartext HTTP (sockets sensor)",
             socket_io::run,
+        ),
+        (
+            Which::Go,
+            "9. HTTPS requests from Go (crypto/tls) and Go attach cost",
+            go_tls::run,
         ),
     ];
     let mut sections = Vec::new();
@@ -356,6 +366,16 @@ impl Ctx {
             Tool::Bpftrace { name, script } => {
                 let mut p =
                     self.spawn(name, pinned("/usr/bin/bpftrace").arg(script), Stdio::null())?;
+                let n = sys::wait_attached(&mut p, Duration::from_secs(60))?;
+                Running::Peer(p, n)
+            }
+            Tool::Command {
+                name,
+                program,
+                args,
+            } => {
+                let mut cmd = pinned(&program.to_string_lossy());
+                let mut p = self.spawn(name, cmd.args(args), Stdio::null())?;
                 let n = sys::wait_attached(&mut p, Duration::from_secs(60))?;
                 Running::Peer(p, n)
             }
@@ -595,9 +615,20 @@ impl Daemon {
 
 /// A tool a variant runs beside the workload.
 pub enum Tool {
-    Nhiwatch { config: PathBuf },
+    Nhiwatch {
+        config: PathBuf,
+    },
     Opensnoop,
-    Bpftrace { name: String, script: PathBuf },
+    Bpftrace {
+        name: String,
+        script: PathBuf,
+    },
+    /// Any program that attaches BPF and holds it until SIGTERM (benchmark 9's floor loader).
+    Command {
+        name: String,
+        program: PathBuf,
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 pub struct Variant {
@@ -866,7 +897,7 @@ fn render(
         "- One command, `cargo xtask bench`, builds nhiwatch (release), compiles the C load \
          generators in `bench/` with `cc -O2`, runs every benchmark and writes this file. \
          Options: `--rounds N` (default 7; this run: {}), `--run-secs S` (default 1.5; this run: \
-         {}), `--only open,tls,rate,userspace,alerts,memory,fleet,sockets`.",
+         {}), `--only open,tls,rate,userspace,alerts,memory,fleet,sockets,go`.",
         args.rounds, args.run_secs
     );
     let _ = writeln!(

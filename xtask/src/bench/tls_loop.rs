@@ -403,7 +403,7 @@ fn find_openssl() -> Result<(PathBuf, PathBuf)> {
     Ok((find("libssl.so")?, find("libcrypto.so")?))
 }
 
-fn write_nginx_prefix(prefix: &Path, port: u16) -> Result<()> {
+pub(super) fn write_nginx_prefix(prefix: &Path, port: u16) -> Result<()> {
     for d in ["logs", "tmp"] {
         fs::create_dir_all(prefix.join(d))?;
     }

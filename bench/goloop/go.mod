@@ -1,0 +1,3 @@
+module nhiwatch.bench/goloop
+
+go 1.19
