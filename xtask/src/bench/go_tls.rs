@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{stats, sys, tls_loop, Ctx, Section, SummaryRow, Tool, Variant};
+use super::{stats, sys, tls_loop, Ctx, Profile, Section, SummaryRow, Tool, Variant};
 
 /// The daemon's own Go binary inspection, compiled in here unchanged, so the floor is attached
 /// at exactly the offsets nhiwatch computes (this kernel's bpftool cannot list the offsets of
@@ -268,7 +268,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         )),
     }
     match profile {
-        Ok((table, ns)) => {
+        Ok(Profile {
+            table,
+            ns_per_op: ns,
+            ..
+        }) => {
             let _ = writeln!(
                 body,
                 "\nWhere nhiwatch's cost goes — one more run of 2000 requests beside a fresh \
