@@ -10,8 +10,6 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use nhiwatch_e2e::{kube::FakeUnit, *};
 
 const WAIT: Duration = Duration::from_secs(60);
-/// After the traffic's own events arrived: long enough for a finding that was coming to show.
-const SETTLE: Duration = Duration::from_secs(3);
 
 const FHIR: &str = "fhir.nhiwatch.test";
 const BILLING: &str = "billing.nhiwatch.test";
@@ -189,6 +187,15 @@ fn wait_call(d: &Daemon, pid: u32, host: &str) -> Value {
     })
 }
 
+/// One more call of the identity, without a credential, seen through to its `api_call`. The
+/// pipeline judges observations in order on one thread and writes events and findings in one
+/// ordered stream, so once this call shows, every finding of the calls before it has shown too:
+/// an absence asserted after it is an absence, however busy the machine.
+fn barrier(s: &Setup, d: &Daemon, host: &str, path: &str) {
+    let pid = s.curl(host, path, "X-Nhiwatch-Barrier: 1");
+    wait_call(d, pid, host);
+}
+
 fn findings(events: &[Value], id: &str, rule: &str) -> Vec<Value> {
     events
         .iter()
@@ -318,7 +325,7 @@ fn tokens_outside_their_audience_and_scopes_are_reported_with_the_contracts_purp
     let scope = wait_finding(&d, &id, "NHI-058", |_| true);
     assert_eq!(scope["evidence"]["scope"], "system/*.*", "{scope}");
     assert_eq!(scope["severity"], "medium", "{scope}");
-    std::thread::sleep(SETTLE);
+    barrier(&s, &d, FHIR, "/R4/Patient/1");
     let events = d.events();
     // Exactly those: the benign tokens raised nothing, `patient/*.read` is inside the contract.
     assert_eq!(findings(&events, &id, "NHI-056").len(), 1, "{events:#?}");
@@ -399,7 +406,7 @@ fn a_static_key_first_seen_long_ago_is_overdue_for_rotation_after_a_restart() {
     let d = Daemon::start_with_state(&s.config(), Some(&state));
     let old_fp = send(&d, &old_key);
     let new_fp = send(&d, &new_key);
-    std::thread::sleep(SETTLE);
+    barrier(&s, &d, LLM, "/v1/messages");
     assert!(findings(&d.events(), &id, "NHI-059").is_empty());
     let (out1, err1) = d.stop();
 
@@ -419,7 +426,7 @@ fn a_static_key_first_seen_long_ago_is_overdue_for_rotation_after_a_restart() {
     assert_eq!(ev["limit"], 90.0, "{f}");
     assert!(ev["first_seen"].as_str().is_some(), "{f}");
     assert_eq!(f["contract"]["purpose"], PURPOSE, "{f}");
-    std::thread::sleep(SETTLE);
+    barrier(&s, &d, LLM, "/v1/messages");
     assert_eq!(findings(&d.events(), &id, "NHI-059").len(), 1);
     let metrics = d.metrics();
     let (out2, err2) = d.stop();
