@@ -6,9 +6,9 @@ use nhiwatch::{
     alerts::{
         sinks::{
             syslog::{SyslogConfig, SyslogSink},
+            tls::TlsClientConfig,
             SinkError,
         },
-        tls::TlsClientConfig,
         Outgoing,
     },
     detect::finding::Severity,

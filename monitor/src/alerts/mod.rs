@@ -6,7 +6,6 @@ pub mod route;
 pub mod sinks;
 pub mod spool;
 pub mod telemetry;
-pub mod tls;
 mod worker;
 
 use std::{path::PathBuf, time::Duration};

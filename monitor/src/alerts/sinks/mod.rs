@@ -2,6 +2,7 @@
 
 pub mod file;
 pub mod syslog;
+pub mod tls;
 pub mod webhook;
 
 use std::{path::Path, time::Duration};

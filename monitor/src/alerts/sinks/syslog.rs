@@ -14,8 +14,9 @@ use tokio::{
 };
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
+use super::tls::TlsClientConfig;
 use super::SinkError;
-use crate::{alerts::tls::TlsClientConfig, alerts::Outgoing, detect::finding::Severity};
+use crate::{alerts::Outgoing, detect::finding::Severity};
 
 /// Our SD-ID: `name@enterprise`, 32473 being the enterprise number RFC 5612 reserves for documentation.
 const SD_ID: &str = "nhiwatch@32473";

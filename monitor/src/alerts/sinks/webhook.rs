@@ -4,8 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+use super::tls::TlsClientConfig;
 use super::SinkError;
-use crate::alerts::{tls::TlsClientConfig, Outgoing};
+use crate::alerts::Outgoing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -479,7 +480,7 @@ mod tests {
             let token = WebhookSink::new(&cfg, "n", Duration::from_secs(1))
                 .err()
                 .map(|e| e.to_string());
-            let ca = crate::alerts::tls::TlsClientConfig {
+            let ca = crate::alerts::sinks::tls::TlsClientConfig {
                 ca: Some(fifo),
                 ..Default::default()
             }

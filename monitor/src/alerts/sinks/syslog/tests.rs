@@ -10,7 +10,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::alerts::tls::testpki::{Leaf, Pki};
+use crate::alerts::sinks::tls::testpki::{Leaf, Pki};
 
 /// Bounds every wait; generous, so a busy machine is slow rather than a failure.
 const WAIT: Duration = Duration::from_secs(60);

@@ -7,7 +7,7 @@ use std::{
 
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
-use super::sinks::SinkError;
+use super::SinkError;
 
 #[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
