@@ -37,6 +37,11 @@ typedef __s64 s64;
 #define NW_INODE_BITS_LOG2 16
 #define NW_INODE_BITS_WORDS 1024
 #define NW_INODE_BITS_MUL 0x9E3779B97F4A7C15ULL
+/* The watched-path prefilter (map watch_head_bits): a path's head is its first 8 bytes cut after
+ * the first component's '/' (or at the NUL), little-endian; it has bit (head * MUL) >> (64 - LOG2)
+ * of these, the same in files.bpf.c and watch.rs. All bits set: no filter. */
+#define NW_HEAD_BITS_LOG2 12
+#define NW_HEAD_BITS_WORDS 64
 /* DNS message bytes captured per UDP response (the classic UDP limit; larger EDNS
  * answers arrive cut and are rejected by the parser). */
 #define NW_DNS_CAPTURE_MAX 512

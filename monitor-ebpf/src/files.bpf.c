@@ -44,6 +44,46 @@ struct {
 	__type(value, u64[NW_INODE_BITS_WORDS]);
 } watch_ino_bits SEC(".maps");
 
+/* A bit per head (first path component, see nhiwatch.h) of every watched path: an absolute
+ * open whose head has no bit set cannot match any watch prefix, so the entry leaves after an
+ * 8-byte read instead of copying the whole path and walking the prefix trie — the common case
+ * (/usr, /proc, /tmp, /sys …), which was most of enter_openat's time (BENCHMARKS.md benchmark 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64[NW_HEAD_BITS_WORDS]);
+} watch_head_bits SEC(".maps");
+
+/* Keeps the bytes of `raw` up to the first '/' after the leading one (included) or the NUL. */
+static __always_inline u64 path_head(u64 raw)
+{
+	u64 keep = ~0ULL;
+#pragma unroll
+	for (int i = 1; i < 8; i++) {
+		u8 c = (raw >> (i * 8)) & 0xff;
+		if (c == 0) {
+			keep = (1ULL << (i * 8)) - 1;
+			break;
+		}
+		if (c == '/') {
+			keep = i == 7 ? ~0ULL : (1ULL << ((i + 1) * 8)) - 1;
+			break;
+		}
+	}
+	return raw & keep;
+}
+
+static __always_inline bool head_may_be_watched(u64 head)
+{
+	u32 zero = 0;
+	u64 *bits = bpf_map_lookup_elem(&watch_head_bits, &zero);
+	if (!bits)
+		return true;
+	u32 h = (head * NW_INODE_BITS_MUL) >> (64 - NW_HEAD_BITS_LOG2);
+	return (bits[(h >> 6) & (NW_HEAD_BITS_WORDS - 1)] >> (h & 63)) & 1;
+}
+
 static __always_inline u32 inode_bit(u64 ino, u32 dev)
 {
 	return ((ino ^ ((u64)dev << 32)) * NW_INODE_BITS_MUL) >> (64 - NW_INODE_BITS_LOG2);
@@ -123,6 +163,15 @@ static __always_inline int open_enter(const char *filename, u32 open_flags)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (is_self(pid_tgid))
 		return 0;
+	u64 raw;
+	/* A path shorter than 8 bytes at the end of a mapped page fails this read: it takes the
+	 * full copy below, unfiltered. */
+	if (bpf_probe_read_user(&raw, sizeof(raw), filename) == 0) {
+		if ((raw & 0xff) != '/')
+			return 0; /* relative: left to the inode match at exit */
+		if (!head_may_be_watched(path_head(raw)))
+			return 0;
+	}
 	u32 zero = 0;
 	struct nw_path_key *k = bpf_map_lookup_elem(&path_scratch, &zero);
 	if (!k)

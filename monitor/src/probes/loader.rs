@@ -17,7 +17,7 @@ use super::{
     sensors::{self, tls, Attach},
     tls_hold::TlsHold,
     tls_libs::{TlsDiscovery, TlsTarget},
-    watch::{InodeBits, WatchSet, WatchStats, WatchTarget},
+    watch::{HeadBits, InodeBits, WatchSet, WatchStats, WatchTarget},
     SensorConfig,
 };
 
@@ -68,6 +68,7 @@ pub struct Sensors {
     watch_inodes: BpfHashMap<MapData, nw_inode_key, nw_watch>,
     watch_devs: BpfHashMap<MapData, u32, u32>,
     watch_ino_bits: Array<MapData, InodeBits>,
+    watch_head_bits: Array<MapData, HeadBits>,
     watch: WatchSet,
     /// Shared with the pipeline to turn watch ids back into paths.
     pub watch_targets: Arc<RwLock<Vec<WatchTarget>>>,
@@ -272,6 +273,7 @@ impl Sensors {
         let watch_inodes = take(&mut bpf, "watch_inodes")?;
         let watch_devs = take(&mut bpf, "watch_devs")?;
         let watch_ino_bits = take(&mut bpf, "watch_ino_bits")?;
+        let watch_head_bits = take(&mut bpf, "watch_head_bits")?;
         let watch = WatchSet::new(&cfg.files.watch).map_err(LoadError::NothingAttached)?;
         let hold = TlsHold::new(
             take(&mut bpf, "tls_hold_ctl")?,
@@ -289,6 +291,7 @@ impl Sensors {
             watch_inodes,
             watch_devs,
             watch_ino_bits,
+            watch_head_bits,
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
             tls: TlsDiscovery::default(),
@@ -376,6 +379,7 @@ impl Sensors {
             &mut self.watch_inodes,
             &mut self.watch_devs,
             &mut self.watch_ino_bits,
+            &mut self.watch_head_bits,
         );
         if let Ok(mut t) = self.watch_targets.write() {
             *t = self.watch.targets().to_vec();

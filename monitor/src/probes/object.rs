@@ -114,6 +114,7 @@ mod tests {
             "watch_inodes",
             "watch_devs",
             "watch_ino_bits",
+            "watch_head_bits",
             "tls_calls",
             "tls_session_socks",
             "canary",

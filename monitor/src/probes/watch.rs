@@ -146,6 +146,43 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | minor
 }
 
+/// The watched-path prefilter's value (map `watch_head_bits`).
+pub type HeadBits = [u64; NW_HEAD_BITS_WORDS as usize];
+
+/// A path's head as files.bpf.c's `path_head` cuts it: the first 8 bytes, little-endian, kept up
+/// to the first `/` after the leading one (included) or the end of the path.
+pub fn path_head(path: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    let n = path.len().min(8);
+    raw[..n].copy_from_slice(&path[..n]);
+    if let Some(j) = raw[1..].iter().position(|&c| c == b'/' || c == 0) {
+        let end = if raw[j + 1] == b'/' { j + 2 } else { j + 1 };
+        raw[end..].fill(0);
+    }
+    u64::from_le_bytes(raw)
+}
+
+/// The prefilter bit of a head: the hash files.bpf.c's `head_may_be_watched` computes.
+pub fn head_bit(head: u64) -> u32 {
+    (head.wrapping_mul(NW_INODE_BITS_MUL as u64) >> (64 - NW_HEAD_BITS_LOG2)) as u32
+}
+
+/// The prefilter for a set of watched paths. Every path that a watch prefix accepts starts with
+/// that prefix, hence has its head — except under a watch of `/` itself, which turns the
+/// filter off (all bits set).
+pub fn head_bits<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> Box<HeadBits> {
+    let mut bits = Box::new([0u64; NW_HEAD_BITS_WORDS as usize]);
+    for p in paths {
+        if p == b"/" {
+            bits.fill(!0);
+            break;
+        }
+        let h = head_bit(path_head(p));
+        bits[(h >> 6) as usize] |= 1 << (h & 63);
+    }
+    bits
+}
+
 /// The watched-inode prefilter's value (map `watch_ino_bits`).
 pub type InodeBits = [u64; NW_INODE_BITS_WORDS as usize];
 
@@ -204,6 +241,7 @@ impl WatchSet {
         inodes: &mut BpfHashMap<MapData, nw_inode_key, nw_watch>,
         devs: &mut BpfHashMap<MapData, u32, u32>,
         bits: &mut Array<MapData, InodeBits>,
+        heads: &mut Array<MapData, HeadBits>,
     ) -> WatchStats {
         let homes = std::fs::read_to_string("/etc/passwd")
             .map(|p| home_dirs(&p))
@@ -279,6 +317,14 @@ impl WatchSet {
         if bits.set(0, *inode_bits(&self.inodes), 0).is_err() {
             stats.failed += 1;
         }
+        // Same for the path prefilter: a trie entry whose head bit is missing would never be
+        // looked up.
+        if heads
+            .set(0, *head_bits(self.paths.iter().map(Vec::as_slice)), 0)
+            .is_err()
+        {
+            stats.failed += 1;
+        }
         stats.paths = self.paths.len();
         stats.inodes = self.inodes.len();
         stats
@@ -324,6 +370,34 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn path_heads_cut_after_the_first_component() {
+        let h = |p: &str| path_head(p.as_bytes()).to_le_bytes();
+        assert_eq!(&h("/etc/ssl/private/"), b"/etc/\0\0\0");
+        assert_eq!(&h("/etc"), b"/etc\0\0\0\0");
+        assert_eq!(&h("/"), b"/\0\0\0\0\0\0\0");
+        assert_eq!(&h("/var/run/secrets/"), b"/var/\0\0\0");
+        assert_eq!(&h("/123456/x"), b"/123456/");
+        assert_eq!(&h("/workspace/a"), b"/workspa");
+        // Whatever a watch prefix accepts shares its head.
+        for (watch, opened) in [
+            ("/etc/ssl/private/", "/etc/ssl/private/key.pem"),
+            ("/workspace/creds/", "/workspace/creds/x"),
+            ("/root/.aws/credentials", "/root/.aws/credentials"),
+            ("/opt", "/opt"),
+        ] {
+            assert_eq!(path_head(watch.as_bytes()), path_head(opened.as_bytes()));
+        }
+        // The value files.bpf.c's head bit gives for "/etc/", worked out by hand.
+        assert_eq!(head_bit(path_head(b"/etc/")), head_bit(0x2f_63_74_65_2f));
+        let bits = head_bits([b"/etc/ssl/".as_slice(), b"/root/.ssh/"]);
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        let b = head_bit(path_head(b"/etc/shadow"));
+        assert_eq!(bits[(b >> 6) as usize] >> (b & 63) & 1, 1);
+        let all = head_bits([b"/etc/".as_slice(), b"/"]);
+        assert!(all.iter().all(|&w| w == !0));
+    }
 
     #[test]
     fn patterns_parse() {
