@@ -71,7 +71,11 @@ pub(crate) fn initial_targets(
     let mut targets = discovery.scan_dirs(&cfg.library_dirs);
     for extra in &cfg.extra_targets {
         match discovery.consider(extra) {
-            Some(t) => targets.push(t),
+            Some(t) => {
+                // Named by the operator: probed from start to stop, not only while it runs.
+                discovery.pin_go(t.key);
+                targets.push(t);
+            }
             None => statuses.push(ProbeStatus {
                 probe: "tls/extra_target".into(),
                 target: extra.display().to_string(),
@@ -100,12 +104,13 @@ pub(crate) fn attach_target(
     let group = t.family.sensor().group;
     let target = t.path.display().to_string();
     let mut any = false;
+    let path = t.attach_path();
     for (sym, entry, ret) in t.family.calls() {
         if !t.symbols.contains(&sym) {
             continue;
         }
-        let r = attach_uprobe(bpf, links, entry, sym, &t.path)
-            .and_then(|()| attach_uprobe(bpf, links, ret, sym, &t.path));
+        let r = attach_uprobe(bpf, links, entry, sym, &path)
+            .and_then(|()| attach_uprobe(bpf, links, ret, sym, &path));
         any |= r.is_ok();
         statuses.push(ProbeStatus {
             probe: format!("{group}/{sym}"),
@@ -115,7 +120,7 @@ pub(crate) fn attach_target(
     }
     if let Some((sym, prog)) = t.family.server_name() {
         if any && t.symbols.contains(&sym) {
-            let r = attach_uprobe(bpf, links, prog, sym, &t.path);
+            let r = attach_uprobe(bpf, links, prog, sym, &path);
             statuses.push(ProbeStatus {
                 probe: format!("{group}/{sym}"),
                 target: target.clone(),
