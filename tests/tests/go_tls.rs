@@ -970,3 +970,44 @@ fn discovery_keeps_a_go_file_probeable_across_vanished_processes_and_detaches() 
         process(pid, false);
     }
 }
+
+/// `sensors.tls.stacks: [go]` (what benchmark 9 runs with): Go programs are probed, OpenSSL is
+/// not — curl's request through libssl makes no api_call and no libssl probe is attached.
+#[test]
+fn only_the_tls_stacks_named_are_probed() {
+    let dir = TempDir::new("nhiwatch-e2e-go-stacks");
+    let (copy, _) = private_client(&dir, "gostacks");
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(
+        &[],
+        &format!(
+            "{}    stacks: [go]\n  sockets:\n    enabled: false\n",
+            extra_targets(std::iter::once(copy.as_path()))
+        ),
+    ));
+    let c = run_client(&copy, &nginx, &["-h2=true", "-paths=/v1/items"]);
+    let calls = wait_calls(&d, "the Go client's call", c.pid, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let curl = spawn_pid(
+        Command::new("curl")
+            .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+            .arg(&nginx.cert)
+            .args([
+                "--resolve",
+                &format!("api.nhiwatch.test:{}:127.0.0.1", nginx.port),
+                &format!("https://api.nhiwatch.test:{}/v1/items", nginx.port),
+            ]),
+    );
+    // curl's exit is seen (the process sensor is on), its call is not.
+    d.wait_for("curl's exit", WAIT, |v| {
+        kind_is(v, "exit") && pid_is(v, curl)
+    });
+    assert!(calls_of(&d, curl).is_empty(), "OpenSSL was probed");
+    let m = d.metrics();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("nhiwatch_probe_attached{") && l.contains("SSL_write")),
+        "a libssl probe attached:\n{m}"
+    );
+    d.stop();
+}

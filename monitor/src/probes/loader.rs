@@ -311,7 +311,7 @@ impl Sensors {
             watch_ino_bits,
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
-            tls: TlsDiscovery::default(),
+            tls: TlsDiscovery::probing(&cfg.tls.stacks),
             hold,
             hold_ring,
             uprobes_loaded,
@@ -321,7 +321,7 @@ impl Sensors {
         };
         sensors.refresh_watches();
 
-        if let Some(e) = (cfg.tls.hold_new_libraries && uprobes_loaded)
+        if let Some(e) = (cfg.tls.holds() && uprobes_loaded)
             .then(|| hold_problem(&privileges))
             .flatten()
         {

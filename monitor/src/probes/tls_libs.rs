@@ -17,9 +17,13 @@ use super::{
 };
 
 /// A TLS library family; the functions probed in it come from its sensor's program table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Named in `sensors.tls.stacks` as `openssl`, `gnutls`, `go`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TlsFamily {
+    #[serde(rename = "openssl")]
     OpenSsl,
+    #[serde(rename = "gnutls")]
     GnuTls,
     /// crypto/tls compiled into a Go executable.
     Go,
@@ -159,6 +163,8 @@ pub struct TlsDiscovery {
     go: HashMap<FileKey, GoFile>,
     /// Which Go file each process runs (as seen in its mappings).
     go_pid: HashMap<u32, FileKey>,
+    /// Stacks not probed (`sensors.tls.stacks`): their files are cached as examined, untouched.
+    skip: Vec<TlsFamily>,
 }
 
 /// One Go executable that can be probed.
@@ -190,6 +196,17 @@ pub enum AttachOutcome {
 }
 
 impl TlsDiscovery {
+    /// Discovery of the files of these TLS stacks only (`sensors.tls.stacks`).
+    pub fn probing(stacks: &[TlsFamily]) -> TlsDiscovery {
+        TlsDiscovery {
+            skip: [TlsFamily::OpenSsl, TlsFamily::GnuTls, TlsFamily::Go]
+                .into_iter()
+                .filter(|f| !stacks.contains(f))
+                .collect(),
+            ..TlsDiscovery::default()
+        }
+    }
+
     /// Examines one file; returns a target the first time a TLS-exporting file is seen, and
     /// for a Go executable whose probes are off (never attached, the attach failed because the
     /// file vanished, or detached since its last process exited) each time it shows up again.
@@ -234,6 +251,15 @@ impl TlsDiscovery {
         // is the same risk every ELF-inspecting tool takes with mapped binaries.
         let map = unsafe { memmap2::Mmap::map(&*file.0) }.ok()?;
         let found = exported_tls_symbols_in(&map);
+        if let Some((family, _)) = &found {
+            if self.skip.contains(family) {
+                self.seen.insert(key, Some(*family));
+                return None;
+            }
+        } else if self.skip.contains(&TlsFamily::Go) {
+            self.seen.insert(key, None);
+            return None;
+        }
         if found.is_none() {
             // Not a library exporting TLS functions: a Go program carrying crypto/tls?
             return match golang::inspect_bytes(&map) {
