@@ -212,6 +212,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_stacks_choose_what_is_probed_and_an_unknown_one_is_named() {
+        let all = Config::bundled();
+        assert_eq!(all.sensors.tls.stacks.len(), 3, "every stack by default");
+        assert!(all.sensors.tls.holds());
+        let go = Config::parse("sensors:\n  tls:\n    stacks: [go]\n", "g.yaml").unwrap();
+        assert_eq!(
+            go.sensors.tls.stacks,
+            [crate::probes::tls_libs::TlsFamily::Go]
+        );
+        assert!(
+            !go.sensors.tls.holds(),
+            "no library stack probed: nobody is held for one"
+        );
+        let e = Config::parse("sensors:\n  tls:\n    stacks: [go, boringssl]\n", "b.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("boringssl") && e.contains("b.yaml"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_location() {
         let e = Config::parse("sensors:\n  ring_bufer_bytes: 4096\n", "x.yaml").unwrap_err();
         let msg = e.to_string();

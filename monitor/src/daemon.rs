@@ -93,7 +93,7 @@ async fn run_async(mut cfg: Config, events: bool, record: Option<PathBuf>) -> an
         SensorTelemetry::register(&metrics, telemetry.userspace_dropped_family());
     // New TLS library files reach the upkeep thread at once: a held process waits for them.
     let hold_reader = match hold_ring {
-        Some(r) if cfg.sensors.tls.hold_new_libraries => {
+        Some(r) if cfg.sensors.tls.holds() => {
             let held = sensors
                 .hold
                 .take_held_handle()

@@ -688,3 +688,326 @@ fn grpc_go_calls_are_api_calls() {
     }
     assert_no_leak(d);
 }
+
+/// `nhiwatch_probe_attached` lines of the Go `Read` probe on targets whose path contains `name`.
+fn go_read_probes(d: &Daemon, name: &str) -> Vec<String> {
+    d.metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("nhiwatch_probe_attached{")
+                && l.contains("crypto/tls.(*Conn).Read")
+                && l.contains(name)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether the Go `Read` probe is attached (value 1) on a target whose path contains `name`.
+fn go_probed(d: &Daemon, name: &str) -> bool {
+    go_read_probes(d, name).iter().any(|l| l.ends_with(" 1"))
+}
+
+/// BPF links and perf events (each uprobe is one) the daemon holds.
+fn attachments(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| {
+                    let t = t.to_string_lossy();
+                    t.contains("perf_event") || t.contains("bpf_link") || t.contains("bpf-link")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A private copy of the newest toolchain's stripped client (a file no other daemon probed).
+fn private_client(dir: &TempDir, prefix: &str) -> (std::path::PathBuf, String) {
+    let tc = go::toolchains().pop().expect("newest");
+    let bin = go::build(&tc, "client", true);
+    let copy = dir.path().join(unique(prefix));
+    std::fs::copy(&bin, &copy).unwrap();
+    let name = copy.file_name().unwrap().to_string_lossy().into_owned();
+    (copy, name)
+}
+
+/// A client of `bin` that prints "ready" and makes its one request on a line on stdin.
+fn waiting_client(bin: &Path, nginx: &Nginx) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(bin)
+        .arg(format!("-url=https://api.nhiwatch.test:{}", nginx.port))
+        .arg(format!("-ca={}", nginx.cert.display()))
+        .args(["-wait-stdin", "-h2=true", "-paths=/v1/items"])
+        .env("TOKEN", TOKEN)
+        .env("CONNECT_TO", format!("127.0.0.1:{}", nginx.port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l == "ready")),
+        "{} never got ready",
+        bin.display()
+    );
+    // Keep reading: the client prints its statuses later, into a pipe that must stay open.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn go_on(child: &mut std::process::Child) {
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Who opens one file: a fanotify mark (which, unlike inotify, names the opening process).
+struct OpenWatch(std::os::fd::OwnedFd);
+
+impl OpenWatch {
+    fn new(file: &Path) -> OpenWatch {
+        use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+        // SAFETY: plain syscalls; the descriptor is owned from here on.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
+        let r = unsafe {
+            libc::fanotify_mark(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "fanotify_mark: {}", std::io::Error::last_os_error());
+        OpenWatch(fd)
+    }
+
+    /// Waits until process `opener` opens the file (false after `timeout`).
+    fn opened_by(&self, opener: u32, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        let size = std::mem::size_of::<libc::fanotify_event_metadata>();
+        while std::time::Instant::now() < deadline {
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd; a buffer we own.
+            unsafe { libc::poll(&mut pfd, 1, 50) };
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let mut at = 0usize;
+            let mut seen = false;
+            while n > 0 && at + size <= n as usize {
+                // SAFETY: the kernel wrote whole events; read unaligned from our buffer.
+                let ev: libc::fanotify_event_metadata =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at).cast()) };
+                if ev.fd >= 0 {
+                    unsafe { libc::close(ev.fd) };
+                }
+                seen |= ev.pid as u32 == opener;
+                at += ev.event_len.max(size as u32) as usize;
+            }
+            if seen {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A Go program that exits while the daemon is still looking at it (killed the moment the
+/// daemon opens its executable to inspect it) does not leave its file blind: the next,
+/// long-lived process of the same file is probed and its call seen. (Before, the file stayed
+/// cached as inspected for good: "not Go" when opening it through the vanished
+/// /proc/PID/root failed, or attached when the attach through that path failed, `missing_file`.)
+#[test]
+fn a_go_program_that_exits_at_once_leaves_its_file_probeable_for_the_next_process() {
+    let dir = TempDir::new("nhiwatch-e2e-go-short");
+    let (copy, name) = private_client(&dir, "goshort");
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    let watch = OpenWatch::new(&copy);
+    let mut short = Command::new(&copy)
+        .args(["-wait-stdin", "-ca=/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let opened = watch.opened_by(d.pid(), WAIT);
+    let _ = short.kill();
+    let _ = short.wait();
+    assert!(
+        opened,
+        "the daemon never opened {} to inspect it",
+        copy.display()
+    );
+    let mut long = waiting_client(&copy, &nginx);
+    let pid = long.id();
+    wait_until("the next process of the same file probed", WAIT, || {
+        go_probed(&d, &name)
+    });
+    go_on(&mut long);
+    let calls = wait_calls(&d, "the long-lived process's call", pid, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["status"], 200, "{}", calls[0]);
+    assert_no_leak(d);
+}
+
+/// Probes on a Go file live as long as a process runs it: after its last process exits they
+/// are released (gone from the daemon's links and from `nhiwatch_probe_attached`), and the
+/// next exec of the file attaches them again (from what was parsed before) and is seen.
+#[test]
+fn a_go_files_probes_go_with_its_last_process_and_come_back_with_the_next() {
+    let dir = TempDir::new("nhiwatch-e2e-go-detach");
+    let (copy, name) = private_client(&dir, "godetach");
+    let go = golang::inspect(&copy).unwrap();
+    // One uprobe per entry and per RET of Read.
+    let sites = 2 + go.read.rets.len();
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(&[], ""));
+    for round in ["first", "again"] {
+        let before = attachments(d.pid());
+        let mut c = waiting_client(&copy, &nginx);
+        let pid = c.id();
+        wait_until(&format!("{round}: probed"), WAIT, || {
+            go_probed(&d, &name) && attachments(d.pid()) >= before + sites
+        });
+        go_on(&mut c);
+        let calls = wait_calls(&d, &format!("{round}: call"), pid, 1);
+        assert_eq!(calls.len(), 1, "{round}: {calls:?}");
+        // Its only process is gone: the probes go (after the daemon's short grace period), all
+        // at once. (Other processes on this machine may make the daemon attach elsewhere too:
+        // the drop is looked for between two close samples, the statuses name this file.)
+        let mut last = attachments(d.pid());
+        let mut biggest_drop = 0;
+        wait_until(&format!("{round}: probes released"), WAIT, || {
+            let now = attachments(d.pid());
+            biggest_drop = biggest_drop.max(last.saturating_sub(now));
+            last = now;
+            go_read_probes(&d, &name).is_empty() && biggest_drop >= sites
+        });
+    }
+    assert!(d.stderr().contains("TLS probes detached"), "detach logged");
+    assert_no_leak(d);
+}
+
+/// A Go file inspected once is not inspected again (cheap repeated execs), a process that
+/// exits as it is looked at leaves nothing cached, and a file whose probes went comes back
+/// as a target from what was parsed before. Uses a fake /proc: no privileges needed.
+#[test]
+fn discovery_keeps_a_go_file_probeable_across_vanished_processes_and_detaches() {
+    use nhiwatch::probes::tls_libs::{AttachOutcome, TlsDiscovery};
+    let dir = TempDir::new("nhiwatch-e2e-go-discovery");
+    let (bin, _) = private_client(&dir, "godisc");
+    let proc_root = dir.path().join("proc");
+    let process = |pid: u32, alive: bool| {
+        let base = proc_root.join(pid.to_string());
+        let _ = std::fs::remove_dir_all(&base);
+        if !alive {
+            return;
+        }
+        std::fs::create_dir_all(base.join("root/opt")).unwrap();
+        std::fs::hard_link(&bin, base.join("root/opt/client")).unwrap();
+        std::fs::write(
+            base.join("maps"),
+            "00400000-00800000 r-xp 00000000 fe:01 42 /opt/client\n",
+        )
+        .unwrap();
+    };
+    let mut disc = TlsDiscovery::default();
+    // Maps read, then the process is gone before its file is opened: nothing is cached.
+    process(10, true);
+    std::fs::remove_file(proc_root.join("10/root/opt/client")).unwrap();
+    assert!(disc.scan_process(&proc_root, 10).is_empty());
+    assert_eq!(disc.examined(), 0, "a vanished file is not cached");
+    // The next process: a Go target.
+    process(11, true);
+    let t = disc.scan_process(&proc_root, 11);
+    assert_eq!(t.len(), 1, "{t:?}");
+    let key = t[0].key;
+    assert!(t[0].go.is_some());
+    // Its attach found the file gone: offered again, without a new inspection.
+    disc.go_attached(key, AttachOutcome::Vanished);
+    process(12, true);
+    let again = disc.scan_process(&proc_root, 12);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].go, t[0].go);
+    disc.go_attached(key, AttachOutcome::Attached);
+    assert!(
+        disc.scan_process(&proc_root, 12).is_empty(),
+        "attached: a lookup"
+    );
+    // Users 11 and 12: only the last one's exit makes the file a candidate for detaching.
+    assert_eq!(disc.go_exited(11), None);
+    assert_eq!(disc.go_exited(12), Some(key));
+    // A process the scans missed still runs it: it stays.
+    assert!(!disc.go_detach(key, || vec![(13, key)]));
+    assert_eq!(disc.go_exited(13), Some(key));
+    assert!(disc.go_detach(key, Vec::new));
+    assert!(!disc.go_is_attached(key));
+    process(14, true);
+    assert_eq!(disc.scan_process(&proc_root, 14).len(), 1, "probed again");
+    // A file the kernel refused for good is not offered again.
+    disc.go_attached(key, AttachOutcome::Failed);
+    process(15, true);
+    assert!(disc.scan_process(&proc_root, 15).is_empty());
+    for pid in 10..16 {
+        process(pid, false);
+    }
+}
+
+/// `sensors.tls.stacks: [go]` (what benchmark 9 runs with): Go programs are probed, OpenSSL is
+/// not — curl's request through libssl makes no api_call and no libssl probe is attached.
+#[test]
+fn only_the_tls_stacks_named_are_probed() {
+    let dir = TempDir::new("nhiwatch-e2e-go-stacks");
+    let (copy, _) = private_client(&dir, "gostacks");
+    let nginx = Nginx::start(locations());
+    let d = Daemon::start(&config_with(
+        &[],
+        &format!(
+            "{}    stacks: [go]\n  sockets:\n    enabled: false\n",
+            extra_targets(std::iter::once(copy.as_path()))
+        ),
+    ));
+    let c = run_client(&copy, &nginx, &["-h2=true", "-paths=/v1/items"]);
+    let calls = wait_calls(&d, "the Go client's call", c.pid, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let curl = spawn_pid(
+        Command::new("curl")
+            .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+            .arg(&nginx.cert)
+            .args([
+                "--resolve",
+                &format!("api.nhiwatch.test:{}:127.0.0.1", nginx.port),
+                &format!("https://api.nhiwatch.test:{}/v1/items", nginx.port),
+            ]),
+    );
+    // curl's exit is seen (the process sensor is on), its call is not.
+    d.wait_for("curl's exit", WAIT, |v| {
+        kind_is(v, "exit") && pid_is(v, curl)
+    });
+    assert!(calls_of(&d, curl).is_empty(), "OpenSSL was probed");
+    let m = d.metrics();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("nhiwatch_probe_attached{") && l.contains("SSL_write")),
+        "a libssl probe attached:\n{m}"
+    );
+    d.stop();
+}

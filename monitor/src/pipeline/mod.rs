@@ -241,6 +241,16 @@ impl Pipeline {
                 flow = Some(self.flows.close(t));
             }
             Event::Exit(_) => {
+                // The upkeep thread detaches a Go program's probes when its last process is
+                // gone; a dropped request only leaves them on (as before), so it is counted.
+                if let Some(tx) = &self.upkeep {
+                    if tx
+                        .try_send(UpkeepRequest::ProcessExit(ev.header().pid))
+                        .is_err()
+                    {
+                        self.scan_queue_full.inc();
+                    }
+                }
                 let mut done = std::mem::take(&mut self.finished);
                 if let Some(api) = self.api.as_mut() {
                     api.process_exited(ev.header().pid, &mut done);

@@ -16,7 +16,7 @@ use super::{
     health::DISCOVERY,
     sensors::{self, tls, Attach},
     tls_hold::TlsHold,
-    tls_libs::{TlsDiscovery, TlsTarget},
+    tls_libs::{AttachOutcome, FileKey, TlsDiscovery, TlsTarget},
     watch::{HeadBits, InodeBits, WatchSet, WatchStats, WatchTarget},
     SensorConfig,
 };
@@ -88,12 +88,32 @@ pub struct Sensors {
 
 /// The attached uprobes; dropping hands them to the kernel (see [`super::handoff`]).
 #[derive(Default)]
-struct UprobeLinks(Vec<aya::programs::uprobe::UProbeLink>);
+struct UprobeLinks {
+    /// Libraries' (and pinned files'): kept until the daemon stops.
+    lasting: Vec<aya::programs::uprobe::UProbeLink>,
+    /// Go executables', by file: released when the file's last process exits.
+    go: std::collections::HashMap<FileKey, GoLinks>,
+}
+
+/// One Go file's uprobes and the statuses they were published under.
+struct GoLinks {
+    links: Vec<aya::programs::uprobe::UProbeLink>,
+    target: String,
+    probes: Vec<String>,
+}
+
+impl UprobeLinks {
+    fn len(&self) -> usize {
+        self.lasting.len() + self.go.values().map(|g| g.links.len()).sum::<usize>()
+    }
+}
 
 impl Drop for UprobeLinks {
     fn drop(&mut self) {
         let started = std::time::Instant::now();
-        let r = super::handoff::release(std::mem::take(&mut self.0));
+        let mut all = std::mem::take(&mut self.lasting);
+        all.extend(self.go.drain().flat_map(|(_, g)| g.links));
+        let r = super::handoff::release(all);
         tracing::info!(
             handed_off = r.handed_off,
             detached_here = r.detached_here,
@@ -294,7 +314,7 @@ impl Sensors {
             watch_head_bits,
             watch_targets: Arc::new(RwLock::new(Vec::new())),
             watch,
-            tls: TlsDiscovery::default(),
+            tls: TlsDiscovery::probing(&cfg.tls.stacks),
             hold,
             hold_ring,
             uprobes_loaded,
@@ -304,7 +324,7 @@ impl Sensors {
         };
         sensors.refresh_watches();
 
-        if let Some(e) = (cfg.tls.hold_new_libraries && uprobes_loaded)
+        if let Some(e) = (cfg.tls.holds() && uprobes_loaded)
             .then(|| hold_problem(&privileges))
             .flatten()
         {
@@ -359,17 +379,77 @@ impl Sensors {
         if !self.uprobes_loaded {
             return false;
         }
-        let any = tls::attach_target(
-            &mut self.bpf,
-            &mut self.statuses,
-            &mut self.uprobe_links.0,
-            t,
-        );
+        let from = self.statuses.len();
+        let mut links = Vec::new();
+        let any = tls::attach_target(&mut self.bpf, &mut self.statuses, &mut links, t);
+        if t.go.is_some() {
+            let mine = &self.statuses[from..];
+            let outcome = if any {
+                AttachOutcome::Attached
+            } else if mine.iter().any(|s| {
+                s.error
+                    .as_ref()
+                    .is_some_and(|e| e.cause == super::cause::Cause::MissingFile)
+            }) {
+                AttachOutcome::Vanished
+            } else {
+                AttachOutcome::Failed
+            };
+            self.tls.go_attached(t.key, outcome);
+            if any {
+                let go = GoLinks {
+                    links,
+                    target: t.path.display().to_string(),
+                    probes: mine.iter().map(|s| s.probe.clone()).collect(),
+                };
+                if let Some(old) = self.uprobe_links.go.insert(t.key, go) {
+                    // Not expected (discovery attaches a file once until it is detached).
+                    super::handoff::release(old.links);
+                }
+            }
+        } else {
+            self.uprobe_links.lasting.extend(links);
+        }
         if any {
             self.tls_targets += 1;
             tracing::info!(target = %t.path.display(), library = t.family.name(), "TLS probes attached");
         }
         any
+    }
+
+    /// Process `pid` exited: the Go file whose last known process it was, if its probes are on
+    /// (see [`Self::detach_go_if_idle`]).
+    pub fn process_exited(&mut self, pid: u32) -> Option<FileKey> {
+        self.tls.go_exited(pid)
+    }
+
+    /// Releases a Go file's uprobes if no process runs it now (handed to the kernel's worker,
+    /// so this thread does not wait for their teardown); its next exec attaches them again,
+    /// from what was parsed before. Returns the (probe, target) labels of the statuses that no
+    /// longer hold.
+    pub fn detach_go_if_idle(&mut self, key: FileKey, proc_root: &Path) -> Vec<(String, String)> {
+        if !self
+            .tls
+            .go_detach(key, || super::tls_libs::running_executables(proc_root))
+        {
+            return Vec::new();
+        }
+        let Some(go) = self.uprobe_links.go.remove(&key) else {
+            return Vec::new();
+        };
+        let n = go.links.len();
+        let r = super::handoff::release(go.links);
+        self.tls_targets = self.tls_targets.saturating_sub(1);
+        tracing::info!(
+            target = %go.target,
+            uprobes = n,
+            handed_off = r.handed_off,
+            "Go program's last process exited: TLS probes detached"
+        );
+        go.probes
+            .into_iter()
+            .map(|p| (p, go.target.clone()))
+            .collect()
     }
 
     /// Re-reads home directories and watched paths; keeps kernel tables in step.
@@ -389,7 +469,7 @@ impl Sensors {
 
     /// TLS uprobes attached now.
     pub fn uprobes(&self) -> usize {
-        self.uprobe_links.0.len()
+        self.uprobe_links.len()
     }
 
     /// Kernel counters summed per slot and given per CPU: `[slot][cpu]`.

@@ -278,6 +278,14 @@ impl SensorTelemetry {
         &self.hold
     }
 
+    /// A probe detached on purpose (its Go program's last process exited): its series goes.
+    pub fn probe_gone(&self, probe: &str, target: &str) {
+        self.attached.remove(&ProbeLabel {
+            probe: probe.into(),
+            target: target.into(),
+        });
+    }
+
     pub fn probe(&self, probe: &str, target: &str, attached: bool) {
         self.attached
             .get_or_create(&ProbeLabel {

@@ -23,6 +23,8 @@ pub enum UpkeepRequest {
     ScanProcess(u32),
     /// A process maps a TLS library file not probed yet, and may be held until it is.
     TlsLibrary(nw_tls_hold),
+    /// A process exited: the Go file it ran loses its probes if nobody runs it any more.
+    ProcessExit(u32),
 }
 
 /// When to look at a new process's mappings again: the loader maps libraries
@@ -37,6 +39,10 @@ const WATCH_PERIOD: Duration = Duration::from_secs(30);
 const COVERAGE_FIRST: Duration = Duration::from_secs(2);
 /// Pending scans at most; beyond that requests are dropped and counted.
 const MAX_PENDING: usize = 16384;
+/// How long a Go file keeps its probes after its last process exited: a program run again
+/// and again (a cron job, a probe loop) keeps them instead of paying attach and teardown each
+/// time (teardown takes the kernel ≈ 0.1–0.2 s per uprobe, see `handoff.rs`).
+pub const GO_DETACH_AFTER: Duration = Duration::from_secs(3);
 
 pub struct Upkeep {
     sensors: Sensors,
@@ -46,6 +52,8 @@ pub struct Upkeep {
     published: usize,
     /// Dropped when the upkeep thread ends, which ends the coverage thread.
     coverage_stop: Option<std::sync::mpsc::Sender<()>>,
+    /// Go files whose last process exited, and when to release their probes if still unused.
+    detach_due: Vec<(Instant, super::tls_libs::FileKey)>,
 }
 
 impl Upkeep {
@@ -57,6 +65,7 @@ impl Upkeep {
             last_counters: Vec::new(),
             published: 0,
             coverage_stop: None,
+            detach_due: Vec::new(),
         };
         u.publish_statuses();
         u.export_counters();
@@ -83,10 +92,10 @@ impl Upkeep {
     /// Attaches to a library file and tells the kernel side it no longer needs holding for.
     fn attach_and_mark(&mut self, t: &super::tls_libs::TlsTarget) {
         self.sensors.attach_tls(t);
-        if let Ok(m) = std::fs::metadata(&t.path) {
-            use std::os::unix::fs::MetadataExt;
-            self.sensors.hold.mark_done(kernel_dev(m.dev()), m.ino());
-        }
+        // The key of the file inspected (and attached through its open descriptor), which
+        // stays right when the path it was found under is gone.
+        let (dev, ino) = t.key;
+        self.sensors.hold.mark_done(kernel_dev(dev), ino);
     }
 
     /// Marks every TLS library found so far (at start) as done: their users are not held.
@@ -210,6 +219,9 @@ impl Upkeep {
                 self.tick();
                 next_counters = now + COUNTER_PERIOD;
             }
+            if self.detach_due.iter().any(|(t, _)| *t <= now) {
+                self.detach_idle(now);
+            }
             if now >= next_watch {
                 let stats = self.sensors.refresh_watches();
                 self.metrics.watched_inodes.set(stats.inodes as i64);
@@ -219,7 +231,14 @@ impl Upkeep {
                 .peek()
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or(next_counters)
-                .min(next_counters);
+                .min(next_counters)
+                .min(
+                    self.detach_due
+                        .iter()
+                        .map(|(t, _)| *t)
+                        .min()
+                        .unwrap_or(next_counters),
+                );
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(req) => self.handle(req, &mut due),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -237,6 +256,12 @@ impl Upkeep {
     fn handle(&mut self, req: UpkeepRequest, due: &mut BinaryHeap<Reverse<(Instant, u32)>>) {
         match req {
             UpkeepRequest::TlsLibrary(r) => self.on_tls_library(r),
+            UpkeepRequest::ProcessExit(pid) => {
+                if let Some(key) = self.sensors.process_exited(pid) {
+                    self.detach_due
+                        .push((Instant::now() + GO_DETACH_AFTER, key));
+                }
+            }
             UpkeepRequest::ScanProcess(pid) => {
                 if due.len() + SCAN_DELAYS.len() > MAX_PENDING {
                     self.metrics.scan_pending_full.inc();
@@ -274,6 +299,22 @@ impl Upkeep {
                 tracing::warn!(error = %e, "TLS coverage thread not started: nhiwatch_tls_coverage stays empty")
             }
         }
+    }
+
+    /// Releases the probes of the Go files due (if nobody runs them again meanwhile).
+    fn detach_idle(&mut self, now: Instant) {
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.detach_due)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.detach_due = later;
+        for (_, key) in ready {
+            for (probe, target) in self.sensors.detach_go_if_idle(key, &self.proc_root) {
+                self.metrics.probe_gone(&probe, &target);
+            }
+        }
+        self.metrics
+            .tls_targets
+            .set(self.sensors.tls_targets as i64);
     }
 
     /// Once a second: counters, the hold's heartbeat, and continuing anyone held too long.

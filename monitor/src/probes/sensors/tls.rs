@@ -15,7 +15,7 @@ use super::{program, Attach, Sensor, NEEDS_UPROBE};
 use crate::probes::{
     abi::NW_TLS_CAPTURE_MAX,
     cause::{Cause, ProbeFailure},
-    tls_libs::{TlsDiscovery, TlsTarget},
+    tls_libs::{TlsDiscovery, TlsFamily, TlsTarget},
     ProbeStatus,
 };
 
@@ -29,6 +29,9 @@ pub struct TlsConfig {
     /// Stop a process that maps a libssl/libgnutls file not probed yet until its uprobes are
     /// attached (at most [`crate::probes::tls_hold::HOLD_DEADLINE`]), so its first call is seen.
     pub hold_new_libraries: bool,
+    /// Which TLS stacks are probed (all by default): a deployment, or a benchmark isolating one
+    /// sensor, can leave out OpenSSL, GnuTLS or Go programs.
+    pub stacks: Vec<TlsFamily>,
 }
 
 impl Default for TlsConfig {
@@ -38,11 +41,22 @@ impl Default for TlsConfig {
             library_dirs: Vec::new(),
             extra_targets: Vec::new(),
             hold_new_libraries: true,
+            stacks: vec![TlsFamily::OpenSsl, TlsFamily::GnuTls, TlsFamily::Go],
         }
     }
 }
 
 impl TlsConfig {
+    /// Whether processes are held at a new libssl/libgnutls: only when asked for and a
+    /// library stack is probed (holding for a file nothing will attach to only slows them).
+    pub fn holds(&self) -> bool {
+        self.hold_new_libraries
+            && self
+                .stacks
+                .iter()
+                .any(|s| matches!(s, TlsFamily::OpenSsl | TlsFamily::GnuTls))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let max = NW_TLS_CAPTURE_MAX;
         if self.capture_bytes > max {
@@ -71,7 +85,11 @@ pub(crate) fn initial_targets(
     let mut targets = discovery.scan_dirs(&cfg.library_dirs);
     for extra in &cfg.extra_targets {
         match discovery.consider(extra) {
-            Some(t) => targets.push(t),
+            Some(t) => {
+                // Named by the operator: probed from start to stop, not only while it runs.
+                discovery.pin_go(t.key);
+                targets.push(t);
+            }
             None => statuses.push(ProbeStatus {
                 probe: "tls/extra_target".into(),
                 target: extra.display().to_string(),
@@ -100,12 +118,13 @@ pub(crate) fn attach_target(
     let group = t.family.sensor().group;
     let target = t.path.display().to_string();
     let mut any = false;
+    let path = t.attach_path();
     for (sym, entry, ret) in t.family.calls() {
         if !t.symbols.contains(&sym) {
             continue;
         }
-        let r = attach_uprobe(bpf, links, entry, sym, &t.path)
-            .and_then(|()| attach_uprobe(bpf, links, ret, sym, &t.path));
+        let r = attach_uprobe(bpf, links, entry, sym, &path)
+            .and_then(|()| attach_uprobe(bpf, links, ret, sym, &path));
         any |= r.is_ok();
         statuses.push(ProbeStatus {
             probe: format!("{group}/{sym}"),
@@ -115,7 +134,7 @@ pub(crate) fn attach_target(
     }
     if let Some((sym, prog)) = t.family.server_name() {
         if any && t.symbols.contains(&sym) {
-            let r = attach_uprobe(bpf, links, prog, sym, &t.path);
+            let r = attach_uprobe(bpf, links, prog, sym, &path);
             statuses.push(ProbeStatus {
                 probe: format!("{group}/{sym}"),
                 target: target.clone(),

@@ -131,7 +131,7 @@ fn attach_at(
     let id = p
         .attach(
             point,
-            &t.path,
+            t.attach_path(),
             aya::programs::uprobe::UProbeScope::AllProcesses,
         )
         .map_err(|e| {

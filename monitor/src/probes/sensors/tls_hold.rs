@@ -18,7 +18,7 @@ pub const SENSOR: Sensor = Sensor {
 /// Attached only when enabled and the TLS uprobes loaded: holding for a library nothing can
 /// be attached to would only slow processes down.
 fn attach(a: &mut Attach<'_>) -> Result<(), LoadError> {
-    if a.cfg.tls.hold_new_libraries && a.uprobes_loaded {
+    if a.cfg.tls.holds() && a.uprobes_loaded {
         a.tracepoints(&SENSOR);
     }
     Ok(())
