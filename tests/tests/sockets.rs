@@ -444,3 +444,107 @@ fn a_local_proxy_in_front_of_an_https_upstream_gives_one_call_per_request_to_the
         assert_no_leak(d);
     }
 }
+
+/// Where `cargo xtask deps` installs python grpcio (xtask/src/deps.rs, `python_grpcio`).
+fn grpcio_path() -> std::path::PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    };
+    let dir = target.join("python/grpcio");
+    assert!(
+        dir.join("grpc_health").exists(),
+        "python grpcio missing at {}: run `cargo xtask deps`",
+        dir.display()
+    );
+    dir
+}
+
+/// A python grpcio server with the standard health service on loopback, until dropped.
+struct GrpcServer {
+    child: Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let script = "import sys, grpc\n\
+             from concurrent import futures\n\
+             from grpc_health.v1 import health, health_pb2, health_pb2_grpc\n\
+             s = grpc.server(futures.ThreadPoolExecutor(max_workers=2))\n\
+             h = health.HealthServicer()\n\
+             h.set('', health_pb2.HealthCheckResponse.SERVING)\n\
+             health_pb2_grpc.add_HealthServicer_to_server(h, s)\n\
+             print(s.add_insecure_port('127.0.0.1:0'), flush=True)\n\
+             s.start()\n\
+             sys.stdin.read()\n";
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", grpcio_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 grpc server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("the gRPC server's port");
+        wait_until("gRPC server listening", WAIT, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// python grpcio (C-core) writes its first request as one sendmsg of 26+ iovecs (one per frame
+/// piece): every call is decoded, not only the ones after the connection's first write.
+#[test]
+fn grpc_health_checks_from_python_grpcio_over_h2c() {
+    let server = GrpcServer::start();
+    let d = Daemon::start(&config_with(&[], ""));
+    let script = format!(
+        "import grpc\n\
+         from grpc_health.v1 import health_pb2, health_pb2_grpc\n\
+         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel('127.0.0.1:{port}'))\n\
+         for i in range(3):\n\
+         \x20   r = stub.Check(health_pb2.HealthCheckRequest(service=''), metadata=[('authorization', 'Bearer {TOKEN}')])\n\
+         \x20   assert r.status == health_pb2.HealthCheckResponse.SERVING, r\n",
+        port = server.port
+    );
+    let pid = spawn_pid(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .env("PYTHONPATH", grpcio_path()),
+    );
+    let calls = wait_calls(&d, "grpcio's three health checks", pid, 3);
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["stream"], 2 * i + 1, "{call}");
+        assert_eq!(call["method"], "POST", "{call}");
+        assert_eq!(call["path"], "/grpc.health.v1.Health/Check", "{call}");
+        assert_eq!(call["grpc"]["service"], "grpc.health.v1.Health", "{call}");
+        assert_eq!(call["grpc"]["method"], "Check", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], calls[0]["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per call");
+    assert!(
+        calls_of(&d, server.child.id()).is_empty(),
+        "the server made no call"
+    );
+    assert_no_leak(d);
+}
