@@ -548,3 +548,39 @@ fn grpc_health_checks_from_python_grpcio_over_h2c() {
     );
     assert_no_leak(d);
 }
+
+/// A Go h2c client (golang.org/x/net/http2 with prior knowledge; Go's non-blocking connect and
+/// its own frame writer) against nginx h2c: one api_call per request on one connection.
+#[test]
+fn go_h2c_client_calls_against_nginx_h2c() {
+    let bin = go::build_debian_gopath("h2c");
+    let nginx = PlainNginx::start("");
+    let d = Daemon::start(&config_with(&[], ""));
+    let url = format!("http://127.0.0.1:{}/fhir/R4/Patient/", nginx.h2c_port);
+    let pid = spawn_pid(
+        Command::new(&bin)
+            .args(["client", &url, "3"])
+            .env("NHIWATCH_TOKEN", TOKEN),
+    );
+    let calls = wait_calls(&d, "the Go client's three h2c calls", pid, 3);
+    // x/net 0.7 opens its first request on stream 3: what matters is one call per stream.
+    let mut streams: Vec<u64> = calls
+        .iter()
+        .map(|c| c["stream"].as_u64().unwrap())
+        .collect();
+    streams.dedup();
+    assert_eq!(streams.len(), 3, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["method"], "GET", "{call}");
+        assert_eq!(call["path"], "/fhir/R4/Patient/{id}", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], calls[0]["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per request");
+    assert!(calls_of(&d, nginx.pid()).is_empty());
+    assert_no_leak(d);
+}
