@@ -584,3 +584,56 @@ fn go_h2c_client_calls_against_nginx_h2c() {
     assert!(calls_of(&d, nginx.pid()).is_empty());
     assert_no_leak(d);
 }
+
+/// curl `--http2` on an http:// URL asks for `Upgrade: h2c`; a Go server (x/net's h2c handler)
+/// switches. The request before the switch is one HTTP/1 call (status 101: its answer comes as
+/// stream 1, which is that same call), the requests after it are HTTP/2 streams.
+#[test]
+fn an_http1_upgrade_to_h2c_gives_one_call_before_the_switch_and_h2_streams_after() {
+    let bin = go::build_debian_gopath("h2c");
+    let port = free_port();
+    let mut server = Child2(
+        Command::new(&bin)
+            .args(["server", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the Go h2c server listening", WAIT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let d = Daemon::start(&config_with(&[], ""));
+    let url = |n: u32| format!("http://127.0.0.1:{port}/fhir/R4/Patient/{n}?code={QUERY_VALUE}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (a, b, c) = (url(1), url(2), url(3));
+    let pid = curl(&["--http2", "-H", &auth, &a, &b, &c]);
+    let calls = wait_calls(&d, "curl's calls around the h2c upgrade", pid, 3);
+    let first = &calls[0];
+    assert_eq!(first["protocol"], "http1", "{first}");
+    assert_eq!(first["status"], 101, "{first}");
+    for call in &calls[1..] {
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_ne!(
+            call["stream"], 1,
+            "stream 1 is the upgrading request: {call}"
+        );
+    }
+    for call in &calls {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["method"], "GET", "{call}");
+        assert_eq!(call["path"], "/fhir/R4/Patient/{id}", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], first["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per request");
+    assert!(
+        calls_of(&d, server.0.id()).is_empty(),
+        "the server made no call"
+    );
+    drop(server.0.stdin.take());
+    assert_no_leak(d);
+}

@@ -296,7 +296,27 @@ impl SessionTable {
                         *parser = Parser::Other;
                         continue;
                     }
-                    return p.feed(chunk, sink);
+                    p.feed(chunk, sink);
+                    // `Upgrade: h2c` switched: the streams that follow are HTTP/2, starting
+                    // with the server's bytes after the 101 in this very read.
+                    if let Some(sw) = p.take_h2c_switch() {
+                        let mut h2 = Http2Conn::upgraded(limits);
+                        if !sw.tail.is_empty() || sw.tail_gap > 0 {
+                            h2.feed(
+                                &Chunk {
+                                    ktime_ns: sw.ktime_ns,
+                                    direction: Direction::Read,
+                                    len: (sw.tail.len() as u64 + sw.tail_gap)
+                                        .min(u64::from(u32::MAX))
+                                        as u32,
+                                    data: &sw.tail,
+                                },
+                                sink,
+                            );
+                        }
+                        *parser = Parser::Http2(Box::new(h2));
+                    }
+                    return;
                 }
                 Parser::Http2(p) => {
                     if p.is_done() {
