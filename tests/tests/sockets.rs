@@ -637,3 +637,47 @@ fn an_http1_upgrade_to_h2c_gives_one_call_before_the_switch_and_h2_streams_after
     drop(server.0.stdin.take());
     assert_no_leak(d);
 }
+
+/// `sensors.sockets.enabled: false`: the sensor says it is disabled (metric, /readyz, log), is
+/// neither degraded nor what keeps the daemon from being ready, and follows nothing.
+#[test]
+fn a_disabled_sockets_sensor_reports_disabled_and_follows_nothing() {
+    let nginx = PlainNginx::start("");
+    let d = Daemon::start(&config_with(&[], "  sockets:\n    enabled: false\n"));
+    let (code, body) = d.readyz();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("sensors disabled by the settings: sockets"),
+        "{body}"
+    );
+    assert_eq!(
+        d.metric_sum("nhiwatch_sensor_disabled", &["sensor=\"sockets\""]),
+        1.0
+    );
+    let metrics = d.metrics();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("nhiwatch_sensor_degraded{") && l.contains("sensor=\"sockets\"")),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("nhiwatch_probe_attached{") && l.contains("probe=\"sockets/")),
+        "no probe rows for a sensor that was not asked for"
+    );
+    let pid = curl(&[
+        "--http1.1",
+        &format!("http://127.0.0.1:{}/fhir/x", nginx.port),
+    ]);
+    d.wait_for("curl's exit", WAIT, |v| {
+        kind_is(v, "exit") && pid_is(v, pid)
+    });
+    assert!(calls_of(&d, pid).is_empty(), "{:?}", calls_of(&d, pid));
+    let (_, stderr) = d.stop();
+    assert!(
+        stderr.contains("sensor disabled by the settings") && stderr.contains("sockets"),
+        "{stderr}"
+    );
+}
