@@ -65,6 +65,8 @@ const TEST: &[(&str, &str)] = &[
         "golang-golang-x-net-dev",
         "/usr/share/gocode/src/golang.org/x/net/http2/h2c/h2c.go",
     ),
+    // Benchmark 8's request-rate row: h2load, a fast HTTP/1.1 and HTTP/2 load generator.
+    ("nghttp2-client", "/usr/bin/h2load"),
 ];
 // Containers (issue M): `cargo xtask image` and the tests' real containers. podman runs them with
 // runc (crun refuses this kernel's hybrid cgroup layout); debootstrap makes the local Debian base
