@@ -218,7 +218,7 @@ const RATE_TARGET: f64 = 100_000.0;
 /// h2load's load: connections, HTTP/1.1 requests pipelined on each (one write carries several:
 /// what a fast client does), requests per run.
 const RATE_CONNS: u32 = 16;
-const RATE_PIPELINE: u32 = 8;
+const RATE_PIPELINE: u32 = 32;
 const RATE_REQUESTS: u64 = 200_000;
 
 struct Rate {
@@ -320,7 +320,7 @@ fn request_rate(ctx: &mut Ctx, port: u16, cpu: usize) -> Result<Rate> {
     let missing = sent.saturating_sub(calls);
     let uncounted = missing.saturating_sub(counted * u64::from(RATE_PIPELINE));
     let measured = format!(
-        "{}/s sent by h2load beside nhiwatch ({}/s alone); {} of {} requests became api_calls,          counted losses: {lost} ring records, {errors} parser errors, {evicted} evicted sessions",
+        "{}/s sent by h2load beside nhiwatch ({}/s alone); {} of {} requests became api_calls, counted losses: {lost} ring records, {errors} parser errors, {evicted} evicted sessions",
         stats::count(per_sec),
         stats::count(bare),
         calls,
