@@ -1,7 +1,9 @@
-//! End-to-end: API calls sent in cleartext over TCP (HTTP/1.1, h2c) by real clients (curl,
-//! python3) to real servers (nginx plain and h2c, a python server), seen from the socket syscalls
-//! with `transport: "tcp"`; servers, non-HTTP traffic and TLS bytes never parsed; a local proxy's
-//! upstream leg never a second call; and not one secret kept.
+//! End-to-end: API calls sent in cleartext over TCP (HTTP/1.1, h2c with prior knowledge and by
+//! `Upgrade: h2c`, gRPC) by real clients (curl, python3, python grpcio, a Go x/net h2c client)
+//! to real servers (nginx plain and h2c, a python server, a grpcio server, a Go h2c server), seen
+//! from the socket syscalls with `transport: "tcp"`; servers, non-HTTP traffic and TLS bytes never
+//! parsed; a local proxy's upstream leg never a second call; the sensor turned off reports
+//! disabled; and not one secret kept.
 
 use std::{
     io::Write,
