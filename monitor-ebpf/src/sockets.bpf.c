@@ -420,11 +420,60 @@ static __always_inline int data_enter(u64 fd, u64 buf, u64 len, u8 kind, u8 read
 	return 0;
 }
 
-/* gRPC C-core writes each HTTP/2 frame as its own iovec (preface, SETTINGS, HEADERS, DATA ...
- * in one sendmsg): enough of them to reach the request's header block. */
-#define SOCK_IOV_MAX 16
+/* gRPC C-core writes each HTTP/2 frame piece as its own iovec (preface, SETTINGS, HEADERS, DATA
+ * ... in one sendmsg; python grpcio's first request is 26-28 of them): enough of them to reach the
+ * request's header block. Iovecs after the first are copied in a bpf_loop, whose body the
+ * verifier checks once: an unrolled loop of 32, or a bounded loop of 64, is refused (EINVAL). */
+#define SOCK_IOV_MAX 64
 /* Bytes of a first inbound read sent up: enough to tell a request line from anything else. */
 #define SOCK_INBOUND_CAPTURE 64
+
+/* One vectored call's copy into the scratch record, iovec by iovec. */
+struct iov_copy {
+	u64 iov; /* user address of the struct iovec array */
+	u32 want;
+	u32 got;
+	u8 failed;
+};
+
+/* Appends iovec i of c to the record's data; nonzero when the copy is over. */
+static __always_inline long copy_iov(u32 i, struct iov_copy *c)
+{
+	if (c->got >= c->want)
+		return 1;
+	u32 zero = 0;
+	struct sock_scratch *s = bpf_map_lookup_elem(&sock_scratch, &zero);
+	if (!s)
+		return 1;
+	u8 *data = s->buf + sizeof(struct nw_tls_data);
+	struct iovec iov = {};
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c->iov + (u64)i * sizeof(iov)))) {
+		c->failed = 1;
+		return 1;
+	}
+	u64 off = c->got;
+	u64 n = c->want - c->got;
+	if (iov.iov_len < n)
+		n = iov.iov_len;
+	if (off >= NW_TLS_CAPTURE_MAX || n > NW_TLS_CAPTURE_MAX)
+		return 1;
+	/* for the verifier, which loses the bounds above through register copies: masks that
+	 * change nothing (off < 8192, n <= 8192), inside the scratch */
+	off &= NW_TLS_CAPTURE_MAX - 1;
+	n &= 2 * NW_TLS_CAPTURE_MAX - 1;
+	if (n && bpf_probe_read_user(data + off, n, iov.iov_base)) {
+		c->failed = 1;
+		return 1;
+	}
+	c->got += n;
+	return 0;
+}
+
+/* bpf_loop body: iovecs 1.. (the first is copied inline, the common one-iovec case pays no call). */
+static long copy_iov_rest(u32 i, void *ctx)
+{
+	return copy_iov(i + 1, ctx);
+}
 
 static __always_inline int data_exit(s64 ret)
 {
@@ -464,30 +513,13 @@ static __always_inline int data_exit(s64 ret)
 		else
 			got = n;
 	} else {
-		for (int i = 0; i < SOCK_IOV_MAX; i++) {
-			if (i >= call.iovcnt || got >= want)
-				break;
-			struct iovec iov = {};
-			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(call.buf + i * sizeof(iov)))) {
-				failed = true;
-				break;
-			}
-			u64 off = got;
-			u64 n = want - got;
-			if (iov.iov_len < n)
-				n = iov.iov_len;
-			if (off >= NW_TLS_CAPTURE_MAX || n > NW_TLS_CAPTURE_MAX)
-				break;
-			/* for the verifier, which loses the bounds above through register copies:
-			 * masks that change nothing (off < 8192, n <= 8192), inside the scratch */
-			off &= NW_TLS_CAPTURE_MAX - 1;
-			n &= 2 * NW_TLS_CAPTURE_MAX - 1;
-			if (n && bpf_probe_read_user(data + off, n, iov.iov_base)) {
-				failed = true;
-				break;
-			}
-			got += n;
+		struct iov_copy c = { .iov = call.buf, .want = want };
+		if (call.iovcnt > 0 && !copy_iov(0, &c) && call.iovcnt > 1 && c.got < c.want) {
+			u32 rest = call.iovcnt < SOCK_IOV_MAX ? call.iovcnt - 1 : SOCK_IOV_MAX - 1;
+			bpf_loop(rest, copy_iov_rest, &c, 0);
 		}
+		got = c.got;
+		failed = c.failed;
 	}
 	if (failed)
 		count(NW_CNT_SOCK_READ_FAIL);

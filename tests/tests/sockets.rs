@@ -1,7 +1,9 @@
-//! End-to-end: API calls sent in cleartext over TCP (HTTP/1.1, h2c) by real clients (curl,
-//! python3) to real servers (nginx plain and h2c, a python server), seen from the socket syscalls
-//! with `transport: "tcp"`; servers, non-HTTP traffic and TLS bytes never parsed; a local proxy's
-//! upstream leg never a second call; and not one secret kept.
+//! End-to-end: API calls sent in cleartext over TCP (HTTP/1.1, h2c with prior knowledge and by
+//! `Upgrade: h2c`, gRPC) by real clients (curl, python3, python grpcio, a Go x/net h2c client)
+//! to real servers (nginx plain and h2c, a python server, a grpcio server, a Go h2c server), seen
+//! from the socket syscalls with `transport: "tcp"`; servers, non-HTTP traffic and TLS bytes never
+//! parsed; a local proxy's upstream leg never a second call; the sensor turned off reports
+//! disabled; and not one secret kept.
 
 use std::{
     io::Write,
@@ -443,4 +445,241 @@ fn a_local_proxy_in_front_of_an_https_upstream_gives_one_call_per_request_to_the
         assert_eq!(calls_of(&d, pid).len(), 2, "exactly one call per request");
         assert_no_leak(d);
     }
+}
+
+/// Where `cargo xtask deps` installs python grpcio (xtask/src/deps.rs, `python_grpcio`).
+fn grpcio_path() -> std::path::PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    };
+    let dir = target.join("python/grpcio");
+    assert!(
+        dir.join("grpc_health").exists(),
+        "python grpcio missing at {}: run `cargo xtask deps`",
+        dir.display()
+    );
+    dir
+}
+
+/// A python grpcio server with the standard health service on loopback, until dropped.
+struct GrpcServer {
+    child: Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let script = "import sys, grpc\n\
+             from concurrent import futures\n\
+             from grpc_health.v1 import health, health_pb2, health_pb2_grpc\n\
+             s = grpc.server(futures.ThreadPoolExecutor(max_workers=2))\n\
+             h = health.HealthServicer()\n\
+             h.set('', health_pb2.HealthCheckResponse.SERVING)\n\
+             health_pb2_grpc.add_HealthServicer_to_server(h, s)\n\
+             print(s.add_insecure_port('127.0.0.1:0'), flush=True)\n\
+             s.start()\n\
+             sys.stdin.read()\n";
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", grpcio_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 grpc server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("the gRPC server's port");
+        wait_until("gRPC server listening", WAIT, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// python grpcio (C-core) writes its first request as one sendmsg of 26+ iovecs (one per frame
+/// piece): every call is decoded, not only the ones after the connection's first write.
+#[test]
+fn grpc_health_checks_from_python_grpcio_over_h2c() {
+    let server = GrpcServer::start();
+    let d = Daemon::start(&config_with(&[], ""));
+    let script = format!(
+        "import grpc\n\
+         from grpc_health.v1 import health_pb2, health_pb2_grpc\n\
+         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel('127.0.0.1:{port}'))\n\
+         for i in range(3):\n\
+         \x20   r = stub.Check(health_pb2.HealthCheckRequest(service=''), metadata=[('authorization', 'Bearer {TOKEN}')])\n\
+         \x20   assert r.status == health_pb2.HealthCheckResponse.SERVING, r\n",
+        port = server.port
+    );
+    let pid = spawn_pid(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .env("PYTHONPATH", grpcio_path()),
+    );
+    let calls = wait_calls(&d, "grpcio's three health checks", pid, 3);
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["stream"], 2 * i + 1, "{call}");
+        assert_eq!(call["method"], "POST", "{call}");
+        assert_eq!(call["path"], "/grpc.health.v1.Health/Check", "{call}");
+        assert_eq!(call["grpc"]["service"], "grpc.health.v1.Health", "{call}");
+        assert_eq!(call["grpc"]["method"], "Check", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], calls[0]["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per call");
+    assert!(
+        calls_of(&d, server.child.id()).is_empty(),
+        "the server made no call"
+    );
+    assert_no_leak(d);
+}
+
+/// A Go h2c client (golang.org/x/net/http2 with prior knowledge; Go's non-blocking connect and
+/// its own frame writer) against nginx h2c: one api_call per request on one connection.
+#[test]
+fn go_h2c_client_calls_against_nginx_h2c() {
+    let bin = go::build_debian_gopath("h2c");
+    let nginx = PlainNginx::start("");
+    let d = Daemon::start(&config_with(&[], ""));
+    let url = format!("http://127.0.0.1:{}/fhir/R4/Patient/", nginx.h2c_port);
+    let pid = spawn_pid(
+        Command::new(&bin)
+            .args(["client", &url, "3"])
+            .env("NHIWATCH_TOKEN", TOKEN),
+    );
+    let calls = wait_calls(&d, "the Go client's three h2c calls", pid, 3);
+    // x/net 0.7 opens its first request on stream 3: what matters is one call per stream.
+    let mut streams: Vec<u64> = calls
+        .iter()
+        .map(|c| c["stream"].as_u64().unwrap())
+        .collect();
+    streams.dedup();
+    assert_eq!(streams.len(), 3, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["method"], "GET", "{call}");
+        assert_eq!(call["path"], "/fhir/R4/Patient/{id}", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], calls[0]["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per request");
+    assert!(calls_of(&d, nginx.pid()).is_empty());
+    assert_no_leak(d);
+}
+
+/// curl `--http2` on an http:// URL asks for `Upgrade: h2c`; a Go server (x/net's h2c handler)
+/// switches. The request before the switch is one HTTP/1 call (status 101: its answer comes as
+/// stream 1, which is that same call), the requests after it are HTTP/2 streams.
+#[test]
+fn an_http1_upgrade_to_h2c_gives_one_call_before_the_switch_and_h2_streams_after() {
+    let bin = go::build_debian_gopath("h2c");
+    let port = free_port();
+    let mut server = Child2(
+        Command::new(&bin)
+            .args(["server", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the Go h2c server listening", WAIT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let d = Daemon::start(&config_with(&[], ""));
+    let url = |n: u32| format!("http://127.0.0.1:{port}/fhir/R4/Patient/{n}?code={QUERY_VALUE}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (a, b, c) = (url(1), url(2), url(3));
+    let pid = curl(&["--http2", "-H", &auth, &a, &b, &c]);
+    let calls = wait_calls(&d, "curl's calls around the h2c upgrade", pid, 3);
+    let first = &calls[0];
+    assert_eq!(first["protocol"], "http1", "{first}");
+    assert_eq!(first["status"], 101, "{first}");
+    for call in &calls[1..] {
+        assert_eq!(call["protocol"], "http2", "{call}");
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["end"], "complete", "{call}");
+        assert_ne!(
+            call["stream"], 1,
+            "stream 1 is the upgrading request: {call}"
+        );
+    }
+    for call in &calls {
+        assert_eq!(call["transport"], "tcp", "{call}");
+        assert_eq!(call["method"], "GET", "{call}");
+        assert_eq!(call["path"], "/fhir/R4/Patient/{id}", "{call}");
+        assert_eq!(call["credentials"][0]["kind"], "bearer", "{call}");
+        assert_eq!(call["flow"], first["flow"], "one connection: {call}");
+    }
+    assert_eq!(calls_of(&d, pid).len(), 3, "one api_call per request");
+    assert!(
+        calls_of(&d, server.0.id()).is_empty(),
+        "the server made no call"
+    );
+    drop(server.0.stdin.take());
+    assert_no_leak(d);
+}
+
+/// `sensors.sockets.enabled: false`: the sensor says it is disabled (metric, /readyz, log), is
+/// neither degraded nor what keeps the daemon from being ready, and follows nothing.
+#[test]
+fn a_disabled_sockets_sensor_reports_disabled_and_follows_nothing() {
+    let nginx = PlainNginx::start("");
+    let d = Daemon::start(&config_with(&[], "  sockets:\n    enabled: false\n"));
+    let (code, body) = d.readyz();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("sensors disabled by the settings: sockets"),
+        "{body}"
+    );
+    assert_eq!(
+        d.metric_sum("nhiwatch_sensor_disabled", &["sensor=\"sockets\""]),
+        1.0
+    );
+    let metrics = d.metrics();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("nhiwatch_sensor_degraded{") && l.contains("sensor=\"sockets\"")),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("nhiwatch_probe_attached{") && l.contains("probe=\"sockets/")),
+        "no probe rows for a sensor that was not asked for"
+    );
+    let pid = curl(&[
+        "--http1.1",
+        &format!("http://127.0.0.1:{}/fhir/x", nginx.port),
+    ]);
+    d.wait_for("curl's exit", WAIT, |v| {
+        kind_is(v, "exit") && pid_is(v, pid)
+    });
+    assert!(calls_of(&d, pid).is_empty(), "{:?}", calls_of(&d, pid));
+    let (_, stderr) = d.stop();
+    assert!(
+        stderr.contains("sensor disabled by the settings") && stderr.contains("sockets"),
+        "{stderr}"
+    );
 }

@@ -59,6 +59,14 @@ const TEST: &[(&str, &str)] = &[
     // that must never become an api_call (issue I, tests/tests/sockets.rs).
     ("redis-server", "/usr/bin/redis-server"),
     ("redis-tools", "/usr/bin/redis-cli"),
+    // Cleartext h2c (issue I, tests/tests/sockets.rs): golang.org/x/net's http2 and h2c for the Go
+    // h2c client and the `Upgrade: h2c` server (tests/go/h2c, GOPATH mode with Debian's Go).
+    (
+        "golang-golang-x-net-dev",
+        "/usr/share/gocode/src/golang.org/x/net/http2/h2c/h2c.go",
+    ),
+    // Benchmark 8's request-rate row: h2load, a fast HTTP/1.1 and HTTP/2 load generator.
+    ("nghttp2-client", "/usr/bin/h2load"),
 ];
 // Containers (issue M): `cargo xtask image` and the tests' real containers. podman runs them with
 // runc (crun refuses this kernel's hybrid cgroup layout); debootstrap makes the local Debian base
@@ -113,6 +121,41 @@ fn go_toolchains() -> Result<()> {
     Ok(())
 }
 
+/// Cleartext gRPC (issue I, tests/tests/sockets.rs): python grpcio and its health service from
+/// PyPI, for Debian's python3, installed with pip under `<target>/python/grpcio` (PYTHONPATH).
+/// tests/tests/sockets.rs names the same directory.
+pub const GRPCIO: [&str; 2] = ["grpcio==1.85.1", "grpcio-health-checking==1.85.1"];
+
+fn python_grpcio() -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from("target"),
+            std::path::PathBuf::from,
+        );
+    let dir = target.join("python").join("grpcio");
+    if dir.join("grpc_health").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing python grpcio (pip) into {}",
+        dir.display()
+    );
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "install", "--quiet", "--target"])
+        .arg(&dir)
+        .args(GRPCIO)
+        .status()
+        .map_err(|e| anyhow::anyhow!("running pip: {e}"))?;
+    if !status.success() || !dir.join("grpc_health").exists() {
+        bail!(
+            "pip install {GRPCIO:?} into {} failed ({status})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn present(proof: &str) -> bool {
     if proof.starts_with('/') {
         std::path::Path::new(proof).exists()
@@ -128,6 +171,7 @@ pub fn ensure(set: Set) -> Result<()> {
     apt_packages(set)?;
     if set == Set::All {
         go_toolchains()?;
+        python_grpcio()?;
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ struct ReadinessState {
     started: AtomicBool,
     /// Why not, for the 503 body; `None` when nothing is missing.
     blocked: Mutex<Option<String>>,
+    /// A line added to the body either way (e.g. sensors turned off on purpose).
+    note: Mutex<Option<String>>,
     /// `nhiwatch_ready`, 1 when `/readyz` answers 200.
     gauge: Gauge,
 }
@@ -72,6 +74,7 @@ impl Readiness {
         Readiness(Arc::new(ReadinessState {
             started: AtomicBool::new(false),
             blocked: Mutex::new(None),
+            note: Mutex::new(None),
             gauge: Gauge::default(),
         }))
     }
@@ -80,6 +83,11 @@ impl Readiness {
     pub fn set_blocked(&self, why: Option<String>) {
         *self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) = why;
         self.publish();
+    }
+
+    /// A line `/readyz` adds to its answer, ready or not; `None`: none.
+    pub fn set_note(&self, note: Option<String>) {
+        *self.0.note.lock().unwrap_or_else(|e| e.into_inner()) = note;
     }
 
     pub fn is_ready(&self) -> bool {
@@ -91,9 +99,13 @@ impl Readiness {
         if !self.0.started.load(Ordering::Acquire) {
             return (false, "starting\n".into());
         }
+        let note = match &*self.0.note.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(n) => format!("{n}\n"),
+            None => String::new(),
+        };
         match &*self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => (true, "ready\n".into()),
-            Some(why) => (false, format!("not ready: {why}\n")),
+            None => (true, format!("ready\n{note}")),
+            Some(why) => (false, format!("not ready: {why}\n{note}")),
         }
     }
 

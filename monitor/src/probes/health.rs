@@ -12,6 +12,8 @@ pub struct SensorHealth {
     /// Its name in `sensors::ALL` (and in `sensors.required`).
     pub sensor: &'static str,
     pub failure: Option<ProbeFailure>,
+    /// Turned off by the settings: not attached on purpose, never degraded nor missing.
+    pub disabled: bool,
 }
 
 /// Whether a status's name (`group/rest`) is one of `sensor`'s, and if so whether it is a
@@ -49,9 +51,17 @@ pub const DISCOVERY: &str = "discovery";
 /// each library found, when no library was found yet (a host without libgnutls is not
 /// degraded) or at least one library got them. A library that could not be probed while others
 /// were is reported by `probe_attached`, not here.
-pub fn sensor_health(statuses: &[ProbeStatus]) -> Vec<SensorHealth> {
+/// A sensor in `disabled` is reported as such whatever its statuses.
+pub fn sensor_health(statuses: &[ProbeStatus], disabled: &[&str]) -> Vec<SensorHealth> {
     ALL.iter()
         .map(|sensor| {
+            if disabled.contains(&sensor.name) {
+                return SensorHealth {
+                    sensor: sensor.name,
+                    failure: None,
+                    disabled: true,
+                };
+            }
             let mut own_failure = None;
             let mut library_failure = None;
             let mut library_ok = false;
@@ -82,6 +92,7 @@ pub fn sensor_health(statuses: &[ProbeStatus]) -> Vec<SensorHealth> {
             SensorHealth {
                 sensor: sensor.name,
                 failure,
+                disabled: false,
             }
         })
         .collect()
@@ -116,7 +127,7 @@ mod tests {
     }
 
     fn verdict(statuses: &[ProbeStatus], sensor: &str) -> Option<ProbeFailure> {
-        sensor_health(statuses)
+        sensor_health(statuses, &[])
             .into_iter()
             .find(|h| h.sensor == sensor)
             .unwrap()
@@ -199,11 +210,26 @@ mod tests {
             "/sys/fs/cgroup",
             Cause::MissingFile,
         )];
-        let health = sensor_health(&statuses);
+        let health = sensor_health(&statuses, &[]);
         let all: Vec<String> = ALL.iter().map(|s| s.name.to_owned()).collect();
         let m = missing(&health, &all);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].sensor, "dns");
         assert!(missing(&health, &["process".into(), "tcp".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_sensor_the_settings_turn_off_is_disabled_not_attached_nor_missing() {
+        let statuses = vec![failed("sockets/sock_enter_write", "kernel", Cause::Other)];
+        let health = sensor_health(&statuses, &["sockets"]);
+        let h = health.iter().find(|h| h.sensor == "sockets").unwrap();
+        assert!(h.disabled);
+        assert_eq!(h.failure, None);
+        let all: Vec<String> = ALL.iter().map(|s| s.name.to_owned()).collect();
+        assert!(missing(&health, &all).is_empty());
+        // Without the setting, the same status degrades it.
+        let h = sensor_health(&statuses, &[]);
+        let h = h.iter().find(|h| h.sensor == "sockets").unwrap();
+        assert!(!h.disabled && h.failure.is_some());
     }
 }

@@ -80,6 +80,8 @@ pub struct Sensors {
     pub tls_targets: usize,
     /// `sensors.required`: the sensors readiness waits for.
     pub required: Vec<String>,
+    /// Sensors the settings turn off ([`super::SensorConfig::disabled`]).
+    pub disabled: Vec<&'static str>,
     /// Every TLS uprobe attached. Last field on purpose: fields drop in order, so the object
     /// detaches its tracepoints before the uprobes go to the kernel's worker, whose teardown
     /// would otherwise hold the kernel mutex those detaches wait for.
@@ -320,6 +322,7 @@ impl Sensors {
             uprobes_loaded,
             tls_targets: 0,
             required: cfg.required.clone(),
+            disabled: cfg.disabled(),
             uprobe_links: UprobeLinks::default(),
         };
         sensors.refresh_watches();

@@ -44,6 +44,20 @@ impl Default for SensorConfig {
 }
 
 impl SensorConfig {
+    /// Sensors these settings turn off (`sensors.sockets.enabled: false`,
+    /// `sensors.tls.hold_new_libraries: false`): never attached, reported as disabled rather
+    /// than as attached or degraded, and never what keeps the daemon from being ready.
+    pub fn disabled(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.sockets.enabled {
+            out.push(super::sensors::sockets::SENSOR.name);
+        }
+        if !self.tls.hold_new_libraries {
+            out.push(super::sensors::tls_hold::SENSOR.name);
+        }
+        out
+    }
+
     /// The first problem found, as a sentence naming the setting by its YAML path.
     pub fn validate(&self) -> Result<(), String> {
         let rb = self.ring_buffer_bytes;

@@ -28,6 +28,11 @@ struct DegradedLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensorLabel {
+    sensor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CoverageLabel {
     stack: &'static str,
     covered: &'static str,
@@ -60,6 +65,7 @@ pub struct SensorTelemetry {
     /// Scan requests dropped because the upkeep thread had too many pending.
     pub scan_pending_full: Counter,
     degraded: Family<DegradedLabel, Gauge>,
+    disabled: Family<SensorLabel, Gauge>,
     readiness: Readiness,
     /// The last verdict published, by sensor: only changes are logged and re-labelled.
     last_health: BTreeMap<&'static str, Option<Cause>>,
@@ -122,6 +128,7 @@ impl SensorTelemetry {
             coverage: Family::default(),
             scan_pending_full: userspace_dropped("tls_scan_pending_full"),
             degraded: Family::default(),
+            disabled: Family::default(),
             readiness: registry.readiness(),
             last_health: BTreeMap::new(),
             hold: HoldMetrics {
@@ -138,6 +145,12 @@ impl SensorTelemetry {
             "sensor_degraded",
             "1 while the sensor is not attached, labelled with why (permission, kernel_feature, missing_file, other)",
             t.degraded.clone(),
+        );
+        registry.register(
+            "sensor_disabled",
+            "1 for a sensor the settings turn off (sensors.sockets.enabled: false, \
+             sensors.tls.hold_new_libraries: false): not attached on purpose, never degraded",
+            t.disabled.clone(),
         );
         registry.register(
             "tls_holds",
@@ -226,7 +239,21 @@ impl SensorTelemetry {
     /// Publishes each sensor's verdict (`sensor_degraded`, one log line per change) and keeps
     /// the daemon not ready while a sensor in `required` is not attached.
     pub fn health(&mut self, health: &[SensorHealth], required: &[String]) {
+        let disabled: Vec<&str> = health
+            .iter()
+            .filter(|h| h.disabled)
+            .map(|h| h.sensor)
+            .collect();
         for h in health {
+            if h.disabled {
+                let gauge = self
+                    .disabled
+                    .get_or_create(&SensorLabel { sensor: h.sensor });
+                if gauge.set(1) == 0 {
+                    tracing::info!(sensor = h.sensor, "sensor disabled by the settings");
+                }
+                continue;
+            }
             let now = h.failure.as_ref().map(|f| f.cause);
             let before = self.last_health.insert(h.sensor, now);
             if before == Some(now) {
@@ -257,6 +284,10 @@ impl SensorTelemetry {
                 None => {}
             }
         }
+        self.readiness.set_note(
+            (!disabled.is_empty())
+                .then(|| format!("sensors disabled by the settings: {}", disabled.join(", "))),
+        );
         let missing = super::health::missing(health, required);
         self.readiness.set_blocked((!missing.is_empty()).then(|| {
             let each: Vec<String> = missing

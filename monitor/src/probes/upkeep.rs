@@ -152,7 +152,8 @@ impl Upkeep {
             }
         }
         if self.published < self.sensors.statuses.len() || self.published == 0 {
-            let health = super::health::sensor_health(&self.sensors.statuses);
+            let health =
+                super::health::sensor_health(&self.sensors.statuses, &self.sensors.disabled);
             self.metrics.health(&health, &self.sensors.required);
         }
         self.published = self.sensors.statuses.len();

@@ -32,6 +32,18 @@ pub struct Http1Conn {
     orphans: usize,
     req: ReqSide,
     resp: RespSide,
+    /// Set by a `101 Switching Protocols` to h2c: the server's bytes after the 101's head in
+    /// the same read (its SETTINGS, the upgraded request's response), for the HTTP/2 parser.
+    h2c: Option<SwitchedToH2c>,
+}
+
+/// What an `Upgrade: h2c` switch leaves for the HTTP/2 parser that takes the connection over.
+pub struct SwitchedToH2c {
+    pub ktime_ns: u64,
+    /// The server's bytes after the 101 in the read that carried it, and that read's bytes
+    /// not captured after them (a gap the HTTP/2 parser resynchronises over).
+    pub tail: Vec<u8>,
+    pub tail_gap: u64,
 }
 
 /// One request and what has been seen of its response.
@@ -162,6 +174,8 @@ struct ReqInfo {
 
 struct RespInfo {
     status: u16,
+    /// `Upgrade: h2c` (on a 101: the connection goes on as HTTP/2, RFC 7540 §3.2).
+    upgrade_h2c: bool,
     /// Framing from the headers alone; HEAD/204/304 override it.
     body: Result<Option<Body>, &'static str>,
 }
@@ -177,7 +191,13 @@ impl Http1Conn {
             orphans: 0,
             req: ReqSide::new(),
             resp: RespSide::new(),
+            h2c: None,
         }
+    }
+
+    /// After a 101 to h2c (`is_done()` then holds): what the HTTP/2 parser starts from.
+    pub fn take_h2c_switch(&mut self) -> Option<SwitchedToH2c> {
+        self.h2c.take()
     }
 
     /// One TLS call's plaintext. Client side: Direction::Write = request bytes, Direction::Read = response bytes.
@@ -459,8 +479,17 @@ impl Http1Conn {
                             info,
                         } => {
                             pos += consumed;
+                            let h2c = info.status == 101 && info.upgrade_h2c;
                             self.response_parsed(len as u64, info, started, sink);
                             if self.done {
+                                if h2c {
+                                    let tail = data.get(pos..).unwrap_or_default().to_vec();
+                                    self.h2c = Some(SwitchedToH2c {
+                                        ktime_ns: chunk.ktime_ns,
+                                        tail,
+                                        tail_gap: gap,
+                                    });
+                                }
                                 return;
                             }
                         }
@@ -1031,6 +1060,10 @@ fn parse_response(buf: &[u8]) -> Parsed<RespInfo> {
         len,
         RespInfo {
             status: resp.code.unwrap_or_default(),
+            upgrade_h2c: resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade")
+                    && h.value.trim_ascii().eq_ignore_ascii_case(b"h2c")
+            }),
             body,
         },
     )

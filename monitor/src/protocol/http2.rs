@@ -378,6 +378,15 @@ impl Http2Conn {
         }
     }
 
+    /// A connection an HTTP/1.1 `Upgrade: h2c` switched: stream 1 is the upgrading request,
+    /// already reported as the HTTP/1 call (its response on stream 1 is read and dropped);
+    /// the client's next write starts with the preface.
+    pub fn upgraded(limits: Limits) -> Http2Conn {
+        let mut c = Http2Conn::new(limits);
+        c.last_client_stream = 1;
+        c
+    }
+
     /// One TLS call's plaintext. Client side: Direction::Write = client→server (starts with the connection preface), Read = server→client.
     pub fn feed(&mut self, chunk: &Chunk<'_>, sink: &mut dyn CallSink) {
         if self.dead {

@@ -296,7 +296,27 @@ impl SessionTable {
                         *parser = Parser::Other;
                         continue;
                     }
-                    return p.feed(chunk, sink);
+                    p.feed(chunk, sink);
+                    // `Upgrade: h2c` switched: the streams that follow are HTTP/2, starting
+                    // with the server's bytes after the 101 in this very read.
+                    if let Some(sw) = p.take_h2c_switch() {
+                        let mut h2 = Http2Conn::upgraded(limits);
+                        if !sw.tail.is_empty() || sw.tail_gap > 0 {
+                            h2.feed(
+                                &Chunk {
+                                    ktime_ns: sw.ktime_ns,
+                                    direction: Direction::Read,
+                                    len: (sw.tail.len() as u64 + sw.tail_gap)
+                                        .min(u64::from(u32::MAX))
+                                        as u32,
+                                    data: &sw.tail,
+                                },
+                                sink,
+                            );
+                        }
+                        *parser = Parser::Http2(Box::new(h2));
+                    }
+                    return;
                 }
                 Parser::Http2(p) => {
                     if p.is_done() {
@@ -601,6 +621,76 @@ mod tests {
             &mut ev,
         );
         assert_eq!(r, Role::Http2Client);
+    }
+
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.push(kind);
+        f.push(flags);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_hands_the_connection_to_the_http2_parser() {
+        // curl --http2 on http://, a Go x/net h2c server: the 101 arrives in the same read as
+        // the server's SETTINGS and stream 1's answer (the upgraded request's).
+        const UPGRADE: &[u8] =
+            b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let (settings, headers, data) = (4, 1, 0);
+        let (end_stream, end_headers) = (1, 4);
+        let mut switch =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        switch.extend(h2_frame(settings, 0, 0, &[]));
+        switch.extend(h2_frame(headers, end_headers, 1, &[0x88])); // :status 200
+        switch.extend(h2_frame(data, end_stream, 1, b"ok"));
+        let mut w2 = PREFACE.to_vec();
+        w2.extend(h2_frame(settings, 0, 0, &[]));
+        // :method GET, :scheme http, :path "/b", :authority "h" (literals without indexing)
+        let mut block = vec![0x82, 0x86, 0x04, 2];
+        block.extend(b"/b");
+        block.extend([0x01, 1, b'h']);
+        w2.extend(h2_frame(headers, end_headers | end_stream, 3, &block));
+        let mut r2 = h2_frame(headers, end_headers, 3, &[0x88]);
+        r2.extend(h2_frame(data, end_stream, 3, b"ok"));
+
+        let mut t = table();
+        let mut rec = Rec::default();
+        let mut ev = Vec::new();
+        for (i, (d, bytes)) in [
+            (Direction::Write, UPGRADE),
+            (Direction::Read, &switch[..]),
+            (Direction::Write, &w2[..]),
+            (Direction::Read, &r2[..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.feed(KEY, 9, 1, &chunk(i as u64 + 1, d, bytes), &mut rec, &mut ev);
+        }
+        assert!(rec.anomalies.is_empty(), "{:?}", rec.anomalies);
+        let got: Vec<_> = rec
+            .exchanges
+            .iter()
+            .map(|e| {
+                (
+                    e.request.as_ref().unwrap().path.as_str(),
+                    e.stream,
+                    e.status,
+                    e.end,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a", 0, Some(101), ExchangeEnd::Complete),
+                ("/b", 3, Some(200), ExchangeEnd::Complete)
+            ]
+        );
     }
 
     #[test]

@@ -451,7 +451,7 @@ fn counters(daemon: &Daemon) -> Result<Counters> {
 }
 
 /// Sum of the samples of metric `name` whose labels contain `label`.
-fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+pub(super) fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
