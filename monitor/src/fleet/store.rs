@@ -6,10 +6,12 @@
 //! | key | type | field → value | TTL |
 //! |---|---|---|---|
 //! | `P:w:{ID}:W` | hash | node → that node's absolute counts for the window (JSON: requests and bytes per data source, contract) | window × ttl_windows |
-//! | `P:h:{ID}` | hash | window → the fleet's summed requests per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
+//! | `P:hb:{ID}:H` (H: clock hour number) | hash | node → that node's absolute bytes per data source in the hour (JSON), for `bytesPerHour` | 2 hours, or window × ttl_windows if longer |
+//! | `P:h:{ID}` | hash | window → the fleet's summed requests and bytes per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
 //! | `P:fp:{FP}` | hash | `node|ID` → last window the node saw ID present FP, and whether ID's contract allows sharing | window × ttl_windows |
 //! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
+//! | `P:nodes:{K}` | set | the nodes that reported local finding K (NHI-001, NHI-031) | `detectors.dedup_window` |
 //! | `P:keycheck` | string | HMAC of a fixed label under the fingerprint key | 30 days, refreshed |
 //! | `P:epoch` | string | a random token the first node writes: a new one means the store was emptied | 30 days, refreshed |
 //!
@@ -170,6 +172,9 @@ impl Keys {
     pub fn window(&self, id: &str, w: i64) -> String {
         format!("{}:w:{{{}}}:{w}", self.prefix, tag(id))
     }
+    pub fn hour_bytes(&self, id: &str, hour: i64) -> String {
+        format!("{}:hb:{{{}}}:{hour}", self.prefix, tag(id))
+    }
     pub fn history(&self, id: &str) -> String {
         format!("{}:h:{{{}}}", self.prefix, tag(id))
     }
@@ -181,6 +186,9 @@ impl Keys {
     }
     pub fn found(&self, dedup: &str) -> String {
         format!("{}:found:{{{dedup}}}", self.prefix)
+    }
+    pub fn reporters(&self, dedup: &str) -> String {
+        format!("{}:nodes:{{{dedup}}}", self.prefix)
     }
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
