@@ -859,11 +859,6 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
     );
     // Until the queue overflowed: the worker, stuck on the store, stopped taking observations.
     let slow = timed(2000, &|| t.buffer_full.get() > full_before);
-    // The whole timed run fell inside the sleep: the store answered nothing meanwhile.
-    assert!(
-        !sleeper.is_finished(),
-        "DEBUG SLEEP ended during the timing: the verdict would not be about a blocked store"
-    );
     let p99 = |d: &[Duration]| d[d.len() * 99 / 100];
     eprintln!(
         "observe p99: {:?} with the store answering, {:?} while it sleeps (max {:?})",
@@ -881,6 +876,11 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
     assert!(
         t.buffer_full.get() > full_before,
         "the queue never filled while the store slept"
+    );
+    // And the whole timed run fell inside the sleep: the store answered nothing meanwhile.
+    assert!(
+        !sleeper.is_finished(),
+        "DEBUG SLEEP ended during the timing: the verdict would not be about a blocked store"
     );
     sleeper.join().unwrap();
     wait_until("fleet up again", Duration::from_secs(15), || {
