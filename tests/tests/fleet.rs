@@ -626,6 +626,90 @@ fn tls_with_a_client_certificate_and_a_wrong_password() {
     assert_eq!(ungoverned(&f).len(), 2, "{f:?}");
 }
 
+/// The README's minimal ACL (Fleet, "Pointing it at your Redis or Valkey"), created from the
+/// README's own line: three nodes, the inventory and a draft contract work with that user alone;
+/// a wrong user, and a user lacking a command, are named clearly while local detection goes on.
+#[test]
+fn the_documented_acl_user_is_all_the_fleet_needs() {
+    let s = Setup::new("nhiwatch-e2e-fleet-acl");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER nhiwatch "))
+        .expect("README's ACL line");
+    let acl = |user: &str, drop: &str| {
+        let l = line
+            .replace("SETUSER nhiwatch ", &format!("SETUSER {user} "))
+            .replace("~prod-eu1:*", &format!("~{}:*", s.prefix))
+            .replace(">PASSWORD", ">acl-horse-staple");
+        let args: Vec<&str> = l.split_whitespace().filter(|a| *a != drop).collect();
+        assert_eq!(redis.cli(&args).trim(), "OK", "{l}");
+    };
+    acl("nhiwatch", "");
+    let pw = s.dir.path().join("acl-password");
+    std::fs::write(&pw, "acl-horse-staple\n").unwrap();
+    let with_user = |user: &str| {
+        s.config(&format!(
+            "  url: redis://127.0.0.1:{}\n  username: {user}\n  password_file: {}\n",
+            redis.port,
+            pw.display()
+        ))
+    };
+    let cfg = with_user("nhiwatch");
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let (f, err) = s.replay(&cfg, node);
+        assert!(
+            !err.contains("did not take") && !err.contains("NOPERM"),
+            "{err}"
+        );
+        all.extend(f);
+    }
+    assert_eq!(fleet_findings(&all).len(), 4, "{all:#?}");
+    assert_eq!(ungoverned(&all).values().sum::<usize>(), 3, "{all:#?}");
+    for args in [
+        vec!["inventory", "--fleet", "--json"],
+        vec![
+            "suggest",
+            "--fleet",
+            "spiffe://fleet.test/ns/fleet-b/sa/gamma",
+        ],
+    ] {
+        let out = Command::new(nhiwatch_bin())
+            .args(&args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Everything it wrote is under the user's prefix, so nothing else was reachable.
+    assert!(!redis.dump(&s.prefix).is_empty());
+
+    // A user the store does not know: named, local detection (and the unclaimed NHI-001) on.
+    let (f, err) = s.replay(&with_user("nobody"), "node-a");
+    assert!(
+        err.contains("WRONGPASS") && err.contains("fleet.username"),
+        "{err}"
+    );
+    assert!(!err.contains("acl-horse-staple"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+    assert_eq!(ungoverned(&f).len(), 2, "{f:?}");
+
+    // A user missing one of the documented commands: the refusal names the ACL section.
+    acl("nhiwatch-lacking", "+hgetall");
+    let (f, err) = s.replay(&with_user("nhiwatch-lacking"), "node-a");
+    assert!(err.contains("NOPERM") && err.contains("README"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+}
+
 // ---- Faults, on the fleet stage itself (three nodes in this process, the real store) ----------
 
 use std::sync::Arc;
@@ -783,13 +867,19 @@ fn store_stopped_restarted_and_emptied_loses_and_duplicates_nothing() {
     }
 }
 
+/// A node with another fingerprint key writes nothing (its fingerprints would never match) and
+/// is reported: a log line, `nhiwatch_fleet_key_mismatch`, and an NHI-092 finding for the SIEM.
 #[test]
 fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
     let s = Setup::new("nhiwatch-e2e-fleet-key");
     let redis = Redis::start(s.dir.path(), &[]);
     let rt = runtime();
-    let (mut a, ta) = node(&s, redis.port, "node-a", "key-one");
-    let (mut b, tb) = node(&s, redis.port, "node-b", "key-two");
+    // What the daemon gives the fleet: the HMAC of a fixed label under its key (the fleet
+    // never holds the key itself).
+    let check = |d: char| format!("hmac-sha256:{}", d.to_string().repeat(64));
+    let (one, two, three) = (check('1'), check('2'), check('3'));
+    let (mut a, ta) = node(&s, redis.port, "node-a", &one);
+    let (mut b, tb) = node(&s, redis.port, "node-b", &two);
     let mut out = Vec::new();
     feed(&mut a, "node-a");
     feed(&mut b, "node-b");
@@ -800,10 +890,52 @@ fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
     assert!(tb.withheld.get() > 0);
     let dump = redis.dump(&s.prefix);
     assert!(
-        dump.contains("node-a") && !dump.contains("node-b"),
+        dump.contains("node-a") && !dump.contains("node-b|"),
         "{dump}"
     );
-    assert!(out.is_empty());
+    // The operator sees it in the SIEM: one NHI-092 through the sinks, naming the node and both
+    // key ids, never a key.
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let f = &out[0];
+    assert_eq!(f.rule.id, "NHI-092");
+    assert_eq!(f.evidence.nodes, ["node-b"]);
+    let (mine, theirs) = (
+        f.evidence.key_id.clone().unwrap(),
+        f.evidence.fleet_key_id.clone().unwrap(),
+    );
+    assert!(
+        mine.len() == 16 && theirs.len() == 16 && mine != theirs,
+        "{f:#?}"
+    );
+    assert!(
+        f.summary.contains("node-b") && f.summary.contains(&mine) && f.summary.contains(&theirs),
+        "{}",
+        f.summary
+    );
+    let text = serde_json::to_string(f).unwrap();
+    // The ids are short prefixes of the check values, not the values.
+    assert_eq!(
+        (mine.as_str(), theirs.as_str()),
+        ("2222222222222222", "1111111111111111")
+    );
+    assert!(
+        !text.contains(&one[12..]) && !text.contains(&two[12..]),
+        "{text}"
+    );
+    // Once per node and key id: the next flushes, and a restarted node-b, stay quiet.
+    out.clear();
+    rt.block_on(b.flush(&mut out));
+    let (mut b2, tb2) = node(&s, redis.port, "node-b", &two);
+    feed(&mut b2, "node-b");
+    rt.block_on(b2.flush(&mut out));
+    assert_eq!(tb2.key_mismatch.get(), 1);
+    assert!(out.is_empty(), "{out:#?}");
+    // Another node with yet another key gets its own.
+    let (mut c, _) = node(&s, redis.port, "node-c", &three);
+    feed(&mut c, "node-c");
+    rt.block_on(c.flush(&mut out));
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].evidence.nodes, ["node-c"]);
 }
 
 #[test]
@@ -1139,6 +1271,84 @@ fn fleet_cost() {
             store_cpu,
             1.0 / store_cpu.max(1e-9)
         );
+    }
+}
+
+/// The daemon's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the executable name's closing parenthesis: field 3 onwards; utime and stime are 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+}
+
+/// Alert latency for local findings and the daemon's CPU with `fleet:` off and on (a live
+/// daemon, real probes): 1,000 watched files opened once each (one NHI-020 each), at about
+/// 300/s; the daemon's own `nhiwatch_pipeline_latency_seconds{stage="finding"}` quantiles and
+/// its CPU time over the run. For `cargo xtask bench --only fleet` (BENCHMARKS.md, section 7).
+#[test]
+#[ignore]
+fn fleet_latency() {
+    use nhiwatch_e2e::{config_with, Daemon};
+    let s = Setup::new("nhiwatch-e2e-fleet-latency");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let n = 1000;
+    for mode in ["off", "on"] {
+        let dir = s.dir.path().join(format!("secrets-{mode}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            std::fs::write(dir.join(format!("s{i}")), "x").unwrap();
+        }
+        let mut yaml = config_with(&[dir.display().to_string()], "");
+        if mode == "on" {
+            yaml.push_str(&format!(
+                "fleet:\n  url: redis://127.0.0.1:{}\n  node: bench-node\n  prefix: {}\n",
+                redis.port, s.prefix
+            ));
+        }
+        let d = Daemon::start(&yaml);
+        if mode == "on" {
+            wait_until("fleet up", Duration::from_secs(30), || {
+                d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0
+            });
+        }
+        let findings = || {
+            d.metric_sum(
+                "nhiwatch_pipeline_latency_seconds_count",
+                &["stage=\"finding\""],
+            )
+        };
+        let before = findings();
+        let (cpu0, t0) = (cpu_seconds(d.pid()), std::time::Instant::now());
+        for i in 0..n {
+            let _ = std::fs::read(dir.join(format!("s{i}")));
+            // Pacing for a steady rate (not a wait for a condition).
+            std::thread::sleep(Duration::from_micros(3_300));
+        }
+        wait_until("every finding judged", Duration::from_secs(30), || {
+            findings() - before >= f64::from(n)
+        });
+        let (cpu, wall) = (cpu_seconds(d.pid()) - cpu0, t0.elapsed().as_secs_f64());
+        let q = |p: &str| {
+            1e3 * d.metric_sum(
+                "nhiwatch_pipeline_latency_seconds",
+                &["stage=\"finding\"", &format!("quantile=\"{p}\"")],
+            )
+        };
+        println!(
+            "fleet_latency fleet={mode} findings={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} cpu_s={cpu:.3} wall_s={wall:.2} cpu_pct={:.2}",
+            findings() - before,
+            q("0.5"),
+            q("0.99"),
+            q("0.999"),
+            100.0 * cpu / wall
+        );
+        d.stop();
     }
 }
 

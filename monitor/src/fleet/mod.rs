@@ -105,6 +105,10 @@ pub struct Fleet {
     epoch: Option<String>,
     epoch_offer: String,
     mismatch: bool,
+    /// The fleet's key id this node last raised NHI-092 about.
+    mismatch_reported: Option<String>,
+    /// The daemon itself, the identity of NHI-092 (`with_identity`).
+    me: Option<Arc<WorkloadIdentity>>,
     up: Option<bool>,
     /// After a failed connect, no new attempt before this (a replay flushes at every window).
     retry_at: Option<std::time::Instant>,
@@ -153,6 +157,8 @@ impl Fleet {
                 b.iter().map(|x| format!("{x:02x}")).collect()
             },
             mismatch: false,
+            mismatch_reported: None,
+            me: None,
             up: None,
             retry_at: None,
             telemetry,
@@ -165,6 +171,12 @@ impl Fleet {
     /// min_requests), over `fleet.window`s.
     pub fn with_volume(mut self, volume: crate::detect::volume::VolumeConfig) -> Fleet {
         self.volume = volume;
+        self
+    }
+
+    /// The daemon's own identity, which its NHI-092 (another fingerprint key) names.
+    pub fn with_identity(mut self, me: Arc<WorkloadIdentity>) -> Fleet {
+        self.me = Some(me);
         self
     }
 
@@ -405,10 +417,16 @@ impl Fleet {
     ) -> Result<(), redis::RedisError> {
         if let Some(mine) = self.key_check.clone() {
             match store::key_check(c, &self.keys, &mine).await? {
-                KeyCheck::Different => {
+                KeyCheck::Different(theirs) => {
+                    let (mine_id, theirs_id) = (store::key_id(&mine), store::key_id(&theirs));
                     if !self.mismatch {
                         tracing::error!(url = %self.target.url, prefix = %self.keys.prefix,
+                            key_id = %mine_id, fleet_key_id = %theirs_id,
                             "the fleet store holds another fingerprint key's check: this node's credential fingerprints would not match the others'. Mount the same fingerprint key (the DaemonSet's Secret) on every node; until then this node writes nothing to the fleet");
+                    }
+                    if self.mismatch_reported.as_deref() != Some(theirs_id.as_str()) {
+                        self.report_mismatch(c, &mine_id, &theirs_id, out).await?;
+                        self.mismatch_reported = Some(theirs_id);
                     }
                     self.mismatch = true;
                     self.telemetry.key_mismatch.set(1);
@@ -424,6 +442,7 @@ impl Fleet {
                 KeyCheck::Fresh | KeyCheck::Same => {}
             }
             self.mismatch = false;
+            self.mismatch_reported = None;
             self.telemetry.key_mismatch.set(0);
         }
         let epoch = store::epoch(c, &self.keys, &self.epoch_offer).await?;
@@ -744,6 +763,90 @@ impl Fleet {
                 dedup_key: k,
             });
         }
+        Ok(())
+    }
+
+    /// NHI-092 through the sinks: this node's fingerprint key differs from the fleet's. Once
+    /// per node and pair of key ids (claimed in the store for the episode, so a restart does
+    /// not repeat it); the ids name the keys, never the keys themselves.
+    async fn report_mismatch(
+        &mut self,
+        c: &mut ConnectionManager,
+        mine_id: &str,
+        theirs_id: &str,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), redis::RedisError> {
+        let node = self.my_node();
+        let rule = finding::Rule::FleetKeyMismatch;
+        let k = format!(
+            "{:016x}",
+            finding::dedup_key(&node, rule, &[mine_id, theirs_id])
+        );
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.keys.found(&k))
+            .arg(&node)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.episode.as_millis() as u64)
+            .query_async(c)
+            .await?;
+        self.telemetry.commands("claim", 1);
+        if won.is_none() {
+            return Ok(());
+        }
+        let identity = self.me.clone().unwrap_or_else(|| {
+            Arc::new(WorkloadIdentity {
+                id: format!("nhiwatch://node/{node}"),
+                kind: crate::identity::IdentityKind::Unix,
+                namespace: None,
+                service_account: None,
+                pod: None,
+                pod_uid: None,
+                container: None,
+                container_id: None,
+                image: None,
+                owner: None,
+                unit: None,
+                uid: None,
+                user: None,
+                exe: None,
+                node: node.clone(),
+            })
+        });
+        let now = if self.now > 0 {
+            self.now
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64)
+        };
+        out.push(Finding {
+            kind: "finding".into(),
+            time: now,
+            last_seen: now,
+            rule: RuleRef {
+                id: rule.id().into(),
+                name: rule.name().into(),
+            },
+            severity: rule.severity(),
+            summary: format!(
+                "node {node} has another credential fingerprint key (id {mine_id}) than the fleet (id {theirs_id}) in the store under prefix {}: its fingerprints cannot match the other nodes', so it shares nothing with the fleet. Mount the same fingerprint key (the DaemonSet's Secret, fleet.fingerprint_key_file) on every node",
+                self.keys.prefix
+            ),
+            identity,
+            contract: None,
+            evidence: finding::Evidence {
+                metric: Some("fingerprint_key_id".into()),
+                key_id: Some(mine_id.to_owned()),
+                fleet_key_id: Some(theirs_id.to_owned()),
+                nodes: vec![node],
+                ..finding::Evidence::default()
+            },
+            count: 1,
+            phase: Phase::Opened,
+            dedup_key: k,
+        });
+        self.telemetry.stage.emitted.inc();
         Ok(())
     }
 

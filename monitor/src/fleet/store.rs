@@ -215,6 +215,13 @@ pub fn capped_hset_sha() -> String {
     redis::Script::new(CAPPED_HSET).get_hash().to_owned()
 }
 
+/// A short, stable name for a fingerprint key, from its check value (an HMAC of a fixed public
+/// label under the key): what an operator compares across nodes, never the key.
+pub fn key_id(check: &str) -> String {
+    let hex = check.rsplit(':').next().unwrap_or(check);
+    hex.chars().take(16).collect()
+}
+
 /// Key and field separator in `node|ID` fields (`fleet.node` may not contain it).
 pub const SEP: char = '|';
 
@@ -243,19 +250,20 @@ pub async fn key_check(
             let _: () = c.expire(&k, 30 * 86_400).await?;
             Ok(KeyCheck::Same)
         }
-        Some(_) => Ok(KeyCheck::Different),
+        Some(t) => Ok(KeyCheck::Different(t)),
         // Expired between the two commands: the next check writes it.
         None => Ok(KeyCheck::Fresh),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyCheck {
     /// No node had written it: this store is new or was emptied.
     Fresh,
     Same,
-    /// Another node's fingerprint key differs: fingerprints would not compare.
-    Different,
+    /// Another node's fingerprint key differs: fingerprints would not compare. Holds the
+    /// store's check value (an HMAC of a public label: it identifies the key, never reveals it).
+    Different(String),
 }
 
 /// The store's incarnation: the token the first node wrote (`mine` when it is this one). A
