@@ -1304,7 +1304,7 @@ fn fleet_latency() {
         for i in 0..n {
             std::fs::write(dir.join(format!("s{i}")), "x").unwrap();
         }
-        let mut yaml = config_with(&[dir.display().to_string()], "");
+        let mut yaml = config_with(&[format!("{}/", dir.display())], "");
         if mode == "on" {
             yaml.push_str(&format!(
                 "fleet:\n  url: redis://127.0.0.1:{}\n  node: bench-node\n  prefix: {}\n",
@@ -1330,8 +1330,13 @@ fn fleet_latency() {
             // Pacing for a steady rate (not a wait for a condition).
             std::thread::sleep(Duration::from_micros(3_300));
         }
-        wait_until("every finding judged", Duration::from_secs(30), || {
-            findings() - before >= f64::from(n)
+        // Until the count stops moving (each poll sees the last one's count again).
+        let mut last = -1.0;
+        wait_until("the findings judged", Duration::from_secs(60), || {
+            let now = findings();
+            let done = now > before && now == last;
+            last = now;
+            done
         });
         let (cpu, wall) = (cpu_seconds(d.pid()) - cpu0, t0.elapsed().as_secs_f64());
         let q = |p: &str| {
