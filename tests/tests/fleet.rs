@@ -1155,11 +1155,35 @@ fn a_daemon_killed_with_sigkill_rejoins_the_fleet() {
                 .any(|f| f.starts_with(&format!("{node}|")))
         })
     };
+    std::fs::write(s.dir.path().join("secret"), "not really a secret\n").unwrap();
     let d = Daemon::start_with_state(&yaml, Some(&state));
     wait_until("the daemon's fleet writes", Duration::from_secs(30), || {
         let _ = Command::new("true").status();
         d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0 && inventory_has_node()
     });
+    // The daemon path of a local finding the fleet claims: `cat` reading the watched secret is
+    // an ungoverned identity (no rules here); its NHI-001 goes from the findings stage to the
+    // fleet worker, is claimed in the store and comes back naming this node.
+    let secret = s.dir.path().join("secret");
+    let cat = nhiwatch_e2e::spawn_pid(Command::new("cat").arg(&secret));
+    let f = d.wait_for(
+        "NHI-001 for cat, claimed fleet-wide",
+        Duration::from_secs(30),
+        |e| {
+            e["kind"] == "finding"
+                && e["rule"]["id"] == "NHI-001"
+                && e["identity"]["exe"]
+                    .as_str()
+                    .is_some_and(|x| x.ends_with("/cat"))
+                && e["evidence"]["nodes"].as_array().is_some()
+        },
+    );
+    assert_eq!(f["evidence"]["nodes"][0], node.as_str(), "{f}");
+    let claimed = redis.cli(&["--scan", "--pattern", &format!("{}:nodes:*", s.prefix)]);
+    assert!(
+        !claimed.trim().is_empty(),
+        "no claim in the store (cat pid {cat})"
+    );
     // SIGKILL: no stop, no last flush.
     unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
     drop(d);
