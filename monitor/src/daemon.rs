@@ -369,7 +369,11 @@ pub(crate) fn start_fleet(
         key_check,
         telemetry,
     )?
-    .with_volume(cfg.detectors.volume.clone());
+    .with_volume(cfg.detectors.volume.clone())
+    .with_identity(Arc::new(crate::alerts::route::daemon_identity(
+        &cfg.identity.trust_domain,
+        node,
+    )));
     tracing::info!(url = %cfg.fleet.url.as_deref().unwrap_or(""), prefix = %cfg.fleet.prefix, "fleet detection on");
     let handle = crate::fleet::worker::spawn(fleet, cfg.fleet.buffer, cfg.fleet.flush_interval)
         .context("starting the fleet worker")?;

@@ -98,6 +98,7 @@ impl FleetReplay {
     }
 
     fn observe(&mut self, o: &Observation, found: &mut Vec<Finding>) {
+        self.defer(found);
         let w = self.fleet.window_of(o.time);
         if self.last_window.is_some_and(|l| l != w) {
             self.runtime.block_on(self.fleet.flush(found));
@@ -107,7 +108,20 @@ impl FleetReplay {
     }
 
     fn finish(&mut self, found: &mut Vec<Finding>) {
-        self.runtime.block_on(self.fleet.flush(found));
+        self.defer(found);
+        self.runtime.block_on(self.fleet.flush_all(found));
+    }
+
+    /// The local findings the fleet raises once for every node (`fleet::DEDUPED_FLEET_WIDE`)
+    /// leave `found` for the fleet-wide claim.
+    fn defer(&mut self, found: &mut Vec<Finding>) {
+        let (fleet, local): (Vec<Finding>, Vec<Finding>) = std::mem::take(found)
+            .into_iter()
+            .partition(crate::fleet::deduped_fleet_wide);
+        *found = local;
+        for f in fleet {
+            self.fleet.defer(f);
+        }
     }
 }
 

@@ -169,6 +169,7 @@ spec:
   credentials: {kinds: [api-key, bearer], shared: forbidden}
   limits:
     - {dataSource: fitness, requestsPerMinute: 100}
+    - {dataSource: records, bytesPerHour: 10000}
 "#;
 
 /// One API call observation as `nhiwatch record` writes it; the marker sits in every field a
@@ -214,6 +215,30 @@ fn recording(node: &str) -> String {
             node,
             fit,
             "/v1/steps",
+            None,
+        ));
+    }
+    // Replicated byte volume: 4 calls of 1,100 bytes per node (10,000 bytes an hour; 13,200
+    // over three nodes). Twin: 3 calls, 9,900 over three nodes.
+    for i in 0..4 {
+        lines.push(call(
+            2 + i,
+            "fleet-a",
+            "bulk",
+            node,
+            "records.fleet.test",
+            "/r/2",
+            None,
+        ));
+    }
+    for i in 0..3 {
+        lines.push(call(
+            2 + i,
+            "fleet-a",
+            "bulk-twin",
+            node,
+            "records.fleet.test",
+            "/r/2",
             None,
         ));
     }
@@ -346,14 +371,28 @@ impl Setup {
     }
 }
 
+/// The fleet detectors' findings (local findings claimed fleet-wide, NHI-001 and NHI-031,
+/// name their nodes too: see `local_findings_every_node_raises_go_out_once_for_the_fleet`).
 fn fleet_findings(all: &[Value]) -> Vec<&Value> {
     all.iter()
         .filter(|f| {
             f["evidence"]["nodes"]
                 .as_array()
                 .is_some_and(|n| !n.is_empty())
+                && f["rule"]["id"] != "NHI-001"
+                && f["rule"]["id"] != "NHI-031"
         })
         .collect()
+}
+
+/// Identity → how many NHI-001 findings name it.
+fn ungoverned(all: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for f in all.iter().filter(|f| f["rule"]["id"] == "NHI-001") {
+        *m.entry(f["identity"]["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    m
 }
 
 fn strs(v: &Value) -> Vec<&str> {
@@ -377,12 +416,28 @@ fn three_nodes_raise_each_cross_node_finding_once_and_never_the_twins() {
     }
     let fleet = fleet_findings(&all);
     let text = serde_json::to_string_pretty(&fleet).unwrap();
-    assert_eq!(fleet.len(), 3, "{text}");
+    assert_eq!(fleet.len(), 4, "{text}");
     let by_rule =
         |id: &str| -> Vec<&&Value> { fleet.iter().filter(|f| f["rule"]["id"] == id).collect() };
 
-    let volume = by_rule("NHI-041");
+    let (volume, bytes): (Vec<&&Value>, Vec<&&Value>) = by_rule("NHI-041")
+        .into_iter()
+        .partition(|f| f["evidence"]["metric"] == "requests");
     assert_eq!(volume.len(), 1, "{text}");
+    // bytesPerHour over the fleet: the hour's bytes summed over the nodes.
+    assert_eq!(bytes.len(), 1, "{text}");
+    assert_eq!(
+        bytes[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/bulk"
+    );
+    assert_eq!(bytes[0]["evidence"]["metric"], "bytes");
+    assert_eq!(bytes[0]["evidence"]["observed"], 13200.0);
+    assert_eq!(bytes[0]["evidence"]["limit"], 10000.0);
+    assert_eq!(bytes[0]["evidence"]["window_seconds"], 3600);
+    assert_eq!(
+        strs(&bytes[0]["evidence"]["nodes"]),
+        ["node-a", "node-b", "node-c"]
+    );
     assert_eq!(
         volume[0]["identity"]["id"],
         "spiffe://fleet.test/ns/fleet-a/sa/sync"
@@ -421,6 +476,20 @@ fn three_nodes_raise_each_cross_node_finding_once_and_never_the_twins() {
     assert!(all
         .iter()
         .any(|f| f["rule"]["id"] == "NHI-010" && f["evidence"]["nodes"].is_null()));
+    // Every node raises NHI-001 for an ungoverned identity it sees: once for the fleet (gamma
+    // is on node-a and node-c).
+    let b = "spiffe://fleet.test/ns/fleet-b/sa";
+    assert_eq!(
+        ungoverned(&all),
+        [
+            (format!("{b}/alpha"), 1),
+            (format!("{b}/beta"), 1),
+            (format!("{b}/gamma"), 1)
+        ]
+        .into_iter()
+        .collect(),
+        "{all:#?}"
+    );
 
     // At-least-once: the same recordings again (a retry) double-count nothing and raise nothing.
     let key = format!("{}:w:{{spiffe://fleet.test/ns/fleet-a/sa/sync}}:", s.prefix);
@@ -430,6 +499,7 @@ fn three_nodes_raise_each_cross_node_finding_once_and_never_the_twins() {
     for node in ["node-a", "node-b", "node-c"] {
         let (f, _) = s.replay(&cfg, node);
         assert!(fleet_findings(&f).is_empty(), "{f:?}");
+        assert!(ungoverned(&f).is_empty(), "{f:?}");
     }
     assert_eq!(redis.cli(&["HGETALL", &wkey]), before);
     assert!(before.contains("\"fitness\":40"), "{before}");
@@ -520,7 +590,7 @@ fn tls_with_a_client_certificate_and_a_wrong_password() {
         assert!(!err.contains("did not take"), "{err}");
         all.extend(f);
     }
-    assert_eq!(fleet_findings(&all).len(), 3, "{all:#?}");
+    assert_eq!(fleet_findings(&all).len(), 4, "{all:#?}");
     // Without the client certificate the store refuses; local findings still come out.
     let no_cert = s.config(&format!(
         "  url: rediss://localhost:{}\n  tls: {{ca: {}}}\n",
@@ -551,6 +621,92 @@ fn tls_with_a_client_certificate_and_a_wrong_password() {
         "{err}"
     );
     assert!(!err.contains("wrong-staple"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+    // The findings the fleet would claim go out unclaimed, as without `fleet:`.
+    assert_eq!(ungoverned(&f).len(), 2, "{f:?}");
+}
+
+/// The README's minimal ACL (Fleet, "Pointing it at your Redis or Valkey"), created from the
+/// README's own line: three nodes, the inventory and a draft contract work with that user alone;
+/// a wrong user, and a user lacking a command, are named clearly while local detection goes on.
+#[test]
+fn the_documented_acl_user_is_all_the_fleet_needs() {
+    let s = Setup::new("nhiwatch-e2e-fleet-acl");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER nhiwatch "))
+        .expect("README's ACL line");
+    let acl = |user: &str, drop: &str| {
+        let l = line
+            .replace("SETUSER nhiwatch ", &format!("SETUSER {user} "))
+            .replace("~prod-eu1:*", &format!("~{}:*", s.prefix))
+            .replace(">PASSWORD", ">acl-horse-staple");
+        let args: Vec<&str> = l.split_whitespace().filter(|a| *a != drop).collect();
+        assert_eq!(redis.cli(&args).trim(), "OK", "{l}");
+    };
+    acl("nhiwatch", "");
+    let pw = s.dir.path().join("acl-password");
+    std::fs::write(&pw, "acl-horse-staple\n").unwrap();
+    let with_user = |user: &str| {
+        s.config(&format!(
+            "  url: redis://127.0.0.1:{}\n  username: {user}\n  password_file: {}\n",
+            redis.port,
+            pw.display()
+        ))
+    };
+    let cfg = with_user("nhiwatch");
+    let mut all = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let (f, err) = s.replay(&cfg, node);
+        assert!(
+            !err.contains("did not take") && !err.contains("NOPERM"),
+            "{err}"
+        );
+        all.extend(f);
+    }
+    assert_eq!(fleet_findings(&all).len(), 4, "{all:#?}");
+    assert_eq!(ungoverned(&all).values().sum::<usize>(), 3, "{all:#?}");
+    for args in [
+        vec!["inventory", "--fleet", "--json"],
+        vec![
+            "suggest",
+            "--fleet",
+            "spiffe://fleet.test/ns/fleet-b/sa/gamma",
+        ],
+    ] {
+        let out = Command::new(nhiwatch_bin())
+            .args(&args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Everything it wrote is under the user's prefix, so nothing else was reachable.
+    assert!(!redis.dump(&s.prefix).is_empty());
+
+    // A user the store does not know: named, local detection (and the unclaimed NHI-001) on.
+    let (f, err) = s.replay(&with_user("nobody"), "node-a");
+    assert!(
+        err.contains("WRONGPASS") && err.contains("fleet.username"),
+        "{err}"
+    );
+    assert!(!err.contains("acl-horse-staple"), "{err}");
+    assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
+    assert_eq!(ungoverned(&f).len(), 2, "{f:?}");
+
+    // A user missing one of the documented commands: the refusal names the ACL section.
+    acl("nhiwatch-lacking", "+hgetall");
+    let (f, err) = s.replay(&with_user("nhiwatch-lacking"), "node-a");
+    assert!(err.contains("NOPERM") && err.contains("README"), "{err}");
     assert!(f.iter().any(|f| f["rule"]["id"] == "NHI-010"), "{f:?}");
 }
 
@@ -672,10 +828,13 @@ fn store_stopped_restarted_and_emptied_loses_and_duplicates_nothing() {
     };
     assert_eq!(
         rules_of(&out),
-        ["NHI-030", "NHI-041", "NHI-050"],
+        ["NHI-030", "NHI-041", "NHI-041", "NHI-050"],
         "{out:#?}"
     );
-    let volume = out.iter().find(|f| f.rule.id == "NHI-041").unwrap();
+    let volume = out
+        .iter()
+        .find(|f| f.rule.id == "NHI-041" && f.evidence.metric.as_deref() == Some("requests"))
+        .unwrap();
     assert_eq!(volume.evidence.nodes, ["node-a", "node-b", "node-c"]);
 
     // Restarted empty: every node writes its windows and claims again; nothing is raised twice.
@@ -708,13 +867,19 @@ fn store_stopped_restarted_and_emptied_loses_and_duplicates_nothing() {
     }
 }
 
+/// A node with another fingerprint key writes nothing (its fingerprints would never match) and
+/// is reported: a log line, `nhiwatch_fleet_key_mismatch`, and an NHI-092 finding for the SIEM.
 #[test]
 fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
     let s = Setup::new("nhiwatch-e2e-fleet-key");
     let redis = Redis::start(s.dir.path(), &[]);
     let rt = runtime();
-    let (mut a, ta) = node(&s, redis.port, "node-a", "key-one");
-    let (mut b, tb) = node(&s, redis.port, "node-b", "key-two");
+    // What the daemon gives the fleet: the HMAC of a fixed label under its key (the fleet
+    // never holds the key itself).
+    let check = |d: char| format!("hmac-sha256:{}", d.to_string().repeat(64));
+    let (one, two, three) = (check('1'), check('2'), check('3'));
+    let (mut a, ta) = node(&s, redis.port, "node-a", &one);
+    let (mut b, tb) = node(&s, redis.port, "node-b", &two);
     let mut out = Vec::new();
     feed(&mut a, "node-a");
     feed(&mut b, "node-b");
@@ -725,10 +890,52 @@ fn a_node_with_another_fingerprint_key_is_reported_and_writes_nothing() {
     assert!(tb.withheld.get() > 0);
     let dump = redis.dump(&s.prefix);
     assert!(
-        dump.contains("node-a") && !dump.contains("node-b"),
+        dump.contains("node-a") && !dump.contains("node-b|"),
         "{dump}"
     );
-    assert!(out.is_empty());
+    // The operator sees it in the SIEM: one NHI-092 through the sinks, naming the node and both
+    // key ids, never a key.
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let f = &out[0];
+    assert_eq!(f.rule.id, "NHI-092");
+    assert_eq!(f.evidence.nodes, ["node-b"]);
+    let (mine, theirs) = (
+        f.evidence.key_id.clone().unwrap(),
+        f.evidence.fleet_key_id.clone().unwrap(),
+    );
+    assert!(
+        mine.len() == 16 && theirs.len() == 16 && mine != theirs,
+        "{f:#?}"
+    );
+    assert!(
+        f.summary.contains("node-b") && f.summary.contains(&mine) && f.summary.contains(&theirs),
+        "{}",
+        f.summary
+    );
+    let text = serde_json::to_string(f).unwrap();
+    // The ids are short prefixes of the check values, not the values.
+    assert_eq!(
+        (mine.as_str(), theirs.as_str()),
+        ("2222222222222222", "1111111111111111")
+    );
+    assert!(
+        !text.contains(&one[12..]) && !text.contains(&two[12..]),
+        "{text}"
+    );
+    // Once per node and key id: the next flushes, and a restarted node-b, stay quiet.
+    out.clear();
+    rt.block_on(b.flush(&mut out));
+    let (mut b2, tb2) = node(&s, redis.port, "node-b", &two);
+    feed(&mut b2, "node-b");
+    rt.block_on(b2.flush(&mut out));
+    assert_eq!(tb2.key_mismatch.get(), 1);
+    assert!(out.is_empty(), "{out:#?}");
+    // Another node with yet another key gets its own.
+    let (mut c, _) = node(&s, redis.port, "node-c", &three);
+    feed(&mut c, "node-c");
+    rt.block_on(c.flush(&mut out));
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].evidence.nodes, ["node-c"]);
 }
 
 #[test]
@@ -745,28 +952,45 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     wait_until("fleet up", Duration::from_secs(10), || t.up.get() == 1);
-    // What one observe costs while the store answers, then while it sleeps for 2 s.
-    let timed = |n: usize| -> Vec<Duration> {
+    // What one observe costs: no pacing, the worker keeps up or the queue fills; either way
+    // the hand-off must not wait.
+    // At least `n` hand-offs, and on until `done` (bounded: 5 s).
+    let timed = |n: usize, done: &dyn Fn() -> bool| -> Vec<Duration> {
         let mut d = Vec::new();
-        for i in 0..n {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        let mut i = 0;
+        while i < n || (!done() && std::time::Instant::now() < end) {
             let t0 = std::time::Instant::now();
             h.observe(&obs[i % obs.len()]);
             d.push(t0.elapsed());
-            std::thread::sleep(Duration::from_micros(500));
+            i += 1;
         }
         d.sort();
         d
     };
-    let fast = timed(1000);
+    let fast = timed(1000, &|| true);
+    // The store asleep for 5 s; timing starts only once the worker has proof it is blocked
+    // (a store command of its own timed out since the sleep began), not after a guessed pause.
+    let errors_before = t.stage.errors.get();
+    let full_before = t.buffer_full.get();
     let port = redis.cli_port.to_string();
     let sleeper = std::thread::spawn(move || {
         Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "2"])
+            .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "5"])
             .output()
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(100));
-    let slow = timed(2000);
+    wait_until(
+        "the fleet worker to see the sleeping store time out",
+        Duration::from_secs(4),
+        || t.stage.errors.get() > errors_before && t.up.get() == 0,
+    );
+    assert!(
+        !sleeper.is_finished(),
+        "DEBUG SLEEP ended before the timing began"
+    );
+    // Until the queue overflowed: the worker, stuck on the store, stopped taking observations.
+    let slow = timed(2000, &|| t.buffer_full.get() > full_before);
     let p99 = |d: &[Duration]| d[d.len() * 99 / 100];
     eprintln!(
         "observe p99: {:?} with the store answering, {:?} while it sleeps (max {:?})",
@@ -780,17 +1004,128 @@ fn a_slow_store_never_makes_the_pipeline_wait() {
         p99(&slow)
     );
     assert!(*slow.last().unwrap() < Duration::from_millis(50));
-    // The worker saw the store time out, and counted what did not fit in its queue.
+    // The worker was stuck on the store: its queue filled and the overflow was counted, not waited for.
     assert!(
-        t.stage.errors.get() > 0,
-        "no store error counted during DEBUG SLEEP"
+        t.buffer_full.get() > full_before,
+        "the queue never filled while the store slept"
+    );
+    // And the whole timed run fell inside the sleep: the store answered nothing meanwhile.
+    assert!(
+        !sleeper.is_finished(),
+        "DEBUG SLEEP ended during the timing: the verdict would not be about a blocked store"
     );
     sleeper.join().unwrap();
-    wait_until("fleet up again", Duration::from_secs(10), || {
+    wait_until("fleet up again", Duration::from_secs(15), || {
         t.up.get() == 1
     });
     let mut out = Vec::new();
     h.stop(&mut out);
+}
+
+/// NHI-001 and NHI-031 come from each node's own engine (what one node sees is the whole
+/// evidence), so every node that sees the identity raises them: with `fleet:` one finding per
+/// episode goes out, naming every node that reported it. Three real engines, three fleet nodes.
+#[test]
+fn local_findings_every_node_raises_go_out_once_for_the_fleet() {
+    use nhiwatch::detect::{finding::Finding, DetectConfig, Engine};
+    let s = Setup::new("nhiwatch-e2e-fleet-dedup");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let rt = runtime();
+    let mut cfg = DetectConfig::default();
+    // Judge data-source pairs from the first sighting: NHI-031 at once.
+    cfg.combination.learning = Duration::ZERO;
+    let mut nodes: Vec<(Fleet, FleetTelemetry)> = Vec::new();
+    for (i, name) in ["node-a", "node-b", "node-c"].into_iter().enumerate() {
+        let set = nhiwatch::contracts::load_paths(&[s.dir.path().join("rules.yaml")]).unwrap();
+        let mut engine = Engine::new(set, cfg.clone());
+        let (mut fleet, t) = node(&s, redis.port, name, "k1");
+        let sec = 10 + i as u32;
+        let mut found = Vec::new();
+        for line in [
+            // Ungoverned (no contract for fleet-c) and active on every node.
+            call(
+                sec,
+                "fleet-c",
+                "loner",
+                name,
+                "records.fleet.test",
+                "/r/1",
+                None,
+            ),
+            // Governed, a new pair of data sources on every node.
+            call(
+                sec,
+                "fleet-a",
+                "mixer",
+                name,
+                "api.fitness.fleet.test",
+                "/v1/steps",
+                None,
+            ),
+            call(
+                sec + 1,
+                "fleet-a",
+                "mixer",
+                name,
+                "records.fleet.test",
+                "/r/1",
+                None,
+            ),
+        ] {
+            let o: Observation = serde_json::from_str(&line).unwrap();
+            engine.observe(&o, &mut found);
+            fleet.add(&o);
+        }
+        for f in found {
+            if nhiwatch::fleet::deduped_fleet_wide(&f) {
+                fleet.defer(f);
+            }
+        }
+        nodes.push((fleet, t));
+    }
+    let mut out = Vec::new();
+    // Each node claims at its flush; the winner raises at its next, naming every reporter.
+    for (f, _) in nodes.iter_mut() {
+        flush_until_up(&rt, f, &mut out);
+    }
+    for (f, _) in nodes.iter_mut() {
+        rt.block_on(f.flush_all(&mut out));
+    }
+    let deduped: Vec<Finding> = out
+        .iter()
+        .filter(|f| f.rule.id == "NHI-001" || f.rule.id == "NHI-031")
+        .cloned()
+        .collect();
+    let ids: Vec<(&str, &str)> = deduped
+        .iter()
+        .map(|f| (f.rule.id.as_str(), f.identity.id.as_str()))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "one NHI-001 and one NHI-031 for the fleet: {deduped:#?}"
+    );
+    let one = |rule: &str, sa: &str| {
+        let f = deduped
+            .iter()
+            .find(|f| f.rule.id == rule)
+            .unwrap_or_else(|| panic!("no {rule}: {deduped:#?}"));
+        assert!(f.identity.id.ends_with(sa), "{f:#?}");
+        assert_eq!(f.evidence.nodes, ["node-a", "node-b", "node-c"], "{f:#?}");
+    };
+    one("NHI-001", "/fleet-c/sa/loner");
+    one("NHI-031", "/fleet-a/sa/mixer");
+    // Once per episode: the same findings again (a node restarted, a repeat) stay quiet.
+    out.clear();
+    let (f, _) = &mut nodes[0];
+    for d in &deduped {
+        f.defer(d.clone());
+    }
+    rt.block_on(f.flush_all(&mut out));
+    assert!(out.is_empty(), "{out:#?}");
+    // The store holds who reported, never more.
+    let dump = redis.dump(&s.prefix);
+    assert!(!dump.contains("FLEETMARKER"), "{dump}");
 }
 
 // ---- The daemon with real probes ---------------------------------------------------------------
@@ -820,11 +1155,35 @@ fn a_daemon_killed_with_sigkill_rejoins_the_fleet() {
                 .any(|f| f.starts_with(&format!("{node}|")))
         })
     };
+    std::fs::write(s.dir.path().join("secret"), "not really a secret\n").unwrap();
     let d = Daemon::start_with_state(&yaml, Some(&state));
     wait_until("the daemon's fleet writes", Duration::from_secs(30), || {
         let _ = Command::new("true").status();
         d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0 && written(&d) > 0.0 && inventory_has_node()
     });
+    // The daemon path of a local finding the fleet claims: `cat` reading the watched secret is
+    // an ungoverned identity (no rules here); its NHI-001 goes from the findings stage to the
+    // fleet worker, is claimed in the store and comes back naming this node.
+    let secret = s.dir.path().join("secret");
+    let cat = nhiwatch_e2e::spawn_pid(Command::new("cat").arg(&secret));
+    let f = d.wait_for(
+        "NHI-001 for cat, claimed fleet-wide",
+        Duration::from_secs(30),
+        |e| {
+            e["kind"] == "finding"
+                && e["rule"]["id"] == "NHI-001"
+                && e["identity"]["exe"]
+                    .as_str()
+                    .is_some_and(|x| x.ends_with("/cat"))
+                && e["evidence"]["nodes"].as_array().is_some()
+        },
+    );
+    assert_eq!(f["evidence"]["nodes"][0], node.as_str(), "{f}");
+    let claimed = redis.cli(&["--scan", "--pattern", &format!("{}:nodes:*", s.prefix)]);
+    assert!(
+        !claimed.trim().is_empty(),
+        "no claim in the store (cat pid {cat})"
+    );
     // SIGKILL: no stop, no last flush.
     unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
     drop(d);
@@ -939,6 +1298,89 @@ fn fleet_cost() {
     }
 }
 
+/// The daemon's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the executable name's closing parenthesis: field 3 onwards; utime and stime are 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+}
+
+/// Alert latency for local findings and the daemon's CPU with `fleet:` off and on (a live
+/// daemon, real probes): 1,000 watched files opened once each (one NHI-020 each), at about
+/// 300/s; the daemon's own `nhiwatch_pipeline_latency_seconds{stage="finding"}` quantiles and
+/// its CPU time over the run. For `cargo xtask bench --only fleet` (BENCHMARKS.md, section 7).
+#[test]
+#[ignore]
+fn fleet_latency() {
+    use nhiwatch_e2e::{config_with, Daemon};
+    let s = Setup::new("nhiwatch-e2e-fleet-latency");
+    let redis = Redis::start(s.dir.path(), &[]);
+    let n = 1000;
+    for mode in ["off", "on"] {
+        let dir = s.dir.path().join(format!("secrets-{mode}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            std::fs::write(dir.join(format!("s{i}")), "x").unwrap();
+        }
+        let mut yaml = config_with(&[format!("{}/", dir.display())], "");
+        if mode == "on" {
+            yaml.push_str(&format!(
+                "fleet:\n  url: redis://127.0.0.1:{}\n  node: bench-node\n  prefix: {}\n",
+                redis.port, s.prefix
+            ));
+        }
+        let d = Daemon::start(&yaml);
+        if mode == "on" {
+            wait_until("fleet up", Duration::from_secs(30), || {
+                d.metric_sum("nhiwatch_fleet_up", &[]) == 1.0
+            });
+        }
+        let findings = || {
+            d.metric_sum(
+                "nhiwatch_pipeline_latency_seconds_count",
+                &["stage=\"finding\""],
+            )
+        };
+        let before = findings();
+        let (cpu0, t0) = (cpu_seconds(d.pid()), std::time::Instant::now());
+        for i in 0..n {
+            let _ = std::fs::read(dir.join(format!("s{i}")));
+            // Pacing for a steady rate (not a wait for a condition).
+            std::thread::sleep(Duration::from_micros(3_300));
+        }
+        // Until the count stops moving (each poll sees the last one's count again).
+        let mut last = -1.0;
+        wait_until("the findings judged", Duration::from_secs(60), || {
+            let now = findings();
+            let done = now > before && now == last;
+            last = now;
+            done
+        });
+        let (cpu, wall) = (cpu_seconds(d.pid()) - cpu0, t0.elapsed().as_secs_f64());
+        let q = |p: &str| {
+            1e3 * d.metric_sum(
+                "nhiwatch_pipeline_latency_seconds",
+                &["stage=\"finding\"", &format!("quantile=\"{p}\"")],
+            )
+        };
+        println!(
+            "fleet_latency fleet={mode} findings={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} cpu_s={cpu:.3} wall_s={wall:.2} cpu_pct={:.2}",
+            findings() - before,
+            q("0.5"),
+            q("0.99"),
+            q("0.999"),
+            100.0 * cpu / wall
+        );
+        d.stop();
+    }
+}
+
 // ---- Fleet baseline (NHI-040) ----------------------------------------------------------------
 
 /// `n` calls to `records` by `sa` on `node` in minute `minute` (a `fleet.window` each).
@@ -959,8 +1401,33 @@ fn minute_calls(minute: u32, n: u32, sa: &str, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// 5 calls to `fitness` by `sa` on `node` in minute `minute` moving `total` bytes in all.
+fn minute_bytes(minute: u32, total: u32, sa: &str, node: &str) -> Vec<String> {
+    (0..5)
+        .map(|i| {
+            call(
+                i * 10,
+                "fleet-a",
+                sa,
+                node,
+                "api.fitness.fleet.test",
+                "/v1/steps",
+                None,
+            )
+            .replace("T10:00:", &format!("T10:{minute:02}:"))
+            .replace(
+                "\"response_bytes\":1000",
+                &format!("\"response_bytes\":{}", total / 5 - 100),
+            )
+        })
+        .collect()
+}
+
 /// A replicated workload whose replicas each stay under their node's baseline while the
 /// identity as a whole triples its usual volume: one fleet NHI-040; its twin, doubling, none.
+/// The same in bytes: replicas behind a balancer (node-a and node-b take turns, their sum is
+/// steady) each stay within their own noisy baseline while the identity's bytes more than
+/// double: one fleet NHI-040 on bytes; its twin, at its usual level, none.
 #[test]
 fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
     let s = Setup::new("nhiwatch-e2e-fleet-spike");
@@ -979,6 +1446,32 @@ fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
         // Each node's 19 stays at its own threshold (5 + 6·√5 ≈ 19); the fleet's 57 is not.
         lines.extend(minute_calls(6, 19, "replica", node));
         lines.extend(minute_calls(6, 10, "replica-twin", node));
+        // Bytes (MB): node-a 4 and 8 by turns, node-b the other way round, node-c 6: the
+        // fleet moves 18 MB a minute. Then node-a and node-b 20 each (within their own noisy
+        // baselines, 6 + 6·1.48·2 ≈ 23.8), node-c its usual: 46 MB for the fleet, above its
+        // threshold of 18 + 6·1.8 = 28.8 (two nodes' 40 stay under theirs, 12 + 6·1.2 = 19.2,
+        // as each node's 20 is above it: the third node's replay raises it, naming all three).
+        for minute in 0..6 {
+            let (a, b) = if minute % 2 == 0 {
+                (4_000_000, 8_000_000)
+            } else {
+                (8_000_000, 4_000_000)
+            };
+            let mine = match node {
+                "node-a" => a,
+                "node-b" => b,
+                _ => 6_000_000,
+            };
+            lines.extend(minute_bytes(minute, mine, "heavy", node));
+            lines.extend(minute_bytes(minute, mine, "heavy-twin", node));
+        }
+        let spike = if node == "node-c" {
+            6_000_000
+        } else {
+            20_000_000
+        };
+        lines.extend(minute_bytes(6, spike, "heavy", node));
+        lines.extend(minute_bytes(6, 6_000_000, "heavy-twin", node));
         lines.sort();
         let file = s.dir.path().join(format!("{node}.jsonl"));
         std::fs::write(&file, lines.join("\n") + "\n").unwrap();
@@ -992,10 +1485,28 @@ fn a_replicated_volume_spike_is_judged_against_the_fleets_baseline() {
             .any(|f| f["rule"]["id"] == "NHI-040" && f["evidence"]["nodes"].is_null()),
         "a node's own baseline fired: {text}"
     );
-    let spikes: Vec<&Value> = fleet_findings(&all)
+    let (spikes, bytes): (Vec<&Value>, Vec<&Value>) = fleet_findings(&all)
         .into_iter()
         .filter(|f| f["rule"]["id"] == "NHI-040")
-        .collect();
+        .partition(|f| f["evidence"]["metric"] == "requests");
+    assert!(
+        !serde_json::to_string(&fleet_findings(&all))
+            .unwrap()
+            .contains("twin"),
+        "{text}"
+    );
+    assert_eq!(bytes.len(), 1, "{text}");
+    assert_eq!(
+        bytes[0]["identity"]["id"],
+        "spiffe://fleet.test/ns/fleet-a/sa/heavy"
+    );
+    assert_eq!(bytes[0]["evidence"]["metric"], "bytes");
+    assert_eq!(bytes[0]["evidence"]["observed"], 46e6);
+    assert_eq!(bytes[0]["evidence"]["expected"], 18e6);
+    assert_eq!(
+        strs(&bytes[0]["evidence"]["nodes"]),
+        ["node-a", "node-b", "node-c"]
+    );
     assert_eq!(spikes.len(), 1, "{text}");
     assert_eq!(
         spikes[0]["identity"]["id"],

@@ -122,6 +122,7 @@ rules! {
     BreakGlass = "NHI-060", "break-glass-activity", High, Governance, Rule, "Break-glass identity active";
     AlertsRateLimited = "NHI-090", "alerts-rate-limited", Low, Alerts, Rule, "Alerts held back by the rate limit";
     AlertSpoolFull = "NHI-091", "alert-spool-full", High, Alerts, Rule, "Alert spool full: alerts for a sink dropped";
+    FleetKeyMismatch = "NHI-092", "fleet-key-mismatch", High, Alerts, Rule, "Fleet node with another credential fingerprint key";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +215,12 @@ pub struct Evidence {
     /// The age is a lower bound: the key may have been issued long before nhiwatch saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_is_lower_bound: Option<bool>,
+    /// NHI-092: this node's fingerprint key id and the fleet's (names of the keys, from an
+    /// HMAC of a public label, never the keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

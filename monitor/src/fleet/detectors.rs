@@ -99,6 +99,64 @@ pub fn limits(
     out
 }
 
+/// NHI-041 over the fleet for bytes: a contract's `bytesPerHour`, over one clock hour (as the
+/// node-local limit counts it), exceeded by the sum of every node's bytes in that hour while
+/// every node alone stays within it. `hour` holds each node's absolute bytes per data source
+/// in the hour (`P:hb:{ID}:H`).
+pub fn hourly_bytes(
+    rules: &Compiled,
+    identity: &Arc<WorkloadIdentity>,
+    contract: Option<usize>,
+    hour: &[(String, BTreeMap<String, u64>)],
+) -> Vec<Candidate> {
+    let Some(c) = contract.and_then(|i| rules.contracts.get(i)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (&ds, &(_, bph)) in &c.limits {
+        let Some(limit) = bph else { continue };
+        let name = rules.ds_name(ds);
+        let per_node: Vec<(&str, u64)> = hour
+            .iter()
+            .filter_map(|(n, b)| b.get(name).map(|v| (n.as_str(), *v)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        let total: u64 = per_node.iter().map(|(_, v)| v).sum();
+        if total <= limit || per_node.iter().any(|(_, v)| *v > limit) {
+            continue;
+        }
+        let nodes: Vec<String> = per_node.iter().map(|(n, _)| (*n).to_owned()).collect();
+        out.push(Candidate {
+            rule: Rule::LimitExceeded,
+            subject: identity.id.clone(),
+            key: format!("{name}:bytes"),
+            summary: format!(
+                "{} moved {total} bytes to and from {name} within the hour across {} nodes ({}), above its contract's limit of {limit} bytes per hour; no node alone exceeded it",
+                identity.id,
+                nodes.len(),
+                per_node
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            identity: identity.clone(),
+            contract,
+            evidence: Evidence {
+                data_source: Some(name.to_owned()),
+                metric: Some("bytes".into()),
+                observed: Some(total as f64),
+                limit: Some(limit as f64),
+                expected: Some(limit as f64),
+                window_seconds: Some(3600),
+                nodes,
+                ..Evidence::default()
+            },
+        });
+    }
+    out
+}
+
 /// NHI-030 over the fleet: the union of the data sources the identity's replicas touched in
 /// one window is no combination its contract allows, while each node's own set is.
 pub fn combination(
@@ -263,14 +321,77 @@ pub fn shared(
     })
 }
 
-/// NHI-040 over the fleet: an identity's requests to a data source in one window, summed over
-/// the nodes, far above the fleet's own history of such sums (median + k·MAD of the last
-/// `history` windows, after `warmup` of them), while no node alone is above that threshold.
-/// `history` holds the fleet totals of earlier windows (window → requests), the first key being
-/// the identity's first window.
+/// What a fleet volume is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    Requests,
+    Bytes,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Requests => "requests",
+            Metric::Bytes => "bytes",
+        }
+    }
+
+    /// One node's count of this metric for `ds` in its share.
+    pub fn of(self, s: &Share, ds: &str) -> Option<u64> {
+        match self {
+            Metric::Requests => s.requests.get(ds).copied(),
+            Metric::Bytes => s.bytes.get(ds).copied(),
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Metric::Requests => "requests",
+            Metric::Bytes => "bytes of traffic",
+        }
+    }
+}
+
+/// The fleet's total of one window (the value under a window in `P:h:{ID}`): requests and
+/// bytes per data source, summed over the nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    #[serde(default, rename = "r")]
+    pub requests: BTreeMap<String, u64>,
+    #[serde(default, rename = "b")]
+    pub bytes: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    /// A history value as written; one from before bytes were kept (requests only) still reads.
+    pub fn parse(v: &str) -> Option<Totals> {
+        // The old value's numbers are no maps, so the two never read as each other.
+        if let Ok(requests) = serde_json::from_str::<BTreeMap<String, u64>>(v) {
+            return Some(Totals {
+                requests,
+                bytes: BTreeMap::new(),
+            });
+        }
+        serde_json::from_str(v).ok()
+    }
+
+    pub fn get(&self, metric: Metric) -> &BTreeMap<String, u64> {
+        match metric {
+            Metric::Requests => &self.requests,
+            Metric::Bytes => &self.bytes,
+        }
+    }
+}
+
+/// NHI-040 over the fleet: an identity's requests (or bytes) to a data source in one window,
+/// summed over the nodes, far above the fleet's own history of such sums (median + k·MAD of
+/// the last `history` windows, after `warmup` of them, at least `min_requests` or `min_bytes`),
+/// while no node alone is above that threshold. `history` holds the fleet totals of earlier
+/// windows (window → count), the first key being the identity's first window.
 #[allow(clippy::too_many_arguments)]
 pub fn spike(
     cfg: &crate::detect::volume::VolumeConfig,
+    metric: Metric,
     identity: &Arc<WorkloadIdentity>,
     contract: Option<usize>,
     ds: &str,
@@ -299,12 +420,17 @@ pub fn spike(
     let m = median(&mut past);
     let mut dev: Vec<f64> = past.iter().map(|x| (x - m).abs()).collect();
     let mad = median(&mut dev);
-    // As the node-local baseline: a flat history must not make one extra call a spike.
-    let sd = (1.4826 * mad).max(m.sqrt()).max(1.0);
-    let threshold = ((m + cfg.sensitivity * sd).ceil() as u64).max(cfg.min_requests);
+    // As the node-local baseline: a flat history must not make one extra call (or 10 % more
+    // bytes) a spike.
+    let (spread, floor) = match metric {
+        Metric::Requests => (m.sqrt(), cfg.min_requests),
+        Metric::Bytes => (0.1 * m, cfg.min_bytes),
+    };
+    let sd = (1.4826 * mad).max(spread).max(1.0);
+    let threshold = ((m + cfg.sensitivity * sd).ceil() as u64).max(floor);
     let per_node: Vec<(&str, u64)> = shares
         .iter()
-        .filter_map(|(n, s)| s.requests.get(ds).map(|r| (n.as_str(), *r)))
+        .filter_map(|(n, s)| metric.of(s, ds).map(|r| (n.as_str(), r)))
         .filter(|(_, r)| *r > 0)
         .collect();
     let total: u64 = per_node.iter().map(|(_, r)| r).sum();
@@ -315,10 +441,11 @@ pub fn spike(
     Some(Candidate {
         rule: Rule::VolumeSpike,
         subject: identity.id.clone(),
-        key: format!("{ds}:requests"),
+        key: format!("{ds}:{}", metric.name()),
         summary: format!(
-            "{} made {total} requests to {ds} within {window_secs}s across {} nodes ({}), far above the fleet's usual {m:.0} (threshold {threshold}); no node alone exceeded it",
+            "{} made {total} {} to {ds} within {window_secs}s across {} nodes ({}), far above the fleet's usual {m:.0} (threshold {threshold}); no node alone exceeded it",
             identity.id,
+            metric.words(),
             nodes.len(),
             per_node
                 .iter()
@@ -330,7 +457,7 @@ pub fn spike(
         contract,
         evidence: Evidence {
             data_source: Some(ds.to_owned()),
-            metric: Some("requests".into()),
+            metric: Some(metric.name().into()),
             observed: Some(total as f64),
             expected: Some(m),
             limit: Some(threshold as f64),

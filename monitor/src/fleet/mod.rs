@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 
 pub use self::settings::FleetConfig;
 use self::{
-    detectors::{Candidate, Presenter, Share},
+    detectors::{Candidate, Metric, Presenter, Share, Totals},
     store::{KeyCheck, Keys, Target, SEP},
     telemetry::FleetTelemetry,
 };
@@ -38,6 +38,22 @@ use crate::{
 
 /// The label whose HMAC under the fingerprint key every node compares (`P:keycheck`).
 pub const KEY_CHECK_LABEL: &[u8] = b"nhiwatch fleet fingerprint-key check v1";
+
+/// Rules the node-local engine judges alone (what a node sees is the whole evidence) but that
+/// every node seeing the identity would raise: with `fleet:` they are claimed fleet-wide, so
+/// one finding per episode goes out, naming the nodes that reported it.
+pub const DEDUPED_FLEET_WIDE: [crate::detect::finding::Rule; 2] = [
+    crate::detect::finding::Rule::Ungoverned,
+    crate::detect::finding::Rule::CombinationUnseen,
+];
+
+/// Whether `f` is claimed fleet-wide before it is raised (`DEDUPED_FLEET_WIDE`).
+pub fn deduped_fleet_wide(f: &Finding) -> bool {
+    DEDUPED_FLEET_WIDE.iter().any(|r| r.id() == f.rule.id)
+}
+
+/// Local findings waiting for their claim; beyond it they go out unclaimed, as without `fleet:`.
+const MAX_HELD: usize = 4096;
 
 /// One node's view of one identity in one window.
 struct Agg {
@@ -64,14 +80,35 @@ pub struct Fleet {
     default_node: String,
     /// Window number → aggregates, oldest first.
     windows: BTreeMap<i64, HashMap<AggKey, Agg>>,
+    /// (clock hour, node and identity) → this node's absolute bytes per data source in the
+    /// hour, for `bytesPerHour` (windows are kept for less than an hour); the current and the
+    /// previous hour only.
+    hours: HashMap<(i64, AggKey), BTreeMap<String, u64>>,
     /// Dedup keys this node raised or saw claimed → when the claim ends (observation clock).
     claimed: HashMap<String, i64>,
+    /// This node's local findings of the rules in `DEDUPED_FLEET_WIDE`, waiting to be claimed
+    /// fleet-wide at the next flush (bounded: `MAX_HELD`).
+    held: Vec<Finding>,
+    /// Local findings beyond `MAX_HELD`: out at the next flush, unclaimed.
+    unclaimed: Vec<Finding>,
+    /// Claimed by this node: raised at the first flush `gather` after the claim, naming every
+    /// node that reported the episode meanwhile (key, when due).
+    gathering: Vec<(Finding, String, i64)>,
+    /// Episodes another node claimed first (local dedup key → claim end): this node's repeats
+    /// and summaries of them stay quiet.
+    lost: HashMap<String, i64>,
+    /// The last flush (stop, end of a replay): gathered claims go out now.
+    last_flush: bool,
     /// HMAC of `KEY_CHECK_LABEL`; None (replay) skips the check.
     key_check: Option<String>,
     /// The store's incarnation token when last written (`store::epoch`), and ours to offer.
     epoch: Option<String>,
     epoch_offer: String,
     mismatch: bool,
+    /// The fleet's key id this node last raised NHI-092 about.
+    mismatch_reported: Option<String>,
+    /// The daemon itself, the identity of NHI-092 (`with_identity`).
+    me: Option<Arc<WorkloadIdentity>>,
     up: Option<bool>,
     /// After a failed connect, no new attempt before this (a replay flushes at every window).
     retry_at: Option<std::time::Instant>,
@@ -105,6 +142,12 @@ impl Fleet {
             episode,
             default_node,
             windows: BTreeMap::new(),
+            hours: HashMap::new(),
+            held: Vec::new(),
+            unclaimed: Vec::new(),
+            gathering: Vec::new(),
+            lost: HashMap::new(),
+            last_flush: false,
             claimed: HashMap::new(),
             key_check,
             epoch: None,
@@ -114,6 +157,8 @@ impl Fleet {
                 b.iter().map(|x| format!("{x:02x}")).collect()
             },
             mismatch: false,
+            mismatch_reported: None,
+            me: None,
             up: None,
             retry_at: None,
             telemetry,
@@ -129,6 +174,12 @@ impl Fleet {
         self
     }
 
+    /// The daemon's own identity, which its NHI-092 (another fingerprint key) names.
+    pub fn with_identity(mut self, me: Arc<WorkloadIdentity>) -> Fleet {
+        self.me = Some(me);
+        self
+    }
+
     pub fn set_rules(&mut self, rules: Arc<Compiled>) {
         // Aggregates hold contract indices of the old rules.
         for w in self.windows.values_mut() {
@@ -141,6 +192,12 @@ impl Fleet {
 
     pub fn window_of(&self, t: i64) -> i64 {
         t.div_euclid(ns(self.cfg.window))
+    }
+
+    /// The clock hour a window starts in (`bytesPerHour` counts clock hours, as the node-local limit).
+    fn hour_of(&self, w: i64) -> i64 {
+        w.saturating_mul(ns(self.cfg.window))
+            .div_euclid(3_600_000_000_000)
     }
 
     fn node_of<'a>(&'a self, o: &'a Observation) -> &'a str {
@@ -172,6 +229,10 @@ impl Fleet {
         let rules = self.rules.clone();
         let window = self.windows.entry(w).or_default();
         let key: AggKey = (node, o.identity.id.as_str().into());
+        let hour = w
+            .saturating_mul(ns(self.cfg.window))
+            .div_euclid(3_600_000_000_000);
+        let hour_key = (hour, key.clone());
         let agg = match window.get_mut(&key) {
             Some(a) => a,
             None => {
@@ -202,9 +263,15 @@ impl Fleet {
             if s.requests.contains_key(name)
                 || s.requests.len() < self.cfg.max_data_sources_per_identity
             {
+                let bytes = call.request_bytes + call.response_bytes;
                 *s.requests.entry(name.to_owned()).or_default() += 1;
-                *s.bytes.entry(name.to_owned()).or_default() +=
-                    call.request_bytes + call.response_bytes;
+                *s.bytes.entry(name.to_owned()).or_default() += bytes;
+                *self
+                    .hours
+                    .entry(hour_key)
+                    .or_default()
+                    .entry(name.to_owned())
+                    .or_default() += bytes;
             } else {
                 self.telemetry.capped.inc();
             }
@@ -236,6 +303,51 @@ impl Fleet {
         }
         let now = self.now;
         self.claimed.retain(|_, until| *until > now);
+        self.lost.retain(|_, until| *until > now);
+        let hour = self.hour_of(self.window_of(self.now));
+        self.hours.retain(|(h, _), _| *h >= hour - 1);
+    }
+
+    /// A local finding of a rule in `DEDUPED_FLEET_WIDE`: claimed at the next flush, raised by
+    /// the one node that claims it first. Beyond `MAX_HELD`, or a summary of an episode this
+    /// node raised, it goes out at the next flush as it is.
+    pub fn defer(&mut self, f: Finding) {
+        if f.phase == Phase::Summary && self.lost.contains_key(&f.dedup_key) {
+            return;
+        }
+        if self.held.len() >= MAX_HELD {
+            self.unclaimed.push(f);
+        } else {
+            self.held.push(f);
+        }
+    }
+
+    /// The store cannot dedup: held and gathered local findings go out as without `fleet:`
+    /// (a claimed one names this node).
+    fn release_local(&mut self, out: &mut Vec<Finding>) {
+        out.append(&mut self.held);
+        let me = self.my_node();
+        for (mut f, _, _) in self.gathering.drain(..) {
+            if f.evidence.nodes.is_empty() {
+                f.evidence.nodes = vec![me.clone()];
+            }
+            out.push(f);
+        }
+    }
+
+    fn my_node(&self) -> String {
+        self.cfg
+            .node
+            .clone()
+            .unwrap_or_else(|| self.default_node.clone())
+    }
+
+    /// The last flush (stop, end of a replay): claims still gathering are raised now.
+    pub async fn flush_all(&mut self, out: &mut Vec<Finding>) {
+        self.last_flush = true;
+        self.flush(out).await;
+        // Whatever the store could not take goes out as it is.
+        self.release_local(out);
     }
 
     /// Whether the store answered at the last flush.
@@ -269,10 +381,12 @@ impl Fleet {
     /// claimed first go to `out`. A store that does not answer leaves everything for next time.
     pub async fn flush(&mut self, out: &mut Vec<Finding>) {
         self.expire();
+        out.append(&mut self.unclaimed);
         let conn = match self.conn.take() {
             Some(c) => c,
             None => {
                 if self.retry_at.is_some_and(|t| std::time::Instant::now() < t) {
+                    self.release_local(out);
                     return;
                 }
                 match self.target.connect().await {
@@ -281,6 +395,7 @@ impl Fleet {
                         self.retry_at = Some(std::time::Instant::now() + self.cfg.flush_interval);
                         self.telemetry.stage.errors.inc();
                         self.set_up(false, Some(&e));
+                        self.release_local(out);
                         return;
                     }
                 }
@@ -291,6 +406,7 @@ impl Fleet {
         if let Err(e) = self.flush_on(&mut conn, out).await {
             self.telemetry.stage.errors.inc();
             self.set_up(false, Some(&store::describe(&e)));
+            self.release_local(out);
         }
     }
 
@@ -301,10 +417,16 @@ impl Fleet {
     ) -> Result<(), redis::RedisError> {
         if let Some(mine) = self.key_check.clone() {
             match store::key_check(c, &self.keys, &mine).await? {
-                KeyCheck::Different => {
+                KeyCheck::Different(theirs) => {
+                    let (mine_id, theirs_id) = (store::key_id(&mine), store::key_id(&theirs));
                     if !self.mismatch {
                         tracing::error!(url = %self.target.url, prefix = %self.keys.prefix,
+                            key_id = %mine_id, fleet_key_id = %theirs_id,
                             "the fleet store holds another fingerprint key's check: this node's credential fingerprints would not match the others'. Mount the same fingerprint key (the DaemonSet's Secret) on every node; until then this node writes nothing to the fleet");
+                    }
+                    if self.mismatch_reported.as_deref() != Some(theirs_id.as_str()) {
+                        self.report_mismatch(c, &mine_id, &theirs_id, out).await?;
+                        self.mismatch_reported = Some(theirs_id);
                     }
                     self.mismatch = true;
                     self.telemetry.key_mismatch.set(1);
@@ -313,12 +435,14 @@ impl Fleet {
                     for a in self.windows.values_mut().flat_map(HashMap::values_mut) {
                         a.dirty = false;
                     }
+                    self.release_local(out);
                     self.set_up(true, None);
                     return Ok(());
                 }
                 KeyCheck::Fresh | KeyCheck::Same => {}
             }
             self.mismatch = false;
+            self.mismatch_reported = None;
             self.telemetry.key_mismatch.set(0);
         }
         let epoch = store::epoch(c, &self.keys, &self.epoch_offer).await?;
@@ -331,6 +455,7 @@ impl Fleet {
             self.reclaim(c).await?;
         }
         self.epoch = Some(epoch);
+        self.claim_local(c, out).await?;
         let ttl_ms = self.cfg.ttl().as_millis() as u64;
         let window_secs = self.cfg.window.as_secs();
         // The inventory is keyed by the day of the write (the store's clock, as its TTLs), so
@@ -343,6 +468,9 @@ impl Fleet {
         let mut pipe = redis::pipe();
         let mut written: Vec<(i64, AggKey)> = Vec::new();
         let mut evals = 0u64;
+        let mut hour_writes = 0u64;
+        // Past the end of the hour, for a node that writes the hour's last window late.
+        let hour_ttl_ms = (2 * 3_600_000u64).max(ttl_ms);
         for (&w, aggs) in &self.windows {
             for (key, a) in aggs.iter().filter(|(_, a)| a.dirty) {
                 let (node, id) = key;
@@ -350,6 +478,14 @@ impl Fleet {
                 let value = serde_json::to_string(&a.share).unwrap_or_default();
                 pipe.hset(&k, &**node, value).ignore();
                 pipe.pexpire(&k, ttl_ms as i64).ignore();
+                let hour = self.hour_of(w);
+                if let Some(b) = self.hours.get(&(hour, key.clone())) {
+                    let hk = self.keys.hour_bytes(id, hour);
+                    pipe.hset(&hk, &**node, serde_json::to_string(b).unwrap_or_default())
+                        .ignore();
+                    pipe.pexpire(&hk, hour_ttl_ms as i64).ignore();
+                    hour_writes += 2;
+                }
                 let sharing = a
                     .contract
                     .and_then(|i| self.rules.contracts.get(i))
@@ -392,7 +528,7 @@ impl Fleet {
         }
         let results: Vec<i64> = pipe.query_async(c).await?;
         self.telemetry
-            .commands("write", written.len() as u64 * 2 + evals);
+            .commands("write", written.len() as u64 * 2 + evals + hour_writes);
         let refused = results.iter().filter(|r| **r == 0).count() as u64;
         self.telemetry.capped.inc_by(refused);
         self.set_up(true, None);
@@ -419,11 +555,15 @@ impl Fleet {
         for fp in fps.keys() {
             pipe.hgetall(self.keys.fingerprint(fp));
         }
+        for (w, id) in &ids {
+            pipe.hgetall(self.keys.hour_bytes(id, self.hour_of(*w)));
+        }
         let read: Vec<Vec<(String, String)>> = pipe.query_async(c).await?;
         self.telemetry
-            .commands("read", (ids.len() + fps.len()) as u64);
+            .commands("read", (2 * ids.len() + fps.len()) as u64);
         let mut candidates = Vec::new();
-        let (id_reads, fp_reads) = read.split_at(ids.len().min(read.len()));
+        let (id_reads, rest) = read.split_at(ids.len().min(read.len()));
+        let (fp_reads, hour_reads) = rest.split_at(fps.len().min(rest.len()));
         // The fleet's totals per window go to the identity's history (the last writer's sum is
         // complete), which comes back for the baseline.
         let all_shares: Vec<Vec<(String, Share)>> = id_reads
@@ -438,10 +578,13 @@ impl Fleet {
         let history_ttl = self.cfg.window.as_millis() as u64 * (self.volume.history as u64 + 2);
         let mut pipe = redis::pipe();
         for ((w, id), shares) in ids.iter().zip(&all_shares) {
-            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut totals = Totals::default();
             for (_, s) in shares {
                 for (ds, r) in &s.requests {
-                    *totals.entry(ds.as_str()).or_default() += r;
+                    *totals.requests.entry(ds.clone()).or_default() += r;
+                }
+                for (ds, b) in &s.bytes {
+                    *totals.bytes.entry(ds.clone()).or_default() += b;
                 }
             }
             let k = self.keys.history(id);
@@ -455,7 +598,9 @@ impl Fleet {
         let histories: Vec<Vec<(i64, String)>> = pipe.query_async(c).await?;
         self.telemetry.commands("write", ids.len() as u64 * 3);
         self.telemetry.commands("read", ids.len() as u64);
-        for (((w, id), shares), history) in ids.iter().zip(&all_shares).zip(&histories) {
+        for ((((w, id), shares), history), hour) in
+            ids.iter().zip(&all_shares).zip(&histories).zip(hour_reads)
+        {
             // Any node's aggregate of this identity gives its attributes and contract.
             let Some(a) = self
                 .windows
@@ -464,14 +609,16 @@ impl Fleet {
             else {
                 continue;
             };
-            let mut per_ds: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+            let mut per_ds: BTreeMap<(Metric, String), BTreeMap<i64, u64>> = BTreeMap::new();
             for (hw, v) in history {
                 if *hw >= *w {
                     continue;
                 }
-                if let Ok(t) = serde_json::from_str::<BTreeMap<String, u64>>(v) {
-                    for (ds, n) in t {
-                        per_ds.entry(ds).or_default().insert(*hw, n);
+                if let Some(t) = Totals::parse(v) {
+                    for m in [Metric::Requests, Metric::Bytes] {
+                        for (ds, n) in t.get(m) {
+                            per_ds.entry((m, ds.clone())).or_default().insert(*hw, *n);
+                        }
                     }
                 }
             }
@@ -480,22 +627,35 @@ impl Fleet {
             let dss: BTreeSet<&String> =
                 shares.iter().flat_map(|(_, s)| s.requests.keys()).collect();
             for ds in dss {
-                let mut h = per_ds.remove(ds.as_str()).unwrap_or_default();
-                h.entry(first).or_insert(0);
                 if first == *w {
                     continue;
                 }
-                candidates.extend(detectors::spike(
-                    &self.volume,
-                    &a.identity,
-                    a.contract,
-                    ds,
-                    *w,
-                    &h,
-                    shares,
-                    window_secs,
-                ));
+                for m in [Metric::Requests, Metric::Bytes] {
+                    let mut h = per_ds.remove(&(m, ds.clone())).unwrap_or_default();
+                    h.entry(first).or_insert(0);
+                    candidates.extend(detectors::spike(
+                        &self.volume,
+                        m,
+                        &a.identity,
+                        a.contract,
+                        ds,
+                        *w,
+                        &h,
+                        shares,
+                        window_secs,
+                    ));
+                }
             }
+            let hour: Vec<(String, BTreeMap<String, u64>)> = hour
+                .iter()
+                .filter_map(|(n, v)| Some((n.clone(), serde_json::from_str(v).ok()?)))
+                .collect();
+            candidates.extend(detectors::hourly_bytes(
+                &self.rules,
+                &a.identity,
+                a.contract,
+                &hour,
+            ));
             candidates.extend(detectors::limits(
                 &self.rules,
                 &a.identity,
@@ -602,6 +762,175 @@ impl Fleet {
                 phase: Phase::Opened,
                 dedup_key: k,
             });
+        }
+        Ok(())
+    }
+
+    /// NHI-092 through the sinks: this node's fingerprint key differs from the fleet's. Once
+    /// per node and pair of key ids (claimed in the store for the episode, so a restart does
+    /// not repeat it); the ids name the keys, never the keys themselves.
+    async fn report_mismatch(
+        &mut self,
+        c: &mut ConnectionManager,
+        mine_id: &str,
+        theirs_id: &str,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), redis::RedisError> {
+        let node = self.my_node();
+        let rule = finding::Rule::FleetKeyMismatch;
+        let k = format!(
+            "{:016x}",
+            finding::dedup_key(&node, rule, &[mine_id, theirs_id])
+        );
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.keys.found(&k))
+            .arg(&node)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.episode.as_millis() as u64)
+            .query_async(c)
+            .await?;
+        self.telemetry.commands("claim", 1);
+        if won.is_none() {
+            return Ok(());
+        }
+        let identity = self.me.clone().unwrap_or_else(|| {
+            Arc::new(WorkloadIdentity {
+                id: format!("nhiwatch://node/{node}"),
+                kind: crate::identity::IdentityKind::Unix,
+                namespace: None,
+                service_account: None,
+                pod: None,
+                pod_uid: None,
+                container: None,
+                container_id: None,
+                image: None,
+                owner: None,
+                unit: None,
+                uid: None,
+                user: None,
+                exe: None,
+                node: node.clone(),
+            })
+        });
+        let now = if self.now > 0 {
+            self.now
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64)
+        };
+        out.push(Finding {
+            kind: "finding".into(),
+            time: now,
+            last_seen: now,
+            rule: RuleRef {
+                id: rule.id().into(),
+                name: rule.name().into(),
+            },
+            severity: rule.severity(),
+            summary: format!(
+                "node {node} has another credential fingerprint key (id {mine_id}) than the fleet (id {theirs_id}) in the store under prefix {}: its fingerprints cannot match the other nodes', so it shares nothing with the fleet. Mount the same fingerprint key (the DaemonSet's Secret, fleet.fingerprint_key_file) on every node",
+                self.keys.prefix
+            ),
+            identity,
+            contract: None,
+            evidence: finding::Evidence {
+                metric: Some("fingerprint_key_id".into()),
+                key_id: Some(mine_id.to_owned()),
+                fleet_key_id: Some(theirs_id.to_owned()),
+                nodes: vec![node],
+                ..finding::Evidence::default()
+            },
+            count: 1,
+            phase: Phase::Opened,
+            dedup_key: k,
+        });
+        self.telemetry.stage.emitted.inc();
+        Ok(())
+    }
+
+    /// Claims the held local findings (`SET NX` on `P:found:{K}`, K their node-independent
+    /// dedup key) and adds this node to the episode's reporters (`P:nodes:{K}`); raises the
+    /// ones claimed a flush ago with every reporter in `evidence.nodes`.
+    async fn claim_local(
+        &mut self,
+        c: &mut ConnectionManager,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), redis::RedisError> {
+        let node = self.my_node();
+        let episode_ms = self.episode.as_millis() as u64;
+        let held = std::mem::take(&mut self.held);
+        let (summaries, opened): (Vec<Finding>, Vec<Finding>) =
+            held.into_iter().partition(|f| f.phase == Phase::Summary);
+        // A summary reaches here only from the node that raised the episode (or while unclaimed).
+        out.extend(
+            summaries
+                .into_iter()
+                .filter(|f| !self.lost.contains_key(&f.dedup_key)),
+        );
+        if !opened.is_empty() {
+            let mut pipe = redis::pipe();
+            for f in &opened {
+                let k = self.keys.reporters(&f.dedup_key);
+                pipe.sadd(&k, &node).ignore();
+                pipe.pexpire(&k, episode_ms as i64).ignore();
+                pipe.cmd("SET")
+                    .arg(self.keys.found(&f.dedup_key))
+                    .arg(&node)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(episode_ms);
+            }
+            let won: Vec<Option<String>> = match pipe.query_async(c).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.held = opened;
+                    return Err(e);
+                }
+            };
+            self.telemetry.commands("claim", 3 * opened.len() as u64);
+            let due = self.now.saturating_add(ns(self.cfg.flush_interval));
+            let until = self.now.saturating_add(ns(self.episode));
+            for (f, won) in opened.into_iter().zip(won) {
+                if won.is_some() {
+                    let k = f.dedup_key.clone();
+                    // Written again if the store comes back empty (`reclaim`).
+                    self.claimed.insert(k.clone(), until);
+                    self.gathering.push((f, k, due));
+                } else {
+                    self.lost.insert(f.dedup_key, until);
+                }
+            }
+        }
+        let (now, last) = (self.now, self.last_flush);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gathering)
+            .into_iter()
+            .partition(|(_, _, due)| last || *due <= now);
+        self.gathering = waiting;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (_, k, _) in &ready {
+            pipe.smembers(self.keys.reporters(k));
+        }
+        let nodes: Vec<Vec<String>> = match pipe.query_async(c).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.gathering.extend(ready);
+                return Err(e);
+            }
+        };
+        self.telemetry.commands("read", ready.len() as u64);
+        for ((mut f, _, _), mut n) in ready.into_iter().zip(nodes) {
+            if !n.contains(&node) {
+                n.push(node.clone());
+            }
+            n.sort();
+            f.evidence.nodes = n;
+            self.telemetry.stage.emitted.inc();
+            out.push(f);
         }
         Ok(())
     }

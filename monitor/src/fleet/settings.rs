@@ -106,6 +106,11 @@ impl FleetConfig {
         if authority.is_empty() {
             return Err("fleet.url has no host".to_owned());
         }
+        // Several nodes would mean Redis Cluster, which the fleet does not speak yet (its
+        // pipelines span slots): refused rather than half-working.
+        if authority.contains(',') {
+            return Err("fleet.url names several hosts: Redis Cluster is not supported yet; point fleet.url at one primary, or at a cluster-aware proxy".to_owned());
+        }
         if scheme == "redis" && (self.tls.ca.is_some() || self.tls.cert.is_some()) {
             return Err(
                 "fleet.tls is set but fleet.url is redis://; use rediss:// for TLS".to_owned(),
@@ -266,6 +271,12 @@ mod tests {
             (
                 Box::new(|c: &mut FleetConfig| c.username = Some("u".into())),
                 "password_file",
+            ),
+            (
+                Box::new(|c: &mut FleetConfig| {
+                    c.url = Some("redis://10.0.0.1:7000,10.0.0.2:7000".into())
+                }),
+                "Redis Cluster is not supported",
             ),
         ] {
             let e = with(change).unwrap_err();

@@ -6,10 +6,12 @@
 //! | key | type | field → value | TTL |
 //! |---|---|---|---|
 //! | `P:w:{ID}:W` | hash | node → that node's absolute counts for the window (JSON: requests and bytes per data source, contract) | window × ttl_windows |
-//! | `P:h:{ID}` | hash | window → the fleet's summed requests per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
+//! | `P:hb:{ID}:H` (H: clock hour number) | hash | node → that node's absolute bytes per data source in the hour (JSON), for `bytesPerHour` | 2 hours, or window × ttl_windows if longer |
+//! | `P:h:{ID}` | hash | window → the fleet's summed requests and bytes per data source in it (JSON), for the fleet baseline | window × (volume.history + 2) |
 //! | `P:fp:{FP}` | hash | `node|ID` → last window the node saw ID present FP, and whether ID's contract allows sharing | window × ttl_windows |
 //! | `P:inv:D` (D: day of the write) | hash | `node|ID` → identity kind, contract, last seen | 2 days |
 //! | `P:found:{K}` | string | the node that raised fleet finding K (dedup key) | `detectors.dedup_window` |
+//! | `P:nodes:{K}` | set | the nodes that reported local finding K (NHI-001, NHI-031) | `detectors.dedup_window` |
 //! | `P:keycheck` | string | HMAC of a fixed label under the fingerprint key | 30 days, refreshed |
 //! | `P:epoch` | string | a random token the first node writes: a new one means the store was emptied | 30 days, refreshed |
 //!
@@ -170,6 +172,9 @@ impl Keys {
     pub fn window(&self, id: &str, w: i64) -> String {
         format!("{}:w:{{{}}}:{w}", self.prefix, tag(id))
     }
+    pub fn hour_bytes(&self, id: &str, hour: i64) -> String {
+        format!("{}:hb:{{{}}}:{hour}", self.prefix, tag(id))
+    }
     pub fn history(&self, id: &str) -> String {
         format!("{}:h:{{{}}}", self.prefix, tag(id))
     }
@@ -181,6 +186,9 @@ impl Keys {
     }
     pub fn found(&self, dedup: &str) -> String {
         format!("{}:found:{{{dedup}}}", self.prefix)
+    }
+    pub fn reporters(&self, dedup: &str) -> String {
+        format!("{}:nodes:{{{dedup}}}", self.prefix)
     }
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
@@ -205,6 +213,13 @@ return 0
 /// The SHA1 EVALSHA names `CAPPED_HSET` by.
 pub fn capped_hset_sha() -> String {
     redis::Script::new(CAPPED_HSET).get_hash().to_owned()
+}
+
+/// A short, stable name for a fingerprint key, from its check value (an HMAC of a fixed public
+/// label under the key): what an operator compares across nodes, never the key.
+pub fn key_id(check: &str) -> String {
+    let hex = check.rsplit(':').next().unwrap_or(check);
+    hex.chars().take(16).collect()
 }
 
 /// Key and field separator in `node|ID` fields (`fleet.node` may not contain it).
@@ -235,19 +250,20 @@ pub async fn key_check(
             let _: () = c.expire(&k, 30 * 86_400).await?;
             Ok(KeyCheck::Same)
         }
-        Some(_) => Ok(KeyCheck::Different),
+        Some(t) => Ok(KeyCheck::Different(t)),
         // Expired between the two commands: the next check writes it.
         None => Ok(KeyCheck::Fresh),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyCheck {
     /// No node had written it: this store is new or was emptied.
     Fresh,
     Same,
-    /// Another node's fingerprint key differs: fingerprints would not compare.
-    Different,
+    /// Another node's fingerprint key differs: fingerprints would not compare. Holds the
+    /// store's check value (an HMAC of a public label: it identifies the key, never reveals it).
+    Different(String),
 }
 
 /// The store's incarnation: the token the first node wrote (`mine` when it is this one). A

@@ -16,6 +16,8 @@ use crate::{
 
 enum Msg {
     Observation(Box<Observation>),
+    /// A local finding claimed fleet-wide before it goes out (`DEDUPED_FLEET_WIDE`).
+    Finding(Box<Finding>),
     Rules(Arc<Compiled>),
 }
 
@@ -38,6 +40,19 @@ impl FleetHandle {
             Err(TrySendError::Disconnected(_)) => {
                 self.telemetry.stage.errors.inc();
             }
+        }
+    }
+
+    /// Hands a local finding of a rule in `fleet::DEDUPED_FLEET_WIDE` to the fleet-wide claim;
+    /// gives it back when the queue is full (it then goes out as without `fleet:`).
+    pub fn defer(&self, f: Finding) -> Option<Finding> {
+        let Some(tx) = &self.tx else { return Some(f) };
+        match tx.try_send(Msg::Finding(Box::new(f))) {
+            Ok(()) => None,
+            Err(
+                TrySendError::Full(Msg::Finding(f)) | TrySendError::Disconnected(Msg::Finding(f)),
+            ) => Some(*f),
+            Err(_) => None,
         }
     }
 
@@ -100,13 +115,17 @@ pub fn spawn(mut fleet: Fleet, buffer: usize, flush: Duration) -> std::io::Resul
                         fleet.add(&o);
                         continue;
                     }
+                    Ok(Msg::Finding(f)) => {
+                        fleet.defer(*f);
+                        continue;
+                    }
                     Ok(Msg::Rules(r)) => {
                         fleet.set_rules(r);
                         continue;
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
-                        rt.block_on(fleet.flush(&mut found));
+                        rt.block_on(fleet.flush_all(&mut found));
                         send(&ftx, &mut found, &t);
                         return;
                     }

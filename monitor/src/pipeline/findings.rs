@@ -147,8 +147,28 @@ impl FindingsStage {
                     self.latency.record("finding", ns);
                 }
             }
+            self.defer_to_fleet(before);
         }
         self.written(before);
+    }
+
+    /// With `fleet:`, the local findings every node would raise alike (`fleet::DEDUPED_FLEET_WIDE`)
+    /// go to the fleet worker's claim instead, and come back through `drain` once claimed; a
+    /// full queue leaves them here, raised as without `fleet:`.
+    fn defer_to_fleet(&mut self, from: usize) {
+        let Some(fleet) = &self.fleet else { return };
+        let mut i = from;
+        while i < self.pending.len() {
+            if crate::fleet::deduped_fleet_wide(&self.pending[i]) {
+                let f = self.pending.remove(i);
+                if let Some(back) = fleet.defer(f) {
+                    self.pending.insert(i, back);
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Counts the findings from `pending[from..]` and routes them to the sinks and stdout (the
@@ -190,6 +210,7 @@ impl FindingsStage {
         }
         let before = self.pending.len();
         self.engine.advance(now_ns, &mut self.pending);
+        self.defer_to_fleet(before);
         if let Some(f) = &self.fleet {
             f.drain(&mut self.pending);
         }
@@ -292,6 +313,7 @@ impl FindingsStage {
         if !self.persist() {
             self.engine.finish(&mut self.pending);
         }
+        self.defer_to_fleet(before);
         if let Some(f) = self.fleet.as_mut() {
             f.stop(&mut self.pending);
         }

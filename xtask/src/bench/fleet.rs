@@ -1,4 +1,4 @@
-//! Benchmark 7: fleet overhead per node, from `tests/tests/fleet.rs` `fleet_cost` (release) against a local redis-server: store commands and bytes per second, store CPU, the node's cost per observation and per flush.
+//! Benchmark 7: fleet overhead per node, from `tests/tests/fleet.rs` `fleet_cost` and `fleet_latency` (release) against a local redis-server: store commands and bytes per second, store CPU, the node's cost per observation and per flush, and a live daemon's alert latency and CPU with `fleet:` off and on.
 
 use std::process::Command;
 
@@ -13,8 +13,8 @@ fn field(line: &str, key: &str) -> Result<f64> {
         .with_context(|| format!("{key} missing in {line:?}"))
 }
 
-pub fn run(ctx: &mut Ctx) -> Result<Section> {
-    eprintln!("bench: fleet cost at 1,000 and 10,000 API calls/s");
+/// One ignored test of `tests/tests/fleet.rs`, release, with the release daemon: its stdout.
+fn fleet_test(ctx: &Ctx, name: &str) -> Result<String> {
     let out = Command::new(crate::cargo_bin())
         .args([
             "test",
@@ -27,19 +27,60 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
             "--",
             "--ignored",
             "--exact",
-            "fleet_cost",
+            name,
             "--nocapture",
+            "--test-threads=1",
         ])
+        .env("NHIWATCH_BIN", &ctx.nhiwatch)
         .current_dir(&ctx.root)
         .output()
-        .context("running the fleet_cost test")?;
+        .with_context(|| format!("running the {name} test"))?;
     if !out.status.success() {
-        bail!(
-            "fleet_cost failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `fleet_latency` rows: alert latency for local findings and the daemon's CPU, fleet off
+/// and on.
+fn latency(ctx: &Ctx) -> Result<(String, String)> {
+    eprintln!("bench: alert latency and daemon CPU with fleet off and on");
+    let text = fleet_test(ctx, "fleet_latency")?;
+    let mut rows = String::new();
+    let mut p99 = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("fleet_latency ")) {
+        let mode = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("fleet="))
+            .unwrap_or("?");
+        let (n, p50, p99_, p999) = (
+            field(line, "findings")?,
+            field(line, "p50_ms")?,
+            field(line, "p99_ms")?,
+            field(line, "p999_ms")?,
+        );
+        let (cpu, wall, pct) = (
+            field(line, "cpu_s")?,
+            field(line, "wall_s")?,
+            field(line, "cpu_pct")?,
+        );
+        let _ = std::fmt::Write::write_fmt(
+            &mut rows,
+            format_args!(
+                "| {mode} | {n:.0} | {p50:.2} | {p99_:.2} | {p999:.2} | {cpu:.2} s in {wall:.1} s ({pct:.1} % of a core) |\n"
+            ),
+        );
+        p99.push(format!("fleet {mode} p99 {p99_:.2} ms, {pct:.1} % CPU"));
+    }
+    if p99.is_empty() {
+        bail!("no fleet_latency lines in the test output:\n{text}");
+    }
+    Ok((rows, p99.join(", ")))
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<Section> {
+    eprintln!("bench: fleet cost at 1,000 and 10,000 API calls/s");
+    let text = fleet_test(ctx, "fleet_cost")?;
     let mut rows = String::new();
     let mut measured = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("fleet_cost ")) {
@@ -70,6 +111,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
     if measured.is_empty() {
         bail!("no fleet_cost lines in the test output:\n{text}");
     }
+    let (latency_rows, latency_summary) = latency(ctx)?;
+    measured.push(latency_summary);
     let body = format!(
         "Source: `tests/tests/fleet.rs`, `fleet_cost` (`cargo test --release -p nhiwatch-e2e --test fleet -- \
          --ignored --exact fleet_cost --nocapture`), against a local redis-server on loopback. One node (the fleet \
@@ -85,9 +128,15 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
          store about the same. Redis Cluster spreads the keys by identity (`{{ID}}` hash tags) and fingerprint, \
          so shards add cores linearly (nhiwatch talks to one endpoint: a primary or a cluster-aware proxy). \
          The pipeline never waits for the store: `a_slow_store_never_makes_the_pipeline_wait` times the hand-off \
-         while the store is blocked by `DEBUG SLEEP 2` (p99 under 1 ms asserted). A fleet finding is raised at \
+         while `DEBUG SLEEP` blocks the store (p99 under 1 ms asserted). A fleet finding is raised at \
          the first flush after the share that crosses the threshold is written: within `fleet.flush_interval` \
-         plus a round trip.\n"
+         plus a round trip.\n\n\
+         **Local findings with `fleet:` off and on** (`fleet_latency`: a live release daemon with real probes, \
+         1,000 watched files each opened once at ≈ 300/s, one NHI-020 each; the daemon's own \
+         `nhiwatch_pipeline_latency_seconds{{stage=\"finding\"}}` quantiles, kernel timestamp → finding judged, \
+         and its CPU time over the run from /proc; fleet on: a local redis-server, `flush_interval` 1 s):\n\n\
+         | fleet | findings | p50 (ms) | p99 (ms) | p99.9 (ms) | daemon CPU |\n\
+         |---|---:|---:|---:|---:|---|\n{latency_rows}"
     );
     Ok(Section {
         title: String::new(),
