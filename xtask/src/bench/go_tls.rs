@@ -279,8 +279,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
                 "\nWhere nhiwatch's cost goes — one more run of 2000 requests beside a fresh \
                  nhiwatch with `kernel.bpf_stats_enabled=1` (not part of the measurements above; \
                  run_time_ns / run_cnt per program, from fdinfo). Its programs run for ≈ {:.1} µs \
-                 per request (Go probes in the client, OpenSSL probes in nginx, socket \
-                 tracepoints in both):\n",
+                 per request (the Go probes in the client; nginx's OpenSSL and the socket \
+                 tracepoints are off in this configuration, the other sensors' programs are \
+                 listed if they ran):\n",
                 ns / 1000.0
             );
             body.push_str(&table);
