@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::detect::{finding::Finding, Engine};
-use crate::events::observation::Observation;
+use crate::events::observation::{Decoder, Observation};
 use crate::input::{BoundedLines, Line, MAX_REPLAY_LINE_BYTES};
 
 #[derive(Debug, Default)]
@@ -135,6 +135,8 @@ pub fn replay_with(
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     let mut found: Vec<Finding> = Vec::new();
+    // Lines of one identity share its `Arc`, across files too.
+    let mut decoder = Decoder::default();
     for path in files {
         let reader: Box<dyn BufRead> = if path == Path::new("-") {
             Box::new(std::io::stdin().lock())
@@ -175,7 +177,7 @@ pub fn replay_with(
             if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<Observation>(&line) {
+            match decoder.decode(&line) {
                 Ok(o) => {
                     stats.observations += 1;
                     engine.observe(&o, &mut found);

@@ -192,6 +192,11 @@ pub struct Engine {
     /// Identity id → slot in `slots`. The states live in a slab so one observation costs one
     /// hash lookup, and judging one identity can still read the others (shared credentials).
     ids: FxStd<Arc<str>, u32>,
+    /// The identity object (`Arc` address) → slot, for the object a slot saw last (`last`):
+    /// stages hand the same `Arc` for one identity, so an observation finds its slot without
+    /// hashing and comparing its id. An entry counts only while its slot's `last` is that very
+    /// object (which keeps the address from being reused), so stale entries are harmless.
+    by_object: FxStd<usize, u32>,
     /// None: free (listed in `free`).
     slots: Vec<Option<IdState>>,
     free: Vec<u32>,
@@ -220,6 +225,7 @@ impl Engine {
             rules,
             rules_generation: 1,
             ids: FxStd::default(),
+            by_object: FxStd::default(),
             slots: Vec::new(),
             free: Vec::new(),
             creds: Sightings::default(),
@@ -470,6 +476,32 @@ impl Engine {
 
     /// Finds or creates the identity's state, refreshes its attributes and contract; returns its slot.
     fn identity_state(&mut self, o: &Observation, secs: i64) -> u32 {
+        let object = Arc::as_ptr(&o.identity) as usize;
+        if let Some(&s) = self.by_object.get(&object) {
+            if let Some(Some(st)) = self.slots.get_mut(s as usize) {
+                if st
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &o.identity))
+                    && st.rules_generation == self.rules_generation
+                {
+                    st.record.last_seen = st.record.last_seen.max(secs);
+                    st.record.first_seen = st.record.first_seen.min(secs);
+                    return s;
+                }
+            }
+        }
+        let slot = self.identity_slot(o, secs);
+        if self.by_object.len() >= 2 * self.cfg.max_identities.max(self.slots.len()) {
+            // Mostly stale (objects replaced or evicted): start over, the live ones come back.
+            self.by_object.clear();
+        }
+        self.by_object.insert(object, slot);
+        slot
+    }
+
+    /// `identity_state` by the identity's id.
+    fn identity_slot(&mut self, o: &Observation, secs: i64) -> u32 {
         let slot = match self.ids.get(o.identity.id.as_str()) {
             Some(&s) => s,
             None => self.insert(IdState::new(IdentityRecord {

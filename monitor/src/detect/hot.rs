@@ -63,9 +63,17 @@ pub struct HotDs {
 }
 
 pub struct HotCred {
+    /// `tag(fingerprint)`: entries of other credentials are passed over without reading their keys.
+    pub tag: u64,
     pub fingerprint: InlineKey<63>,
     pub usage: Usage,
     pub max_ttl_seconds: Option<i64>,
+}
+
+/// A fingerprint's tag for `Hot::cred`.
+pub fn tag(fingerprint: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(fingerprint.as_bytes())
 }
 
 impl Hot {
@@ -86,10 +94,12 @@ impl Hot {
         }
     }
 
-    pub fn cred(&mut self, fingerprint: &InlineKey<63>) -> Option<&mut HotCred> {
+    /// The cached entry of `fingerprint` (whose `tag` is `tag`), compared as bytes: no key is
+    /// built or copied for a lookup.
+    pub fn cred(&mut self, tag: u64, fingerprint: &str) -> Option<&mut HotCred> {
         self.creds
             .iter_mut()
-            .find(|c| c.fingerprint == *fingerprint)
+            .find(|c| c.tag == tag && c.fingerprint.as_bytes() == fingerprint.as_bytes())
     }
 
     pub fn creds_full(&self) -> bool {

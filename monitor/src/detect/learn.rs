@@ -6,7 +6,7 @@ use super::{
     compiled::{Compiled, DsId},
     detectors::{Call, FileRead, Seen},
     engine::{Caches, IdState},
-    hot::{Hot, HotCred, InlineKey},
+    hot::{self, Hot, HotCred, InlineKey},
     sightings::Sightings,
     state::{CredentialUse, IdentityRecord, SecretUsage, Usage},
     MAX_CREDENTIALS, MAX_KEYS,
@@ -197,16 +197,18 @@ fn credential(
     secs: i64,
 ) -> bool {
     let ttl = cred.jwt.as_ref().and_then(|j| j.ttl_seconds);
-    let key = InlineKey::new(&cred.fingerprint);
-    let cached = key.as_ref().and_then(|k| hot.cred(k));
-    let full = record.credentials.len() >= MAX_CREDENTIALS;
-    match cached {
+    let tag = hot::tag(&cred.fingerprint);
+    match hot.cred(tag, &cred.fingerprint) {
         Some(c) => {
             c.usage.touch(secs);
             c.max_ttl_seconds = c.max_ttl_seconds.max(ttl);
             false
         }
-        None => credential_use(secs, record, hot, key, cred, ttl, full),
+        None => {
+            let full = record.credentials.len() >= MAX_CREDENTIALS;
+            let key = InlineKey::new(&cred.fingerprint).map(|k| (tag, k));
+            credential_use(secs, record, hot, key, cred, ttl, full)
+        }
     }
 }
 
@@ -215,7 +217,7 @@ fn credential_use(
     secs: i64,
     record: &mut IdentityRecord,
     hot: &mut Hot,
-    key: Option<InlineKey<63>>,
+    key: Option<(u64, InlineKey<63>)>,
     cred: &CredentialSeen,
     ttl: Option<i64>,
     full: bool,
@@ -265,12 +267,13 @@ fn credential_use(
             true
         }
     };
-    if let (Some(k), Some(u), false) = (
+    if let (Some((tag, k)), Some(u), false) = (
         key,
         record.credentials.get(&cred.fingerprint),
         hot.creds_full(),
     ) {
         hot.creds.push(HotCred {
+            tag,
             fingerprint: k,
             usage: u.usage,
             max_ttl_seconds: u.max_ttl_seconds,
@@ -336,14 +339,22 @@ fn touch_method(
     method: &str,
     t: i64,
 ) {
-    let key = InlineKey::new(method);
-    let mut slots = hot.ds(ds).zip(key).map(|(h, k)| (&mut h.methods, k));
-    if let Some((methods, k)) = slots.as_mut() {
-        if let Some((_, u)) = methods.iter_mut().flatten().find(|(m, _)| m == k) {
+    let mut h = hot.ds(ds);
+    if let Some(h) = h.as_mut() {
+        // Compared as bytes: no key is built for a hit.
+        if let Some((_, u)) = h
+            .methods
+            .iter_mut()
+            .flatten()
+            .find(|(m, _)| m.as_bytes() == method.as_bytes())
+        {
             u.touch(t);
             return;
         }
     }
+    let slots = h
+        .zip(InlineKey::new(method))
+        .map(|(h, k)| (&mut h.methods, k));
     // Known keys cost no allocation.
     SCRATCH.with_borrow_mut(|full| {
         full.clear();

@@ -194,7 +194,8 @@ impl Sightings {
         // A recording replayed out of order, or a restored record, may hold a later first sighting.
         s.first_seen = s.first_seen.min(secs);
         let first_seen = s.first_seen;
-        if *s.first.0 == **who {
+        // The engine passes its interned id: the same pointer, as a rule, without reading the text.
+        if Arc::ptr_eq(&s.first.0, who) || *s.first.0 == **who {
             s.first.1 = secs;
             return (
                 s.extra.as_ref().is_some_and(|e| !e.others.is_empty()),
@@ -203,7 +204,11 @@ impl Sightings {
         }
         let extra = s.extra.get_or_insert_with(Box::default);
         let room = extra.others.len() + 1 < MAX_SHARERS;
-        match extra.others.iter_mut().find(|(i, _)| **i == **who) {
+        match extra
+            .others
+            .iter_mut()
+            .find(|(i, _)| Arc::ptr_eq(i, who) || **i == **who)
+        {
             Some(e) => e.1 = secs,
             None if room => extra.others.push((who.clone(), secs)),
             None => {}

@@ -532,3 +532,36 @@ fn rotation_age_counts_from_the_restored_first_sighting() {
     );
     assert!(!rules_of(&out).contains(&"NHI-059"));
 }
+
+/// The engine finds a slot by the identity object's address (`Engine::by_object`): that shortcut
+/// must still see new rules, and a new object of the same id must still update the record.
+#[test]
+fn the_same_identity_object_is_judged_again_after_a_reload_or_a_change() {
+    let mut e = Engine::new(shipped(), DetectConfig::default());
+    let id = k8s("clinical-ai", "med-summarizer");
+    let fp = "hmac-sha256:000000000000000000000000000000aa";
+    let at =
+        |id: &Arc<WorkloadIdentity>, t| call(id, t, "fhir.ehr.example.org", "/R4/Patient/{id}", fp);
+    let mut out = Vec::new();
+    e.observe(&at(&id, T0), &mut out);
+    e.observe(&at(&id, T0 + S), &mut out);
+    assert!(!rules_of(&out).contains(&"NHI-001"), "{:?}", rules_of(&out));
+    e.set_rules(RuleSet::default());
+    out.clear();
+    e.observe(&at(&id, T0 + 2 * S), &mut out);
+    assert!(rules_of(&out).contains(&"NHI-001"), "{:?}", rules_of(&out));
+    assert_eq!(
+        e.records().next().unwrap().contract,
+        None,
+        "the contract is looked up again"
+    );
+    let mut moved = (*id).clone();
+    moved.node = "another-node".into();
+    e.observe(&at(&Arc::new(moved), T0 + 3 * S), &mut out);
+    let r = e.records().next().unwrap();
+    assert_eq!(
+        (r.identity.node.as_str(), r.last_seen),
+        ("another-node", T0 / S + 3)
+    );
+    assert_eq!(e.identities(), 1);
+}
