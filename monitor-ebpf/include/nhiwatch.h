@@ -265,6 +265,7 @@ enum nw_counter {
 	NW_CNT_SOCK_INBOUND = 25,   /* accepted connections (server side): first bytes checked, never captured */
 	NW_CNT_SOCK_TRUNCATED = 26, /* cleartext socket calls longer than the capture prefix */
 	NW_CNT_SOCK_READ_FAIL = 27, /* bpf_probe_read_user of socket bytes failed */
+	NW_CNT_TLS_SERVER_SKIPPED = 30, /* TLS calls of a server's session after its first request: not sent, the parser would skip them */
 	NW_CNT_COUNT = 32,
 };
 

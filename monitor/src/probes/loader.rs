@@ -263,6 +263,9 @@ impl Sensors {
         };
         let (follow_ports_only, follow_cidrs_only) = cfg.sockets.follow_only();
         let mut bpf = EbpfLoader::new()
+            // tls_calls is task-local storage (include/tls.h), a map type aya 0.14 creates but
+            // has no Rust wrapper for; only the kernel programs use it.
+            .allow_unsupported_maps()
             .override_global("sock_follow_ports_only", &follow_ports_only, true)
             .override_global("sock_follow_cidrs_only", &follow_cidrs_only, true)
             .override_global("self_tgid", &self_tgid, true)

@@ -354,6 +354,7 @@ fn anomaly_name(slot: u32) -> Option<&'static str> {
     Some(match slot {
         NW_CNT_TLS_TRUNCATED => "tls_capture_truncated",
         NW_CNT_TLS_READ_FAIL => "tls_read_failed",
+        NW_CNT_TLS_SERVER_SKIPPED => "tls_server_calls_skipped",
         NW_CNT_PATH_READ_FAIL => "path_read_failed",
         NW_CNT_TCP_UNATTRIBUTED => "tcp_unattributed",
         NW_CNT_MAP_FULL => "map_full",
