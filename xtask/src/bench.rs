@@ -714,6 +714,26 @@ pub const HW_TRAP_SOURCE: &str = "0.4 µs per uprobe trap: the middle of the 0.3
      benchmark 2)";
 
 impl Profile {
+    /// Program time per operation of the programs `keep` selects, read back from the table.
+    pub fn ns_of(&self, keep: impl Fn(&str) -> bool) -> f64 {
+        self.table
+            .lines()
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = c.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                if !keep(name) {
+                    return None;
+                }
+                let v: String = c
+                    .get(4)?
+                    .chars()
+                    .filter(|c| c.is_ascii_digit() || *c == '.')
+                    .collect();
+                v.parse::<f64>().ok()
+            })
+            .sum()
+    }
+
     /// Measured program time plus the traps priced at HW_TRAP_US, in ns per operation.
     pub fn projected_ns(&self) -> f64 {
         self.ns_per_op + self.traps_per_op * HW_TRAP_US * 1000.0
@@ -946,4 +966,29 @@ fn render(
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Profile;
+
+    #[test]
+    fn program_time_is_read_back_from_the_profile_table() {
+        let p = Profile {
+            table: "| nhiwatch BPF program | Runs per request | ns per run | ns per request |\n\
+                    |---|---:|---:|---:|\n\
+                    | `ssl_ret` | 5.00 | 450 | 2253 |\n\
+                    | `handle_sock_recv` | 4.01 | 137 | 548 |\n\
+                    | `dns_ingress` | 2.01 | 194 | 389 |\n\
+                    | **all** | | | **3190** |\n"
+                .into(),
+            ns_per_op: 3190.0,
+            traps_per_op: 10.0,
+        };
+        assert_eq!(
+            p.ns_of(|n| n.starts_with("ssl_") || n.starts_with("handle_sock_")),
+            2801.0
+        );
+        assert_eq!(p.ns_of(|_| true), 3190.0);
+    }
 }
